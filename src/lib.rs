@@ -1,0 +1,32 @@
+//! Shared parts of the Dapr bindings producer/consumer pair.
+//!
+//! - [`message`]: the queue payload `{"text": ...}`, the wire contract between the two halves.
+//! - [`dapr_endpoint`]: where the Dapr sidecar's gRPC API is (`DAPR_GRPC_ENDPOINT` / `DAPR_GRPC_PORT`).
+//! - [`trace_context`]: W3C `traceparent` parsing, to forward and log trace ids.
+//! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`),
+//!   everything else UNIMPLEMENTED; used by the tests' fake sidecar.
+//! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`).
+//! - [`shutdown`]: one cancellation token per process, cancelled on SIGTERM or Ctrl-C.
+//! - [`proto`]: the producer's own gRPC API, generated from `proto/producer/v1`.
+//!
+//! Dapr's API types come from the `dapr` crate, re-exported as [`dapr_v1`].
+
+pub mod dapr_endpoint;
+pub mod dapr_runtime;
+pub mod message;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace_context;
+
+/// Dapr's runtime API (`dapr.proto.runtime.v1`), generated from the official protos by the `dapr` crate.
+pub use dapr::dapr::proto::runtime::v1 as dapr_v1;
+
+/// The producer's own gRPC API (`producer.v1`).
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("producer.v1");
+
+    /// Encoded descriptors of `producer.v1`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("producer_descriptor");
+}
