@@ -15,10 +15,13 @@ pub struct Message {
 
 /// Why a binding payload is not a [`Message`].
 #[derive(Debug, thiserror::Error)]
-#[error("payload is not a message {{\"text\": string}}: {source}")]
-pub struct DecodeError {
-    #[from]
-    source: serde_json::Error,
+pub enum DecodeError {
+    /// Valid or not, the payload's top level is not a JSON object.
+    #[error("payload is not a message {{\"text\": string}}: expected a JSON object")]
+    NotAnObject,
+    /// The object is malformed, lacks `text`, or `text` is not a string.
+    #[error("payload is not a message {{\"text\": string}}: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl Message {
@@ -35,6 +38,11 @@ impl Message {
 
     /// Decodes a binding event's `data`.
     pub fn from_json(data: &[u8]) -> Result<Self, DecodeError> {
+        // serde's derived struct visitor also accepts a JSON array (`["hi"]`); the original's
+        // System.Text.Json does not, and neither do we.
+        if data.trim_ascii_start().first() != Some(&b'{') {
+            return Err(DecodeError::NotAnObject);
+        }
         Ok(serde_json::from_slice(data)?)
     }
 }
