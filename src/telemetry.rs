@@ -1,5 +1,7 @@
 //! Logging: `tracing` to stdout, filtered by `RUST_LOG`, as text or JSON lines (`LOG_FORMAT=json`).
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -30,7 +32,8 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
         .with_context(|| format!("invalid RUST_LOG filter {:?}", args.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

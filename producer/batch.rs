@@ -1,0 +1,295 @@
+//! A batch: `count` messages, paced by an interval or sent with bounded concurrency. Validation
+//! is shared by the REST and gRPC fronts; running is detached from the caller, so a caller that
+//! goes away stops the batch cleanly (in-flight calls complete) instead of leaving it half-known.
+
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
+
+use bindings::message::{DEFAULT_TEXT, Message};
+use futures::{StreamExt, stream::FuturesUnordered};
+use tokio::time::MissedTickBehavior;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::publisher::{PublishError, Publisher, Trace};
+
+/// Longest pause one may ask for between two messages.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest message text, in bytes; Service Bus standard tier caps a whole message at 256 KiB.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// Why a batch request was refused before anything was sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidBatch {
+    #[error("count must be between 1 and {max}, got {got}")]
+    Count { got: i64, max: u32 },
+    #[error("intervalMilliseconds must be between 0 and {}, got {got}", MAX_INTERVAL.as_millis())]
+    Interval { got: i64 },
+    #[error("text must be at most {MAX_TEXT_BYTES} bytes, got {got}")]
+    TextTooLong { got: usize },
+}
+
+/// A validated batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub count: u32,
+    pub interval: Duration,
+    pub text: String,
+}
+
+impl Batch {
+    /// Checks a request's fields against the limits. Wide integer types let negative and huge
+    /// values reach this check, so they get a message naming the field and its range.
+    pub fn validate(
+        count: i64,
+        interval_ms: i64,
+        text: Option<String>,
+        max_count: NonZeroU32,
+    ) -> Result<Self, InvalidBatch> {
+        let max = max_count.get();
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|c| (1..=max).contains(c))
+            .ok_or(InvalidBatch::Count { got: count, max })?;
+        let interval = u64::try_from(interval_ms)
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|i| *i <= MAX_INTERVAL)
+            .ok_or(InvalidBatch::Interval { got: interval_ms })?;
+        let text = text.unwrap_or_else(|| DEFAULT_TEXT.to_owned());
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(InvalidBatch::TextTooLong { got: text.len() });
+        }
+        Ok(Self {
+            count,
+            interval,
+            text,
+        })
+    }
+}
+
+/// How a batch that did not send everything ended.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A sidecar call failed; nothing more was started after it.
+    #[error("{source}; {sent} of {count} messages were sent")]
+    Sidecar {
+        sent: u32,
+        count: u32,
+        source: PublishError,
+    },
+    /// The producer is shutting down and its drain time ran out.
+    #[error("producer is shutting down; {sent} of {count} messages were sent")]
+    Stopped { sent: u32, count: u32 },
+}
+
+impl BatchError {
+    /// Messages the sidecar accepted before the batch ended.
+    pub fn sent(&self) -> u32 {
+        match self {
+            Self::Sidecar { sent, .. } | Self::Stopped { sent, .. } => *sent,
+        }
+    }
+}
+
+/// Runs batches for both fronts.
+#[derive(Debug, Clone)]
+pub struct Batches {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    publisher: Publisher,
+    concurrency: usize,
+    /// Cancelled when the shutdown drain time runs out: running batches stop starting messages.
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Batches {
+    pub fn new(publisher: Publisher, concurrency: NonZeroU32) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                publisher,
+                concurrency: concurrency.get() as usize,
+                stop: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Runs `batch` on its own task and waits for it. `on_sent` sees the running total after
+    /// each accepted message. If this future is dropped (the client went away), the batch stops
+    /// starting messages, lets in-flight calls finish, and logs how many were sent.
+    pub async fn run(
+        &self,
+        batch: Batch,
+        trace: Trace,
+        on_sent: impl FnMut(u32) + Send + 'static,
+    ) -> Result<u32, BatchError> {
+        let cancel = self.inner.stop.child_token();
+        let client_gone = cancel.clone().drop_guard();
+        let inner = Arc::clone(&self.inner);
+        let task = self
+            .inner
+            .tracker
+            .spawn(async move { inner.send_all(batch, trace, cancel, on_sent).await });
+        let result = task.await;
+        client_gone.disarm();
+        // send_all does not panic; if it ever did, the panic is the bug to see.
+        result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Stops starting new messages in every running batch; returns once their in-flight calls ended.
+    pub async fn stop(&self) {
+        self.inner.stop.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Inner {
+    async fn send_all(
+        &self,
+        batch: Batch,
+        trace: Trace,
+        cancel: CancellationToken,
+        mut on_sent: impl FnMut(u32),
+    ) -> Result<u32, BatchError> {
+        let Batch {
+            count,
+            interval,
+            text,
+        } = batch;
+        let data = Message::new(text).to_json();
+        let trace_id = trace.trace_id();
+        // Paced batches go one per interval; unpaced ones keep `concurrency` calls in flight.
+        let (limit, mut pacer) = if interval.is_zero() {
+            (self.concurrency, None)
+        } else {
+            let mut pacer = tokio::time::interval(interval);
+            pacer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (1, Some(pacer))
+        };
+
+        let mut in_flight = FuturesUnordered::new();
+        let (mut started, mut sent, mut failure) = (0u32, 0u32, None);
+        loop {
+            while failure.is_none() && started < count && in_flight.len() < limit {
+                if let Some(pacer) = pacer.as_mut() {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        _ = pacer.tick() => {}
+                    }
+                } else if cancel.is_cancelled() {
+                    break;
+                }
+                in_flight.push(self.publisher.publish(data.clone(), &trace));
+                started += 1;
+            }
+            match in_flight.next().await {
+                None => break,
+                Some(Ok(())) => {
+                    sent += 1;
+                    on_sent(sent);
+                }
+                Some(Err(error)) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+
+        let binding = self.publisher.binding();
+        let trace_id = trace_id.as_deref();
+        match failure {
+            Some(source) => {
+                warn!(binding, sent, count, trace_id, error = %source, "batch failed");
+                Err(BatchError::Sidecar {
+                    sent,
+                    count,
+                    source,
+                })
+            }
+            None if sent < count && self.stop.is_cancelled() => {
+                warn!(
+                    binding,
+                    sent, count, trace_id, "batch stopped: shutdown drain time ran out"
+                );
+                Err(BatchError::Stopped { sent, count })
+            }
+            None if sent < count => {
+                warn!(
+                    binding,
+                    sent, count, trace_id, "batch stopped: the client went away"
+                );
+                Err(BatchError::Stopped { sent, count })
+            }
+            None => {
+                info!(binding, sent, trace_id, "batch sent");
+                Ok(sent)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: NonZeroU32 = NonZeroU32::new(100).unwrap();
+
+    #[test]
+    fn accepts_the_original_body_and_defaults_the_text() {
+        let b = Batch::validate(1, 0, None, MAX).unwrap();
+        assert_eq!(
+            b,
+            Batch {
+                count: 1,
+                interval: Duration::ZERO,
+                text: "Hello World".into()
+            }
+        );
+        let b = Batch::validate(100, 60_000, Some(String::new()), MAX).unwrap();
+        assert_eq!(
+            (b.count, b.interval, b.text.as_str()),
+            (100, MAX_INTERVAL, "")
+        );
+    }
+
+    #[test]
+    fn refuses_out_of_range_values_naming_the_field() {
+        for count in [0, -1, 101, i64::MAX] {
+            let err = Batch::validate(count, 0, None, MAX).unwrap_err();
+            assert_eq!(
+                err,
+                InvalidBatch::Count {
+                    got: count,
+                    max: 100
+                }
+            );
+            assert!(
+                err.to_string()
+                    .starts_with("count must be between 1 and 100")
+            );
+        }
+        for ms in [-1, 60_001, i64::MIN] {
+            let err = Batch::validate(1, ms, None, MAX).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("intervalMilliseconds must be between 0 and 60000")
+            );
+        }
+        let err = Batch::validate(1, 0, Some("x".repeat(MAX_TEXT_BYTES + 1)), MAX).unwrap_err();
+        assert_eq!(
+            err,
+            InvalidBatch::TextTooLong {
+                got: MAX_TEXT_BYTES + 1
+            }
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! The producer's one connection to its Dapr sidecar: `InvokeBinding` calls over a single
+//! long-lived, lazily connected channel that reconnects by itself after the sidecar restarts.
+
+use std::time::Duration;
+
+use bindings::{
+    dapr_v1::{GetMetadataRequest, InvokeBindingRequest, dapr_client::DaprClient},
+    trace_context::{TRACEPARENT, TRACESTATE, TraceParent},
+};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+/// The binding operation the queue bindings use to enqueue a message.
+pub const OPERATION_CREATE: &str = "create";
+
+/// How a sidecar call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The sidecar could not be reached (down, restarting, not yet listening).
+    #[error("sidecar unreachable: {}", .0.message())]
+    Unavailable(#[source] Status),
+    /// The call ran past its deadline.
+    #[error("sidecar did not answer within the deadline: {}", .0.message())]
+    Timeout(#[source] Status),
+    /// The sidecar answered with an error (unknown binding, bad token, broker failure ...).
+    #[error("sidecar rejected InvokeBinding ({:?}): {}", .0.code(), .0.message())]
+    Rejected(#[source] Status),
+}
+
+impl From<Status> for PublishError {
+    fn from(status: Status) -> Self {
+        match status.code() {
+            Code::Unavailable => Self::Unavailable(status),
+            Code::DeadlineExceeded => Self::Timeout(status),
+            _ => Self::Rejected(status),
+        }
+    }
+}
+
+/// Trace context of the request that asked for the messages, forwarded on each sidecar call.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    traceparent: Option<MetadataValue<Ascii>>,
+    tracestate: Option<MetadataValue<Ascii>>,
+}
+
+impl Trace {
+    /// Keeps a valid `traceparent` (and its `tracestate`); invalid values are dropped, as W3C says.
+    pub fn new(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let Some(traceparent) = traceparent.and_then(TraceParent::parse) else {
+            return Self::default();
+        };
+        Self {
+            traceparent: MetadataValue::try_from(traceparent.as_str()).ok(),
+            tracestate: tracestate.and_then(|s| MetadataValue::try_from(s).ok()),
+        }
+    }
+
+    /// Reads the two headers from HTTP headers or gRPC metadata (which are HTTP/2 headers).
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        Self::new(get(TRACEPARENT), get(TRACESTATE))
+    }
+
+    /// The trace id, for logs.
+    pub fn trace_id(&self) -> Option<String> {
+        let value = self.traceparent.as_ref()?.to_str().ok()?;
+        TraceParent::parse(value).map(|tp| tp.trace_id().to_owned())
+    }
+}
+
+/// Sends messages to one output binding through the sidecar. Cheap to clone: clones share the channel.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: DaprClient<Channel>,
+    binding: String,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl Publisher {
+    /// Creates the channel without connecting: start-up never waits for the sidecar, which itself
+    /// may be waiting for our port.
+    pub fn new(
+        sidecar: http::Uri,
+        binding: String,
+        token: Option<MetadataValue<Ascii>>,
+        timeout: Duration,
+    ) -> Self {
+        let channel = Endpoint::from(sidecar)
+            .connect_timeout(Duration::from_secs(2).min(timeout))
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Self {
+            client: DaprClient::new(channel),
+            binding,
+            token,
+        }
+    }
+
+    /// The binding messages go to.
+    pub fn binding(&self) -> &str {
+        &self.binding
+    }
+
+    /// One `InvokeBinding{name, operation: "create", data}`; `Ok` once the sidecar has accepted it.
+    pub async fn publish(&self, data: Vec<u8>, trace: &Trace) -> Result<(), PublishError> {
+        let mut request = Request::new(InvokeBindingRequest {
+            name: self.binding.clone(),
+            data,
+            metadata: Default::default(),
+            operation: OPERATION_CREATE.to_owned(),
+        });
+        self.decorate(&mut request, trace);
+        self.client.clone().invoke_binding(request).await?;
+        Ok(())
+    }
+
+    /// Whether the sidecar's gRPC API answers. daprd serves it only once its components are
+    /// initialized, so an answer, even an error status, means the binding is ready.
+    pub async fn sidecar_ready(&self) -> Result<(), PublishError> {
+        let mut request = Request::new(GetMetadataRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        self.decorate(&mut request, &Trace::default());
+        match self.client.clone().get_metadata(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => match PublishError::from(status) {
+                PublishError::Rejected(_) => Ok(()),
+                unreachable => Err(unreachable),
+            },
+        }
+    }
+
+    fn decorate<T>(&self, request: &mut Request<T>, trace: &Trace) {
+        let metadata = request.metadata_mut();
+        if let Some(token) = &self.token {
+            metadata.insert("dapr-api-token", token.clone());
+        }
+        if let Some(tp) = &trace.traceparent {
+            metadata.insert(TRACEPARENT, tp.clone());
+        }
+        if let Some(ts) = &trace.tracestate {
+            metadata.insert(TRACESTATE, ts.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn keeps_valid_trace_context_only() {
+        let t = Trace::new(Some(TP), Some("congo=t61rcWkgMzE"));
+        assert_eq!(
+            t.trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(t.tracestate.is_some());
+
+        let t = Trace::new(Some("nonsense"), Some("congo=t61rcWkgMzE"));
+        assert!(t.traceparent.is_none() && t.tracestate.is_none());
+    }
+
+    #[test]
+    fn classifies_sidecar_errors() {
+        assert!(matches!(
+            PublishError::from(Status::unavailable("x")),
+            PublishError::Unavailable(_)
+        ));
+        assert!(matches!(
+            PublishError::from(Status::deadline_exceeded("x")),
+            PublishError::Timeout(_)
+        ));
+        assert!(matches!(
+            PublishError::from(Status::not_found("x")),
+            PublishError::Rejected(_)
+        ));
+    }
+}

@@ -1,0 +1,277 @@
+//! The REST front: `POST /MessageProducer` as in the original ASP.NET sample, health endpoints,
+//! and the OpenAPI document with an offline Swagger UI.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{
+    batch::{Batch, BatchError, Batches, InvalidBatch},
+    publisher::{PublishError, Trace},
+};
+
+/// Largest request body accepted; the largest valid body is a 64 KiB text plus a few fields.
+pub const MAX_BODY_BYTES: usize = 80 * 1024;
+
+/// What the REST handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub batches: Batches,
+    pub max_count: std::num::NonZeroU32,
+    /// Cancelled on SIGTERM: readiness then fails so no new traffic is routed here.
+    pub shutdown: CancellationToken,
+}
+
+/// The original sample's request body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"count": 1, "intervalMilliseconds": 0}))]
+pub struct ProduceBody {
+    /// Number of messages to send (1 up to the configured maximum, 10000 by default).
+    #[schema(minimum = 1, example = 1)]
+    count: i64,
+    /// Pause between two messages in milliseconds, 0 to 60000. 0 sends with bounded concurrency.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 60000, example = 0)]
+    interval_milliseconds: i64,
+    /// Message text; "Hello World" when absent.
+    #[serde(default)]
+    #[schema(max_length = 65536, example = "Hello World")]
+    text: Option<String>,
+}
+
+/// Answer to a batch that was sent in full.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Sent {
+    /// Messages handed to the sidecar.
+    sent: u32,
+}
+
+/// Every error body: what went wrong, and for batch failures how many messages went out first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent: Option<u32>,
+}
+
+/// One error type for the REST front, each variant with its status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("expected Content-Type: application/json")]
+    ContentType,
+    #[error(
+        "request body is missing; expected JSON like {{\"count\": 1, \"intervalMilliseconds\": 0}}"
+    )]
+    MissingBody,
+    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("cannot read request body: {0}")]
+    Body(BytesRejection),
+    #[error("malformed JSON: {0}")]
+    Syntax(serde_json::Error),
+    #[error("invalid request: {0}")]
+    Data(serde_json::Error),
+    #[error(transparent)]
+    Invalid(#[from] InvalidBatch),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("sidecar not ready: {0}")]
+    NotReady(PublishError),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MissingBody | Self::Syntax(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(rejection) => rejection.status(),
+            Self::Data(_) | Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Batch(BatchError::Sidecar { source, .. }) => match source {
+                PublishError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                PublishError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                PublishError::Rejected(_) => StatusCode::BAD_GATEWAY,
+            },
+            Self::Batch(BatchError::Stopped { .. }) | Self::NotReady(_) | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let sent = match &self {
+            Self::Batch(e) => Some(e.sent()),
+            _ => None,
+        };
+        // Batch failures are logged where they happen; not-ready answers are routine during start-up.
+        if let Self::Body(_) = &self {
+            tracing::warn!(%status, error = %self, "request failed");
+        }
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                sent,
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dapr bindings producer",
+        description = "Sends messages to a Dapr output binding (a queue)."
+    ),
+    paths(produce, healthz, readyz),
+    components(schemas(ProduceBody, Sent, ErrorBody))
+)]
+struct ApiDoc;
+
+/// The REST routes. Unknown paths answer 404 with a JSON error (the gRPC router adds its own).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/MessageProducer", post(produce))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", ApiDoc::openapi()))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Sends `count` messages through the Dapr output binding.
+#[utoipa::path(
+    post,
+    path = "/MessageProducer",
+    request_body = ProduceBody,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to the sidecar")),
+    responses(
+        (status = 200, description = "All messages were handed to the sidecar", body = Sent),
+        (status = 400, description = "Malformed JSON or missing body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "Wrong field types, unknown fields or values out of range", body = ErrorBody),
+        (status = 502, description = "The sidecar answered with an error; `sent` says how many went out", body = ErrorBody),
+        (status = 503, description = "The sidecar is unreachable or the producer is stopping; `sent` says how many went out", body = ErrorBody),
+        (status = 504, description = "The sidecar did not answer in time; `sent` says how many went out", body = ErrorBody),
+    )
+)]
+async fn produce(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Sent>, ApiError> {
+    let body = parse_body(&headers, body)?;
+    let batch = Batch::validate(
+        body.count,
+        body.interval_milliseconds,
+        body.text,
+        state.max_count,
+    )?;
+    let sent = state
+        .batches
+        .run(batch, Trace::from_headers(&headers), |_| {})
+        .await?;
+    Ok(Json(Sent { sent }))
+}
+
+fn parse_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<ProduceBody, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::ContentType);
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::Body(rejection),
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MissingBody);
+    }
+    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Data(e),
+        _ => ApiError::Syntax(e),
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(mime) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the sidecar's gRPC API answers, and the producer is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Sidecar not reachable, or shutting down", body = ErrorBody),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    state
+        .batches
+        .publisher()
+        .sidecar_ready()
+        .await
+        .map_err(ApiError::NotReady)?;
+    Ok("ready")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_json_content_types() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
