@@ -1,1 +1,29 @@
-fn main() {}
+//! The consumer: a Dapr app that daprd calls over gRPC with each input binding event (a queue
+//! message), works on it, and logs the original sample's line.
+
+mod auth;
+mod callback;
+mod config;
+mod server;
+mod work;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use bindings::{shutdown, telemetry};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::{callback::Consumer, config::Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(&config.log)?;
+    let shutdown = shutdown::on_signal();
+    let listener = TcpListener::bind((config.bind_address, config.app_port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.bind_address, config.app_port))?;
+    let consumer = Arc::new(Consumer::new(config.settings()));
+    server::serve(listener, consumer, shutdown).await
+}

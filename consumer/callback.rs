@@ -1,0 +1,517 @@
+//! The `dapr.proto.runtime.v1.AppCallback` service daprd calls: input binding events are worked on,
+//! everything else is declined. Also answers `AppCallbackHealthCheck`, and drains on shutdown.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use bindings::{
+    dapr_v1::{
+        BindingEventRequest, BindingEventResponse, HealthCheckResponse, JobEventRequest,
+        JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse,
+        TopicEventBulkRequest, TopicEventBulkResponse, TopicEventRequest, TopicEventResponse,
+        app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
+    },
+    message::{DecodeError, Message},
+    trace_context::{TRACEPARENT, TraceParent},
+};
+use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
+use tokio::{
+    sync::{Semaphore, SemaphorePermit},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::{debug, info, warn};
+
+use crate::{auth::ApiToken, work};
+
+/// Binding-event metadata keys that may carry the broker's message id, in order of preference:
+/// a plain `id`, then Azure Service Bus's `MessageId`.
+const MESSAGE_ID_KEYS: [&str; 2] = ["id", "MessageId"];
+
+/// What the service needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The one input binding this app consumes.
+    pub binding_name: String,
+    /// Simulated work per message.
+    pub work_duration: Duration,
+    /// Messages worked on at once; at least 1.
+    pub max_concurrency: usize,
+    /// How long [`Consumer::drain`]'s caller lets in-flight messages run after shutdown starts.
+    pub drain_timeout: Duration,
+    /// When set, binding events must carry it as `dapr-api-token`.
+    pub api_token: Option<ApiToken>,
+}
+
+/// The AppCallback and AppCallbackHealthCheck services, sharing one state.
+#[derive(Debug)]
+pub struct Consumer {
+    settings: Settings,
+    /// FIFO-fair, so messages start in the order daprd delivered them.
+    permits: Semaphore,
+    /// Every binding event from arrival to response, so shutdown can wait for them.
+    in_flight: TaskTracker,
+    /// Cancelled once shutdown starts: new and waiting events are turned away from then on.
+    draining: CancellationToken,
+    processed: AtomicU64,
+}
+
+/// Why a binding event is not processed; each maps to the gRPC code daprd acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The app API token is required and was missing or wrong.
+    #[error("missing or wrong dapr-api-token")]
+    Unauthenticated,
+    /// The event is for an input binding this app does not consume.
+    #[error("unknown input binding {got:?}; this app consumes {expected:?}")]
+    UnknownBinding {
+        /// The binding named by the event.
+        got: String,
+        /// The configured binding.
+        expected: String,
+    },
+    /// The payload is not a `{"text": ...}` message; redelivery will not fix it.
+    #[error(transparent)]
+    BadPayload(#[from] DecodeError),
+    /// Shutdown has started; another instance should take the message.
+    #[error("shutting down; not accepting new events")]
+    Draining,
+}
+
+impl From<EventError> for Status {
+    fn from(error: EventError) -> Self {
+        let message = error.to_string();
+        match error {
+            EventError::Unauthenticated => Status::unauthenticated(message),
+            EventError::UnknownBinding { .. } => Status::not_found(message),
+            // Service Bus abandons the message, redelivers it, and dead-letters it at
+            // MaxDeliveryCount: the right end for a message nobody can read.
+            EventError::BadPayload(_) => Status::invalid_argument(message),
+            // daprd abandons the message, so the broker redelivers it, likely elsewhere.
+            EventError::Draining => Status::unavailable(message),
+        }
+    }
+}
+
+impl Consumer {
+    /// A consumer that has not started draining.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            // Semaphore::new panics above usize::MAX >> 3 permits; Config caps this at u16::MAX.
+            permits: Semaphore::new(settings.max_concurrency.max(1)),
+            in_flight: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            processed: AtomicU64::new(0),
+            settings,
+        }
+    }
+
+    /// How long in-flight events may run once shutdown starts.
+    pub fn drain_timeout(&self) -> Duration {
+        self.settings.drain_timeout
+    }
+
+    /// Events processed successfully so far.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: new and waiting events get UNAVAILABLE, health checks fail. Then waits
+    /// until in-flight events have answered or `deadline` passes; returns whether all answered.
+    pub async fn drain(&self, deadline: Instant) -> bool {
+        let started = Instant::now();
+        self.draining.cancel();
+        self.in_flight.close();
+        let in_flight = self.in_flight.len();
+        info!(in_flight, "draining");
+        match tokio::time::timeout_at(deadline, self.in_flight.wait()).await {
+            Ok(()) => {
+                let elapsed_ms = millis(started.elapsed());
+                info!(in_flight, elapsed_ms, "drained");
+                true
+            }
+            Err(_) => {
+                warn!(
+                    unfinished = self.in_flight.len(),
+                    drain_timeout = %humantime::format_duration(self.settings.drain_timeout),
+                    "drain timeout elapsed with events in flight; the broker will redeliver them"
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    async fn process(
+        &self,
+        event: &BindingEventRequest,
+        id: Option<&str>,
+        trace_id: Option<&str>,
+    ) -> Result<(), EventError> {
+        if event.name != self.settings.binding_name {
+            return Err(EventError::UnknownBinding {
+                got: event.name.clone(),
+                expected: self.settings.binding_name.clone(),
+            });
+        }
+        let message = Message::from_json(&event.data)?;
+        let _permit = self.permit().await?;
+        debug!(binding = %event.name, id, trace_id, "event received");
+        let done = work::simulate(self.settings.work_duration).await;
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        info!(
+            binding = %event.name,
+            id,
+            trace_id,
+            duration_ms = millis(done.elapsed),
+            "{}",
+            work::log_line(&message.text, done.received, done.finished)
+        );
+        Ok(())
+    }
+
+    /// Waits for a work slot, unless shutdown starts first (or has already started).
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, EventError> {
+        tokio::select! {
+            // Checked first so an event arriving during the drain never starts work.
+            biased;
+            () = self.draining.cancelled() => Err(EventError::Draining),
+            // The semaphore is never closed, so this does not fail.
+            permit = self.permits.acquire() => permit.map_err(|_| EventError::Draining),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallback for Consumer {
+    async fn on_binding_event(
+        &self,
+        request: Request<BindingEventRequest>,
+    ) -> Result<Response<BindingEventResponse>, Status> {
+        // Taken before the draining check, so a drain that starts meanwhile still waits for us.
+        let _in_flight = self.in_flight.token();
+        if let Some(token) = &self.settings.api_token
+            && !token.authorizes(request.metadata())
+        {
+            warn!("binding event refused: missing or wrong dapr-api-token");
+            return Err(EventError::Unauthenticated.into());
+        }
+        let trace_id = trace_id(request.metadata());
+        let trace_id = trace_id.as_ref().map(TraceParent::trace_id);
+        let event = request.into_inner();
+        let id = message_id(&event.metadata);
+        match self.process(&event, id, trace_id).await {
+            Ok(()) => Ok(Response::new(BindingEventResponse::default())),
+            Err(error) => {
+                if matches!(error, EventError::Draining) {
+                    info!(binding = %event.name, id, trace_id, "binding event refused: shutting down");
+                } else {
+                    warn!(binding = %event.name, id, trace_id, %error, "binding event rejected");
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Answered at once: daprd asks once at start-up, with a 3 s deadline, and treats an error
+    /// as "no bindings", which would leave the queue unread.
+    async fn list_input_bindings(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<ListInputBindingsResponse>, Status> {
+        Ok(Response::new(ListInputBindingsResponse {
+            bindings: vec![self.settings.binding_name.clone()],
+        }))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(ListTopicSubscriptionsResponse::default()))
+    }
+
+    async fn on_invoke(
+        &self,
+        _request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        Err(not_served("service invocation"))
+    }
+
+    async fn on_topic_event(
+        &self,
+        _request: Request<TopicEventRequest>,
+    ) -> Result<Response<TopicEventResponse>, Status> {
+        Err(not_served("pub/sub"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _request: Request<TopicEventBulkRequest>,
+    ) -> Result<Response<TopicEventBulkResponse>, Status> {
+        Err(not_served("pub/sub"))
+    }
+
+    async fn on_job_event(
+        &self,
+        _request: Request<JobEventRequest>,
+    ) -> Result<Response<JobEventResponse>, Status> {
+        Err(not_served("jobs"))
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallbackHealthCheck for Consumer {
+    /// Fails once draining starts: daprd's app health checks then stop input bindings, so no
+    /// more messages are pulled for this instance.
+    async fn health_check(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if self.is_draining() {
+            Err(Status::unavailable("shutting down"))
+        } else {
+            Ok(Response::new(HealthCheckResponse {}))
+        }
+    }
+}
+
+fn not_served(building_block: &str) -> Status {
+    Status::unimplemented(format!(
+        "this app only consumes input bindings; {building_block} is not served"
+    ))
+}
+
+/// The broker's message id from a binding event's metadata, if any.
+fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
+    MESSAGE_ID_KEYS
+        .iter()
+        .filter_map(|key| metadata.get(*key))
+        .map(String::as_str)
+        .find(|id| !id.is_empty())
+}
+
+/// The caller's W3C trace context, when present and valid.
+fn trace_id(metadata: &MetadataMap) -> Option<TraceParent> {
+    let value = metadata.get(TRACEPARENT)?.to_str().ok()?;
+    TraceParent::parse(value)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::task::JoinHandle;
+    use tonic::Code;
+
+    use super::*;
+
+    const TRACEPARENT_VALUE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn settings() -> Settings {
+        Settings {
+            binding_name: "message-queue".to_owned(),
+            work_duration: Duration::from_secs(5),
+            max_concurrency: 1,
+            drain_timeout: Duration::from_secs(25),
+            api_token: None,
+        }
+    }
+
+    fn event(binding: &str, data: &[u8]) -> Request<BindingEventRequest> {
+        Request::new(BindingEventRequest {
+            name: binding.to_owned(),
+            data: data.to_vec(),
+            metadata: HashMap::new(),
+        })
+    }
+
+    fn good_event() -> Request<BindingEventRequest> {
+        event("message-queue", br#"{"text":"Hello World"}"#)
+    }
+
+    fn spawn_event(
+        consumer: &Arc<Consumer>,
+        request: Request<BindingEventRequest>,
+    ) -> JoinHandle<Result<Response<BindingEventResponse>, Status>> {
+        let consumer = Arc::clone(consumer);
+        tokio::spawn(async move { consumer.on_binding_event(request).await })
+    }
+
+    /// Lets spawned handlers run until `done` holds; bounded, and needs no clock.
+    async fn settle(done: impl Fn() -> bool) {
+        for _ in 0..1_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("condition not reached after 1000 yields");
+    }
+
+    #[test]
+    fn message_id_prefers_id_then_service_bus_message_id() {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            message_id(&map(&[("id", "a"), ("MessageId", "b")])),
+            Some("a")
+        );
+        assert_eq!(message_id(&map(&[("MessageId", "b")])), Some("b"));
+        assert_eq!(
+            message_id(&map(&[("id", ""), ("MessageId", "b")])),
+            Some("b")
+        );
+        assert_eq!(message_id(&map(&[("messageid", "c")])), None);
+        assert_eq!(message_id(&map(&[])), None);
+    }
+
+    #[test]
+    fn trace_id_comes_from_a_valid_traceparent_only() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(trace_id(&metadata), None);
+        metadata.insert(TRACEPARENT, "garbage".parse().unwrap());
+        assert_eq!(trace_id(&metadata), None);
+        metadata.insert(TRACEPARENT, TRACEPARENT_VALUE.parse().unwrap());
+        assert_eq!(
+            trace_id(&metadata).as_ref().map(TraceParent::trace_id),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+
+    #[test]
+    fn each_error_has_its_code() {
+        let bad_payload = Message::from_json(b"nope").unwrap_err();
+        for (error, code) in [
+            (EventError::Unauthenticated, Code::Unauthenticated),
+            (
+                EventError::UnknownBinding {
+                    got: "a".to_owned(),
+                    expected: "b".to_owned(),
+                },
+                Code::NotFound,
+            ),
+            (EventError::BadPayload(bad_payload), Code::InvalidArgument),
+            (EventError::Draining, Code::Unavailable),
+        ] {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn processes_a_good_event_and_counts_it() {
+        let consumer = Consumer::new(settings());
+        consumer.on_binding_event(good_event()).await.unwrap();
+        assert_eq!(consumer.processed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_the_token_only_when_configured() {
+        let consumer = Consumer::new(Settings {
+            api_token: Some(ApiToken::from_config("s3cret").unwrap()),
+            ..settings()
+        });
+        let status = consumer.on_binding_event(good_event()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let mut request = good_event();
+        request
+            .metadata_mut()
+            .insert("dapr-api-token", "s3cret".parse().unwrap());
+        consumer.on_binding_event(request).await.unwrap();
+        // Listing bindings and health checks carry no token from daprd.
+        consumer
+            .list_input_bindings(Request::new(()))
+            .await
+            .unwrap();
+        consumer.health_check(Request::new(())).await.unwrap();
+        assert_eq!(consumer.processed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejects_unknown_bindings_and_bad_payloads_without_working() {
+        let consumer = Consumer::new(settings());
+        let status = consumer
+            .on_binding_event(event("other", br#"{"text":"x"}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        let status = consumer
+            .on_binding_event(event("message-queue", br#"{"text":5}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("payload is not a message"));
+        assert_eq!(consumer.processed(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_in_flight_work_and_refuses_waiting_and_new_events() {
+        let consumer = Arc::new(Consumer::new(settings()));
+        let first = spawn_event(&consumer, good_event());
+        settle(|| consumer.permits.available_permits() == 0).await;
+        let waiting = spawn_event(&consumer, good_event());
+        settle(|| consumer.in_flight.len() == 2).await;
+
+        let deadline = Instant::now() + Duration::from_secs(25);
+        assert!(consumer.drain(deadline).await);
+
+        assert!(first.await.unwrap().is_ok());
+        let status = waiting.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        let status = consumer.on_binding_event(good_event()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        let status = consumer.health_check(Request::new(())).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(consumer.processed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_gives_up_at_the_deadline() {
+        let consumer = Arc::new(Consumer::new(Settings {
+            work_duration: Duration::from_secs(60),
+            ..settings()
+        }));
+        let first = spawn_event(&consumer, good_event());
+        settle(|| consumer.permits.available_permits() == 0).await;
+
+        let started = Instant::now();
+        assert!(!consumer.drain(started + Duration::from_secs(1)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(!first.is_finished());
+        first.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_up_to_max_concurrency_events_at_once() {
+        let consumer = Arc::new(Consumer::new(Settings {
+            max_concurrency: 2,
+            ..settings()
+        }));
+        let started = Instant::now();
+        let events: Vec<_> = (0..4)
+            .map(|_| spawn_event(&consumer, good_event()))
+            .collect();
+        for event in events {
+            event.await.unwrap().unwrap();
+        }
+        // Two rounds of 5 s, not one (all at once) nor four (one by one).
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(consumer.processed(), 4);
+    }
+}
