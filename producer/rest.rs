@@ -77,6 +77,10 @@ pub enum ApiError {
     TooLarge,
     #[error("cannot read request body: {0}")]
     Body(BytesRejection),
+    #[error(
+        "invalid request: expected a JSON object like {{\"count\": 1, \"intervalMilliseconds\": 0}}"
+    )]
+    NotAnObject,
     #[error("malformed JSON: {0}")]
     Syntax(serde_json::Error),
     #[error("invalid request: {0}")]
@@ -98,7 +102,9 @@ impl ApiError {
             Self::MissingBody | Self::Syntax(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(rejection) => rejection.status(),
-            Self::Data(_) | Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotAnObject | Self::Data(_) | Self::Invalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Batch(BatchError::Sidecar { source, .. }) => match source {
                 PublishError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 PublishError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -202,8 +208,11 @@ fn parse_body(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => ApiError::Body(rejection),
     })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::MissingBody);
+    match body.trim_ascii_start().first() {
+        None => return Err(ApiError::MissingBody),
+        // serde's derived visitor would take `[1]` as a struct; the body must be an object.
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::NotAnObject),
     }
     serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Data(e),

@@ -1,0 +1,693 @@
+//! Black-box tests of the real `producer` binary against a fake Dapr sidecar, on loopback:
+//! the InvokeBinding wire contract, the REST contract, the gRPC front, failures and shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bindings::proto::{ProduceRequest, producer_client::ProducerClient};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{
+    WAIT,
+    process::{Service, run_to_end},
+    sidecar::{Behaviour, FakeSidecar},
+};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_producer");
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// A producer on an ephemeral port, talking to the sidecar on `sidecar_port`.
+struct Producer {
+    service: Service,
+    base: String,
+    grpc: String,
+    http: reqwest::Client,
+}
+
+impl Producer {
+    async fn start(sidecar_port: &str, env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("PORT", "0"), ("DAPR_GRPC_PORT", sidecar_port)];
+        all.extend_from_slice(env);
+        let mut service = Service::spawn(BIN, &all);
+        let addr = service.addr().await;
+        Self {
+            service,
+            base: format!("http://{addr}"),
+            grpc: format!("http://{addr}"),
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        }
+    }
+
+    /// POSTs a raw body with a content type; returns status and JSON body.
+    async fn post_raw(&self, content_type: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/MessageProducer", self.base))
+            .body(body.to_owned());
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.expect("producer answers");
+        let status = response.status();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    async fn post(&self, body: Value) -> (StatusCode, Value) {
+        self.post_raw(Some("application/json"), &body.to_string())
+            .await
+    }
+
+    async fn get(&self, path: &str) -> StatusCode {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.grpc.clone()).unwrap();
+        endpoint.connect().await.expect("gRPC connects")
+    }
+
+    async fn client(&self) -> ProducerClient<tonic::transport::Channel> {
+        ProducerClient::new(self.channel().await)
+    }
+
+    /// SIGTERM, then expect a clean exit.
+    async fn stop(mut self) {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("DAPR_API_TOKEN", "s3cret")]).await;
+
+    let response = producer
+        .http
+        .post(format!("{}/MessageProducer", producer.base))
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .json(&json!({"count": 1, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"sent": 1}));
+
+    let calls = sidecar.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.name, "message-queue");
+    assert_eq!(call.operation, "create");
+    assert_eq!(
+        call.data, br#"{"text":"Hello World"}"#,
+        "exactly the original's JSON"
+    );
+    assert!(call.metadata.is_empty());
+    assert_eq!(
+        call.headers.get("dapr-api-token").map(String::as_str),
+        Some("s3cret")
+    );
+    assert_eq!(
+        call.headers.get("traceparent").map(String::as_str),
+        Some(TRACEPARENT)
+    );
+    assert_eq!(
+        call.headers.get("tracestate").map(String::as_str),
+        Some("congo=t61rcWkgMzE")
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn binding_name_text_and_no_token_or_invalid_trace() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("BINDING_NAME", "orders")]).await;
+
+    let response = producer
+        .http
+        .post(format!("{}/MessageProducer", producer.base))
+        .header("traceparent", "not-a-trace")
+        .json(&json!({"count": 3, "text": "Grüße \"quoted\""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"sent": 3}));
+
+    let calls = sidecar.calls();
+    assert_eq!(calls.len(), 3);
+    for call in &calls {
+        assert_eq!(call.name, "orders");
+        let data: Value = serde_json::from_slice(&call.data).unwrap();
+        assert_eq!(data, json!({"text": "Grüße \"quoted\""}));
+        assert!(!call.headers.contains_key("dapr-api-token"));
+        assert!(
+            !call.headers.contains_key("traceparent"),
+            "invalid traceparent is not forwarded"
+        );
+    }
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_sends_nothing() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("MAX_COUNT", "5")]).await;
+    let json = Some("application/json");
+
+    let cases: &[(Option<&str>, &str, u16, &str)] = &[
+        (json, r#"{"count":1"#, 400, "malformed JSON"),
+        (json, "", 400, "request body is missing"),
+        (json, "  ", 400, "request body is missing"),
+        (
+            None,
+            r#"{"count":1}"#,
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            Some("text/plain"),
+            r#"{"count":1}"#,
+            415,
+            "Content-Type: application/json",
+        ),
+        (json, r#"{"count":"1"}"#, 422, "invalid type: string"),
+        (
+            json,
+            r#"{"count":1.5}"#,
+            422,
+            "invalid type: floating point",
+        ),
+        (
+            json,
+            r#"{"count":1,"intervalMilliseconds":"0"}"#,
+            422,
+            "invalid type",
+        ),
+        (
+            json,
+            r#"{"count":1,"text":5}"#,
+            422,
+            "invalid type: integer",
+        ),
+        (
+            json,
+            r#"{"intervalMilliseconds":0}"#,
+            422,
+            "missing field `count`",
+        ),
+        (
+            json,
+            r#"{"count":1,"intervalMs":5}"#,
+            422,
+            "unknown field `intervalMs`",
+        ),
+        (json, r#"[1]"#, 422, "expected a JSON object"),
+        (json, "null", 422, "expected a JSON object"),
+        (
+            json,
+            r#"{"count":0}"#,
+            422,
+            "count must be between 1 and 5, got 0",
+        ),
+        (
+            json,
+            r#"{"count":-3}"#,
+            422,
+            "count must be between 1 and 5, got -3",
+        ),
+        (
+            json,
+            r#"{"count":6}"#,
+            422,
+            "count must be between 1 and 5, got 6",
+        ),
+        (
+            json,
+            r#"{"count":1,"intervalMilliseconds":-1}"#,
+            422,
+            "intervalMilliseconds must be between 0 and 60000",
+        ),
+        (
+            json,
+            r#"{"count":1,"intervalMilliseconds":60001}"#,
+            422,
+            "intervalMilliseconds must be between 0 and 60000",
+        ),
+    ];
+    for (content_type, body, status, error) in cases {
+        let (got, answer) = producer.post_raw(*content_type, body).await;
+        assert_eq!(got.as_u16(), *status, "{body:?} -> {answer}");
+        let text = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            text.contains(error),
+            "{body:?}: {text:?} should contain {error:?}"
+        );
+    }
+
+    let long_text = "x".repeat(70 * 1024);
+    let (got, answer) = producer.post(json!({"count": 1, "text": long_text})).await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let huge = "x".repeat(200 * 1024);
+    let (got, answer) = producer.post(json!({"count": 1, "text": huge})).await;
+    assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+
+    assert_eq!(
+        producer.get("/MessageProducer").await,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(producer.get("/nowhere").await, StatusCode::NOT_FOUND);
+    assert!(sidecar.calls().is_empty(), "nothing is sent for bad input");
+
+    // The bounds themselves are accepted.
+    let (got, answer) = producer
+        .post(json!({"count": 5, "intervalMilliseconds": 0}))
+        .await;
+    assert_eq!((got, answer), (StatusCode::OK, json!({"sent": 5})));
+    let (got, answer) = producer
+        .post(json!({"count": 1, "intervalMilliseconds": 60000}))
+        .await;
+    assert_eq!((got, answer), (StatusCode::OK, json!({"sent": 1})));
+    assert_eq!(sidecar.calls().len(), 6);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn sidecar_down_then_up_recovers_without_restart() {
+    // Reserve a port, then free it: nothing listens there until the sidecar "starts".
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let producer = Producer::start(&addr.port().to_string(), &[]).await;
+
+    assert_eq!(producer.get("/healthz").await, StatusCode::OK);
+    assert_eq!(
+        producer.get("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, body) = producer.post(json!({"count": 2})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["sent"], 0);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("sidecar unreachable"),
+        "{body}"
+    );
+
+    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+    assert_eq!(producer.get("/readyz").await, StatusCode::OK);
+    let (status, body) = producer.post(json!({"count": 2})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 2})));
+
+    // And again after the sidecar restarts.
+    sidecar.stop().await;
+    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 1})));
+    assert_eq!(sidecar.calls().len(), 1);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn sidecar_failing_mid_batch_reports_the_sent_count() {
+    for (code, status) in [
+        (Code::Internal, StatusCode::BAD_GATEWAY),
+        (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+        (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        let behaviour = Behaviour {
+            fail_after: Some((3, code)),
+            ..Default::default()
+        };
+        let sidecar = FakeSidecar::start(behaviour).await;
+        let producer = Producer::start(&sidecar.port(), &[("SEND_CONCURRENCY", "1")]).await;
+
+        let (got, body) = producer.post(json!({"count": 10})).await;
+        assert_eq!(got, status, "{code:?}: {body}");
+        assert_eq!(body["sent"], 3, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("3 of 10 messages were sent"),
+            "{body}"
+        );
+
+        // The process lives on and serves the next request.
+        assert_eq!(producer.get("/healthz").await, StatusCode::OK);
+        producer.stop().await;
+        sidecar.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn interval_zero_keeps_the_configured_concurrency_in_flight() {
+    let behaviour = Behaviour {
+        delay: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let producer = Producer::start(&sidecar.port(), &[("SEND_CONCURRENCY", "4")]).await;
+
+    let (status, body) = producer
+        .post(json!({"count": 12, "intervalMilliseconds": 0}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 12})));
+    assert_eq!(
+        sidecar.max_in_flight(),
+        4,
+        "never more, and the limit is used"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn interval_paces_messages_one_at_a_time() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[]).await;
+
+    let started = Instant::now();
+    let (status, body) = producer
+        .post(json!({"count": 5, "intervalMilliseconds": 100}))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 5})));
+    // Lower bounds only: 4 gaps of 100 ms between 5 messages.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let calls = sidecar.calls();
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(90), "gap {gap:?}");
+    }
+    assert_eq!(sidecar.max_in_flight(), 1);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_front_produces_streams_and_validates() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("MAX_COUNT", "50")]).await;
+    let mut client = producer.client().await;
+
+    let mut request = tonic::Request::new(ProduceRequest {
+        count: 2,
+        interval_milliseconds: 0,
+        text: None,
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    assert_eq!(client.produce(request).await.unwrap().into_inner().sent, 2);
+    let calls = sidecar.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].data, br#"{"text":"Hello World"}"#);
+    assert_eq!(
+        calls[0].headers.get("traceparent").map(String::as_str),
+        Some(TRACEPARENT)
+    );
+
+    let stream = client
+        .produce_stream(ProduceRequest {
+            count: 3,
+            interval_milliseconds: 1,
+            text: Some("hi".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let progress: Vec<_> = stream.map(|p| p.unwrap()).collect().await;
+    let sent: Vec<_> = progress.iter().map(|p| (p.sent, p.count)).collect();
+    assert_eq!(sent, [(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(sidecar.calls()[4].data, br#"{"text":"hi"}"#);
+
+    for bad in [
+        ProduceRequest {
+            count: 0,
+            interval_milliseconds: 0,
+            text: None,
+        },
+        ProduceRequest {
+            count: 51,
+            interval_milliseconds: 0,
+            text: None,
+        },
+        ProduceRequest {
+            count: 1,
+            interval_milliseconds: 60_001,
+            text: None,
+        },
+    ] {
+        let status = client.produce(bad.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
+        let status = client.produce_stream(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    assert_eq!(sidecar.calls().len(), 5);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_failure_carries_the_sent_count() {
+    let behaviour = Behaviour {
+        fail_after: Some((2, Code::Unavailable)),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let producer = Producer::start(&sidecar.port(), &[("SEND_CONCURRENCY", "1")]).await;
+    let mut client = producer.client().await;
+
+    let status = client
+        .produce(ProduceRequest {
+            count: 5,
+            interval_milliseconds: 0,
+            text: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("2 of 5 messages were sent"),
+        "{status:?}"
+    );
+    assert_eq!(status.metadata().get("producer-sent").unwrap(), "2");
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn health_reflection_openapi_and_swagger_ui() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[]).await;
+
+    let mut health = HealthClient::new(producer.channel().await);
+    for service in ["", "producer.v1.Producer"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.into_inner().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(producer.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"producer.v1.Producer".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    let doc: Value = producer
+        .http
+        .get(format!("{}/openapi.json", producer.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/MessageProducer"]["post"].is_object(),
+        "{doc}"
+    );
+    let ui = producer
+        .http
+        .get(format!("{}/swagger-ui/", producer.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), StatusCode::OK);
+    assert!(
+        ui.text().await.unwrap().contains("swagger"),
+        "Swagger UI is served from the binary"
+    );
+
+    // An unknown gRPC method is UNIMPLEMENTED, not an HTTP 404.
+    let mut other = bindings::dapr_v1::dapr_client::DaprClient::new(producer.channel().await);
+    let status = other
+        .invoke_binding(bindings::dapr_v1::InvokeBindingRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn client_going_away_stops_the_batch_and_logs_the_sent_count() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let mut producer = Producer::start(&sidecar.port(), &[]).await;
+
+    // A paced batch of 100 would take ~5 s; the client gives up after ~300 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(format!("{}/MessageProducer", producer.base))
+        .json(&json!({"count": 100, "intervalMilliseconds": 50}))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client timed out");
+
+    let event = producer
+        .service
+        .wait_for_message("batch stopped: the client went away")
+        .await;
+    let sent = event["sent"].as_u64().unwrap();
+    assert!(sent >= 1 && sent < 100, "{event}");
+    assert_eq!(
+        sidecar.calls().len() as u64,
+        sent,
+        "the log matches what the sidecar got"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_running_batch_after_the_drain_time_and_exits_zero() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let mut producer = Producer::start(&sidecar.port(), &[("DRAIN_TIMEOUT", "300ms")]).await;
+
+    let url = format!("{}/MessageProducer", producer.base);
+    let http = producer.http.clone();
+    let batch = tokio::spawn(async move {
+        http.post(url)
+            .json(&json!({"count": 100, "intervalMilliseconds": 50}))
+            .send()
+            .await
+            .unwrap()
+    });
+    sidecar.wait_for_calls(1).await;
+
+    producer.service.terminate();
+    let response = batch.await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    let sent = body["sent"].as_u64().unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(sidecar.calls().len() as u64, sent);
+    assert_eq!(producer.service.exit_code(WAIT).await, Some(0));
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn help_documents_every_setting_and_bad_config_exits_at_once() {
+    let (code, help) = run_to_end(BIN, &["--help"], &[]).await;
+    assert_eq!(code, Some(0));
+    for name in [
+        "PORT",
+        "BIND_ADDRESS",
+        "BINDING_NAME",
+        "DAPR_GRPC_ENDPOINT",
+        "DAPR_GRPC_PORT",
+        "DAPR_API_TOKEN",
+        "MAX_COUNT",
+        "SEND_CONCURRENCY",
+        "SIDECAR_TIMEOUT",
+        "DRAIN_TIMEOUT",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "--help lacks {name}:\n{help}"
+        );
+    }
+
+    for (env, reason) in [
+        (("MAX_COUNT", "0"), "MAX_COUNT"),
+        (("DAPR_GRPC_ENDPOINT", "https://dapr:443"), "TLS"),
+        (("SIDECAR_TIMEOUT", "forever"), "SIDECAR_TIMEOUT"),
+        (("PORT", "http"), "PORT"),
+    ] {
+        let (code, output) = run_to_end(BIN, &[], &[env]).await;
+        assert_eq!(code, Some(2), "{env:?}: {output}");
+        assert!(output.contains(reason), "{env:?}: {output}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Runs a real binary (`CARGO_BIN_EXE_*`) with JSON logs on loopback, and waits, bounded, for its
+//! log events: the `listening` event carries the bound address, the readiness signal.
+
+use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::{Mutex, watch},
+};
+
+use super::WAIT;
+
+/// Environment variables a developer's shell might have set that would make a test non-hermetic.
+const CLEARED: &[&str] = &[
+    "PORT",
+    "APP_PORT",
+    "BIND_ADDRESS",
+    "BINDING_NAME",
+    "DAPR_GRPC_ENDPOINT",
+    "DAPR_GRPC_PORT",
+    "DAPR_HTTP_PORT",
+    "DAPR_API_TOKEN",
+    "APP_API_TOKEN",
+    "RUST_LOG",
+    "LOG_FORMAT",
+    "MAX_COUNT",
+    "SEND_CONCURRENCY",
+    "SIDECAR_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "WORK_DURATION",
+    "MAX_CONCURRENCY",
+];
+
+/// A running binary. Killed on drop, so a failing test leaves nothing behind.
+pub struct Service {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: watch::Receiver<usize>,
+}
+
+impl Service {
+    /// Starts `bin` on 127.0.0.1 with JSON logs and the given extra environment.
+    pub fn spawn(bin: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(bin);
+        for name in CLEARED {
+            command.env_remove(name);
+        }
+        command
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {bin}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = watch::channel(0);
+        let sink = Arc::clone(&lines);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                // Echo for `cargo test -- --nocapture` when a test fails.
+                println!("{line}");
+                let mut all = sink.lock().await;
+                all.push(line);
+                tx.send_replace(all.len());
+            }
+        });
+        Self { child, lines, seen }
+    }
+
+    /// Waits, at most [`WAIT`], for a JSON log event matching `pred`; panics with the log if none.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(WAIT, async {
+            let mut checked = 0;
+            loop {
+                {
+                    let lines = self.lines.lock().await;
+                    for line in &lines[checked..] {
+                        if let Ok(event) = serde_json::from_str::<Value>(line) {
+                            if pred(&event) {
+                                return Some(event);
+                            }
+                        }
+                    }
+                    checked = lines.len();
+                }
+                if self.seen.changed().await.is_err() {
+                    return None; // stdout closed: the process has exited
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(event)) => event,
+            _ => panic!(
+                "no log event {what:?}; log so far:\n{}",
+                self.lines.lock().await.join("\n")
+            ),
+        }
+    }
+
+    /// Waits for an event whose message is `message`.
+    pub async fn wait_for_message(&mut self, message: &str) -> Value {
+        self.wait_for(message, |e| e["message"] == message).await
+    }
+
+    /// The address from the `listening` event.
+    pub async fn addr(&mut self) -> SocketAddr {
+        let event = self.wait_for_message("listening").await;
+        event["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("listening event has addr")
+    }
+
+    /// Every JSON log event so far.
+    pub async fn events(&self) -> Vec<Value> {
+        let lines = self.lines.lock().await;
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Sends SIGTERM, as Kubernetes does.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("process still running") as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "kill(SIGTERM)"
+        );
+    }
+
+    /// Waits, at most `limit`, for the process to exit; returns its exit code.
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("process did not exit in time")
+            .expect("waiting for the process");
+        status.code()
+    }
+}
+
+/// Runs `bin` to completion with `args`, bounded in time; returns (exit code, stdout + stderr).
+pub async fn run_to_end(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(bin);
+    for name in CLEARED {
+        command.env_remove(name);
+    }
+    let output = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
+        .await
+        .expect("bounded")
+        .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}

@@ -1,0 +1,177 @@
+//! A fake Dapr sidecar: serves `dapr.proto.runtime.v1.Dapr/InvokeBinding` with the `dapr` crate's
+//! generated types (through `bindings::dapr_runtime`) and records every call it gets.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bindings::{
+    dapr_runtime::{BindingHandler, DaprRuntimeServer},
+    dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status};
+
+/// One recorded `InvokeBinding`.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub name: String,
+    pub operation: String,
+    pub data: Vec<u8>,
+    /// The request's binding metadata map.
+    pub metadata: HashMap<String, String>,
+    /// gRPC metadata (headers): `dapr-api-token`, `traceparent`, ...
+    pub headers: HashMap<String, String>,
+    pub at: Instant,
+}
+
+/// How the fake answers.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// After this many accepted calls, answer every call with this code.
+    pub fail_after: Option<(usize, Code)>,
+    /// Time each accepted call takes.
+    pub delay: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Recorder {
+    behaviour: Behaviour,
+    calls: Mutex<Vec<Call>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Number of accepted calls, to wait on.
+    accepted: watch::Sender<usize>,
+}
+
+#[tonic::async_trait]
+impl BindingHandler for Recorder {
+    async fn invoke_binding(
+        &self,
+        request: Request<InvokeBindingRequest>,
+    ) -> Result<Response<InvokeBindingResponse>, Status> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let result = self.handle(request).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Recorder {
+    async fn handle(
+        &self,
+        request: Request<InvokeBindingRequest>,
+    ) -> Result<Response<InvokeBindingResponse>, Status> {
+        if let Some((after, code)) = self.behaviour.fail_after {
+            if self.calls.lock().unwrap().len() >= after {
+                return Err(Status::new(code, "injected failure"));
+            }
+        }
+        tokio::time::sleep(self.behaviour.delay).await;
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let message = request.into_inner();
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(Call {
+            name: message.name,
+            operation: message.operation,
+            data: message.data,
+            metadata: message.metadata,
+            headers,
+            at: Instant::now(),
+        });
+        self.accepted.send_replace(calls.len());
+        Ok(Response::new(InvokeBindingResponse::default()))
+    }
+}
+
+/// A running fake sidecar on 127.0.0.1.
+pub struct FakeSidecar {
+    pub addr: SocketAddr,
+    recorder: Arc<Recorder>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FakeSidecar {
+    /// Starts on an ephemeral port.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// Starts on a given address (to come back on the same port after a stop).
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("binding the fake sidecar");
+        let addr = listener.local_addr().unwrap();
+        let recorder = Arc::new(Recorder {
+            behaviour,
+            ..Default::default()
+        });
+        let shutdown = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .add_service(DaprRuntimeServer::from_arc(Arc::clone(&recorder)))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let task = tokio::spawn(async move { server.await.expect("fake sidecar serves") });
+        Self {
+            addr,
+            recorder,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The port, as a string for DAPR_GRPC_PORT.
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// Calls accepted so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.recorder.calls.lock().unwrap().clone()
+    }
+
+    /// Waits, at most [`super::WAIT`], until `n` calls have been accepted.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let mut accepted = self.recorder.accepted.subscribe();
+        let reached =
+            tokio::time::timeout(super::WAIT, accepted.wait_for(|&count| count >= n)).await;
+        assert!(
+            reached.is_ok(),
+            "the sidecar got {} calls, expected {n}",
+            self.calls().len()
+        );
+    }
+
+    /// Most calls that were in progress at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.recorder.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(super::WAIT, self.task)
+            .await
+            .expect("fake sidecar stops")
+            .unwrap();
+    }
+}
