@@ -10,7 +10,7 @@ use crate::{auth::ApiToken, callback::Settings};
 
 /// Dapr input-binding consumer: daprd delivers each queue message to it over gRPC (AppCallback).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "consumer", version, about, long_about = None)]
+#[command(name = "consumer", version, long_about = None)]
 pub struct Config {
     /// Port of the gRPC AppCallback server; daprd's --app-port must match. 0 picks a free port.
     #[arg(long, env = "APP_PORT", default_value_t = 50051)]
