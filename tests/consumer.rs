@@ -1,0 +1,565 @@
+//! Black-box tests of the real `consumer` binary, driven as daprd drives it: over gRPC on
+//! loopback with Dapr's generated AppCallback clients, reading its JSON logs, stopping it with
+//! SIGTERM.
+
+mod support;
+
+use std::{collections::HashMap, time::Instant};
+
+use bindings::dapr_v1::{
+    BindingEventRequest, BindingEventResponse, JobEventRequest, TopicEventBulkRequest,
+    TopicEventRequest, app_callback_client::AppCallbackClient,
+    app_callback_health_check_client::AppCallbackHealthCheckClient,
+};
+use chrono::{NaiveDateTime, Utc};
+use dapr::dapr::proto::common::v1::InvokeRequest;
+use serde_json::Value;
+use support::{
+    WAIT,
+    process::{Service, run_to_end},
+};
+use tonic::{
+    Code, Request, Status,
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_consumer");
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const APP_CALLBACK: &str = "dapr.proto.runtime.v1.AppCallback";
+/// Adds the consumer's debug events ("event received") to the log, without h2's or tonic's.
+const DEBUG_LOG: (&str, &str) = ("RUST_LOG", "info,consumer=debug");
+
+/// A consumer on an ephemeral loopback port, and a channel to it.
+struct Consumer {
+    service: Service,
+    channel: Channel,
+}
+
+impl Consumer {
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("APP_PORT", "0")];
+        all.extend_from_slice(env);
+        let mut service = Service::spawn(BIN, &all);
+        let addr = service.addr().await;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_timeout(WAIT)
+            // Bounds every call a test makes.
+            .timeout(WAIT)
+            .connect()
+            .await
+            .expect("connecting to the consumer");
+        Self { service, channel }
+    }
+
+    fn callback(&self) -> AppCallbackClient<Channel> {
+        AppCallbackClient::new(self.channel.clone())
+    }
+
+    async fn health_check(&self) -> Result<(), Status> {
+        AppCallbackHealthCheckClient::new(self.channel.clone())
+            .health_check(())
+            .await
+            .map(|_| ())
+    }
+
+    async fn grpc_health(&self, service: &str) -> Result<ServingStatus, Status> {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let response = HealthClient::new(self.channel.clone())
+            .check(request)
+            .await?;
+        Ok(response.into_inner().status())
+    }
+
+    async fn send(&self, request: Request<BindingEventRequest>) -> Result<(), Status> {
+        let response = self.callback().on_binding_event(request).await?;
+        assert_eq!(response.into_inner(), BindingEventResponse::default());
+        Ok(())
+    }
+
+    /// Waits for the original sample's line for the event with this id.
+    async fn line_for(&mut self, id: &str) -> Value {
+        self.service
+            .wait_for(&format!("log line of {id}"), |e| {
+                e["id"] == id && e["message"].as_str().is_some_and(is_original_line)
+            })
+            .await
+    }
+
+    /// SIGTERM, then a bounded wait for exit code 0; returns the final "stopped" event.
+    async fn stop(mut self) -> Value {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+        self.service.wait_for_message("stopped").await
+    }
+}
+
+fn event(binding: &str, data: &[u8], metadata: &[(&str, &str)]) -> Request<BindingEventRequest> {
+    Request::new(BindingEventRequest {
+        name: binding.to_owned(),
+        data: data.to_vec(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<HashMap<_, _>>(),
+    })
+}
+
+fn hello(id: &str) -> Request<BindingEventRequest> {
+    event("message-queue", br#"{"text":"Hello World"}"#, &[("id", id)])
+}
+
+fn with_token(
+    mut request: Request<BindingEventRequest>,
+    token: &str,
+) -> Request<BindingEventRequest> {
+    request
+        .metadata_mut()
+        .insert("dapr-api-token", token.parse().expect("ASCII token"));
+    request
+}
+
+/// Splits `{text} -- Received at: {ts} -- Finished at: {ts}` into its parts.
+fn parse_line(line: &str) -> Option<(&str, NaiveDateTime, NaiveDateTime)> {
+    const FORMAT: &str = "%m/%d/%Y %H:%M:%S";
+    let (text, rest) = line.rsplit_once(" -- Received at: ")?;
+    let (received, finished) = rest.split_once(" -- Finished at: ")?;
+    // Fixed width, so `12/24/2019 14:42:42` is exactly 19 characters each.
+    if received.len() != 19 || finished.len() != 19 {
+        return None;
+    }
+    Some((
+        text,
+        NaiveDateTime::parse_from_str(received, FORMAT).ok()?,
+        NaiveDateTime::parse_from_str(finished, FORMAT).ok()?,
+    ))
+}
+
+fn is_original_line(line: &str) -> bool {
+    parse_line(line).is_some()
+}
+
+fn assert_code(result: Result<(), Status>, code: Code, what: &str) -> Status {
+    match result {
+        Ok(()) => panic!("{what}: expected {code:?}, got OK"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{what}: {status:?}");
+            status
+        }
+    }
+}
+
+#[tokio::test]
+async fn help_documents_every_setting_and_hides_the_token() {
+    let (code, help) = run_to_end(BIN, &["--help"], &[("APP_API_TOKEN", "s3cret")]).await;
+    assert_eq!(code, Some(0), "{help}");
+    for name in [
+        "APP_PORT",
+        "BIND_ADDRESS",
+        "BINDING_NAME",
+        "WORK_DURATION",
+        "MAX_CONCURRENCY",
+        "DRAIN_TIMEOUT",
+        "APP_API_TOKEN",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "--help lacks {name}:\n{help}"
+        );
+    }
+    assert!(help.contains("terminationGracePeriodSeconds"), "{help}");
+    assert!(!help.contains("s3cret"), "--help shows the token:\n{help}");
+}
+
+#[tokio::test]
+async fn invalid_config_exits_at_once_with_a_clear_message() {
+    for (name, value, expected) in [
+        ("MAX_CONCURRENCY", "0", "--max-concurrency"),
+        ("MAX_CONCURRENCY", "lots", "--max-concurrency"),
+        ("WORK_DURATION", "abc", "--work-duration"),
+        ("DRAIN_TIMEOUT", "soon", "--drain-timeout"),
+        ("BINDING_NAME", "", "must not be empty"),
+        ("APP_PORT", "70000", "--app-port"),
+        ("BIND_ADDRESS", "localhost", "--bind-address"),
+        ("LOG_FORMAT", "xml", "--log-format"),
+        ("RUST_LOG", "info,[", "invalid RUST_LOG filter"),
+    ] {
+        // Should the value be accepted by mistake, the process would serve on a free loopback
+        // port until run_to_end's bound, and the test would fail there.
+        let env = [
+            ("APP_PORT", "0"),
+            ("BIND_ADDRESS", "127.0.0.1"),
+            (name, value),
+        ];
+        let (code, output) = run_to_end(BIN, &[], &env).await;
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{name}={value:?} exited with {code:?}:\n{output}"
+        );
+        assert!(
+            output.contains(expected),
+            "{name}={value:?}: {output:?} should mention {expected:?}"
+        );
+        assert!(!output.contains("panicked"), "{name}={value:?}:\n{output}");
+        assert!(!output.contains("listening"), "{name}={value:?}:\n{output}");
+    }
+}
+
+#[tokio::test]
+async fn lists_the_configured_binding() {
+    let consumer = Consumer::start(&[]).await;
+    let bindings = consumer.callback().list_input_bindings(()).await.unwrap();
+    assert_eq!(bindings.into_inner().bindings, ["message-queue"]);
+    consumer.stop().await;
+
+    let consumer = Consumer::start(&[("BINDING_NAME", "orders")]).await;
+    let bindings = consumer.callback().list_input_bindings(()).await.unwrap();
+    assert_eq!(bindings.into_inner().bindings, ["orders"]);
+    // The configured name is the one accepted; the default is now unknown.
+    let orders = event("orders", br#"{"text":"hi"}"#, &[("id", "o-1")]);
+    consumer.send(orders).await.unwrap();
+    let other = consumer.send(hello("o-2")).await;
+    assert_code(other, Code::NotFound, "event for message-queue");
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn good_event_is_processed_and_logs_the_original_line() {
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "100ms")]).await;
+    let started = Utc::now().naive_utc();
+
+    let mut request = event(
+        "message-queue",
+        br#"{"text":"Hello World","extra":true}"#,
+        &[("id", "msg-1"), ("MessageId", "ignored")],
+    );
+    request
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    consumer.send(request).await.unwrap();
+
+    let logged = consumer.line_for("msg-1").await;
+    let message = logged["message"].as_str().unwrap();
+    let (text, received, finished) = parse_line(message).unwrap();
+    assert_eq!(text, "Hello World", "{logged}");
+    // Whole seconds, UTC: within the test's own run, give or take the truncation.
+    let now = Utc::now().naive_utc();
+    assert!(
+        received >= started - chrono::Duration::seconds(1),
+        "{logged}"
+    );
+    assert!(received <= finished && finished <= now, "{logged}");
+    assert_eq!(logged["level"], "INFO", "{logged}");
+    assert_eq!(logged["binding"], "message-queue", "{logged}");
+    assert_eq!(logged["trace_id"], TRACE_ID, "{logged}");
+    assert!(logged["duration_ms"].as_u64().unwrap() >= 100, "{logged}");
+
+    // Service Bus's MessageId is the fallback id; no traceparent, no trace_id field.
+    let service_bus = event(
+        "message-queue",
+        br#"{"text":"from Service Bus"}"#,
+        &[("MessageId", "sb-7")],
+    );
+    consumer.send(service_bus).await.unwrap();
+    let logged = consumer.line_for("sb-7").await;
+    assert!(
+        logged["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("from Service Bus -- Received at: "),
+        "{logged}"
+    );
+    assert!(logged.get("trace_id").is_none(), "{logged}");
+
+    let stopped = consumer.stop().await;
+    assert_eq!(stopped["processed"], 2, "{stopped}");
+}
+
+#[tokio::test]
+async fn bad_payloads_are_invalid_argument_and_logged_with_their_id() {
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "0s")]).await;
+    for (i, payload) in [
+        &b"not json"[..],
+        b"",
+        b"{}",
+        br#"{"txt":"typo"}"#,
+        br#"{"text":5}"#,
+        br#"{"text":null}"#,
+        br#"["Hello World"]"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("bad-{i}");
+        let result = consumer
+            .send(event("message-queue", payload, &[("id", &id)]))
+            .await;
+        let status = assert_code(result, Code::InvalidArgument, &id);
+        assert!(
+            status.message().starts_with("payload is not a message"),
+            "{id}: {status:?}"
+        );
+        let warning = consumer
+            .service
+            .wait_for(&format!("warning for {id}"), |e| e["id"] == id.as_str())
+            .await;
+        assert_eq!(warning["level"], "WARN", "{warning}");
+        assert_eq!(warning["message"], "binding event rejected", "{warning}");
+        assert!(
+            warning["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("payload is not a message")),
+            "{warning}"
+        );
+    }
+    let stopped = consumer.stop().await;
+    assert_eq!(stopped["processed"], 0, "{stopped}");
+}
+
+#[tokio::test]
+async fn unknown_binding_is_not_found() {
+    let consumer = Consumer::start(&[("WORK_DURATION", "0s")]).await;
+    let result = consumer
+        .send(event("other-queue", br#"{"text":"hi"}"#, &[]))
+        .await;
+    let status = assert_code(result, Code::NotFound, "other-queue");
+    assert!(status.message().contains("other-queue"), "{status:?}");
+    let stopped = consumer.stop().await;
+    assert_eq!(stopped["processed"], 0, "{stopped}");
+}
+
+#[tokio::test]
+async fn token_is_required_on_events_only_when_configured() {
+    let consumer = Consumer::start(&[("WORK_DURATION", "0s"), ("APP_API_TOKEN", "s3cret")]).await;
+    let missing = consumer.send(hello("t-1")).await;
+    assert_code(missing, Code::Unauthenticated, "no token");
+    let wrong = consumer.send(with_token(hello("t-2"), "s3cres")).await;
+    assert_code(wrong, Code::Unauthenticated, "wrong token");
+    let longer = consumer.send(with_token(hello("t-3"), "s3crets")).await;
+    assert_code(longer, Code::Unauthenticated, "longer token");
+    consumer
+        .send(with_token(hello("t-4"), "s3cret"))
+        .await
+        .unwrap();
+    // daprd sends no token on these.
+    let bindings = consumer.callback().list_input_bindings(()).await.unwrap();
+    assert_eq!(bindings.into_inner().bindings, ["message-queue"]);
+    consumer.health_check().await.unwrap();
+    let stopped = consumer.stop().await;
+    assert_eq!(stopped["processed"], 1, "{stopped}");
+
+    let consumer = Consumer::start(&[("WORK_DURATION", "0s")]).await;
+    consumer.send(hello("n-1")).await.unwrap();
+    consumer
+        .send(with_token(hello("n-2"), "anything"))
+        .await
+        .unwrap();
+    let stopped = consumer.stop().await;
+    assert_eq!(stopped["processed"], 2, "{stopped}");
+}
+
+#[tokio::test]
+async fn health_is_serving_and_other_callbacks_are_declined() {
+    let consumer = Consumer::start(&[]).await;
+    assert_eq!(
+        consumer.grpc_health("").await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        consumer.grpc_health(APP_CALLBACK).await.unwrap(),
+        ServingStatus::Serving
+    );
+    let unknown = consumer.grpc_health("no.such.Service").await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+    consumer.health_check().await.unwrap();
+
+    let mut callback = consumer.callback();
+    let topics = callback.list_topic_subscriptions(()).await.unwrap();
+    assert!(topics.into_inner().subscriptions.is_empty());
+    let declined = [
+        callback
+            .on_invoke(InvokeRequest::default())
+            .await
+            .map(|_| ()),
+        callback
+            .on_topic_event(TopicEventRequest::default())
+            .await
+            .map(|_| ()),
+        callback
+            .on_bulk_topic_event(TopicEventBulkRequest::default())
+            .await
+            .map(|_| ()),
+        callback
+            .on_job_event(JobEventRequest::default())
+            .await
+            .map(|_| ()),
+    ];
+    for (i, result) in declined.into_iter().enumerate() {
+        let status = assert_code(result, Code::Unimplemented, &format!("call {i}"));
+        assert!(
+            status.message().contains("only consumes input bindings"),
+            "{status:?}"
+        );
+    }
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn max_concurrency_one_processes_events_one_after_the_other() {
+    let mut consumer = Consumer::start(&[
+        ("WORK_DURATION", "300ms"),
+        ("MAX_CONCURRENCY", "1"),
+        DEBUG_LOG,
+    ])
+    .await;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(consumer.send(hello("a")), consumer.send(hello("b")));
+    let elapsed = started.elapsed();
+    a.unwrap();
+    b.unwrap();
+    // A lower bound only: two 300 ms jobs in a row cannot take less.
+    assert!(elapsed.as_millis() >= 600, "{elapsed:?}");
+
+    consumer.line_for("a").await;
+    consumer.line_for("b").await;
+    // Whatever came first, the other was not even started until it had finished.
+    let order: Vec<String> = consumer
+        .service
+        .events()
+        .await
+        .iter()
+        .filter(|e| e["id"] == "a" || e["id"] == "b")
+        .map(|e| {
+            let what = if e["message"] == "event received" {
+                "start"
+            } else {
+                "end"
+            };
+            format!("{what} {}", e["id"].as_str().unwrap_or_default())
+        })
+        .collect();
+    let first = order.first().cloned().unwrap_or_default();
+    let (x, y) = if first == "start a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert_eq!(
+        order,
+        [
+            format!("start {x}"),
+            format!("end {x}"),
+            format!("start {y}"),
+            format!("end {y}")
+        ],
+        "events overlapped"
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "3s"), DEBUG_LOG]).await;
+    let mut callback = consumer.callback();
+    let in_flight = tokio::spawn(async move { callback.on_binding_event(hello("drain-1")).await });
+    consumer
+        .service
+        .wait_for("drain-1 received", |e| {
+            e["message"] == "event received" && e["id"] == "drain-1"
+        })
+        .await;
+
+    consumer.service.terminate();
+    let draining = consumer.service.wait_for_message("draining").await;
+    assert_eq!(draining["in_flight"], 1, "{draining}");
+
+    // While the first event finishes: unhealthy, and new events are sent back to the broker.
+    assert_eq!(
+        consumer.grpc_health("").await.unwrap(),
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        consumer.grpc_health(APP_CALLBACK).await.unwrap(),
+        ServingStatus::NotServing
+    );
+    assert_code(
+        consumer.health_check().await,
+        Code::Unavailable,
+        "HealthCheck while draining",
+    );
+    let refused = consumer.send(hello("drain-2")).await;
+    let status = assert_code(refused, Code::Unavailable, "event while draining");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+
+    let response = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .expect("the in-flight event answers")
+        .expect("the task runs");
+    assert_eq!(
+        response.unwrap().into_inner(),
+        BindingEventResponse::default()
+    );
+    assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
+
+    let drained = consumer.service.wait_for_message("drained").await;
+    assert_eq!(drained["in_flight"], 1, "{drained}");
+    consumer.line_for("drain-1").await;
+    let stopped = consumer.service.wait_for_message("stopped").await;
+    assert_eq!(stopped["processed"], 1, "{stopped}");
+    assert_eq!(stopped["drained"], true, "{stopped}");
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_shutdown_with_events_still_running() {
+    // Two minute-long events run at once; the process must not wait for them.
+    let mut consumer = Consumer::start(&[
+        ("WORK_DURATION", "60s"),
+        ("MAX_CONCURRENCY", "2"),
+        ("DRAIN_TIMEOUT", "200ms"),
+        DEBUG_LOG,
+    ])
+    .await;
+    let events: Vec<_> = ["slow-1", "slow-2"]
+        .into_iter()
+        .map(|id| {
+            let mut callback = consumer.callback();
+            tokio::spawn(async move { callback.on_binding_event(hello(id)).await })
+        })
+        .collect();
+    for id in ["slow-1", "slow-2"] {
+        consumer
+            .service
+            .wait_for(&format!("{id} received"), |e| {
+                e["message"] == "event received" && e["id"] == id
+            })
+            .await;
+    }
+
+    consumer.service.terminate();
+    assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
+
+    let overrun = consumer
+        .service
+        .wait_for("drain timeout warning", |e| e["level"] == "WARN")
+        .await;
+    assert_eq!(overrun["unfinished"], 2, "{overrun}");
+    let stopped = consumer.service.wait_for_message("stopped").await;
+    assert_eq!(stopped["processed"], 0, "{stopped}");
+    assert_eq!(stopped["drained"], false, "{stopped}");
+    // Their connection is gone, so daprd would abandon them and the broker redeliver them.
+    for event in events {
+        let result = tokio::time::timeout(WAIT, event)
+            .await
+            .expect("the call ends with the process")
+            .expect("the task runs");
+        assert!(result.is_err(), "{result:?}");
+    }
+}
