@@ -548,7 +548,12 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
 
     let overrun = consumer
         .service
-        .wait_for("drain timeout warning", |e| e["level"] == "WARN")
+        .wait_for("drain timeout warning", |e| {
+            e["level"] == "WARN"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("drain timeout elapsed"))
+        })
         .await;
     assert_eq!(overrun["unfinished"], 2, "{overrun}");
     let stopped = consumer.service.wait_for_message("stopped").await;
