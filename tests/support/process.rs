@@ -84,10 +84,10 @@ impl Service {
                 {
                     let lines = self.lines.lock().await;
                     for line in &lines[checked..] {
-                        if let Ok(event) = serde_json::from_str::<Value>(line) {
-                            if pred(&event) {
-                                return Some(event);
-                            }
+                        if let Ok(event) = serde_json::from_str::<Value>(line)
+                            && pred(&event)
+                        {
+                            return Some(event);
                         }
                     }
                     checked = lines.len();

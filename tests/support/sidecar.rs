@@ -71,10 +71,10 @@ impl Recorder {
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
-        if let Some((after, code)) = self.behaviour.fail_after {
-            if self.calls.lock().unwrap().len() >= after {
-                return Err(Status::new(code, "injected failure"));
-            }
+        if let Some((after, code)) = self.behaviour.fail_after
+            && self.calls.lock().unwrap().len() >= after
+        {
+            return Err(Status::new(code, "injected failure"));
         }
         tokio::time::sleep(self.behaviour.delay).await;
         let headers = request

@@ -1,0 +1,246 @@
+//! devstack configuration. The stand-in reuses daprd's variable names (DAPR_GRPC_PORT,
+//! DAPR_HTTP_PORT, DAPR_API_TOKEN, APP_API_TOKEN) so the same environment drives both.
+
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+
+use bindings::telemetry::LogArgs;
+use clap::{Args, Parser, Subcommand};
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::{delivery::AppTarget, queue::Settings};
+
+/// Local stack: a stand-in for "daprd + the queue", the consumer(s) and the producer, on loopback.
+///
+/// With no subcommand, starts everything (`up`). The stand-in speaks Dapr's real gRPC protocol on
+/// both sides; it is a development tool, not a broker: in production the queue is Azure Service
+/// Bus behind daprd.
+#[derive(Debug, Parser)]
+#[command(name = "devstack", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub up: UpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the stand-in, the consumers and the producer (the default).
+    Up(UpArgs),
+    /// Run only the stand-in, for a producer and consumers started by hand.
+    Sidecar(SidecarOnlyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Number of consumer processes (competing consumers on the one queue).
+    #[arg(long, env = "CONSUMERS", default_value = "1")]
+    pub consumers: NonZeroUsize,
+    /// The producer's port (REST and gRPC).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// The first consumer's app port; consumer N listens on APP_PORT + N - 1.
+    #[arg(long, env = "APP_PORT", default_value_t = 50051)]
+    pub app_port: u16,
+    /// Events in flight per consumer; passed to each consumer too.
+    #[arg(long, env = "MAX_CONCURRENCY", default_value = "1")]
+    pub max_concurrency: NonZeroUsize,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SidecarOnlyArgs {
+    /// A consumer app's gRPC address, `HOST:PORT` or `HOST:PORT=CONCURRENCY`; repeat for several.
+    #[arg(long = "app", env = "DEVSTACK_APPS", value_delimiter = ',', value_parser = parse_app)]
+    pub apps: Vec<AppSpec>,
+    /// Default events in flight per app, when an `--app` gives none.
+    #[arg(long, env = "MAX_CONCURRENCY", default_value = "1")]
+    pub max_concurrency: NonZeroUsize,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+}
+
+/// An `--app` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppSpec {
+    pub address: SocketAddr,
+    pub max_concurrency: Option<NonZeroUsize>,
+}
+
+impl SidecarOnlyArgs {
+    pub fn targets(&self) -> Vec<AppTarget> {
+        self.apps
+            .iter()
+            .map(|app| AppTarget {
+                address: app.address,
+                max_concurrency: app.max_concurrency.unwrap_or(self.max_concurrency).get(),
+            })
+            .collect()
+    }
+}
+
+/// The stand-in's own settings.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.
+    #[arg(long, env = "DAPR_GRPC_PORT", default_value_t = 50001)]
+    pub grpc_port: u16,
+    /// HTTP port (health, `POST /v1.0/bindings/{name}`, queue status), on 127.0.0.1.
+    #[arg(long, env = "DAPR_HTTP_PORT", default_value_t = 3500)]
+    pub http_port: u16,
+    /// Input/output binding names served, each its own queue (comma-separated).
+    #[arg(long, env = "BINDING_NAME", default_value = "message-queue", value_delimiter = ',', value_parser = binding_name)]
+    pub bindings: Vec<String>,
+    /// Deliveries before a message is dead-lettered (Service Bus default: 10).
+    #[arg(long, env = "MAX_DELIVERY_COUNT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_delivery_count: u32,
+    /// How long a consumer may hold a message before its lock expires (Service Bus default: 60s).
+    #[arg(long, env = "LOCK_DURATION", default_value = "60s", value_parser = positive_duration)]
+    pub lock_duration: Duration,
+    /// Wait before the first redelivery of an abandoned message; doubles per delivery.
+    #[arg(long, env = "REDELIVERY_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub redelivery_backoff: Duration,
+    /// Longest wait before a redelivery.
+    #[arg(long, env = "MAX_REDELIVERY_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_redelivery_backoff: Duration,
+    /// How often each app's AppCallbackHealthCheck is called.
+    #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub app_health_interval: Duration,
+    /// How often the queue status is logged (when it changed).
+    #[arg(long, env = "STATUS_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub status_interval: Duration,
+    /// Token producers must send as `dapr-api-token`, like daprd's DAPR_API_TOKEN.
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
+    pub dapr_api_token: Option<String>,
+    /// Token sent to apps as `dapr-api-token` on OnBindingEvent, like daprd's APP_API_TOKEN.
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = api_token)]
+    pub app_api_token: Option<MetadataValue<Ascii>>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl SidecarArgs {
+    pub fn queue_settings(&self) -> Settings {
+        Settings {
+            max_delivery_count: self.max_delivery_count,
+            backoff: self.redelivery_backoff,
+            max_backoff: self.max_redelivery_backoff.max(self.redelivery_backoff),
+        }
+    }
+}
+
+fn parse_app(value: &str) -> Result<AppSpec, String> {
+    let (address, concurrency) = match value.split_once('=') {
+        Some((address, n)) => (address, Some(n)),
+        None => (value, None),
+    };
+    let address = address
+        .trim()
+        .parse()
+        .map_err(|_| format!("{address:?} is not HOST:PORT (an IP address and a port)"))?;
+    let max_concurrency = concurrency
+        .map(|n| {
+            n.trim()
+                .parse::<NonZeroUsize>()
+                .map_err(|_| format!("concurrency {n:?} is not a number >= 1"))
+        })
+        .transpose()?;
+    Ok(AppSpec {
+        address,
+        max_concurrency,
+    })
+}
+
+/// Binding names go into metric labels and URLs: keep them to Kubernetes-style names.
+fn binding_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    ok.then(|| value.to_owned())
+        .ok_or_else(|| format!("{value:?} is not a binding name (letters, digits, '-', '_', '.')"))
+}
+
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be greater than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn api_token(value: &str) -> Result<MetadataValue<Ascii>, String> {
+    let mut token =
+        MetadataValue::try_from(value).map_err(|_| "must be visible ASCII".to_owned())?;
+    token.set_sensitive(true);
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("devstack").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_subcommand_means_up_with_dapr_defaults() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.up.consumers.get(), cli.up.port, cli.up.app_port),
+            (1, 8080, 50051)
+        );
+        let s = &cli.up.sidecar;
+        assert_eq!(
+            (s.grpc_port, s.http_port, s.max_delivery_count),
+            (50001, 3500, 10)
+        );
+        assert_eq!(s.bindings, ["message-queue"]);
+        let cli = parse(&["--consumers", "5"]).unwrap();
+        assert_eq!(cli.up.consumers.get(), 5);
+    }
+
+    #[test]
+    fn sidecar_takes_apps_with_optional_concurrency() {
+        let cli = parse(&[
+            "sidecar",
+            "--app",
+            "127.0.0.1:1",
+            "--app",
+            "127.0.0.1:2=4",
+            "--bindings",
+            "a,b",
+        ])
+        .unwrap();
+        let Some(Command::Sidecar(args)) = cli.command else {
+            panic!("sidecar")
+        };
+        let targets = args.targets();
+        assert_eq!(
+            targets[0],
+            AppTarget {
+                address: "127.0.0.1:1".parse().unwrap(),
+                max_concurrency: 1
+            }
+        );
+        assert_eq!(targets[1].max_concurrency, 4);
+        assert_eq!(args.sidecar.bindings, ["a", "b"]);
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for (args, reason) in [
+            (&["--consumers", "0"][..], "0"),
+            (&["sidecar", "--app", "localhost"], "HOST:PORT"),
+            (&["sidecar", "--app", "127.0.0.1:1=0"], "concurrency"),
+            (&["sidecar", "--bindings", "a b"], "binding name"),
+            (&["sidecar", "--max-delivery-count", "0"], "0"),
+            (&["sidecar", "--lock-duration", "0s"], "greater than 0"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(reason), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The app side, the one that calls consumers, as daprd does: `ListInputBindings` once at start
+//! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
+//! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
+
+use std::{
+    collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
+};
+
+use bindings::dapr_v1::{
+    BindingEventRequest, app_callback_client::AppCallbackClient,
+    app_callback_health_check_client::AppCallbackHealthCheckClient,
+};
+use chrono::{DateTime, Utc};
+use tokio::{sync::watch, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Code, Request,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    broker::{AppStatus, Broker},
+    ids,
+    queue::{Abandoned, Lock, Message, Queue},
+};
+
+/// One consumer app to deliver to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppTarget {
+    pub address: SocketAddr,
+    /// Events in flight at once per binding; Service Bus's default is 1.
+    pub max_concurrency: usize,
+}
+
+/// Delivery behaviour shared by every app.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Sent as `dapr-api-token` on OnBindingEvent, as daprd sends APP_API_TOKEN.
+    pub app_api_token: Option<MetadataValue<Ascii>>,
+    pub health_interval: Duration,
+    /// How long a delivery may take before its lock expires and the message is abandoned.
+    pub lock_duration: Duration,
+}
+
+/// Serves one app until `shutdown`; in-flight deliveries finish (bounded by the lock duration).
+pub async fn serve_app(
+    broker: Arc<Broker>,
+    target: AppTarget,
+    settings: DeliverySettings,
+    shutdown: CancellationToken,
+) {
+    let status = broker.register_app(target.address.to_string(), target.max_concurrency);
+    let channel = Endpoint::from_shared(format!("http://{}", target.address))
+        .expect("a socket address is a valid URI")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy();
+
+    let Some(listed) = list_bindings(&channel, target.address, &shutdown).await else {
+        return;
+    };
+    let mut queues = Vec::new();
+    for binding in &listed {
+        match broker.queue(binding) {
+            Some(queue) => queues.push(Arc::clone(queue)),
+            None => {
+                warn!(app = %target.address, binding, "app listed a binding this sidecar does not have")
+            }
+        }
+    }
+    *status.bindings.lock().expect("bindings lock") = Some(listed.clone());
+    info!(app = %target.address, bindings = ?listed, "app listed its input bindings");
+
+    let health = Arc::new(Health {
+        app: Arc::clone(&status),
+        tx: watch::channel(false).0,
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watch_health(
+        channel.clone(),
+        Arc::clone(&health),
+        settings.health_interval,
+        shutdown.clone(),
+    ));
+    for queue in queues {
+        for _ in 0..target.max_concurrency {
+            let worker = Worker {
+                queue: Arc::clone(&queue),
+                client: AppCallbackClient::new(channel.clone()),
+                app: Arc::clone(&status),
+                healthy: health.tx.subscribe(),
+                health: Arc::clone(&health),
+                settings: settings.clone(),
+            };
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+    }
+    tasks.join_all().await;
+}
+
+/// Calls ListInputBindings until the app answers, like daprd waiting for its app at start.
+async fn list_bindings(
+    channel: &Channel,
+    app: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Vec<String>> {
+    let mut client = AppCallbackClient::new(channel.clone());
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_secs(3));
+        match client.list_input_bindings(request).await {
+            Ok(response) => return Some(response.into_inner().bindings),
+            Err(status) => {
+                debug!(%app, error = %status.message(), "app not answering ListInputBindings yet")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// An app's health, as the workers wait on it and the status shows it.
+struct Health {
+    app: Arc<AppStatus>,
+    tx: watch::Sender<bool>,
+}
+
+impl Health {
+    fn set(&self, now: bool) {
+        if self.app.healthy.swap(now, Ordering::Relaxed) != now {
+            info!(app = %self.app.address, healthy = now, "app health changed");
+        }
+        self.tx
+            .send_if_modified(|h| std::mem::replace(h, now) != now);
+    }
+}
+
+/// Polls AppCallbackHealthCheck. An app that does not implement it counts as healthy, as daprd
+/// without app health checks would treat it.
+async fn watch_health(
+    channel: Channel,
+    health: Arc<Health>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut client = AppCallbackHealthCheckClient::new(channel);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let mut request = Request::new(());
+        request.set_timeout(interval.max(Duration::from_millis(500)));
+        let healthy = match client.health_check(request).await {
+            Ok(_) => true,
+            Err(status) => status.code() == Code::Unimplemented,
+        };
+        health.set(healthy);
+    }
+}
+
+struct Worker {
+    queue: Arc<Queue>,
+    client: AppCallbackClient<Channel>,
+    app: Arc<AppStatus>,
+    healthy: watch::Receiver<bool>,
+    health: Arc<Health>,
+    settings: DeliverySettings,
+}
+
+impl Worker {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let healthy = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ready = self.healthy.wait_for(|healthy| *healthy) => ready.is_ok(),
+            };
+            if !healthy {
+                return;
+            }
+            let lock = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                lock = self.queue.receive() => lock,
+            };
+            self.app.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result =
+                tokio::time::timeout(self.settings.lock_duration, self.deliver(&lock.message))
+                    .await;
+            self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.settle(lock, result);
+        }
+    }
+
+    async fn deliver(&self, message: &Message) -> Result<(), tonic::Status> {
+        let mut request = Request::new(BindingEventRequest {
+            name: self.queue.name().to_owned(),
+            data: message.data.clone(),
+            metadata: event_metadata(message),
+        });
+        let trace_id = message.trace_id.clone().unwrap_or_else(ids::trace_id);
+        if let Ok(value) = ids::traceparent(&trace_id).parse() {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        if let Some(token) = &self.settings.app_api_token {
+            request
+                .metadata_mut()
+                .insert("dapr-api-token", token.clone());
+        }
+        self.client
+            .clone()
+            .on_binding_event(request)
+            .await
+            .map(drop)
+    }
+
+    fn settle(
+        &self,
+        lock: Lock,
+        result: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>,
+    ) {
+        let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
+        let reason = match result {
+            Ok(Ok(())) => {
+                debug!(app = %self.app.address, id, "message completed");
+                lock.complete();
+                return;
+            }
+            Ok(Err(status)) => {
+                if status.code() == Code::Unavailable {
+                    // The app is gone or draining: stop delivering until its health check passes.
+                    self.health.set(false);
+                }
+                format!("app answered {:?}: {}", status.code(), status.message())
+            }
+            Err(_) => format!(
+                "no answer within the lock duration ({:?})",
+                self.settings.lock_duration
+            ),
+        };
+        match lock.abandon(&reason) {
+            Abandoned::Redelivered { after } => {
+                info!(app = %self.app.address, id, delivery_count, %reason, ?after, "message abandoned; will be redelivered")
+            }
+            Abandoned::DeadLettered => {
+                warn!(app = %self.app.address, id, delivery_count, %reason, "message dead-lettered")
+            }
+        }
+    }
+}
+
+/// Binding metadata as the Service Bus binding delivers it, plus `id`, and the sender's properties.
+fn event_metadata(message: &Message) -> HashMap<String, String> {
+    let mut metadata = message.properties.clone();
+    let enqueued: DateTime<Utc> = message.enqueued_at.into();
+    metadata.extend([
+        ("id".to_owned(), message.id.clone()),
+        ("MessageId".to_owned(), message.id.clone()),
+        (
+            "DeliveryCount".to_owned(),
+            message.delivery_count.to_string(),
+        ),
+        ("SequenceNumber".to_owned(), message.sequence.to_string()),
+        ("EnqueuedTimeUtc".to_owned(), enqueued.to_rfc3339()),
+    ]);
+    metadata
+}

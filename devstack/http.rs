@@ -1,0 +1,111 @@
+//! The HTTP side, like daprd's HTTP port: health endpoints, `POST /v1.0/bindings/{name}` (what the
+//! original ASP.NET producer called), and the stand-in's own queue status and metrics.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bindings::trace_context::{TRACEPARENT, TraceParent};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{broker::Broker, runtime::Runtime};
+
+#[derive(Debug, Clone)]
+struct HttpState {
+    runtime: Runtime,
+    broker: Arc<Broker>,
+}
+
+/// daprd's output binding request body.
+#[derive(Debug, Deserialize)]
+struct OutputBindingRequest {
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+}
+
+pub fn router(runtime: Runtime, broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
+        .route("/v1.0/healthz/outbound", get(StatusCode::NO_CONTENT))
+        .route("/v1.0/bindings/{name}", post(invoke_binding))
+        .route("/devstack/status", get(status))
+        .route("/devstack/metrics", get(metrics))
+        .with_state(HttpState { runtime, broker })
+}
+
+/// daprd's error body.
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(json!({ "errorCode": code, "message": message })),
+    )
+        .into_response()
+}
+
+async fn invoke_binding(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if state
+        .runtime
+        .authorize(headers.get("dapr-api-token").map(|v| v.as_bytes()))
+        .is_err()
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid api token" })),
+        )
+            .into_response();
+    }
+    let request: OutputBindingRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ERR_MALFORMED_REQUEST",
+                format!("failed deserializing HTTP body: {e}"),
+            );
+        }
+    };
+    // daprd re-marshals `data`: {"text":"Hello World"} arrives as exactly those bytes.
+    let data = serde_json::to_vec(&request.data).expect("a JSON value serializes");
+    let trace = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    match state
+        .runtime
+        .invoke(&name, &request.operation, data, request.metadata, trace)
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
+    Json(state.broker.status())
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.broker.metrics(),
+    )
+}

@@ -1,0 +1,473 @@
+//! In-memory queues with Azure Service Bus peek-lock semantics: a receive locks a message; the
+//! holder completes it (gone) or abandons it (redelivered after a per-message backoff, with its
+//! delivery count up by one), and past the max delivery count it moves to the dead-letter list.
+//! A lock dropped without either (a consumer that vanished, a cancelled task) abandons it.
+//!
+//! Invariant, checked under the one lock: produced = active + locked + completed + dead-lettered.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+use tokio::{sync::Notify, time::Instant};
+
+/// How many dead letters the status keeps in full (the count is always exact).
+const DEAD_LETTERS_KEPT: usize = 100;
+
+/// Queue behaviour, shared by every queue of a stand-in.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Deliveries before a message is dead-lettered (Service Bus default: 10).
+    pub max_delivery_count: u32,
+    /// Backoff after the first abandon; doubles per delivery, capped at `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// One message as stored.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub sequence: u64,
+    pub id: String,
+    pub data: Vec<u8>,
+    /// Application properties given on send; delivered as binding metadata.
+    pub properties: HashMap<String, String>,
+    /// The trace the message was produced in, if any (32 hex digits).
+    pub trace_id: Option<String>,
+    pub enqueued_at: SystemTime,
+    /// Deliveries so far, the current one included (1 on the first delivery).
+    pub delivery_count: u32,
+}
+
+/// A dead-lettered message and why.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: String,
+    pub delivery_count: u32,
+    pub reason: String,
+    /// The payload, as text where it is UTF-8.
+    pub data: String,
+}
+
+/// Counts of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub produced: u64,
+    /// Waiting for delivery, including those backing off before redelivery.
+    pub active: u64,
+    pub locked: u64,
+    pub completed: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_sequence: u64,
+    ready: VecDeque<Message>,
+    /// Abandoned messages waiting out their backoff, by due time.
+    delayed: BTreeMap<(Instant, u64), Message>,
+    locked: HashMap<u64, Message>,
+    completed: u64,
+    dead_lettered: u64,
+    dead_letters: VecDeque<DeadLetter>,
+}
+
+impl State {
+    fn counts(&self) -> Counts {
+        let active = (self.ready.len() + self.delayed.len()) as u64;
+        let locked = self.locked.len() as u64;
+        Counts {
+            produced: self.next_sequence,
+            active,
+            locked,
+            completed: self.completed,
+            dead_lettered: self.dead_lettered,
+        }
+    }
+
+    fn promote_due(&mut self, now: Instant) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+    }
+}
+
+/// One named queue.
+#[derive(Debug)]
+pub struct Queue {
+    name: String,
+    settings: Settings,
+    state: Mutex<State>,
+    available: Notify,
+}
+
+/// What happened to an abandoned message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandoned {
+    Redelivered { after: Duration },
+    DeadLettered,
+}
+
+impl Queue {
+    pub fn new(name: impl Into<String>, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            settings,
+            state: Mutex::default(),
+            available: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; a poisoned lock would mean a bug worth seeing.
+        self.state.lock().expect("queue lock poisoned")
+    }
+
+    /// Enqueues a message; returns its id.
+    pub fn send(
+        &self,
+        data: Vec<u8>,
+        properties: HashMap<String, String>,
+        trace_id: Option<String>,
+    ) -> String {
+        let mut state = self.state();
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        let id = crate::ids::message_id();
+        state.ready.push_back(Message {
+            sequence,
+            id: id.clone(),
+            data,
+            properties,
+            trace_id,
+            enqueued_at: SystemTime::now(),
+            delivery_count: 0,
+        });
+        drop(state);
+        self.available.notify_one();
+        id
+    }
+
+    /// Waits for a message and locks it.
+    pub async fn receive(self: &Arc<Self>) -> Lock {
+        loop {
+            let notified = self.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = {
+                let mut state = self.state();
+                state.promote_due(Instant::now());
+                if let Some(mut message) = state.ready.pop_front() {
+                    message.delivery_count += 1;
+                    state.locked.insert(message.sequence, message.clone());
+                    let more = !state.ready.is_empty();
+                    drop(state);
+                    if more {
+                        // Pass the wake-up on: a single notify_one may have covered several sends.
+                        self.available.notify_one();
+                    }
+                    return Lock {
+                        queue: Arc::clone(self),
+                        message,
+                        settled: false,
+                    };
+                }
+                state.delayed.first_key_value().map(|((due, _), _)| *due)
+            };
+            match next_due {
+                Some(due) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn complete(&self, sequence: u64) {
+        let mut state = self.state();
+        if state.locked.remove(&sequence).is_some() {
+            state.completed += 1;
+        }
+    }
+
+    fn abandon(&self, sequence: u64, reason: &str) -> Abandoned {
+        let mut state = self.state();
+        let Some(message) = state.locked.remove(&sequence) else {
+            return Abandoned::DeadLettered; // unreachable: a Lock settles once
+        };
+        if message.delivery_count >= self.settings.max_delivery_count {
+            state.dead_lettered += 1;
+            if state.dead_letters.len() == DEAD_LETTERS_KEPT {
+                state.dead_letters.pop_front();
+            }
+            state.dead_letters.push_back(DeadLetter {
+                id: message.id,
+                delivery_count: message.delivery_count,
+                reason: reason.to_owned(),
+                data: String::from_utf8_lossy(&message.data).into_owned(),
+            });
+            return Abandoned::DeadLettered;
+        }
+        let after = self.backoff(message.delivery_count);
+        state
+            .delayed
+            .insert((Instant::now() + after, sequence), message);
+        drop(state);
+        // A receiver waiting with no due time must learn of the new one.
+        self.available.notify_one();
+        Abandoned::Redelivered { after }
+    }
+
+    fn backoff(&self, delivery_count: u32) -> Duration {
+        let doublings = delivery_count.saturating_sub(1).min(16);
+        (self.settings.backoff * 2u32.pow(doublings)).min(self.settings.max_backoff)
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.state().counts()
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.state().dead_letters.iter().cloned().collect()
+    }
+}
+
+/// A locked message. Settle it with [`complete`](Lock::complete) or [`abandon`](Lock::abandon);
+/// dropping it unsettled abandons it.
+#[derive(Debug)]
+pub struct Lock {
+    queue: Arc<Queue>,
+    pub message: Message,
+    settled: bool,
+}
+
+impl Lock {
+    pub fn complete(mut self) {
+        self.settled = true;
+        self.queue.complete(self.message.sequence);
+    }
+
+    pub fn abandon(mut self, reason: &str) -> Abandoned {
+        self.settled = true;
+        self.queue.abandon(self.message.sequence, reason)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.queue
+                .abandon(self.message.sequence, "lock released without settlement");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: Settings = Settings {
+        max_delivery_count: 3,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(250),
+    };
+
+    fn holds(counts: Counts) {
+        assert_eq!(
+            counts.produced,
+            counts.active + counts.locked + counts.completed + counts.dead_lettered,
+            "{counts:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn complete_removes_the_message_once() {
+        let q = Queue::new("q", SETTINGS);
+        let id = q.send(b"a".to_vec(), HashMap::new(), None);
+        let lock = q.receive().await;
+        assert_eq!(
+            (lock.message.id.as_str(), lock.message.delivery_count),
+            (id.as_str(), 1)
+        );
+        assert_eq!(
+            q.counts(),
+            Counts {
+                produced: 1,
+                locked: 1,
+                ..Default::default()
+            }
+        );
+        lock.complete();
+        assert_eq!(
+            q.counts(),
+            Counts {
+                produced: 1,
+                completed: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandon_redelivers_with_backoff_then_dead_letters() {
+        let q = Queue::new("q", SETTINGS);
+        q.send(b"poison".to_vec(), HashMap::new(), None);
+
+        let first = q.receive().await;
+        assert_eq!(
+            first.abandon("bad"),
+            Abandoned::Redelivered {
+                after: Duration::from_millis(100)
+            }
+        );
+        holds(q.counts());
+        let before = Instant::now();
+        let second = q.receive().await;
+        assert!(
+            Instant::now() - before >= Duration::from_millis(100),
+            "backs off"
+        );
+        assert_eq!(second.message.delivery_count, 2);
+        assert_eq!(
+            second.abandon("bad"),
+            Abandoned::Redelivered {
+                after: Duration::from_millis(200)
+            }
+        );
+        let third = q.receive().await;
+        assert_eq!(third.message.delivery_count, 3);
+        assert_eq!(third.abandon("still bad"), Abandoned::DeadLettered);
+
+        let counts = q.counts();
+        assert_eq!(
+            counts,
+            Counts {
+                produced: 1,
+                dead_lettered: 1,
+                ..Default::default()
+            }
+        );
+        let dead = q.dead_letters();
+        assert_eq!(
+            (
+                dead[0].delivery_count,
+                dead[0].reason.as_str(),
+                dead[0].data.as_str()
+            ),
+            (3, "still bad", "poison")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_is_capped() {
+        let q = Queue::new(
+            "q",
+            Settings {
+                max_delivery_count: 100,
+                ..SETTINGS
+            },
+        );
+        assert_eq!(q.backoff(1), Duration::from_millis(100));
+        assert_eq!(q.backoff(2), Duration::from_millis(200));
+        assert_eq!(q.backoff(3), Duration::from_millis(250));
+        assert_eq!(q.backoff(99), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_lock_abandons_it() {
+        let q = Queue::new("q", SETTINGS);
+        q.send(b"a".to_vec(), HashMap::new(), None);
+        drop(q.receive().await);
+        assert_eq!(
+            q.counts(),
+            Counts {
+                produced: 1,
+                active: 1,
+                ..Default::default()
+            }
+        );
+        let again = q.receive().await;
+        assert_eq!(again.message.delivery_count, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receive_waits_for_a_send_and_order_is_fifo() {
+        let q = Queue::new("q", SETTINGS);
+        let waiting = tokio::spawn({
+            let q = Arc::clone(&q);
+            async move { q.receive().await.message.data.clone() }
+        });
+        tokio::task::yield_now().await;
+        q.send(b"1".to_vec(), HashMap::new(), None);
+        q.send(b"2".to_vec(), HashMap::new(), None);
+        assert_eq!(waiting.await.unwrap(), b"1");
+        assert_eq!(q.receive().await.message.data, b"2");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_competing_receivers_keep_the_invariant() {
+        let q = Queue::new(
+            "q",
+            Settings {
+                max_delivery_count: 5,
+                backoff: Duration::ZERO,
+                max_backoff: Duration::ZERO,
+            },
+        );
+        const N: u64 = 2_000;
+        for i in 0..N {
+            q.send(i.to_string().into_bytes(), HashMap::new(), None);
+        }
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    for turn in 0u64.. {
+                        let Ok(lock) =
+                            tokio::time::timeout(Duration::from_millis(200), q.receive()).await
+                        else {
+                            break; // drained
+                        };
+                        assert!(turn < 10 * N, "bounded");
+                        if (turn + w) % 7 == 0 {
+                            lock.abandon("injected");
+                        } else {
+                            done.push(lock.message.sequence);
+                            lock.complete();
+                        }
+                        holds(q.counts());
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut completed = Vec::new();
+        for w in workers {
+            completed.extend(w.await.unwrap());
+        }
+        let counts = q.counts();
+        holds(counts);
+        assert_eq!((counts.active, counts.locked), (0, 0));
+        completed.sort_unstable();
+        let unique = completed.len();
+        completed.dedup();
+        assert_eq!(unique, completed.len(), "no message completed twice");
+        assert_eq!(counts.completed + counts.dead_lettered, N);
+    }
+}

@@ -1,0 +1,145 @@
+//! The stand-in for "daprd + the queue": the runtime gRPC API, the HTTP API, the queues and the
+//! delivery to consumer apps, started together on loopback.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use bindings::dapr_runtime::DaprRuntimeServer;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    broker::Broker,
+    config::SidecarArgs,
+    delivery::{self, AppTarget, DeliverySettings},
+    http,
+    runtime::Runtime,
+};
+
+/// A running stand-in.
+pub struct Sidecar {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    broker: Arc<Broker>,
+    delivery: DeliverySettings,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Sidecar {
+    /// Binds both ports and starts serving; returns once the ports are bound.
+    pub async fn start(args: &SidecarArgs, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(("127.0.0.1", args.grpc_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the gRPC port 127.0.0.1:{} (DAPR_GRPC_PORT)",
+                    args.grpc_port
+                )
+            })?;
+        let http = TcpListener::bind(("127.0.0.1", args.http_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the HTTP port 127.0.0.1:{} (DAPR_HTTP_PORT)",
+                    args.http_port
+                )
+            })?;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+
+        let broker = Broker::new(&args.bindings, args.queue_settings());
+        let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
+        let mut tasks = JoinSet::new();
+
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(DaprRuntimeServer::new(runtime.clone()))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
+
+        let http_server = axum::serve(http, http::router(runtime, Arc::clone(&broker)))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tasks.spawn(async move { http_server.await.context("serving the HTTP API") });
+
+        tasks.spawn(log_status(
+            Arc::clone(&broker),
+            args.status_interval,
+            shutdown.clone(),
+        ));
+
+        info!(%grpc_addr, %http_addr, bindings = ?args.bindings, "sidecar listening");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            broker,
+            delivery: DeliverySettings {
+                app_api_token: args.app_api_token.clone(),
+                health_interval: args.app_health_interval,
+                lock_duration: args.lock_duration,
+            },
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up).
+    pub fn add_app(&mut self, target: AppTarget) {
+        let run = delivery::serve_app(
+            Arc::clone(&self.broker),
+            target,
+            self.delivery.clone(),
+            self.shutdown.clone(),
+        );
+        self.tasks.spawn(async move {
+            run.await;
+            Ok(())
+        });
+    }
+
+    /// Waits until shutdown has been requested and everything has stopped; in-flight deliveries
+    /// finish first (bounded by the lock duration).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.tasks.join_next().await {
+            result.context("a sidecar task panicked")??;
+        }
+        info!("sidecar stopped");
+        Ok(())
+    }
+}
+
+async fn log_status(
+    broker: Arc<Broker>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(interval);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let status = broker.status();
+        let now = (status.queues.clone(), status.consumers_connected);
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        for (queue, c) in &status.queues {
+            info!(
+                queue,
+                produced = c.produced,
+                active = c.active,
+                locked = c.locked,
+                completed = c.completed,
+                dead_lettered = c.dead_lettered,
+                consumers = status.consumers_connected,
+                "queue status"
+            );
+        }
+        last = Some(now);
+    }
+}
