@@ -34,7 +34,8 @@ impl From<Status> for PublishError {
     fn from(status: Status) -> Self {
         match status.code() {
             Code::Unavailable => Self::Unavailable(status),
-            Code::DeadlineExceeded => Self::Timeout(status),
+            // tonic reports its own client-side deadline (SIDECAR_TIMEOUT) as CANCELLED.
+            Code::DeadlineExceeded | Code::Cancelled => Self::Timeout(status),
             _ => Self::Rejected(status),
         }
     }

@@ -360,6 +360,30 @@ async fn sidecar_failing_mid_batch_reports_the_sent_count() {
 }
 
 #[tokio::test]
+async fn slow_sidecar_gets_a_timeout_not_a_hang() {
+    let behaviour = Behaviour {
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let producer = Producer::start(&sidecar.port(), &[("SIDECAR_TIMEOUT", "200ms")]).await;
+
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["sent"], 0);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("within the deadline"),
+        "{body}"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
 async fn interval_zero_keeps_the_configured_concurrency_in_flight() {
     let behaviour = Behaviour {
         delay: Duration::from_millis(100),
