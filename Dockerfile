@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# One build, two images:
+#   docker build --target producer -t dapr-bindings-keda/producer:0.1.0 .
+#   docker build --target consumer -t dapr-bindings-keda/consumer:0.1.0 .
+# cargo-chef builds the dependencies in their own layer, rebuilt only when Cargo.toml or Cargo.lock
+# change. No system protoc is needed: build.rs uses a vendored one.
+
+# Cargo.toml's rust-version. Bookworm, like the distroless runtime below, so the binaries link
+# against the glibc they run with.
+ARG RUST_VERSION=1.88
+
+FROM lukemathwalker/cargo-chef:latest-rust-${RUST_VERSION}-slim-bookworm AS chef
+WORKDIR /app
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked --bin producer --bin consumer
+
+# Runtime: glibc and CA certificates, no shell. The user is numeric (distroless's nonroot, 65532) so
+# the kubelet can check the pods' runAsNonRoot.
+FROM gcr.io/distroless/cc-debian12:nonroot AS producer
+COPY --from=builder /app/target/release/producer /usr/local/bin/producer
+USER 65532:65532
+# PORT's default: REST and gRPC.
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/producer"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS consumer
+COPY --from=builder /app/target/release/consumer /usr/local/bin/consumer
+USER 65532:65532
+# APP_PORT's default: AppCallback and the gRPC health checks.
+EXPOSE 50051
+ENTRYPOINT ["/usr/local/bin/consumer"]
