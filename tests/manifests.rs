@@ -1,0 +1,782 @@
+//! Coherence of what deploys the code with the code itself: the kustomizations under `deploy/`,
+//! the Multi-App Run file `dapr.yaml` and the `Dockerfile` must agree with the binaries' defaults
+//! (read from their `--help`) and with each other, so a change on either side fails here.
+//!
+//! Every kustomization is rendered with `kubectl kustomize`, as `.ci/run` and
+//! `../shared/tools/validate-manifests` do; kubectl must be on PATH. No cluster, no network.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Dapr's default for `dapr.io/graceful-shutdown-seconds`.
+const DAPR_GRACEFUL_SHUTDOWN_DEFAULT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_kustomization_renders_the_whole_pair() {
+    let roots: BTreeSet<&str> = renders().iter().map(|r| r.label.as_str()).collect();
+    for expected in [
+        "deploy/base",
+        "deploy/overlays/workload-identity",
+        "deploy/overlays/local-rabbitmq",
+    ] {
+        assert!(
+            roots.contains(expected),
+            "{expected} not rendered: {roots:?}"
+        );
+    }
+    for render in renders() {
+        render.one("Deployment", "producer");
+        render.one("Deployment", "consumer");
+        render.component();
+        render.one("ScaledObject", "consumer");
+        assert!(
+            render
+                .all("Service")
+                .all(|s| s["metadata"]["name"] != "consumer"),
+            "{}: nobody but its sidecar calls the consumer, so it has no Service",
+            render.label
+        );
+    }
+}
+
+#[test]
+fn the_component_is_named_after_both_binaries_binding_name() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let component = render.component();
+        let name = str_at(component, "/metadata/name");
+        for (app, defaults) in [("producer", &producer), ("consumer", &consumer)] {
+            let container = render.app_container(app);
+            assert_eq!(
+                name,
+                effective(container, defaults, "BINDING_NAME"),
+                "{}: the Component's name must be the {app}'s BINDING_NAME",
+                render.label
+            );
+            let app_id = render.annotation(app, "dapr.io/app-id");
+            assert!(
+                component["scopes"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s == app_id)),
+                "{}: the Component is not scoped to {app_id}",
+                render.label
+            );
+        }
+    }
+    let local = dapr_run_component();
+    for defaults in [&producer, &consumer] {
+        assert_eq!(
+            str_at(&local, "/metadata/name"),
+            defaults.get("BINDING_NAME")
+        );
+    }
+}
+
+#[test]
+fn dapr_calls_the_consumer_on_its_port_and_never_the_producer() {
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let port = effective(render.app_container("consumer"), &consumer, "APP_PORT");
+        assert_eq!(
+            render.annotation("consumer", "dapr.io/app-port"),
+            port,
+            "{}: dapr.io/app-port must be the consumer's APP_PORT",
+            render.label
+        );
+        assert_eq!(
+            render.annotation("consumer", "dapr.io/app-protocol"),
+            "grpc"
+        );
+        assert!(
+            container_ports(render.app_container("consumer"))
+                .values()
+                .any(|p| p.to_string() == port),
+            "{}: the consumer container does not declare port {port}",
+            render.label
+        );
+        // With an app channel the producer's sidecar would read the queue too.
+        assert!(
+            render
+                .annotations("producer")
+                .get("dapr.io/app-port")
+                .is_none(),
+            "{}: the producer must have no dapr.io/app-port",
+            render.label
+        );
+    }
+
+    let run = dapr_run_file();
+    let app = |id: &str| -> Value {
+        run["apps"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|a| a["appID"] == id))
+            .unwrap_or_else(|| panic!("dapr.yaml has no app {id}"))
+            .clone()
+    };
+    assert_eq!(
+        app("consumer")["appPort"].to_string(),
+        consumer.get("APP_PORT")
+    );
+    assert_eq!(app("consumer")["appProtocol"], "grpc");
+    assert!(app("producer").get("appPort").is_none());
+    let resources = Path::new(ROOT).join(str_at(&run, "/common/resourcesPath"));
+    assert!(
+        resources.is_dir(),
+        "dapr.yaml's resourcesPath {resources:?}"
+    );
+}
+
+#[test]
+fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let label = &render.label;
+
+        let container = render.app_container("consumer");
+        let port = effective(container, &consumer, "APP_PORT");
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                container[probe]["grpc"]["port"].to_string(),
+                port,
+                "{label}: the consumer's {probe} must ask grpc.health.v1 on APP_PORT"
+            );
+        }
+        // A draining consumer reports NOT_SERVING; its liveness probe must not kill it meanwhile.
+        let liveness = &container["livenessProbe"];
+        let failing_for = Duration::from_secs(
+            u64_at(liveness, "/periodSeconds", 10) * u64_at(liveness, "/failureThreshold", 3),
+        );
+        let drain = duration(&effective(container, &consumer, "DRAIN_TIMEOUT"));
+        assert!(
+            failing_for > drain,
+            "{label}: liveness gives up after {failing_for:?}, within DRAIN_TIMEOUT {drain:?}"
+        );
+
+        let container = render.app_container("producer");
+        let port: u64 = effective(container, &producer, "PORT").parse().unwrap();
+        let ports = container_ports(container);
+        let resolve = |port: &Value| -> u64 {
+            match port {
+                Value::String(name) => *ports
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{label}: no container port named {name}")),
+                other => other.as_u64().expect("a port number"),
+            }
+        };
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(resolve(&get["port"]), port, "{label}: producer {probe}");
+            assert_eq!(get["path"], path, "{label}: producer {probe}");
+        }
+
+        let service = render.one("Service", "producer");
+        assert_eq!(service["spec"]["type"], "LoadBalancer");
+        let pod_labels = &render.app("producer")["spec"]["template"]["metadata"]["labels"];
+        for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(
+                &pod_labels[key], value,
+                "{label}: the Service selects {key}"
+            );
+        }
+        let service_ports = service["spec"]["ports"].as_array().unwrap();
+        assert_eq!(
+            service_ports.len(),
+            1,
+            "{label}: one port for REST and gRPC"
+        );
+        assert_eq!(service_ports[0]["port"], 80);
+        assert_eq!(resolve(&service_ports[0]["targetPort"]), port);
+    }
+}
+
+#[test]
+fn keda_scales_the_consumer_on_the_components_queue() {
+    for render in renders() {
+        let queue = component_value(render.component(), "queueName");
+        let scaled = render.one("ScaledObject", "consumer");
+        assert_eq!(
+            scaled["spec"]["scaleTargetRef"]["name"],
+            render.app("consumer")["metadata"]["name"]
+        );
+        let triggers = scaled["spec"]["triggers"].as_array().unwrap();
+        assert!(!triggers.is_empty());
+        for trigger in triggers {
+            assert_eq!(
+                str_at(trigger, "/metadata/queueName"),
+                queue,
+                "{}: KEDA watches another queue than the Component's",
+                render.label
+            );
+            let auth = str_at(trigger, "/authenticationRef/name");
+            render.one("TriggerAuthentication", auth);
+        }
+    }
+    let base = renders().iter().find(|r| r.label == "deploy/base").unwrap();
+    assert_eq!(
+        component_value(&dapr_run_component(), "queueName"),
+        component_value(base.component(), "queueName"),
+        "dapr run uses another queue than Kubernetes"
+    );
+}
+
+#[test]
+fn every_secret_reference_resolves_to_a_key_the_manifests_define() {
+    let mut checked = 0;
+    let mut unresolved = Vec::new();
+    for render in renders() {
+        let mut secrets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for secret in render.all("Secret") {
+            let keys = secrets.entry(str_at(secret, "/metadata/name")).or_default();
+            for field in ["data", "stringData"] {
+                if let Some(map) = secret[field].as_object() {
+                    keys.extend(map.keys().map(String::as_str));
+                }
+            }
+        }
+        let mut refs: Vec<(String, &str, &str)> = Vec::new();
+        for item in array(&render.component()["spec"]["metadata"]) {
+            if let Some(r) = item.get("secretKeyRef") {
+                refs.push((
+                    format!("Component metadata {}", item["name"]),
+                    str_at(r, "/name"),
+                    str_at(r, "/key"),
+                ));
+            }
+        }
+        for auth in render.all("TriggerAuthentication") {
+            for r in array(&auth["spec"]["secretTargetRef"]) {
+                refs.push((
+                    format!("TriggerAuthentication parameter {}", r["parameter"]),
+                    str_at(r, "/name"),
+                    str_at(r, "/key"),
+                ));
+            }
+        }
+        for deployment in render.all("Deployment") {
+            let pod = &deployment["spec"]["template"];
+            let annotations = pod["metadata"]["annotations"].as_object();
+            for annotation in ["dapr.io/api-token-secret", "dapr.io/app-token-secret"] {
+                if let Some(name) = annotations.and_then(|a| a.get(annotation)) {
+                    refs.push((annotation.to_owned(), name.as_str().unwrap(), "token"));
+                }
+            }
+            for container in array(&pod["spec"]["containers"]) {
+                for env in array(&container["env"]) {
+                    if let Some(r) = env.pointer("/valueFrom/secretKeyRef") {
+                        refs.push((
+                            format!("env {}", env["name"]),
+                            str_at(r, "/name"),
+                            str_at(r, "/key"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (what, name, key) in refs {
+            checked += 1;
+            if !secrets.get(name).is_some_and(|keys| keys.contains(key)) {
+                unresolved.push(format!("{}: {what} -> {name}/{key}", render.label));
+            }
+        }
+    }
+    assert!(unresolved.is_empty(), "unresolved: {unresolved:#?}");
+    // The base alone has two (the component's key and KEDA's): this test checks something.
+    assert!(checked >= 2, "only {checked} secret references found");
+}
+
+#[test]
+fn the_grace_period_covers_the_work_and_daprs_shutdown() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let label = &render.label;
+
+        let (grace, block, graceful) = render.shutdown("consumer");
+        let container = render.app_container("consumer");
+        let work = duration(&effective(container, &consumer, "WORK_DURATION"));
+        let drain = duration(&effective(container, &consumer, "DRAIN_TIMEOUT"));
+        assert!(
+            grace > work + block + graceful,
+            "{label}: consumer grace {grace:?} <= work {work:?} + block {block:?} + graceful {graceful:?}"
+        );
+        assert!(
+            drain < grace,
+            "{label}: DRAIN_TIMEOUT {drain:?} >= grace {grace:?}"
+        );
+        assert!(
+            drain >= work,
+            "{label}: DRAIN_TIMEOUT {drain:?} < one message's work {work:?}"
+        );
+
+        // No app channel, so no health check ends the producer's block early: it serves the
+        // producer's outgoing calls for all of it, which must cover the producer's drain.
+        let (grace, block, graceful) = render.shutdown("producer");
+        let drain = duration(&effective(
+            render.app_container("producer"),
+            &producer,
+            "DRAIN_TIMEOUT",
+        ));
+        assert!(
+            grace > block + graceful,
+            "{label}: producer grace {grace:?}"
+        );
+        assert!(
+            drain <= block,
+            "{label}: producer DRAIN_TIMEOUT {drain:?} outlasts its sidecar's block {block:?}"
+        );
+        assert!(drain < grace, "{label}: producer DRAIN_TIMEOUT {drain:?}");
+    }
+}
+
+#[test]
+fn images_are_set_by_the_kustomization() {
+    for render in renders() {
+        for deployment in render.all("Deployment") {
+            for container in array(&deployment["spec"]["template"]["spec"]["containers"]) {
+                let image = str_at(container, "/image");
+                let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+                assert!(
+                    tag.is_some_and(|t| !t.contains('/') && t != "latest"),
+                    "{}: image {image} has no pinned tag from `images:`",
+                    render.label
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_committed_file_holds_a_service_bus_key() {
+    // Built at run time, so this file holds no such string itself.
+    let fake = format!("SharedAccessKey={}=;", "Ab1+".repeat(11));
+    assert!(looks_like_a_key(&fake), "the detector misses {fake}");
+    assert!(!looks_like_a_key("SharedAccessKey=<key>;"));
+
+    let output = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(ROOT)
+        .output()
+        .expect("git is needed to list the committed files");
+    assert!(output.status.success(), "git ls-files failed");
+    let files: Vec<&[u8]> = output
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert!(!files.is_empty());
+    let offending: Vec<String> = files
+        .into_iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .filter(|f| {
+            fs::read(Path::new(ROOT).join(f))
+                .is_ok_and(|bytes| looks_like_a_key(&String::from_utf8_lossy(&bytes)))
+        })
+        .collect();
+    assert!(
+        offending.is_empty(),
+        "committed files with what looks like a real Service Bus key: {offending:?}"
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_binaries_cargo_declares() {
+    let bins = cargo_bins();
+    let dockerfile = read("Dockerfile");
+    let named: BTreeSet<&str> = dockerfile
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--bin")
+        .map(|w| w[1])
+        .chain(
+            dockerfile
+                .split("target/release/")
+                .skip(1)
+                .map(|rest| rest.split(|c: char| c.is_whitespace()).next().unwrap()),
+        )
+        .collect();
+    assert!(!named.is_empty(), "the Dockerfile builds no binary");
+    for bin in &named {
+        assert!(
+            bins.contains(*bin),
+            "the Dockerfile names {bin}; Cargo.toml has {bins:?}"
+        );
+    }
+
+    let stages = dockerfile_stages(&dockerfile);
+    for (bin, port_env) in [("producer", "PORT"), ("consumer", "APP_PORT")] {
+        let stage = stages
+            .get(bin)
+            .unwrap_or_else(|| panic!("no Dockerfile stage `AS {bin}`"));
+        assert!(
+            stage.contains(&format!("target/release/{bin} ")),
+            "stage {bin} does not copy its binary"
+        );
+        assert!(
+            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
+            "stage {bin} does not run its binary"
+        );
+        let port = Defaults::of(bin).get(port_env).to_owned();
+        assert!(
+            stage.contains(&format!("EXPOSE {port}")),
+            "stage {bin} should EXPOSE {port_env}'s default {port}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binaries' defaults
+// ---------------------------------------------------------------------------------------------
+
+/// A binary's defaults as its `--help` prints them, by environment variable.
+struct Defaults {
+    bin: &'static str,
+    by_env: BTreeMap<String, String>,
+}
+
+impl Defaults {
+    fn of(bin: &'static str) -> Self {
+        let exe = match bin {
+            "producer" => env!("CARGO_BIN_EXE_producer"),
+            "consumer" => env!("CARGO_BIN_EXE_consumer"),
+            other => panic!("no binary {other}"),
+        };
+        // No inherited environment: `--help` must show the code's defaults, not this shell's.
+        let output = Command::new(exe)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap_or_else(|e| panic!("running {bin} --help: {e}"));
+        assert!(output.status.success(), "{bin} --help failed");
+        Self {
+            bin,
+            by_env: parse_help(&String::from_utf8_lossy(&output.stdout)),
+        }
+    }
+
+    fn get(&self, env: &str) -> &str {
+        self.by_env
+            .get(env)
+            .unwrap_or_else(|| panic!("{} --help shows no default for {env}", self.bin))
+    }
+}
+
+/// Pairs each option's `[env: NAME=...]` with its `[default: VALUE]` in clap's long help.
+fn parse_help(help: &str) -> BTreeMap<String, String> {
+    let mut defaults = BTreeMap::new();
+    let mut env = None;
+    for line in help.lines().map(str::trim) {
+        if line.starts_with('-') {
+            env = None;
+        } else if let Some(rest) = line.strip_prefix("[env: ") {
+            env = rest.split(['=', ']']).next().map(str::to_owned);
+        } else if let Some(rest) = line.strip_prefix("[default: ")
+            && let (Some(name), Some(value)) = (env.take(), rest.strip_suffix(']'))
+        {
+            defaults.insert(name, value.to_owned());
+        }
+    }
+    defaults
+}
+
+/// The value a container runs with: its `env` entry, else the binary's default.
+fn effective(container: &Value, defaults: &Defaults, name: &str) -> String {
+    array(&container["env"])
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| {
+            e["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} must be a literal value in the manifest"))
+                .to_owned()
+        })
+        .unwrap_or_else(|| defaults.get(name).to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering and reading the manifests
+// ---------------------------------------------------------------------------------------------
+
+/// One kustomization, rendered.
+struct Render {
+    /// Its directory, relative to the repository, e.g. `deploy/base`.
+    label: String,
+    objects: Vec<Value>,
+}
+
+/// Every kustomization under `deploy/`, rendered once for all tests.
+fn renders() -> &'static [Render] {
+    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
+    RENDERS.get_or_init(|| {
+        let mut dirs = Vec::new();
+        kustomization_dirs(&Path::new(ROOT).join("deploy"), &mut dirs);
+        dirs.sort();
+        assert!(!dirs.is_empty(), "no kustomization under deploy/");
+        dirs.iter().map(|dir| render(dir)).collect()
+    })
+}
+
+fn kustomization_dirs(dir: &Path, found: &mut Vec<PathBuf>) {
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir:?}: {e}"));
+    let mut is_root = false;
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            kustomization_dirs(&path, found);
+        } else if path
+            .file_name()
+            .is_some_and(|n| n == "kustomization.yaml" || n == "kustomization.yml")
+        {
+            is_root = true;
+        }
+    }
+    if is_root {
+        found.push(dir.to_owned());
+    }
+}
+
+fn render(dir: &Path) -> Render {
+    let label = dir
+        .strip_prefix(ROOT)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`kubectl kustomize {label}` could not run ({e}): kubectl must be on PATH")
+        });
+    assert!(
+        output.status.success(),
+        "`kubectl kustomize {label}` failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let objects = yaml_documents(&String::from_utf8_lossy(&output.stdout));
+    assert!(!objects.is_empty(), "{label} renders nothing");
+    Render { label, objects }
+}
+
+impl Render {
+    fn all<'a>(&'a self, kind: &str) -> impl Iterator<Item = &'a Value> + use<'a> {
+        let kind = kind.to_owned();
+        self.objects
+            .iter()
+            .filter(move |o| o["kind"] == kind.as_str())
+    }
+
+    fn one(&self, kind: &str, name: &str) -> &Value {
+        let mut found = self.all(kind).filter(|o| o["metadata"]["name"] == name);
+        let object = found
+            .next()
+            .unwrap_or_else(|| panic!("{}: no {kind} {name}", self.label));
+        assert!(found.next().is_none(), "{}: two {kind} {name}", self.label);
+        object
+    }
+
+    /// The one Dapr Component: both apps use one binding.
+    fn component(&self) -> &Value {
+        let components: Vec<_> = self.all("Component").collect();
+        assert_eq!(components.len(), 1, "{}: one Component", self.label);
+        components[0]
+    }
+
+    /// The app's Deployment, by its `app` label.
+    fn app(&self, app: &str) -> &Value {
+        let mut found = self
+            .all("Deployment")
+            .filter(|d| d["spec"]["template"]["metadata"]["labels"]["app"] == app);
+        let deployment = found
+            .next()
+            .unwrap_or_else(|| panic!("{}: no Deployment for app {app}", self.label));
+        assert!(found.next().is_none(), "{}: two apps {app}", self.label);
+        deployment
+    }
+
+    /// The container named after the app (`kubectl logs -c consumer` relies on it).
+    fn app_container(&self, app: &str) -> &Value {
+        array(&self.app(app)["spec"]["template"]["spec"]["containers"])
+            .iter()
+            .find(|c| c["name"] == app)
+            .unwrap_or_else(|| panic!("{}: no container {app}", self.label))
+    }
+
+    fn annotations(&self, app: &str) -> &serde_json::Map<String, Value> {
+        self.app(app)["spec"]["template"]["metadata"]["annotations"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{}: {app}'s pod has no annotations", self.label))
+    }
+
+    fn annotation(&self, app: &str, key: &str) -> &str {
+        self.annotations(app)
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{}: {app} has no {key}", self.label))
+    }
+
+    /// terminationGracePeriodSeconds, block-shutdown-duration and graceful-shutdown-seconds.
+    fn shutdown(&self, app: &str) -> (Duration, Duration, Duration) {
+        let pod = &self.app(app)["spec"]["template"]["spec"];
+        let grace = Duration::from_secs(u64_at(pod, "/terminationGracePeriodSeconds", 30));
+        let annotations = self.annotations(app);
+        let block = annotations
+            .get("dapr.io/block-shutdown-duration")
+            .map_or(Duration::ZERO, |d| duration(d.as_str().unwrap()));
+        let graceful = annotations
+            .get("dapr.io/graceful-shutdown-seconds")
+            .map_or(DAPR_GRACEFUL_SHUTDOWN_DEFAULT, |s| {
+                Duration::from_secs(s.as_str().unwrap().parse().expect("whole seconds"))
+            });
+        (grace, block, graceful)
+    }
+}
+
+/// Port numbers by name.
+fn container_ports(container: &Value) -> BTreeMap<String, u64> {
+    array(&container["ports"])
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A component metadata item's literal value.
+fn component_value<'a>(component: &'a Value, name: &str) -> &'a str {
+    array(&component["spec"]["metadata"])
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["value"].as_str())
+        .unwrap_or_else(|| panic!("the Component has no literal {name}"))
+}
+
+fn dapr_run_file() -> Value {
+    let mut documents = yaml_documents(&read("dapr.yaml"));
+    assert_eq!(documents.len(), 1, "dapr.yaml is one document");
+    documents.remove(0)
+}
+
+/// The component `dapr run -f .` loads: the one Component in dapr.yaml's resourcesPath.
+fn dapr_run_component() -> Value {
+    let dir = Path::new(ROOT).join(str_at(&dapr_run_file(), "/common/resourcesPath"));
+    let mut components: Vec<Value> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {dir:?}: {e}"))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .flat_map(|p| yaml_documents(&fs::read_to_string(p).unwrap()))
+        .filter(|d| d["kind"] == "Component")
+        .collect();
+    assert_eq!(components.len(), 1, "one Component in {dir:?}");
+    components.remove(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+fn read(path: &str) -> String {
+    fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn array(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at {pointer} in {value}"))
+}
+
+fn u64_at(value: &Value, pointer: &str, default: u64) -> u64 {
+    value.pointer(pointer).map_or(default, |v| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("{pointer} is not a number"))
+    })
+}
+
+/// `5s`, `250ms`, `1m`: the syntax of the binaries' durations and of Go's simple ones.
+fn duration(text: &str) -> Duration {
+    humantime::parse_duration(text).unwrap_or_else(|e| panic!("duration {text:?}: {e}"))
+}
+
+/// `SharedAccessKey=` followed by 40 or more base64 characters: a real key is 44.
+fn looks_like_a_key(text: &str) -> bool {
+    text.match_indices("SharedAccessKey=").any(|(at, marker)| {
+        text[at + marker.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+            .count()
+            >= 40
+    })
+}
+
+/// `[[bin]]` names in Cargo.toml.
+fn cargo_bins() -> BTreeSet<String> {
+    let mut bins = BTreeSet::new();
+    let mut in_bin = false;
+    for line in read("Cargo.toml").lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin && let Some(value) = line.strip_prefix("name") {
+            let name = value.trim_start().trim_start_matches('=').trim();
+            bins.insert(name.trim_matches('"').to_owned());
+        }
+    }
+    assert!(!bins.is_empty(), "no [[bin]] in Cargo.toml");
+    bins
+}
+
+/// Each named stage's text, from its `FROM ... AS name` line to the next `FROM`.
+fn dockerfile_stages(dockerfile: &str) -> BTreeMap<String, String> {
+    let mut stages = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in dockerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            stages.extend(current.take());
+            if let [.., r#as, name] = words.as_slice()
+                && r#as.eq_ignore_ascii_case("AS")
+            {
+                current = Some(((*name).to_owned(), String::new()));
+            }
+        } else if let Some((_, text)) = &mut current {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    stages.extend(current);
+    stages
+}
