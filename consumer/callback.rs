@@ -26,7 +26,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{debug, info, warn};
 
-use crate::{auth::ApiToken, work};
+use crate::work;
+use bindings::api_token::ApiToken;
 
 /// Binding-event metadata keys that may carry the broker's message id, in order of preference:
 /// a plain `id`, then Azure Service Bus's `MessageId`.

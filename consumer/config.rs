@@ -6,7 +6,8 @@ use std::{net::IpAddr, time::Duration};
 use bindings::telemetry::LogArgs;
 use clap::Parser;
 
-use crate::{auth::ApiToken, callback::Settings};
+use crate::callback::Settings;
+use bindings::{api_token::ApiToken, cli::non_empty};
 
 /// Dapr input-binding consumer: daprd delivers each queue message to it over gRPC (AppCallback).
 #[derive(Debug, Clone, Parser)]
@@ -63,13 +64,6 @@ impl Config {
             drain_timeout: self.drain_timeout,
             api_token: self.app_api_token.clone().filter(|t| !t.is_empty()),
         }
-    }
-}
-
-fn non_empty(value: &str) -> Result<String, String> {
-    match value.trim() {
-        "" => Err("must not be empty".to_owned()),
-        v => Ok(v.to_owned()),
     }
 }
 

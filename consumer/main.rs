@@ -1,7 +1,6 @@
 //! The consumer: a Dapr app that daprd calls over gRPC with each input binding event (a queue
 //! message), works on it, and logs the original sample's line.
 
-mod auth;
 mod callback;
 mod config;
 mod server;

@@ -3,9 +3,8 @@
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
-use bindings::telemetry::LogArgs;
+use bindings::{api_token::ApiToken, cli::positive_duration, telemetry::LogArgs};
 use clap::{Args, Parser, Subcommand};
-use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::{delivery::AppTarget, queue::Settings};
 
@@ -111,11 +110,11 @@ pub struct SidecarArgs {
     #[arg(long, env = "STATUS_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub status_interval: Duration,
     /// Token producers must send as `dapr-api-token`, like daprd's DAPR_API_TOKEN.
-    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
-    pub dapr_api_token: Option<String>,
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    pub dapr_api_token: Option<ApiToken>,
     /// Token sent to apps as `dapr-api-token` on OnBindingEvent, like daprd's APP_API_TOKEN.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = api_token)]
-    pub app_api_token: Option<MetadataValue<Ascii>>,
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    pub app_api_token: Option<ApiToken>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -160,20 +159,6 @@ fn binding_name(value: &str) -> Result<String, String> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     ok.then(|| value.to_owned())
         .ok_or_else(|| format!("{value:?} is not a binding name (letters, digits, '-', '_', '.')"))
-}
-
-fn positive_duration(value: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(value).map_err(|e| e.to_string())? {
-        d if d.is_zero() => Err("must be greater than 0".to_owned()),
-        d => Ok(d),
-    }
-}
-
-fn api_token(value: &str) -> Result<MetadataValue<Ascii>, String> {
-    let mut token =
-        MetadataValue::try_from(value).map_err(|_| "must be visible ASCII".to_owned())?;
-    token.set_sensitive(true);
-    Ok(token)
 }
 
 #[cfg(test)]

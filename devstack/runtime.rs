@@ -5,11 +5,11 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bindings::{
+    api_token::ApiToken,
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
     trace_context::{TRACEPARENT, TraceParent},
 };
-use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::debug;
 
@@ -33,11 +33,11 @@ pub enum InvokeError {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     broker: Arc<Broker>,
-    api_token: Option<String>,
+    api_token: Option<ApiToken>,
 }
 
 impl Runtime {
-    pub fn new(broker: Arc<Broker>, api_token: Option<String>) -> Self {
+    pub fn new(broker: Arc<Broker>, api_token: Option<ApiToken>) -> Self {
         Self { broker, api_token }
     }
 
@@ -47,7 +47,7 @@ impl Runtime {
             return Ok(());
         };
         match presented {
-            Some(token) if bool::from(token.ct_eq(expected.as_bytes())) => Ok(()),
+            Some(token) if expected.matches(token) => Ok(()),
             Some(_) => Err(Status::unauthenticated(
                 "authentication error: api token mismatch",
             )),

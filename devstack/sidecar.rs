@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use bindings::dapr_runtime::DaprRuntimeServer;
+use bindings::{api_token::ApiToken, dapr_runtime::DaprRuntimeServer};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,7 @@ impl Sidecar {
             http_addr,
             broker,
             delivery: DeliverySettings {
-                app_api_token: args.app_api_token.clone(),
+                app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
                 lock_duration: args.lock_duration,
             },

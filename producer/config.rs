@@ -3,10 +3,14 @@
 
 use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
-use bindings::{dapr_endpoint, telemetry::LogArgs};
+use bindings::{
+    api_token::ApiToken,
+    cli::{non_empty, positive_duration},
+    dapr_endpoint,
+    telemetry::LogArgs,
+};
 use clap::Parser;
 use http::Uri;
-use tonic::metadata::{Ascii, MetadataValue};
 
 /// REST + gRPC front that sends messages to a Dapr output binding.
 #[derive(Debug, Clone, Parser)]
@@ -34,8 +38,8 @@ pub struct Config {
     pub dapr_grpc_port: u16,
 
     /// Token sent as `dapr-api-token` metadata on every sidecar call, when the sidecar requires one.
-    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = api_token)]
-    pub dapr_api_token: Option<MetadataValue<Ascii>>,
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    pub dapr_api_token: Option<ApiToken>,
 
     /// Largest `count` one request may ask for.
     #[arg(long, env = "MAX_COUNT", default_value_t = NonZeroU32::new(10_000).unwrap())]
@@ -69,28 +73,6 @@ fn parse_endpoint(value: &str) -> Result<Uri, String> {
     dapr_endpoint::parse(value).map_err(|e| e.to_string())
 }
 
-fn non_empty(value: &str) -> Result<String, String> {
-    match value.trim() {
-        "" => Err("must not be empty".to_owned()),
-        v => Ok(v.to_owned()),
-    }
-}
-
-fn api_token(value: &str) -> Result<MetadataValue<Ascii>, String> {
-    let mut token = MetadataValue::try_from(value)
-        .map_err(|_| "must be visible ASCII (it is sent as gRPC metadata)".to_owned())?;
-    // Keeps the secret out of Debug output.
-    token.set_sensitive(true);
-    Ok(token)
-}
-
-fn positive_duration(value: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(value).map_err(|e| e.to_string())? {
-        d if d.is_zero() => Err("must be greater than 0".to_owned()),
-        d => Ok(d),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,7 +95,12 @@ mod tests {
     fn token_is_kept_out_of_debug_output() {
         let c = parse(&["--dapr-api-token", "s3cret"]).unwrap();
         assert_eq!(
-            c.dapr_api_token.as_ref().unwrap().to_str().unwrap(),
+            c.dapr_api_token
+                .as_ref()
+                .unwrap()
+                .metadata_value()
+                .to_str()
+                .unwrap(),
             "s3cret"
         );
         assert!(!format!("{c:?}").contains("s3cret"));

@@ -8,7 +8,7 @@ mod rest;
 mod server;
 
 use anyhow::Context;
-use bindings::{shutdown, telemetry};
+use bindings::{api_token::ApiToken, shutdown, telemetry};
 use clap::Parser;
 
 use crate::{batch::Batches, config::Config, publisher::Publisher, rest::AppState};
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::new(
         sidecar,
         config.binding_name.clone(),
-        config.dapr_api_token.clone(),
+        config.dapr_api_token.as_ref().map(ApiToken::metadata_value),
         config.sidecar_timeout,
     );
     let state = AppState {

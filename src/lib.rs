@@ -5,12 +5,16 @@
 //! - [`trace_context`]: W3C `traceparent` parsing, to forward and log trace ids.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`),
 //!   everything else UNIMPLEMENTED; used by the tests' fake sidecar.
+//! - [`api_token`]: Dapr's API tokens (`dapr-api-token`), compared in constant time.
+//! - [`cli`]: value parsers for settings the binaries share.
 //! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`).
 //! - [`shutdown`]: one cancellation token per process, cancelled on SIGTERM or Ctrl-C.
 //! - [`proto`]: the producer's own gRPC API, generated from `proto/producer/v1`.
 //!
 //! Dapr's API types come from the `dapr` crate, re-exported as [`dapr_v1`].
 
+pub mod api_token;
+pub mod cli;
 pub mod dapr_endpoint;
 pub mod dapr_runtime;
 pub mod message;

@@ -1,22 +1,32 @@
-//! Dapr's app API token: the shared secret daprd presents as `dapr-api-token` metadata when it
-//! calls the app, so only the sidecar can deliver events.
+//! Dapr's API tokens: the shared secrets sent as `dapr-api-token` metadata. `DAPR_API_TOKEN` is
+//! what an app presents to its sidecar; `APP_API_TOKEN` is what the sidecar presents to its app.
 
 use std::fmt;
 
 use subtle::ConstantTimeEq;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
 /// gRPC metadata key daprd puts the app API token under.
 pub const API_TOKEN_METADATA: &str = "dapr-api-token";
 
-/// The expected app API token. Its `Debug` output never shows the value.
+/// An API token. Its `Debug` output never shows the value.
 #[derive(Clone)]
 pub struct ApiToken(String);
 
 impl ApiToken {
-    /// Clap value parser: any string, empty included (the caller decides what empty means).
+    /// Clap value parser: any visible-ASCII string, since it travels as gRPC metadata; empty
+    /// included (the caller decides what empty means).
     pub fn from_config(value: &str) -> Result<Self, String> {
-        Ok(Self(value.to_owned()))
+        MetadataValue::<Ascii>::try_from(value)
+            .map(|_| Self(value.to_owned()))
+            .map_err(|_| "must be visible ASCII (it is sent as gRPC metadata)".to_owned())
+    }
+
+    /// The token as `dapr-api-token` metadata, marked sensitive so it stays out of debug output.
+    pub fn metadata_value(&self) -> MetadataValue<Ascii> {
+        let mut value = MetadataValue::try_from(self.0.as_str()).expect("checked by from_config");
+        value.set_sensitive(true);
+        value
     }
 
     /// Whether no token was given.
@@ -72,6 +82,15 @@ mod tests {
         assert!(!t.authorizes(&metadata));
         metadata.insert(API_TOKEN_METADATA, "s3cret".parse().unwrap());
         assert!(t.authorizes(&metadata));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_metadata_and_keeps_the_value_sensitive() {
+        assert!(ApiToken::from_config("bad\ntoken").is_err());
+        assert!(ApiToken::from_config("").unwrap().is_empty());
+        let value = token("s3cret").metadata_value();
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "s3cret");
     }
 
     #[test]
