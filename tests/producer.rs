@@ -130,9 +130,18 @@ async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
 }
 
 #[tokio::test]
-async fn binding_name_text_and_no_token_or_invalid_trace() {
+async fn endpoint_binding_name_text_and_no_token_or_invalid_trace() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(&sidecar.port(), &[("BINDING_NAME", "orders")]).await;
+    // DAPR_GRPC_ENDPOINT wins over a wrong DAPR_GRPC_PORT, as in the Dapr SDKs.
+    let endpoint = format!("http://{}", sidecar.addr);
+    let producer = Producer::start(
+        "1",
+        &[
+            ("BINDING_NAME", "orders"),
+            ("DAPR_GRPC_ENDPOINT", &endpoint),
+        ],
+    )
+    .await;
 
     let response = producer
         .http
