@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
-use bindings::{api_token::ApiToken, cli::positive_duration, telemetry::LogArgs};
+use bindings::{api_token::ApiToken, backoff::Backoff, cli::positive_duration, telemetry::LogArgs};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{delivery::AppTarget, queue::Settings};
@@ -13,6 +13,9 @@ use crate::{delivery::AppTarget, queue::Settings};
 /// With no subcommand, starts everything (`up`). The stand-in speaks Dapr's real gRPC protocol on
 /// both sides; it is a development tool, not a broker: in production the queue is Azure Service
 /// Bus behind daprd.
+///
+/// The consumers and the producer inherit this environment, so their own settings (e.g.
+/// WORK_DURATION, DRAIN_TIMEOUT, LOG_FORMAT) pass through; see `consumer --help`.
 #[derive(Debug, Parser)]
 #[command(name = "devstack", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -123,8 +126,10 @@ impl SidecarArgs {
     pub fn queue_settings(&self) -> Settings {
         Settings {
             max_delivery_count: self.max_delivery_count,
-            backoff: self.redelivery_backoff,
-            max_backoff: self.max_redelivery_backoff.max(self.redelivery_backoff),
+            redelivery: Backoff {
+                base: self.redelivery_backoff,
+                max: self.max_redelivery_backoff.max(self.redelivery_backoff),
+            },
         }
     }
 }

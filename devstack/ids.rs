@@ -1,23 +1,6 @@
-//! Random identifiers for messages and trace spans, from the standard library's randomly keyed
-//! hasher (no extra dependency; these need to be unique, not unpredictable).
+//! Random identifiers for messages and trace spans (unique, not unpredictable).
 
-use std::{
-    collections::hash_map::RandomState,
-    hash::{BuildHasher, Hasher},
-    sync::{
-        LazyLock,
-        atomic::{AtomicU64, Ordering},
-    },
-};
-
-static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn random_u64() -> u64 {
-    let mut hasher = KEYS.build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
-}
+use bindings::backoff::random_u64;
 
 /// A GUID-shaped message id, like Service Bus's.
 pub fn message_id() -> String {

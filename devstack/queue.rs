@@ -11,6 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bindings::backoff::Backoff;
 use serde::Serialize;
 use tokio::{sync::Notify, time::Instant};
 
@@ -22,9 +23,8 @@ const DEAD_LETTERS_KEPT: usize = 100;
 pub struct Settings {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).
     pub max_delivery_count: u32,
-    /// Backoff after the first abandon; doubles per delivery, capped at `max_backoff`.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
+    /// Wait before redelivering an abandoned message, by its delivery count.
+    pub redelivery: Backoff,
 }
 
 /// One message as stored.
@@ -223,7 +223,7 @@ impl Queue {
             });
             return Abandoned::DeadLettered;
         }
-        let after = self.backoff(message.delivery_count);
+        let after = self.settings.redelivery.delay(message.delivery_count);
         state
             .delayed
             .insert((Instant::now() + after, sequence), message);
@@ -231,11 +231,6 @@ impl Queue {
         // A receiver waiting with no due time must learn of the new one.
         self.available.notify_one();
         Abandoned::Redelivered { after }
-    }
-
-    fn backoff(&self, delivery_count: u32) -> Duration {
-        let doublings = delivery_count.saturating_sub(1).min(16);
-        (self.settings.backoff * 2u32.pow(doublings)).min(self.settings.max_backoff)
     }
 
     pub fn counts(&self) -> Counts {
@@ -283,8 +278,10 @@ mod tests {
 
     const SETTINGS: Settings = Settings {
         max_delivery_count: 3,
-        backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(250),
+        redelivery: Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(250),
+        },
     };
 
     fn holds(counts: Counts) {
@@ -374,21 +371,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn backoff_is_capped() {
-        let q = Queue::new(
-            "q",
-            Settings {
-                max_delivery_count: 100,
-                ..SETTINGS
-            },
-        );
-        assert_eq!(q.backoff(1), Duration::from_millis(100));
-        assert_eq!(q.backoff(2), Duration::from_millis(200));
-        assert_eq!(q.backoff(3), Duration::from_millis(250));
-        assert_eq!(q.backoff(99), Duration::from_millis(250));
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn dropping_a_lock_abandons_it() {
         let q = Queue::new("q", SETTINGS);
         q.send(b"a".to_vec(), HashMap::new(), None);
@@ -425,8 +407,10 @@ mod tests {
             "q",
             Settings {
                 max_delivery_count: 5,
-                backoff: Duration::ZERO,
-                max_backoff: Duration::ZERO,
+                redelivery: Backoff {
+                    base: Duration::ZERO,
+                    max: Duration::ZERO,
+                },
             },
         );
         const N: u64 = 2_000;

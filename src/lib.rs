@@ -5,6 +5,7 @@
 //! - [`trace_context`]: W3C `traceparent` parsing, to forward and log trace ids.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`),
 //!   everything else UNIMPLEMENTED; used by the tests' fake sidecar.
+//! - [`backoff`]: exponential backoff with jitter, for retries and redeliveries.
 //! - [`api_token`]: Dapr's API tokens (`dapr-api-token`), compared in constant time.
 //! - [`cli`]: value parsers for settings the binaries share.
 //! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`).
@@ -14,6 +15,7 @@
 //! Dapr's API types come from the `dapr` crate, re-exported as [`dapr_v1`].
 
 pub mod api_token;
+pub mod backoff;
 pub mod cli;
 pub mod dapr_endpoint;
 pub mod dapr_runtime;
