@@ -6,11 +6,17 @@ use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use bindings::message::{DEFAULT_TEXT, Message};
 use futures::{StreamExt, stream::FuturesUnordered};
-use tokio::time::MissedTickBehavior;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::MissedTickBehavior,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
-use crate::publisher::{PublishError, Publisher, Trace};
+use crate::{
+    metrics::Metrics,
+    publisher::{PublishError, Publisher, Trace},
+};
 
 /// Longest pause one may ask for between two messages.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
@@ -80,6 +86,9 @@ pub enum BatchError {
     /// The producer is shutting down and its drain time ran out.
     #[error("producer is shutting down; {sent} of {count} messages were sent")]
     Stopped { sent: u32, count: u32 },
+    /// MAX_BATCHES batches are already running; nothing was sent.
+    #[error("too many batches in progress (at most {limit}); retry later")]
+    Busy { limit: usize },
 }
 
 impl BatchError {
@@ -87,6 +96,7 @@ impl BatchError {
     pub fn sent(&self) -> u32 {
         match self {
             Self::Sidecar { sent, .. } | Self::Stopped { sent, .. } => *sent,
+            Self::Busy { .. } => 0,
         }
     }
 }
@@ -97,21 +107,37 @@ pub struct Batches {
     inner: Arc<Inner>,
 }
 
+/// A place among the MAX_BATCHES that may run at once, held until the batch ends.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
 #[derive(Debug)]
 struct Inner {
     publisher: Publisher,
+    metrics: Arc<Metrics>,
     concurrency: usize,
+    slots: Arc<Semaphore>,
+    max_batches: usize,
     /// Cancelled when the shutdown drain time runs out: running batches stop starting messages.
     stop: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Batches {
-    pub fn new(publisher: Publisher, concurrency: NonZeroU32) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        metrics: Arc<Metrics>,
+        concurrency: NonZeroU32,
+        max_batches: NonZeroU32,
+    ) -> Self {
+        let max_batches = max_batches.get() as usize;
         Self {
             inner: Arc::new(Inner {
                 publisher,
+                metrics,
                 concurrency: concurrency.get() as usize,
+                slots: Arc::new(Semaphore::new(max_batches)),
+                max_batches,
                 stop: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
@@ -122,11 +148,26 @@ impl Batches {
         &self.inner.publisher
     }
 
+    /// Takes one of the MAX_BATCHES places, or refuses at once: a bounded number of batches,
+    /// never a queue of waiting requests that grows without bound.
+    pub fn reserve(&self) -> Result<Slot, BatchError> {
+        match Arc::clone(&self.inner.slots).try_acquire_owned() {
+            Ok(permit) => Ok(Slot(permit)),
+            Err(_) => {
+                self.inner.metrics.batch_refused();
+                Err(BatchError::Busy {
+                    limit: self.inner.max_batches,
+                })
+            }
+        }
+    }
+
     /// Runs `batch` on its own task and waits for it. `on_sent` sees the running total after
     /// each accepted message. If this future is dropped (the client went away), the batch stops
     /// starting messages, lets in-flight calls finish, and logs how many were sent.
     pub async fn run(
         &self,
+        slot: Slot,
         batch: Batch,
         trace: Trace,
         on_sent: impl FnMut(u32) + Send + 'static,
@@ -134,10 +175,17 @@ impl Batches {
         let cancel = self.inner.stop.child_token();
         let client_gone = cancel.clone().drop_guard();
         let inner = Arc::clone(&self.inner);
-        let task = self
-            .inner
-            .tracker
-            .spawn(async move { inner.send_all(batch, trace, cancel, on_sent).await });
+        // Every log event of the batch carries the caller's trace id.
+        let trace_id = trace.trace_id();
+        let span = info_span!("batch", trace_id = trace_id.as_deref());
+        let task = self.inner.tracker.spawn(
+            async move {
+                let _slot = slot;
+                let _in_progress = inner.metrics.batch_started();
+                inner.send_all(batch, trace, cancel, on_sent).await
+            }
+            .instrument(span),
+        );
         let result = task.await;
         client_gone.disarm();
         // send_all does not panic; if it ever did, the panic is the bug to see.
@@ -166,7 +214,6 @@ impl Inner {
             text,
         } = batch;
         let data = Message::new(text).to_json();
-        let trace_id = trace.trace_id();
         // Paced batches go one per interval; unpaced ones keep `concurrency` calls in flight.
         let (limit, mut pacer) = if interval.is_zero() {
             (self.concurrency, None)
@@ -189,7 +236,7 @@ impl Inner {
                 } else if cancel.is_cancelled() {
                     break;
                 }
-                in_flight.push(self.publisher.publish(data.clone(), &trace));
+                in_flight.push(self.publisher.publish(&data, &trace));
                 started += 1;
             }
             match in_flight.next().await {
@@ -205,10 +252,9 @@ impl Inner {
         }
 
         let binding = self.publisher.binding();
-        let trace_id = trace_id.as_deref();
         match failure {
             Some(source) => {
-                warn!(binding, sent, count, trace_id, error = %source, "batch failed");
+                warn!(binding, sent, count, error = %source, "batch failed");
                 Err(BatchError::Sidecar {
                     sent,
                     count,
@@ -218,19 +264,16 @@ impl Inner {
             None if sent < count && self.stop.is_cancelled() => {
                 warn!(
                     binding,
-                    sent, count, trace_id, "batch stopped: shutdown drain time ran out"
+                    sent, count, "batch stopped: shutdown drain time ran out"
                 );
                 Err(BatchError::Stopped { sent, count })
             }
             None if sent < count => {
-                warn!(
-                    binding,
-                    sent, count, trace_id, "batch stopped: the client went away"
-                );
+                warn!(binding, sent, count, "batch stopped: the client went away");
                 Err(BatchError::Stopped { sent, count })
             }
             None => {
-                info!(binding, sent, trace_id, "batch sent");
+                info!(binding, sent, "batch sent");
                 Ok(sent)
             }
         }

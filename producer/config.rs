@@ -5,12 +5,15 @@ use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use bindings::{
     api_token::ApiToken,
+    backoff::Backoff,
     cli::{non_empty, positive_duration},
     dapr_endpoint,
     telemetry::LogArgs,
 };
 use clap::Parser;
 use http::Uri;
+
+use crate::publisher::RetryPolicy;
 
 /// REST + gRPC front that sends messages to a Dapr output binding.
 #[derive(Debug, Clone, Parser)]
@@ -49,6 +52,23 @@ pub struct Config {
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = NonZeroU32::new(32).unwrap())]
     pub send_concurrency: NonZeroU32,
 
+    /// Batches running at once; more get 429 / RESOURCE_EXHAUSTED instead of waiting.
+    #[arg(long, env = "MAX_BATCHES", default_value_t = NonZeroU32::new(64).unwrap())]
+    pub max_batches: NonZeroU32,
+
+    /// Retries of an InvokeBinding that failed with UNAVAILABLE or ran past its deadline; 0
+    /// disables. A retry after a deadline can duplicate a message: delivery is at-least-once.
+    #[arg(long, env = "SIDECAR_RETRIES", default_value_t = 3)]
+    pub sidecar_retries: u32,
+
+    /// Backoff before the first retry; doubles per retry, with full jitter.
+    #[arg(long, env = "RETRY_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest backoff between two retries.
+    #[arg(long, env = "MAX_RETRY_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub max_retry_backoff: Duration,
+
     /// Deadline of one InvokeBinding call (e.g. `5s`, `500ms`).
     #[arg(long, env = "SIDECAR_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub sidecar_timeout: Duration,
@@ -63,6 +83,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How failed sidecar calls are retried.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.sidecar_retries,
+            backoff: Backoff {
+                base: self.retry_backoff,
+                max: self.max_retry_backoff.max(self.retry_backoff),
+            },
+        }
+    }
+
     /// The sidecar's gRPC URI: DAPR_GRPC_ENDPOINT, else 127.0.0.1:DAPR_GRPC_PORT.
     pub fn sidecar_uri(&self) -> Uri {
         dapr_endpoint::resolve(self.dapr_grpc_endpoint.as_ref(), self.dapr_grpc_port)

@@ -1,6 +1,6 @@
 //! The gRPC front, `producer.v1.Producer`: the same batches as `POST /MessageProducer`, for grpcurl.
 
-use std::{num::NonZeroU32, pin::Pin};
+use std::{num::NonZeroU32, pin::Pin, sync::Arc};
 
 use bindings::proto::{
     ProduceProgress, ProduceReply, ProduceRequest,
@@ -8,10 +8,11 @@ use bindings::proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::UnboundedReceiverStream};
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     batch::{Batch, BatchError, Batches, InvalidBatch},
+    metrics::Metrics,
     publisher::{PublishError, Trace},
 };
 
@@ -23,11 +24,25 @@ pub const SENT_METADATA: &str = "producer-sent";
 pub struct ProducerService {
     batches: Batches,
     max_count: NonZeroU32,
+    metrics: Arc<Metrics>,
 }
 
 impl ProducerService {
-    pub fn new(batches: Batches, max_count: NonZeroU32) -> ProducerServer<Self> {
-        ProducerServer::new(Self { batches, max_count })
+    pub fn new(
+        batches: Batches,
+        max_count: NonZeroU32,
+        metrics: Arc<Metrics>,
+    ) -> ProducerServer<Self> {
+        ProducerServer::new(Self {
+            batches,
+            max_count,
+            metrics,
+        })
+    }
+
+    fn count<T>(&self, method: &'static str, result: &Result<T, Status>) {
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.grpc_request(method, code);
     }
 
     fn validate<T>(
@@ -51,9 +66,14 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceReply>, Status> {
-        let (batch, trace) = self.validate(&request, request.get_ref())?;
-        let sent = self.batches.run(batch, trace, |_| {}).await?;
-        Ok(Response::new(ProduceReply { sent }))
+        let result = async {
+            let (batch, trace) = self.validate(&request, request.get_ref())?;
+            let slot = self.batches.reserve()?;
+            Ok(self.batches.run(slot, batch, trace, |_| {}).await?)
+        }
+        .await;
+        self.count("Produce", &result);
+        Ok(Response::new(ProduceReply { sent: result? }))
     }
 
     type ProduceStreamStream = Pin<Box<dyn Stream<Item = Result<ProduceProgress, Status>> + Send>>;
@@ -62,25 +82,45 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let (batch, trace) = self.validate(&request, request.get_ref())?;
+        let reserved = self
+            .validate(&request, request.get_ref())
+            .and_then(|(batch, trace)| Ok((batch, trace, self.batches.reserve()?)));
+        let (batch, trace, slot) = match reserved {
+            Ok(reserved) => reserved,
+            Err(status) => {
+                self.count::<()>("ProduceStream", &Err(status.clone()));
+                return Err(status);
+            }
+        };
         let count = batch.count;
+        let metrics = Arc::clone(&self.metrics);
         // Unbounded, yet at most `count` (<= MAX_COUNT) small reports: a slow reader neither
         // loses reports nor holds the batch back.
         let (tx, rx) = mpsc::unbounded_channel();
         let batches = self.batches.clone();
         tokio::spawn(async move {
             let progress = tx.clone();
-            let run = batches.run(batch, trace, move |sent| {
+            let run = batches.run(slot, batch, trace, move |sent| {
                 let _ = progress.send(Ok(ProduceProgress { sent, count }));
             });
             // A client that cancels the stream closes `rx`: dropping `run` stops the batch.
             let result = tokio::select! {
                 result = run => result,
-                _ = tx.closed() => return,
+                _ = tx.closed() => {
+                    metrics.grpc_request("ProduceStream", Code::Cancelled);
+                    return;
+                }
             };
-            if let Err(error) = result {
-                let _ = tx.send(Err(error.into()));
-            }
+            let code = match result {
+                Ok(_) => Code::Ok,
+                Err(error) => {
+                    let status = Status::from(error);
+                    let code = status.code();
+                    let _ = tx.send(Err(status));
+                    code
+                }
+            };
+            metrics.grpc_request("ProduceStream", code);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
@@ -105,6 +145,7 @@ impl From<BatchError> for Status {
                 source: PublishError::Timeout(_),
                 ..
             } => Status::deadline_exceeded(message),
+            BatchError::Busy { .. } => Status::resource_exhausted(message),
             // The caller's request was fine; the upstream failed it.
             BatchError::Sidecar {
                 source: PublishError::Rejected(_),

@@ -3,15 +3,20 @@
 mod batch;
 mod config;
 mod grpc;
+mod metrics;
 mod publisher;
 mod rest;
 mod server;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use bindings::{api_token::ApiToken, shutdown, telemetry};
 use clap::Parser;
 
-use crate::{batch::Batches, config::Config, publisher::Publisher, rest::AppState};
+use crate::{
+    batch::Batches, config::Config, metrics::Metrics, publisher::Publisher, rest::AppState,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,14 +25,24 @@ async fn main() -> anyhow::Result<()> {
 
     let sidecar = config.sidecar_uri();
     tracing::info!(%sidecar, binding = %config.binding_name, "sending through the Dapr sidecar");
+    let metrics = Arc::new(Metrics::default());
     let publisher = Publisher::new(
         sidecar,
         config.binding_name.clone(),
         config.dapr_api_token.as_ref().map(ApiToken::metadata_value),
         config.sidecar_timeout,
+        config.retry_policy(),
+        Arc::clone(&metrics),
+    );
+    let batches = Batches::new(
+        publisher,
+        Arc::clone(&metrics),
+        config.send_concurrency,
+        config.max_batches,
     );
     let state = AppState {
-        batches: Batches::new(publisher, config.send_concurrency),
+        batches,
+        metrics,
         max_count: config.max_count,
         shutdown: shutdown::on_signal(),
     };

@@ -1,17 +1,23 @@
 //! The producer's one connection to its Dapr sidecar: `InvokeBinding` calls over a single
 //! long-lived, lazily connected channel that reconnects by itself after the sidecar restarts.
+//! Calls that fail with UNAVAILABLE or run past their deadline are retried with backoff.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bindings::{
+    backoff::Backoff,
     dapr_v1::{GetMetadataRequest, InvokeBindingRequest, dapr_client::DaprClient},
     trace_context::{TRACEPARENT, TRACESTATE, TraceParent},
 };
+use tokio::time::Instant;
 use tonic::{
     Code, Request, Status,
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
+use tracing::debug;
+
+use crate::metrics::Metrics;
 
 /// The binding operation the queue bindings use to enqueue a message.
 pub const OPERATION_CREATE: &str = "create";
@@ -73,12 +79,38 @@ impl Trace {
     }
 }
 
+impl PublishError {
+    /// Whether another attempt may succeed: the sidecar was unreachable or slow. Other errors are
+    /// answers, and asking again gets the same answer.
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::Rejected(_))
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::Unavailable(s) | Self::Timeout(s) | Self::Rejected(s) => s.code(),
+        }
+    }
+}
+
+/// How transient failures are retried. A retry after a deadline can duplicate a message (the
+/// sidecar may have enqueued it before answering too late): delivery is at-least-once, as with
+/// Service Bus itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts after the first; 0 disables retries.
+    pub retries: u32,
+    pub backoff: Backoff,
+}
+
 /// Sends messages to one output binding through the sidecar. Cheap to clone: clones share the channel.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     client: DaprClient<Channel>,
     binding: String,
     token: Option<MetadataValue<Ascii>>,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -89,6 +121,8 @@ impl Publisher {
         binding: String,
         token: Option<MetadataValue<Ascii>>,
         timeout: Duration,
+        retry: RetryPolicy,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let channel = Endpoint::from(sidecar)
             .connect_timeout(Duration::from_secs(2).min(timeout))
@@ -99,6 +133,8 @@ impl Publisher {
             client: DaprClient::new(channel),
             binding,
             token,
+            retry,
+            metrics,
         }
     }
 
@@ -108,7 +144,30 @@ impl Publisher {
     }
 
     /// One `InvokeBinding{name, operation: "create", data}`; `Ok` once the sidecar has accepted it.
-    pub async fn publish(&self, data: Vec<u8>, trace: &Trace) -> Result<(), PublishError> {
+    /// Transient failures are retried per the [`RetryPolicy`].
+    pub async fn publish(&self, data: &[u8], trace: &Trace) -> Result<(), PublishError> {
+        let mut attempt = 0;
+        loop {
+            let error = match self.invoke(data.to_vec(), trace).await {
+                Ok(()) => {
+                    self.metrics.message(&self.binding, Code::Ok);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            attempt += 1;
+            if !error.is_transient() || attempt > self.retry.retries {
+                self.metrics.message(&self.binding, error.code());
+                return Err(error);
+            }
+            self.metrics.retry(&self.binding, error.code());
+            let delay = self.retry.backoff.jittered(attempt);
+            debug!(binding = %self.binding, attempt, ?delay, error = %error, "retrying InvokeBinding");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn invoke(&self, data: Vec<u8>, trace: &Trace) -> Result<(), PublishError> {
         let mut request = Request::new(InvokeBindingRequest {
             name: self.binding.clone(),
             data,
@@ -116,8 +175,10 @@ impl Publisher {
             operation: OPERATION_CREATE.to_owned(),
         });
         self.decorate(&mut request, trace);
-        self.client.clone().invoke_binding(request).await?;
-        Ok(())
+        let started = Instant::now();
+        let result = self.client.clone().invoke_binding(request).await;
+        self.metrics.invoke_duration(started.elapsed());
+        result.map(drop).map_err(PublishError::from)
     }
 
     /// Whether the sidecar's gRPC API answers. daprd serves it only once its components are

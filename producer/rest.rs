@@ -1,10 +1,12 @@
 //! The REST front: `POST /MessageProducer` as in the original ASP.NET sample, health endpoints,
 //! and the OpenAPI document with an offline Swagger UI.
 
+use std::sync::Arc;
+
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, MatchedPath, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -16,6 +18,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     batch::{Batch, BatchError, Batches, InvalidBatch},
+    metrics::{self, Metrics},
     publisher::{PublishError, Trace},
 };
 
@@ -26,6 +29,7 @@ pub const MAX_BODY_BYTES: usize = 80 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub batches: Batches,
+    pub metrics: Arc<Metrics>,
     pub max_count: std::num::NonZeroU32,
     /// Cancelled on SIGTERM: readiness then fails so no new traffic is routed here.
     pub shutdown: CancellationToken,
@@ -110,6 +114,7 @@ impl ApiError {
                 PublishError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 PublishError::Rejected(_) => StatusCode::BAD_GATEWAY,
             },
+            Self::Batch(BatchError::Busy { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::Batch(BatchError::Stopped { .. }) | Self::NotReady(_) | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -156,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/MessageProducer", post(produce))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", ApiDoc::openapi()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -172,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         (status = 400, description = "Malformed JSON or missing body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "Too many batches in progress (MAX_BATCHES); nothing was sent", body = ErrorBody),
         (status = 422, description = "Wrong field types, unknown fields or values out of range", body = ErrorBody),
         (status = 502, description = "The sidecar answered with an error; `sent` says how many went out", body = ErrorBody),
         (status = 503, description = "The sidecar is unreachable or the producer is stopping; `sent` says how many went out", body = ErrorBody),
@@ -190,9 +197,10 @@ async fn produce(
         body.text,
         state.max_count,
     )?;
+    let slot = state.batches.reserve()?;
     let sent = state
         .batches
-        .run(batch, Trace::from_headers(&headers), |_| {})
+        .run(slot, batch, Trace::from_headers(&headers), |_| {})
         .await?;
     Ok(Json(Sent { sent }))
 }
@@ -235,6 +243,38 @@ fn is_json(headers: &HeaderMap) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Prometheus metrics, in OpenMetrics text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+}
+
+/// Counts every REST request by route and status; gRPC requests are counted by their service.
+pub async fn count_http(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    // The route template, not the path: unknown paths must not create a series each.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    if !grpc {
+        metrics.http_request(&route, response.status().as_u16());
+    }
+    response
 }
 
 /// Liveness: the process serves requests.

@@ -1,7 +1,7 @@
 //! One port for both fronts: the REST routes and the gRPC services (producer, health,
 //! reflection) in one axum router, served over HTTP/1.1 and h2c, with a bounded graceful drain.
 
-use std::{convert::Infallible, future::IntoFuture, pin::pin, time::Duration};
+use std::{convert::Infallible, future::IntoFuture, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -72,7 +72,12 @@ pub async fn run(
 /// The whole public surface: REST, then gRPC services by path, then JSON 404/405 for REST
 /// callers and UNIMPLEMENTED for gRPC callers.
 pub fn router(state: AppState, health: impl GrpcService) -> anyhow::Result<Router> {
-    let producer = ProducerService::new(state.batches.clone(), state.max_count);
+    let producer = ProducerService::new(
+        state.batches.clone(),
+        state.max_count,
+        Arc::clone(&state.metrics),
+    );
+    let metrics = Arc::clone(&state.metrics);
     // grpcurl asks v1 first and falls back to v1alpha, which older clients only know.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -93,7 +98,11 @@ pub fn router(state: AppState, health: impl GrpcService) -> anyhow::Result<Route
     let router = grpc(router, reflection_v1alpha);
     Ok(router
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            rest::count_http,
+        )))
 }
 
 /// A generated tonic server, mountable on an axum router.

@@ -706,6 +706,10 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         "DRAIN_TIMEOUT",
         "RUST_LOG",
         "LOG_FORMAT",
+        "MAX_BATCHES",
+        "SIDECAR_RETRIES",
+        "RETRY_BACKOFF",
+        "MAX_RETRY_BACKOFF",
     ] {
         assert!(
             help.contains(&format!("[env: {name}")),
