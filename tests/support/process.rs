@@ -31,6 +31,16 @@ const CLEARED: &[&str] = &[
     "DRAIN_TIMEOUT",
     "WORK_DURATION",
     "MAX_CONCURRENCY",
+    // devstack's own settings; CARGO (set under `cargo test`) would make it run `cargo build`.
+    "CARGO",
+    "CONSUMERS",
+    "DEVSTACK_APPS",
+    "MAX_DELIVERY_COUNT",
+    "LOCK_DURATION",
+    "REDELIVERY_BACKOFF",
+    "MAX_REDELIVERY_BACKOFF",
+    "APP_HEALTH_INTERVAL",
+    "STATUS_INTERVAL",
 ];
 
 /// A running binary. Killed on drop, so a failing test leaves nothing behind.
@@ -43,7 +53,13 @@ pub struct Service {
 impl Service {
     /// Starts `bin` on 127.0.0.1 with JSON logs and the given extra environment.
     pub fn spawn(bin: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_args(bin, &[], env)
+    }
+
+    /// Like [`spawn`](Self::spawn), with command-line arguments.
+    pub fn spawn_with_args(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(bin);
+        command.args(args);
         for name in CLEARED {
             command.env_remove(name);
         }
@@ -128,6 +144,67 @@ impl Service {
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Waits, at most [`WAIT`], until `pred` finds what it looks for in the raw output lines so
+    /// far (JSON or not, e.g. `devstack up`'s labelled lines); panics with the output if never.
+    pub async fn wait_for_lines<T>(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&[String]) -> Option<T>,
+    ) -> T {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(found) = pred(&self.lines.lock().await) {
+                    return Some(found);
+                }
+                if self.seen.changed().await.is_err() {
+                    return pred(&self.lines.lock().await); // stdout closed: nothing more comes
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(found)) => found,
+            _ => panic!(
+                "no {what:?} in the output; output so far:\n{}",
+                self.lines.lock().await.join("\n")
+            ),
+        }
+    }
+
+    /// Waits for one raw output line matching `pred`; returns it.
+    pub async fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_for_lines(what, |lines| lines.iter().find(|l| pred(l)).cloned())
+            .await
+    }
+
+    /// Waits until `n` JSON log events match `pred`; returns them.
+    pub async fn wait_for_events(
+        &mut self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.wait_for_lines(what, |lines| {
+            let matching: Vec<Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|e| pred(e))
+                .collect();
+            (matching.len() >= n).then_some(matching)
+        })
+        .await
+    }
+
+    /// Every output line so far, JSON or not.
+    pub async fn lines(&self) -> Vec<String> {
+        self.lines.lock().await.clone()
+    }
+
+    /// Sends SIGKILL: the process vanishes mid-work, with no chance to clean up.
+    pub fn kill(&mut self) {
+        self.child.start_kill().expect("kill(SIGKILL)");
     }
 
     /// Sends SIGTERM, as Kubernetes does.
