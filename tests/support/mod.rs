@@ -1,8 +1,13 @@
-//! Shared test support: run the real binaries and read their JSON logs, and a fake Dapr sidecar.
+//! Shared test support: run the real binaries and read their JSON logs, a fake Dapr sidecar, a
+//! fake consumer app, and the devstack stand-in.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod app;
 pub mod process;
+pub mod producer;
+pub mod prometheus;
 pub mod sidecar;
+pub mod stand_in;
 
 use std::time::Duration;
 

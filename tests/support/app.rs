@@ -1,0 +1,271 @@
+//! A fake consumer app, in the test process: the `dapr` crate's generated `AppCallback` trait on a
+//! 127.0.0.1:0 listener, recording every call the stand-in makes, answering OK or, when told to,
+//! failing deterministically; optionally serving `AppCallbackHealthCheck` with a switchable answer.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use bindings::dapr_v1::{
+    BindingEventRequest, BindingEventResponse, HealthCheckResponse, JobEventRequest,
+    JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse,
+    TopicEventBulkRequest, TopicEventBulkResponse, TopicEventRequest, TopicEventResponse,
+    app_callback_health_check_server::{AppCallbackHealthCheck, AppCallbackHealthCheckServer},
+    app_callback_server::{AppCallback, AppCallbackServer},
+};
+use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// How the fake app answers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// What ListInputBindings answers.
+    pub bindings: Vec<String>,
+    /// Fail every `n`th binding event (counted per app) with INTERNAL.
+    pub fail_every: Option<u64>,
+    /// Serve AppCallbackHealthCheck (answering as [`FakeApp::set_healthy`] says); when false,
+    /// the stand-in gets UNIMPLEMENTED, which daprd treats as healthy.
+    pub health_check: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            bindings: vec!["message-queue".to_owned()],
+            fail_every: None,
+            health_check: false,
+        }
+    }
+}
+
+/// One OnBindingEvent as received.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub name: String,
+    pub data: Vec<u8>,
+    pub metadata: HashMap<String, String>,
+    /// gRPC metadata: `traceparent`, `dapr-api-token`, ...
+    pub headers: HashMap<String, String>,
+    /// Whether the app answered OK (the stand-in then completes the message).
+    pub ok: bool,
+    /// ListInputBindings calls made before this event arrived.
+    pub listed_before: u64,
+}
+
+#[derive(Debug)]
+struct Recorder {
+    behaviour: Behaviour,
+    list_calls: AtomicU64,
+    health_calls: watch::Sender<u64>,
+    healthy: AtomicBool,
+    events: AtomicU64,
+    deliveries: Mutex<Vec<Delivery>>,
+    received: watch::Sender<usize>,
+}
+
+fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
+    request
+        .metadata()
+        .clone()
+        .into_headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl AppCallback for Recorder {
+    async fn on_binding_event(
+        &self,
+        request: Request<BindingEventRequest>,
+    ) -> Result<Response<BindingEventResponse>, Status> {
+        let n = self.events.fetch_add(1, Ordering::SeqCst) + 1;
+        let ok = self
+            .behaviour
+            .fail_every
+            .is_none_or(|every| !n.is_multiple_of(every));
+        let headers = headers(&request);
+        let event = request.into_inner();
+        let mut deliveries = self.deliveries.lock().unwrap();
+        deliveries.push(Delivery {
+            name: event.name,
+            data: event.data,
+            metadata: event.metadata,
+            headers,
+            ok,
+            listed_before: self.list_calls.load(Ordering::SeqCst),
+        });
+        self.received.send_replace(deliveries.len());
+        if ok {
+            Ok(Response::new(BindingEventResponse::default()))
+        } else {
+            Err(Status::internal("injected failure"))
+        }
+    }
+
+    async fn list_input_bindings(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<ListInputBindingsResponse>, Status> {
+        self.list_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(ListInputBindingsResponse {
+            bindings: self.behaviour.bindings.clone(),
+        }))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+        Ok(Response::new(ListTopicSubscriptionsResponse::default()))
+    }
+
+    async fn on_invoke(
+        &self,
+        _request: Request<InvokeRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        Err(Status::unimplemented("not served by the fake app"))
+    }
+
+    async fn on_topic_event(
+        &self,
+        _request: Request<TopicEventRequest>,
+    ) -> Result<Response<TopicEventResponse>, Status> {
+        Err(Status::unimplemented("not served by the fake app"))
+    }
+
+    async fn on_bulk_topic_event(
+        &self,
+        _request: Request<TopicEventBulkRequest>,
+    ) -> Result<Response<TopicEventBulkResponse>, Status> {
+        Err(Status::unimplemented("not served by the fake app"))
+    }
+
+    async fn on_job_event(
+        &self,
+        _request: Request<JobEventRequest>,
+    ) -> Result<Response<JobEventResponse>, Status> {
+        Err(Status::unimplemented("not served by the fake app"))
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallbackHealthCheck for Recorder {
+    async fn health_check(
+        &self,
+        _request: Request<()>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.health_calls.send_modify(|n| *n += 1);
+        if self.healthy.load(Ordering::SeqCst) {
+            Ok(Response::new(HealthCheckResponse {}))
+        } else {
+            Err(Status::unavailable("told to be unhealthy"))
+        }
+    }
+}
+
+/// A running fake app on 127.0.0.1.
+pub struct FakeApp {
+    pub addr: SocketAddr,
+    recorder: Arc<Recorder>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FakeApp {
+    /// Starts on an ephemeral port; healthy from the start.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake app");
+        let addr = listener.local_addr().unwrap();
+        let health_check = behaviour.health_check;
+        let recorder = Arc::new(Recorder {
+            behaviour,
+            list_calls: AtomicU64::new(0),
+            health_calls: watch::channel(0).0,
+            healthy: AtomicBool::new(true),
+            events: AtomicU64::new(0),
+            deliveries: Mutex::default(),
+            received: watch::channel(0).0,
+        });
+        let shutdown = CancellationToken::new();
+        let health =
+            health_check.then(|| AppCallbackHealthCheckServer::from_arc(Arc::clone(&recorder)));
+        let server = tonic::transport::Server::builder()
+            .add_service(AppCallbackServer::from_arc(Arc::clone(&recorder)))
+            .add_optional_service(health)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let task = tokio::spawn(async move { server.await.expect("fake app serves") });
+        Self {
+            addr,
+            recorder,
+            shutdown,
+            task,
+        }
+    }
+
+    /// What AppCallbackHealthCheck answers from now on (when served).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.recorder.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// ListInputBindings calls so far.
+    pub fn list_calls(&self) -> u64 {
+        self.recorder.list_calls.load(Ordering::SeqCst)
+    }
+
+    /// AppCallbackHealthCheck calls so far.
+    pub fn health_calls(&self) -> u64 {
+        *self.recorder.health_calls.borrow()
+    }
+
+    /// Waits, at most [`super::WAIT`], until the stand-in has called AppCallbackHealthCheck `n`
+    /// times in all.
+    pub async fn wait_for_health_calls(&self, n: u64) {
+        let mut calls = self.recorder.health_calls.subscribe();
+        let reached = tokio::time::timeout(super::WAIT, calls.wait_for(|&c| c >= n)).await;
+        assert!(
+            reached.is_ok(),
+            "the app got {} health checks, expected {n}",
+            self.health_calls()
+        );
+    }
+
+    /// Every binding event so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.recorder.deliveries.lock().unwrap().clone()
+    }
+
+    /// Waits, at most [`super::WAIT`], until `n` binding events have arrived; returns them all.
+    pub async fn wait_for_deliveries(&self, n: usize) -> Vec<Delivery> {
+        let mut received = self.recorder.received.subscribe();
+        let reached = tokio::time::timeout(super::WAIT, received.wait_for(|&c| c >= n)).await;
+        assert!(
+            reached.is_ok(),
+            "the app got {} binding events, expected {n}",
+            self.deliveries().len()
+        );
+        self.deliveries()
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(super::WAIT, self.task)
+            .await
+            .expect("fake app stops")
+            .unwrap();
+    }
+}

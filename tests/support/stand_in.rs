@@ -1,0 +1,194 @@
+//! Runs `devstack sidecar` (the stand-in for "daprd + the queue") on ephemeral loopback ports,
+//! reads its two addresses from its `sidecar listening` event, and reads its queue status with a
+//! bounded poll, checking the queue invariant on every read.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bindings::dapr_v1::dapr_client::DaprClient;
+use serde::Deserialize;
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{WAIT, process::Service};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_devstack");
+/// Most status reads one wait makes; with [`POLL_PACING`] this spans about [`WAIT`].
+const MAX_POLLS: u32 = 400;
+/// Pause between two status reads. Only paces the poll: what ends a wait is the status itself.
+const POLL_PACING: Duration = Duration::from_millis(50);
+
+/// One queue's counts, as `GET /devstack/status` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub produced: u64,
+    pub active: u64,
+    pub locked: u64,
+    pub completed: u64,
+    pub dead_lettered: u64,
+}
+
+impl Counts {
+    /// Nothing waiting and nothing in flight.
+    pub fn settled(&self) -> bool {
+        self.active == 0 && self.locked == 0
+    }
+}
+
+/// A running `devstack sidecar`.
+pub struct StandIn {
+    pub service: Service,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+/// The stand-in's two addresses, from its `sidecar listening` event.
+pub fn sidecar_addrs(event: &Value) -> (SocketAddr, SocketAddr) {
+    let addr = |field: &str| -> SocketAddr {
+        event[field]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("sidecar listening event has {field}: {event}"))
+    };
+    (addr("grpc_addr"), addr("http_addr"))
+}
+
+impl StandIn {
+    /// Starts `devstack sidecar` on ephemeral ports with `args` after the ports.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["sidecar", "--grpc-port", "0", "--http-port", "0"];
+        all.extend_from_slice(args);
+        let mut service = Service::spawn_with_args(BIN, &all, env);
+        let event = service.wait_for_message("sidecar listening").await;
+        let (grpc_addr, http_addr) = sidecar_addrs(&event);
+        Self {
+            service,
+            grpc_addr,
+            http_addr,
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        }
+    }
+
+    /// Wraps a stand-in started some other way (inside `devstack up`), to read its status.
+    pub fn attach(service: Service, grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+        Self {
+            service,
+            grpc_addr,
+            http_addr,
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        }
+    }
+
+    /// Starts delivering to these apps, with extra arguments.
+    pub async fn for_apps(apps: &[SocketAddr], args: &[&str], env: &[(&str, &str)]) -> Self {
+        let apps: Vec<String> = apps.iter().map(|a| format!("--app={a}")).collect();
+        let mut all: Vec<&str> = apps.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        Self::start(&all, env).await
+    }
+
+    /// The gRPC port, as a string for a producer's DAPR_GRPC_PORT.
+    pub fn grpc_port(&self) -> String {
+        self.grpc_addr.port().to_string()
+    }
+
+    /// An HTTP URL on the stand-in's HTTP port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// A channel to the runtime gRPC API.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect_timeout(WAIT)
+            .timeout(WAIT)
+            .connect()
+            .await
+            .expect("connecting to the stand-in")
+    }
+
+    /// The Dapr crate's generated client on the runtime API.
+    pub async fn dapr_client(&self) -> DaprClient<Channel> {
+        DaprClient::new(self.channel().await)
+    }
+
+    /// `GET /devstack/status`; asserts produced = active + locked + completed + dead-lettered.
+    pub async fn status(&self) -> Value {
+        let response = self
+            .http
+            .get(self.url("/devstack/status"))
+            .send()
+            .await
+            .expect("status answers");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let status: Value = response.json().await.expect("status is JSON");
+        for (queue, counts) in status["queues"].as_object().expect("queues") {
+            let c: Counts = serde_json::from_value(counts.clone()).expect("queue counts");
+            assert_eq!(
+                c.produced,
+                c.active + c.locked + c.completed + c.dead_lettered,
+                "queue {queue} breaks the invariant: {c:?}"
+            );
+        }
+        status
+    }
+
+    /// One queue's counts from the status.
+    pub async fn counts(&self, queue: &str) -> Counts {
+        counts(&self.status().await, queue)
+    }
+
+    /// Reads the status until `pred` holds: at most [`MAX_POLLS`] reads within [`WAIT`].
+    pub async fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let polled = tokio::time::timeout(WAIT, async {
+            for _ in 0..MAX_POLLS {
+                last = self.status().await;
+                if pred(&last) {
+                    return true;
+                }
+                tokio::time::sleep(POLL_PACING).await;
+            }
+            false
+        })
+        .await;
+        match polled {
+            Ok(true) => last,
+            _ => panic!("the stand-in's status never showed {what}; last: {last}"),
+        }
+    }
+
+    /// Waits until `queue` has `completed` completed messages and nothing active or locked.
+    pub async fn wait_completed(&self, queue: &str, completed: u64) -> Counts {
+        let status = self
+            .wait_status(&format!("{completed} completed on {queue}"), |s| {
+                let c = counts(s, queue);
+                c.completed == completed && c.settled()
+            })
+            .await;
+        counts(&status, queue)
+    }
+
+    /// Waits until `n` consumer apps have listed their bindings and are healthy.
+    pub async fn wait_consumers(&self, n: u64) {
+        self.wait_status(&format!("{n} consumers connected"), |s| {
+            s["consumersConnected"] == n
+        })
+        .await;
+    }
+
+    /// SIGTERM, then expect exit code 0 after its `sidecar stopped` event.
+    pub async fn stop(mut self) {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+        self.service.wait_for_message("sidecar stopped").await;
+    }
+}
+
+/// One queue's counts from a status document.
+pub fn counts(status: &Value, queue: &str) -> Counts {
+    serde_json::from_value(status["queues"][queue].clone())
+        .unwrap_or_else(|e| panic!("status has no queue {queue}: {e}; {status}"))
+}
