@@ -188,6 +188,9 @@ impl Worker {
             let lock = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 lock = self.queue.receive() => lock,
+                // An app that turns unhealthy while we wait for a message gets none: go back
+                // to waiting for its health. (receive() takes a lock only when it returns.)
+                _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
             };
             self.app.in_flight.fetch_add(1, Ordering::Relaxed);
             let result =
