@@ -4,8 +4,6 @@
 
 pub mod app;
 pub mod process;
-pub mod producer;
-pub mod prometheus;
 pub mod sidecar;
 pub mod stand_in;
 
