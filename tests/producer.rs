@@ -5,85 +5,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bindings::proto::{ProduceRequest, producer_client::ProducerClient};
+use bindings::proto::ProduceRequest;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
     WAIT,
-    process::{Service, run_to_end},
+    process::run_to_end,
+    producer::{BIN, Producer},
     sidecar::{Behaviour, FakeSidecar},
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_producer");
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-/// A producer on an ephemeral port, talking to the sidecar on `sidecar_port`.
-struct Producer {
-    service: Service,
-    base: String,
-    grpc: String,
-    http: reqwest::Client,
-}
-
-impl Producer {
-    async fn start(sidecar_port: &str, env: &[(&str, &str)]) -> Self {
-        let mut all = vec![("PORT", "0"), ("DAPR_GRPC_PORT", sidecar_port)];
-        all.extend_from_slice(env);
-        let mut service = Service::spawn(BIN, &all);
-        let addr = service.addr().await;
-        Self {
-            service,
-            base: format!("http://{addr}"),
-            grpc: format!("http://{addr}"),
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
-        }
-    }
-
-    /// POSTs a raw body with a content type; returns status and JSON body.
-    async fn post_raw(&self, content_type: Option<&str>, body: &str) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/MessageProducer", self.base))
-            .body(body.to_owned());
-        if let Some(ct) = content_type {
-            request = request.header("content-type", ct);
-        }
-        let response = request.send().await.expect("producer answers");
-        let status = response.status();
-        (status, response.json().await.expect("JSON body"))
-    }
-
-    async fn post(&self, body: Value) -> (StatusCode, Value) {
-        self.post_raw(Some("application/json"), &body.to_string())
-            .await
-    }
-
-    async fn get(&self, path: &str) -> StatusCode {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.grpc.clone()).unwrap();
-        endpoint.connect().await.expect("gRPC connects")
-    }
-
-    async fn client(&self) -> ProducerClient<tonic::transport::Channel> {
-        ProducerClient::new(self.channel().await)
-    }
-
-    /// SIGTERM, then expect a clean exit.
-    async fn stop(mut self) {
-        self.service.terminate();
-        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
-    }
-}
 
 #[tokio::test]
 async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {

@@ -17,6 +17,7 @@ const CLEARED: &[&str] = &[
     "PORT",
     "APP_PORT",
     "BIND_ADDRESS",
+    "METRICS_PORT",
     "BINDING_NAME",
     "DAPR_GRPC_ENDPOINT",
     "DAPR_GRPC_PORT",
@@ -67,6 +68,8 @@ impl Service {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("BIND_ADDRESS", "127.0.0.1")
+            // The consumer's metrics port defaults to 9090: fixed ports collide between tests.
+            .env("METRICS_PORT", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -200,6 +203,11 @@ impl Service {
     /// Every output line so far, JSON or not.
     pub async fn lines(&self) -> Vec<String> {
         self.lines.lock().await.clone()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
     }
 
     /// Sends SIGKILL: the process vanishes mid-work, with no chance to clean up.

@@ -38,6 +38,8 @@ pub struct Call {
 pub struct Behaviour {
     /// After this many accepted calls, answer every call with this code.
     pub fail_after: Option<(usize, Code)>,
+    /// Answer the first this-many calls with this code (then accept).
+    pub fail_first: Option<(usize, Code)>,
     /// Time each accepted call takes.
     pub delay: Duration,
 }
@@ -48,6 +50,8 @@ struct Recorder {
     calls: Mutex<Vec<Call>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Every call received, failed or not.
+    attempts: AtomicUsize,
     /// Number of accepted calls, to wait on.
     accepted: watch::Sender<usize>,
 }
@@ -58,6 +62,12 @@ impl BindingHandler for Recorder {
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some((first, code)) = self.behaviour.fail_first
+            && attempt < first
+        {
+            return Err(Status::new(code, "injected failure"));
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let result = self.handle(request).await;
@@ -161,17 +171,24 @@ impl FakeSidecar {
         );
     }
 
+    /// Every call received, failed ones included.
+    pub fn attempts(&self) -> usize {
+        self.recorder.attempts.load(Ordering::SeqCst)
+    }
+
     /// Most calls that were in progress at once.
     pub fn max_in_flight(&self) -> usize {
         self.recorder.max_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Stops serving and waits for the server to end.
-    pub async fn stop(self) {
+    /// Stops serving, waits for the server to end, and returns every call it accepted.
+    pub async fn stop(self) -> Vec<Call> {
         self.shutdown.cancel();
         tokio::time::timeout(super::WAIT, self.task)
             .await
             .expect("fake sidecar stops")
             .unwrap();
+        let calls = self.recorder.calls.lock().unwrap().clone();
+        calls
     }
 }

@@ -1,0 +1,380 @@
+//! Operations: the producer's metrics, retries, caps and behaviour under faults and load, with the
+//! real binary against a fake sidecar on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use bindings::proto::ProduceRequest;
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{
+    WAIT,
+    producer::Producer,
+    prometheus::value,
+    sidecar::{Behaviour, FakeSidecar},
+};
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// Fast retries, so tests that exercise them stay quick.
+const QUICK_RETRIES: [(&str, &str); 2] = [("RETRY_BACKOFF", "10ms"), ("MAX_RETRY_BACKOFF", "50ms")];
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_counted() {
+    let behaviour = Behaviour {
+        fail_first: Some((2, Code::Unavailable)),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let mut env = QUICK_RETRIES.to_vec();
+    env.push(("SEND_CONCURRENCY", "1"));
+    let producer = Producer::start(&sidecar.port(), &env).await;
+
+    let (status, body) = producer.post(json!({"count": 3})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 3})));
+    assert_eq!(sidecar.calls().len(), 3, "each message accepted once");
+    assert_eq!(sidecar.attempts(), 5, "two failed attempts, retried");
+
+    let metrics = producer.metrics().await;
+    let labels = [("binding", "message-queue")];
+    assert_eq!(
+        value(
+            &metrics,
+            "producer_messages_total",
+            &[labels[0], ("code", "OK")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "producer_invoke_binding_retries_total",
+            &[labels[0], ("code", "UNAVAILABLE")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "producer_invoke_binding_duration_seconds_count",
+            &[]
+        ),
+        5.0
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn answers_are_not_retried_and_retries_can_be_disabled() {
+    // A sidecar answer (here INTERNAL) is final: no retry.
+    let behaviour = Behaviour {
+        fail_first: Some((1, Code::Internal)),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let producer = Producer::start(&sidecar.port(), &QUICK_RETRIES).await;
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(sidecar.attempts(), 1);
+    let metrics = producer.metrics().await;
+    assert_eq!(
+        value(&metrics, "producer_messages_total", &[("code", "INTERNAL")]),
+        1.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
+
+    // SIDECAR_RETRIES=0: an UNAVAILABLE fails the batch at once.
+    let behaviour = Behaviour {
+        fail_first: Some((1, Code::Unavailable)),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let producer = Producer::start(&sidecar.port(), &[("SIDECAR_RETRIES", "0")]).await;
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!((sidecar.attempts(), body["sent"].as_u64()), (1, Some(0)));
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let addr = sidecar.addr;
+    let mut env = QUICK_RETRIES.to_vec();
+    env.push(("SIDECAR_RETRIES", "8"));
+    let producer = Producer::start(&sidecar.port(), &env).await;
+
+    let url = format!("{}/MessageProducer", producer.base);
+    let http = producer.http.clone();
+    let batch = tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .json(&json!({"count": 40, "intervalMilliseconds": 20}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    sidecar.wait_for_calls(5).await;
+    let before = sidecar.stop().await.len();
+    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+
+    let (status, body) = batch.await.unwrap();
+    let accepted = (before + sidecar.calls().len()) as u64;
+    match status {
+        StatusCode::OK => assert_eq!(body, json!({"sent": 40})),
+        StatusCode::SERVICE_UNAVAILABLE => assert!(body["sent"].as_u64().unwrap() < 40, "{body}"),
+        other => panic!("unexpected {other}: {body}"),
+    }
+    let sent = body["sent"].as_u64().unwrap();
+    assert_eq!(
+        accepted, sent,
+        "what the sidecars accepted is what the producer reports: {body}"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn batches_beyond_the_cap_are_refused_not_queued() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "1")]).await;
+
+    // One slow, paced batch holds the only place.
+    let url = format!("{}/MessageProducer", producer.base);
+    let http = producer.http.clone();
+    let running = tokio::spawn(async move {
+        http.post(url)
+            .json(&json!({"count": 20, "intervalMilliseconds": 25}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    sidecar.wait_for_calls(1).await;
+
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many batches"),
+        "{body}"
+    );
+    let mut client = producer.client().await;
+    let request = ProduceRequest {
+        count: 1,
+        interval_milliseconds: 0,
+        text: None,
+    };
+    assert_eq!(
+        client.produce(request.clone()).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        client.produce_stream(request).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+
+    assert_eq!(running.await.unwrap(), StatusCode::OK);
+    let metrics = producer.metrics().await;
+    assert_eq!(value(&metrics, "producer_batches_refused_total", &[]), 3.0);
+    assert_eq!(value(&metrics, "producer_batches_in_progress", &[]), 0.0);
+    // The place is free again.
+    let (status, _) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_method_and_parse() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[]).await;
+
+    producer.post(json!({"count": 2})).await;
+    producer.post(json!({"count": 0})).await;
+    producer.get("/healthz").await;
+    producer.get("/no/such/path").await;
+    let mut client = producer.client().await;
+    client
+        .produce(ProduceRequest {
+            count: 1,
+            interval_milliseconds: 0,
+            text: None,
+        })
+        .await
+        .unwrap();
+    let bad = ProduceRequest {
+        count: 0,
+        interval_milliseconds: 0,
+        text: None,
+    };
+    client.produce(bad).await.unwrap_err();
+    let stream = client
+        .produce_stream(ProduceRequest {
+            count: 2,
+            interval_milliseconds: 0,
+            text: None,
+        })
+        .await;
+    let _: Vec<_> = stream.unwrap().into_inner().collect().await;
+
+    let m = producer.metrics().await;
+    let http = |route, status| {
+        value(
+            &m,
+            "producer_http_requests_total",
+            &[("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(http("/MessageProducer", "200"), 1.0);
+    assert_eq!(http("/MessageProducer", "422"), 1.0);
+    assert_eq!(http("/healthz", "200"), 1.0);
+    assert_eq!(
+        http("unmatched", "404"),
+        1.0,
+        "unknown paths share one series"
+    );
+    let grpc = |method, code| {
+        value(
+            &m,
+            "producer_grpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(grpc("Produce", "OK"), 1.0);
+    assert_eq!(grpc("Produce", "INVALID_ARGUMENT"), 1.0);
+    // The stream's end is counted when the batch finishes, just after the last report.
+    assert_eq!(value(&m, "producer_messages_total", &[("code", "OK")]), 5.0);
+    assert!(
+        value(
+            &m,
+            "producer_invoke_binding_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ) >= 5.0
+    );
+    assert_eq!(
+        value(&m, "producer_http_requests_total", &[("route", "/metrics")]),
+        0.0,
+        "counted after the answer"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("procfs");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_50_rest_clients_and_10_grpc_streams_account_for_every_message() {
+    const REST_CLIENTS: usize = 50;
+    const STREAMS: usize = 10;
+    const COUNT: u32 = 100;
+
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "64")]).await;
+    let pid = producer.service.pid();
+    let rss_before = rss_kib(pid);
+    let started = std::time::Instant::now();
+
+    let mut clients = JoinSet::new();
+    for _ in 0..REST_CLIENTS {
+        let (http, url) = (
+            producer.http.clone(),
+            format!("{}/MessageProducer", producer.base),
+        );
+        clients.spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({"count": COUNT}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<serde_json::Value>().await.unwrap()["sent"]
+                .as_u64()
+                .unwrap()
+        });
+    }
+    for _ in 0..STREAMS {
+        let mut client = producer.client().await;
+        clients.spawn(async move {
+            let request = ProduceRequest {
+                count: COUNT,
+                interval_milliseconds: 0,
+                text: None,
+            };
+            let stream = client.produce_stream(request).await.unwrap().into_inner();
+            let reports: Vec<_> = stream.map(|r| r.unwrap().sent).collect().await;
+            assert_eq!(reports.len() as u32, COUNT, "one report per message");
+            u64::from(*reports.last().unwrap())
+        });
+    }
+    let sent: u64 = tokio::time::timeout(WAIT * 3, clients.join_all())
+        .await
+        .expect("bounded")
+        .iter()
+        .sum();
+    let elapsed = started.elapsed();
+    let rss_after = rss_kib(pid);
+
+    let expected = ((REST_CLIENTS + STREAMS) as u64) * u64::from(COUNT);
+    assert_eq!(sent, expected);
+    assert_eq!(
+        sidecar.calls().len() as u64,
+        expected,
+        "every message reached the sidecar once"
+    );
+    println!(
+        "load: {expected} messages in {elapsed:?}; producer RSS {rss_before} KiB before, {rss_after} KiB after"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory stays bounded: {rss_before} -> {rss_after} KiB"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn slow_sidecar_beyond_the_deadline_fails_clearly_after_retries() {
+    let behaviour = Behaviour {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let sidecar = FakeSidecar::start(behaviour).await;
+    let mut env = QUICK_RETRIES.to_vec();
+    env.extend([("SIDECAR_TIMEOUT", "100ms"), ("SIDECAR_RETRIES", "2")]);
+    let producer = Producer::start(&sidecar.port(), &env).await;
+
+    let (status, body) = producer.post(json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["sent"], 0);
+    let metrics = producer.metrics().await;
+    assert_eq!(
+        value(&metrics, "producer_invoke_binding_retries_total", &[]),
+        2.0
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
