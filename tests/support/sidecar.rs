@@ -188,7 +188,6 @@ impl FakeSidecar {
             .await
             .expect("fake sidecar stops")
             .unwrap();
-        let calls = self.recorder.calls.lock().unwrap().clone();
-        calls
+        self.recorder.calls.lock().unwrap().clone()
     }
 }
