@@ -324,3 +324,95 @@ mod tests {
         assert!(!is_json(&HeaderMap::new()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::num::NonZeroU32;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const MAX: NonZeroU32 = NonZeroU32::new(10_000).unwrap();
+
+    /// Parsing then validating, as `produce` does before anything is sent.
+    fn outcome(headers: &HeaderMap, body: Vec<u8>) -> Result<Batch, ApiError> {
+        let body = parse_body(headers, Ok(Bytes::from(body)))?;
+        Ok(Batch::validate(
+            body.count,
+            body.interval_milliseconds,
+            body.text,
+            MAX,
+        )?)
+    }
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers
+    }
+
+    fn assert_clear_4xx(result: Result<Batch, ApiError>) {
+        if let Err(error) = result {
+            assert!(
+                error.status().is_client_error(),
+                "{error} -> {}",
+                error.status()
+            );
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::hash_map(
+                    "(count|intervalMilliseconds|text|[a-z]{1,6})",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_get_a_batch_or_a_clear_4xx(body in prop::collection::vec(any::<u8>(), 0..300), json in any::<bool>()) {
+            let headers = if json { json_headers() } else { HeaderMap::new() };
+            assert_clear_4xx(outcome(&headers, body));
+        }
+
+        #[test]
+        fn any_json_value_gets_a_batch_or_a_clear_4xx(value in json_value()) {
+            assert_clear_4xx(outcome(&json_headers(), value.to_string().into_bytes()));
+        }
+
+        #[test]
+        fn any_numbers_are_accepted_exactly_within_the_bounds(count in any::<i64>(), interval in any::<i64>(), text in proptest::option::of(".{0,40}")) {
+            let body = json!({"count": count, "intervalMilliseconds": interval, "text": text});
+            let result = outcome(&json_headers(), body.to_string().into_bytes());
+            let in_bounds = (1..=i64::from(MAX.get())).contains(&count) && (0..=60_000).contains(&interval);
+            match result {
+                Ok(batch) => {
+                    prop_assert!(in_bounds);
+                    prop_assert_eq!(i64::from(batch.count), count);
+                    prop_assert_eq!(batch.text, text.unwrap_or_else(|| "Hello World".to_owned()));
+                }
+                Err(error) => {
+                    prop_assert!(!in_bounds, "{}", error);
+                    prop_assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+                }
+            }
+        }
+    }
+}
