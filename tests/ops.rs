@@ -10,9 +10,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::{
     WAIT,
+    process::Service,
     producer::Producer,
     prometheus::value,
     sidecar::{Behaviour, FakeSidecar},
+    stand_in::StandIn,
 };
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -377,4 +379,89 @@ async fn slow_sidecar_beyond_the_deadline_fails_clearly_after_retries() {
 
     producer.stop().await;
     sidecar.stop().await;
+}
+
+/// How many messages a consumer logged the original's line for.
+async fn processed(consumer: &Service) -> usize {
+    let events = consumer.events().await;
+    let is_line = |e: &&serde_json::Value| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Received at"))
+    };
+    events.iter().filter(is_line).count()
+}
+
+/// Which of two consumers logs `message` first.
+async fn first_to_log(a: &mut Service, b: &mut Service, message: &str) -> usize {
+    tokio::select! {
+        _ = a.wait_for_message(message) => 0,
+        _ = b.wait_for_message(message) => 1,
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lost() {
+    const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
+    // A drain long enough to finish the work, then one too short for it.
+    for (drain, redelivered) in [("10s", false), ("100ms", true)] {
+        let env = [
+            ("APP_PORT", "0"),
+            ("WORK_DURATION", "1s"),
+            ("DRAIN_TIMEOUT", drain),
+            ("RUST_LOG", "info,consumer=debug"),
+        ];
+        let mut consumers = [
+            Service::spawn(CONSUMER, &env),
+            Service::spawn(CONSUMER, &env),
+        ];
+        let addrs = [consumers[0].addr().await, consumers[1].addr().await];
+        let stand_in = StandIn::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
+        stand_in.wait_consumers(2).await;
+
+        let (http, url) = (
+            stand_in.http.clone(),
+            stand_in.url("/v1.0/bindings/message-queue"),
+        );
+        let response = http
+            .post(url)
+            .json(&json!({"data": {"text": "Hello World"}, "operation": "create"}))
+            .send();
+        assert_eq!(response.await.unwrap().status(), StatusCode::NO_CONTENT);
+
+        let [a, b] = &mut consumers;
+        let busy = first_to_log(a, b, "event received").await;
+        consumers[busy].terminate();
+        assert_eq!(
+            consumers[busy].exit_code(WAIT).await,
+            Some(0),
+            "drain {drain}"
+        );
+
+        let counts = stand_in.wait_completed("message-queue", 1).await;
+        assert_eq!(
+            (counts.produced, counts.dead_lettered),
+            (1, 0),
+            "drain {drain}"
+        );
+        let by_busy = processed(&consumers[busy]).await;
+        let by_other = processed(&consumers[1 - busy]).await;
+        if redelivered {
+            assert_eq!(
+                (by_busy, by_other),
+                (0, 1),
+                "the other consumer got it again and completed it"
+            );
+        } else {
+            assert_eq!(
+                (by_busy, by_other),
+                (1, 0),
+                "the stopping consumer finished it"
+            );
+        }
+
+        consumers[1 - busy].terminate();
+        assert_eq!(consumers[1 - busy].exit_code(WAIT).await, Some(0));
+        stand_in.stop().await;
+    }
 }
