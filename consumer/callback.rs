@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,9 +27,12 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, error_span, info, warn};
 
-use crate::work;
+use crate::{
+    metrics::{Metrics, Reason},
+    work,
+};
 use bindings::api_token::ApiToken;
 
 /// Binding-event metadata keys that may carry the broker's message id, in order of preference:
@@ -59,6 +65,7 @@ pub struct Consumer {
     /// Cancelled once shutdown starts: new and waiting events are turned away from then on.
     draining: CancellationToken,
     processed: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a binding event is not processed; each maps to the gRPC code daprd acts on.
@@ -81,6 +88,18 @@ pub enum EventError {
     /// Shutdown has started; another instance should take the message.
     #[error("shutting down; not accepting new events")]
     Draining,
+}
+
+impl EventError {
+    /// The `reason` label it is counted under.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Unauthenticated => Reason::Unauthenticated,
+            Self::UnknownBinding { .. } => Reason::UnknownBinding,
+            Self::BadPayload(_) => Reason::BadPayload,
+            Self::Draining => Reason::Draining,
+        }
+    }
 }
 
 impl From<EventError> for Status {
@@ -107,8 +126,14 @@ impl Consumer {
             in_flight: TaskTracker::new(),
             draining: CancellationToken::new(),
             processed: AtomicU64::new(0),
+            metrics: Arc::new(Metrics::new(&settings.binding_name)),
             settings,
         }
+    }
+
+    /// The metrics of this consumer's events, for the metrics server.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// How long in-flight events may run once shutdown starts.
@@ -126,6 +151,7 @@ impl Consumer {
     pub async fn drain(&self, deadline: Instant) -> bool {
         let started = Instant::now();
         self.draining.cancel();
+        self.metrics.set_draining();
         self.in_flight.close();
         let in_flight = self.in_flight.len();
         info!(in_flight, "draining");
@@ -151,12 +177,38 @@ impl Consumer {
         self.draining.is_cancelled()
     }
 
-    async fn process(
+    /// Handles one event inside its span; every outcome is counted.
+    async fn handle(
         &self,
-        event: &BindingEventRequest,
-        id: Option<&str>,
-        trace_id: Option<&str>,
-    ) -> Result<(), EventError> {
+        request: Request<BindingEventRequest>,
+    ) -> Result<Response<BindingEventResponse>, Status> {
+        let outcome = self.metrics.event(&request.get_ref().name);
+        if let Some(token) = &self.settings.api_token
+            && !token.authorizes(request.metadata())
+        {
+            warn!("binding event refused: missing or wrong dapr-api-token");
+            outcome.failed(Reason::Unauthenticated);
+            return Err(EventError::Unauthenticated.into());
+        }
+        match self.process(&request.into_inner()).await {
+            Ok(work) => {
+                outcome.processed(work);
+                Ok(Response::new(BindingEventResponse::default()))
+            }
+            Err(error) => {
+                if matches!(error, EventError::Draining) {
+                    info!("binding event refused: shutting down");
+                } else {
+                    warn!(%error, "binding event rejected");
+                }
+                outcome.failed(error.reason());
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Decodes and works on one event; returns how long the work took.
+    async fn process(&self, event: &BindingEventRequest) -> Result<Duration, EventError> {
         if event.name != self.settings.binding_name {
             return Err(EventError::UnknownBinding {
                 got: event.name.clone(),
@@ -165,18 +217,15 @@ impl Consumer {
         }
         let message = Message::from_json(&event.data)?;
         let _permit = self.permit().await?;
-        debug!(binding = %event.name, id, trace_id, "event received");
+        debug!("event received");
         let done = work::simulate(self.settings.work_duration).await;
         self.processed.fetch_add(1, Ordering::Relaxed);
         info!(
-            binding = %event.name,
-            id,
-            trace_id,
             duration_ms = millis(done.elapsed),
             "{}",
             work::log_line(&message.text, done.received, done.finished)
         );
-        Ok(())
+        Ok(done.elapsed)
     }
 
     /// Waits for a work slot, unless shutdown starts first (or has already started).
@@ -199,27 +248,18 @@ impl AppCallback for Consumer {
     ) -> Result<Response<BindingEventResponse>, Status> {
         // Taken before the draining check, so a drain that starts meanwhile still waits for us.
         let _in_flight = self.in_flight.token();
-        if let Some(token) = &self.settings.api_token
-            && !token.authorizes(request.metadata())
-        {
-            warn!("binding event refused: missing or wrong dapr-api-token");
-            return Err(EventError::Unauthenticated.into());
-        }
-        let trace_id = trace_id(request.metadata());
-        let trace_id = trace_id.as_ref().map(TraceParent::trace_id);
-        let event = request.into_inner();
-        let id = message_id(&event.metadata);
-        match self.process(&event, id, trace_id).await {
-            Ok(()) => Ok(Response::new(BindingEventResponse::default())),
-            Err(error) => {
-                if matches!(error, EventError::Draining) {
-                    info!(binding = %event.name, id, trace_id, "binding event refused: shutting down");
-                } else {
-                    warn!(binding = %event.name, id, trace_id, %error, "binding event rejected");
-                }
-                Err(error.into())
-            }
-        }
+        let trace = trace_id(request.metadata());
+        let event = request.get_ref();
+        // Every log event of this event carries its binding, message id and trace id. ERROR is
+        // the span's level only so that it is enabled whenever any event inside is: a span
+        // filtered out (e.g. INFO under RUST_LOG=warn) would take these fields with it.
+        let span = error_span!(
+            "binding_event",
+            binding = %event.name,
+            id = message_id(&event.metadata),
+            trace_id = trace.as_ref().map(TraceParent::trace_id),
+        );
+        self.handle(request).instrument(span).await
     }
 
     /// Answered at once: daprd asks once at start-up, with a 3 s deadline, and treats an error
@@ -351,6 +391,26 @@ mod tests {
         tokio::spawn(async move { consumer.on_binding_event(request).await })
     }
 
+    /// The value of one series in the consumer's metrics, e.g.
+    /// `consumer_events_failed_total{binding="message-queue",reason="draining"}`.
+    fn metric(consumer: &Consumer, series: &str) -> f64 {
+        let text = consumer.metrics.encode().unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    fn failed(consumer: &Consumer, reason: &str) -> f64 {
+        let series =
+            format!(r#"consumer_events_failed_total{{binding="message-queue",reason="{reason}"}}"#);
+        metric(consumer, &series)
+    }
+
+    const RECEIVED: &str = r#"consumer_events_received_total{binding="message-queue"}"#;
+    const PROCESSED: &str = r#"consumer_events_processed_total{binding="message-queue"}"#;
+    const IN_FLIGHT: &str = "consumer_events_in_flight";
+
     /// Lets spawned handlers run until `done` holds; bounded, and needs no clock.
     async fn settle(done: impl Fn() -> bool) {
         for _ in 0..1_000 {
@@ -420,6 +480,14 @@ mod tests {
         let consumer = Consumer::new(settings());
         consumer.on_binding_event(good_event()).await.unwrap();
         assert_eq!(consumer.processed(), 1);
+        assert_eq!(metric(&consumer, RECEIVED), 1.0);
+        assert_eq!(metric(&consumer, PROCESSED), 1.0);
+        assert_eq!(metric(&consumer, IN_FLIGHT), 0.0);
+        // Paused time: the work took exactly WORK_DURATION.
+        assert_eq!(
+            metric(&consumer, "consumer_event_processing_seconds_sum"),
+            5.0
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -435,6 +503,8 @@ mod tests {
             .metadata_mut()
             .insert("dapr-api-token", "s3cret".parse().unwrap());
         consumer.on_binding_event(request).await.unwrap();
+        assert_eq!(failed(&consumer, "unauthenticated"), 1.0);
+        assert_eq!(metric(&consumer, RECEIVED), 2.0);
         // Listing bindings and health checks carry no token from daprd.
         consumer
             .list_input_bindings(Request::new(()))
@@ -459,6 +529,13 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().starts_with("payload is not a message"));
         assert_eq!(consumer.processed(), 0);
+        assert_eq!(failed(&consumer, "bad_payload"), 1.0);
+        // The other binding's name is not a label value; the configured one's counts are apart.
+        let other = r#"consumer_events_failed_total{binding="(other)",reason="unknown_binding"}"#;
+        assert_eq!(metric(&consumer, other), 1.0);
+        assert_eq!(failed(&consumer, "unknown_binding"), 0.0);
+        assert_eq!(metric(&consumer, RECEIVED), 1.0);
+        assert_eq!(metric(&consumer, PROCESSED), 0.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -468,9 +545,18 @@ mod tests {
         settle(|| consumer.permits.available_permits() == 0).await;
         let waiting = spawn_event(&consumer, good_event());
         settle(|| consumer.in_flight.len() == 2).await;
+        // Working or waiting for a slot, both are in flight.
+        assert_eq!(metric(&consumer, IN_FLIGHT), 2.0);
+        assert_eq!(metric(&consumer, "consumer_draining"), 0.0);
 
         let deadline = Instant::now() + Duration::from_secs(25);
-        assert!(consumer.drain(deadline).await);
+        let drain = consumer.drain(deadline);
+        tokio::pin!(drain);
+        // Polled once: the drain has started, the first event is still working.
+        assert!(futures::poll!(&mut drain).is_pending());
+        assert_eq!(metric(&consumer, "consumer_draining"), 1.0);
+        assert!(drain.await);
+        assert_eq!(metric(&consumer, IN_FLIGHT), 0.0);
 
         assert!(first.await.unwrap().is_ok());
         let status = waiting.await.unwrap().unwrap_err();
@@ -480,6 +566,23 @@ mod tests {
         let status = consumer.health_check(Request::new(())).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(consumer.processed(), 1);
+        assert_eq!(metric(&consumer, PROCESSED), 1.0);
+        assert_eq!(failed(&consumer, "draining"), 2.0);
+        assert_eq!(metric(&consumer, RECEIVED), 3.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_caller_goes_away_counts_as_cancelled() {
+        let consumer = Arc::new(Consumer::new(settings()));
+        let first = spawn_event(&consumer, good_event());
+        settle(|| consumer.permits.available_permits() == 0).await;
+        assert_eq!(metric(&consumer, IN_FLIGHT), 1.0);
+        // tonic drops the handler's future when the client cancels the call.
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(metric(&consumer, IN_FLIGHT), 0.0);
+        assert_eq!(failed(&consumer, "cancelled"), 1.0);
+        assert_eq!(metric(&consumer, PROCESSED), 0.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -514,5 +617,69 @@ mod tests {
         // Two rounds of 5 s, not one (all at once) nor four (one by one).
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(consumer.processed(), 4);
+    }
+
+    /// Payloads a binding event may carry: any bytes, messages, and JSON close to a message.
+    fn payload() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let text_value = prop_oneof![
+            any::<String>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+            prop::collection::vec(any::<String>(), 0..3).prop_map(serde_json::Value::from),
+        ];
+        prop_oneof![
+            any::<Vec<u8>>(),
+            (text_value, any::<Option<String>>()).prop_map(|(text, extra)| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("text".to_owned(), text);
+                if let Some(extra) = extra {
+                    fields.insert("extra".to_owned(), extra.into());
+                }
+                serde_json::to_vec(&fields).unwrap()
+            }),
+            // A message cut short or padded with stray bytes.
+            (any::<String>(), any::<Vec<u8>>(), any::<bool>()).prop_map(|(text, noise, cut)| {
+                let mut data = Message::new(text).to_json();
+                if cut {
+                    data.truncate(noise.len() % (data.len() + 1));
+                } else {
+                    data.extend_from_slice(&noise);
+                }
+                data
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the payload, the answer is OK (the broker completes the message) or
+        /// INVALID_ARGUMENT (redelivered, then dead-lettered): never a panic, never another code,
+        /// and the metrics account for the event either way.
+        #[test]
+        fn any_payload_is_ok_or_invalid_argument(data in payload()) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let consumer = Consumer::new(Settings {
+                work_duration: Duration::ZERO,
+                ..settings()
+            });
+            let result = runtime.block_on(consumer.on_binding_event(event("message-queue", &data)));
+            let decodes = Message::from_json(&data).is_ok();
+            match result {
+                Ok(_) => {
+                    proptest::prop_assert!(decodes);
+                    proptest::prop_assert_eq!(metric(&consumer, PROCESSED), 1.0);
+                }
+                Err(status) => {
+                    proptest::prop_assert_eq!(status.code(), Code::InvalidArgument, "{:?}", status);
+                    proptest::prop_assert!(!decodes);
+                    proptest::prop_assert_eq!(failed(&consumer, "bad_payload"), 1.0);
+                }
+            }
+            proptest::prop_assert_eq!(metric(&consumer, IN_FLIGHT), 0.0);
+        }
     }
 }

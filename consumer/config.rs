@@ -21,6 +21,12 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
+    /// Port of the HTTP server for Prometheus metrics (`GET /metrics`), on the same address.
+    /// daprd's own metrics default to 9090 too: next to daprd in one pod, move one of them.
+    /// 0 picks a free port.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+
     /// Name of the Dapr input binding (the Component's metadata.name) this app consumes.
     #[arg(long, env = "BINDING_NAME", default_value = "message-queue", value_parser = non_empty)]
     pub binding_name: String,
@@ -82,6 +88,7 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.app_port, 50051);
         assert_eq!(config.bind_address.to_string(), "0.0.0.0");
+        assert_eq!(config.metrics_port, 9090);
         assert_eq!(config.binding_name, "message-queue");
         assert_eq!(config.work_duration, Duration::from_secs(5));
         assert_eq!(config.max_concurrency, 1);
@@ -97,6 +104,7 @@ mod tests {
         let config = parse(&[
             "--app-port=0",
             "--bind-address=127.0.0.1",
+            "--metrics-port=0",
             "--binding-name=orders",
             "--work-duration=250ms",
             "--max-concurrency=4",
@@ -108,6 +116,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.app_port, 0);
         assert_eq!(config.bind_address.to_string(), "127.0.0.1");
+        assert_eq!(config.metrics_port, 0);
         assert_eq!(config.binding_name, "orders");
         assert_eq!(config.work_duration, Duration::from_millis(250));
         assert_eq!(config.max_concurrency, 4);
@@ -130,6 +139,7 @@ mod tests {
         for name in [
             "APP_PORT",
             "BIND_ADDRESS",
+            "METRICS_PORT",
             "BINDING_NAME",
             "WORK_DURATION",
             "MAX_CONCURRENCY",
@@ -182,6 +192,7 @@ mod tests {
     #[test]
     fn rejects_a_bad_port_and_address() {
         assert!(parse(&["--app-port=70000"]).is_err());
+        assert!(parse(&["--metrics-port=70000"]).is_err());
         assert!(parse(&["--bind-address=localhost"]).is_err());
     }
 

@@ -3,6 +3,7 @@
 
 mod callback;
 mod config;
+mod metrics;
 mod server;
 mod work;
 
@@ -23,6 +24,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind((config.bind_address, config.app_port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind_address, config.app_port))?;
+    let metrics_listener = TcpListener::bind((config.bind_address, config.metrics_port))
+        .await
+        .with_context(|| {
+            let (address, port) = (config.bind_address, config.metrics_port);
+            format!("binding the metrics port {address}:{port}")
+        })?;
     let consumer = Arc::new(Consumer::new(config.settings()));
-    server::serve(listener, consumer, shutdown).await
+    server::serve(listener, metrics_listener, consumer, shutdown).await
 }

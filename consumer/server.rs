@@ -1,6 +1,7 @@
-//! The gRPC server daprd and the kubelet talk to, and its graceful shutdown.
+//! The gRPC server daprd and the kubelet talk to, the metrics server beside it, and their graceful
+//! shutdown.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bindings::dapr_v1::{
@@ -14,17 +15,22 @@ use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::callback::Consumer;
+use crate::{callback::Consumer, metrics};
+
+/// How long the metrics server may take to stop once the gRPC server has stopped.
+const METRICS_STOP_LIMIT: Duration = Duration::from_secs(1);
 
 /// Service name the kubelet's and daprd's gRPC health checks may ask about.
 const APP_CALLBACK: &str = <AppCallbackServer<Consumer> as NamedService>::NAME;
 
-/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on `listener` until
-/// `shutdown` is cancelled. Then drains: health turns NOT_SERVING, new events get UNAVAILABLE,
-/// and in-flight events may finish within the consumer's drain timeout, while the server keeps
-/// answering so their responses reach daprd. Only then does the server stop.
+/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on `listener`, and
+/// the metrics on `metrics_listener`, until `shutdown` is cancelled. Then drains: health turns
+/// NOT_SERVING, new events get UNAVAILABLE, and in-flight events may finish within the
+/// consumer's drain timeout, while the server keeps answering so their responses reach daprd.
+/// Only then does the server stop, and the metrics server last, so the drain can be watched.
 pub async fn serve(
     listener: TcpListener,
+    metrics_listener: TcpListener,
     consumer: Arc<Consumer>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -37,6 +43,13 @@ pub async fn serve(
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
+
+    let stop_metrics = CancellationToken::new();
+    let mut metrics_server = tokio::spawn(metrics::serve(
+        metrics_listener,
+        consumer.metrics(),
+        stop_metrics.clone(),
+    ));
 
     let stop_server = CancellationToken::new();
     let mut server = tokio::spawn(
@@ -57,6 +70,10 @@ pub async fn serve(
         result = &mut server => {
             result.context("gRPC server task failed")?.context("gRPC server failed")?;
             anyhow::bail!("gRPC server stopped before shutdown was requested");
+        }
+        result = &mut metrics_server => {
+            result.context("metrics server task failed")??;
+            anyhow::bail!("metrics server stopped before shutdown was requested");
         }
         () = shutdown.cancelled() => {}
     }
@@ -83,6 +100,14 @@ pub async fn serve(
             }
             server.abort();
         }
+    }
+    // A scrape in progress may finish; an idle keep-alive connection must not hold up the exit.
+    stop_metrics.cancel();
+    if tokio::time::timeout(METRICS_STOP_LIMIT, &mut metrics_server)
+        .await
+        .is_err()
+    {
+        metrics_server.abort();
     }
     info!(processed = consumer.processed(), drained, "stopped");
     Ok(())

@@ -50,6 +50,8 @@ pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
         let mut command = Command::new(bin_dir.join("consumer"));
         command
             .env("APP_PORT", port.to_string())
+            // Consumers cannot all have the default 9090; each logs `metrics listening` with its own.
+            .env("METRICS_PORT", "0")
             .env("MAX_CONCURRENCY", args.max_concurrency.to_string());
         parts.push(spawn(label, command, &mut output)?);
         sidecar.add_app(AppTarget {
