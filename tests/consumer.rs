@@ -1,10 +1,10 @@
 //! Black-box tests of the real `consumer` binary, driven as daprd drives it: over gRPC on
-//! loopback with Dapr's generated AppCallback clients, reading its JSON logs, stopping it with
-//! SIGTERM.
+//! loopback with Dapr's generated AppCallback clients, reading its JSON logs and scraping its
+//! metrics as Prometheus would, stopping it with SIGTERM.
 
 mod support;
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use bindings::dapr_v1::{
     BindingEventRequest, BindingEventResponse, JobEventRequest, TopicEventBulkRequest,
@@ -16,6 +16,7 @@ use dapr::dapr::proto::common::v1::InvokeRequest;
 use serde_json::Value;
 use support::{
     WAIT,
+    exposition::{self, Exposition},
     process::{Service, run_to_end},
 };
 use tonic::{
@@ -77,6 +78,28 @@ impl Consumer {
         Ok(response.into_inner().status())
     }
 
+    /// Scrapes `GET /metrics` on the address the consumer logged, checks the response is a valid
+    /// exposition, and returns it.
+    async fn scrape(&mut self) -> Exposition {
+        let addr: SocketAddr = self.service.wait_for_message("metrics listening").await["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("metrics listening event has addr");
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .timeout(WAIT)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert_eq!(
+            content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        exposition::parse(&response.text().await.expect("a text body"))
+    }
+
     async fn send(&self, request: Request<BindingEventRequest>) -> Result<(), Status> {
         let response = self.callback().on_binding_event(request).await?;
         assert_eq!(response.into_inner(), BindingEventResponse::default());
@@ -93,10 +116,18 @@ impl Consumer {
     }
 
     /// SIGTERM, then a bounded wait for exit code 0; returns the final "stopped" event.
-    async fn stop(mut self) -> Value {
+    async fn stop(self) -> Value {
+        let events = self.stop_with_events().await;
+        let stopped = events.into_iter().find(|e| e["message"] == "stopped");
+        stopped.expect("a stopped event")
+    }
+
+    /// Like [`stop`](Self::stop), returning every log event.
+    async fn stop_with_events(mut self) -> Vec<Value> {
         self.service.terminate();
         assert_eq!(self.service.exit_code(WAIT).await, Some(0));
-        self.service.wait_for_message("stopped").await
+        self.service.wait_for_message("stopped").await;
+        self.service.events().await
     }
 }
 
@@ -162,6 +193,7 @@ async fn help_documents_every_setting_and_hides_the_token() {
     for name in [
         "APP_PORT",
         "BIND_ADDRESS",
+        "METRICS_PORT",
         "BINDING_NAME",
         "WORK_DURATION",
         "MAX_CONCURRENCY",
@@ -188,6 +220,7 @@ async fn invalid_config_exits_at_once_with_a_clear_message() {
         ("DRAIN_TIMEOUT", "soon", "--drain-timeout"),
         ("BINDING_NAME", "", "must not be empty"),
         ("APP_PORT", "70000", "--app-port"),
+        ("METRICS_PORT", "-1", "--metrics-port"),
         ("BIND_ADDRESS", "localhost", "--bind-address"),
         ("LOG_FORMAT", "xml", "--log-format"),
         ("RUST_LOG", "info,[", "invalid RUST_LOG filter"),
@@ -196,6 +229,7 @@ async fn invalid_config_exits_at_once_with_a_clear_message() {
         // port until run_to_end's bound, and the test would fail there.
         let env = [
             ("APP_PORT", "0"),
+            ("METRICS_PORT", "0"),
             ("BIND_ADDRESS", "127.0.0.1"),
             (name, value),
         ];
@@ -338,13 +372,16 @@ async fn unknown_binding_is_not_found() {
 
 #[tokio::test]
 async fn token_is_required_on_events_only_when_configured() {
-    let consumer = Consumer::start(&[("WORK_DURATION", "0s"), ("APP_API_TOKEN", "s3cret")]).await;
+    let mut consumer =
+        Consumer::start(&[("WORK_DURATION", "0s"), ("APP_API_TOKEN", "s3cret")]).await;
     let missing = consumer.send(hello("t-1")).await;
     assert_code(missing, Code::Unauthenticated, "no token");
     let wrong = consumer.send(with_token(hello("t-2"), "s3cres")).await;
     assert_code(wrong, Code::Unauthenticated, "wrong token");
     let longer = consumer.send(with_token(hello("t-3"), "s3crets")).await;
     assert_code(longer, Code::Unauthenticated, "longer token");
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(&failed("unauthenticated")), 3.0);
     consumer
         .send(with_token(hello("t-4"), "s3cret"))
         .await
@@ -567,4 +604,174 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
             .expect("the task runs");
         assert!(result.is_err(), "{result:?}");
     }
+}
+
+#[tokio::test]
+async fn every_log_event_of_an_event_carries_its_ids() {
+    let mut consumer = Consumer::start(&[
+        ("WORK_DURATION", "0s"),
+        ("APP_API_TOKEN", "s3cret"),
+        DEBUG_LOG,
+    ])
+    .await;
+    let traced = |mut request: Request<BindingEventRequest>| {
+        request
+            .metadata_mut()
+            .insert("traceparent", TRACEPARENT.parse().unwrap());
+        request
+    };
+    consumer
+        .send(with_token(traced(hello("tr-ok")), "s3cret"))
+        .await
+        .unwrap();
+    let bad = event("message-queue", b"{", &[("id", "tr-bad")]);
+    let result = consumer.send(with_token(traced(bad), "s3cret")).await;
+    assert_code(result, Code::InvalidArgument, "bad payload");
+    let result = consumer.send(traced(hello("tr-unauthenticated"))).await;
+    assert_code(result, Code::Unauthenticated, "no token");
+
+    consumer.line_for("tr-ok").await;
+    let events = consumer.stop_with_events().await;
+    // Each id's events: "event received" and the original line; a rejection; a refusal.
+    for (id, expected) in [("tr-ok", 2), ("tr-bad", 1), ("tr-unauthenticated", 1)] {
+        let of_id: Vec<&Value> = events.iter().filter(|e| e["id"] == id).collect();
+        assert_eq!(of_id.len(), expected, "{id}: {of_id:?}");
+        for e in of_id {
+            assert_eq!(e["trace_id"], TRACE_ID, "{e}");
+            assert_eq!(e["binding"], "message-queue", "{e}");
+        }
+    }
+    // The events outside any binding event carry none of them.
+    let listening = events.iter().find(|e| e["message"] == "listening").unwrap();
+    assert!(listening.get("trace_id").is_none(), "{listening}");
+}
+
+const RECEIVED: &str = r#"consumer_events_received_total{binding="message-queue"}"#;
+const PROCESSED: &str = r#"consumer_events_processed_total{binding="message-queue"}"#;
+const IN_FLIGHT: &str = "consumer_events_in_flight";
+const DRAINING: &str = "consumer_draining";
+const PROCESSING_COUNT: &str = "consumer_event_processing_seconds_count";
+
+fn failed(reason: &str) -> String {
+    format!(r#"consumer_events_failed_total{{binding="message-queue",reason="{reason}"}}"#)
+}
+
+#[tokio::test]
+async fn metrics_follow_the_events_and_the_drain() {
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "2s"), DEBUG_LOG]).await;
+    let page = consumer.scrape().await;
+    for series in [RECEIVED, PROCESSED, IN_FLIGHT, DRAINING, PROCESSING_COUNT] {
+        assert_eq!(page.get(series), 0.0, "{series}");
+    }
+    for reason in [
+        "unauthenticated",
+        "unknown_binding",
+        "bad_payload",
+        "draining",
+    ] {
+        assert_eq!(page.get(&failed(reason)), 0.0, "{reason}");
+    }
+    assert_eq!(page.types["consumer_event_processing_seconds"], "histogram");
+
+    // A good event is in flight while it works, then processed.
+    let mut callback = consumer.callback();
+    let first = tokio::spawn(async move { callback.on_binding_event(hello("m-1")).await });
+    consumer
+        .service
+        .wait_for("m-1 received", |e| {
+            e["message"] == "event received" && e["id"] == "m-1"
+        })
+        .await;
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(IN_FLIGHT), 1.0);
+    assert_eq!(page.get(RECEIVED), 1.0);
+    assert_eq!(page.get(PROCESSED), 0.0);
+    let answer = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(IN_FLIGHT), 0.0);
+    assert_eq!(page.get(PROCESSED), 1.0);
+    assert_eq!(page.get(PROCESSING_COUNT), 1.0);
+    let work = page.get("consumer_event_processing_seconds_sum");
+    assert!((2.0..WAIT.as_secs_f64()).contains(&work), "{work}");
+    assert_eq!(
+        page.get(r#"consumer_event_processing_seconds_bucket{le="1.0"}"#),
+        0.0
+    );
+
+    // Rejections count by reason; another binding's name is not a label value.
+    let bad = consumer
+        .send(event("message-queue", b"not json", &[("id", "m-bad")]))
+        .await;
+    assert_code(bad, Code::InvalidArgument, "bad payload");
+    let unknown = consumer
+        .send(event("someone-else's-queue", br#"{"text":"hi"}"#, &[]))
+        .await;
+    assert_code(unknown, Code::NotFound, "unknown binding");
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(&failed("bad_payload")), 1.0);
+    assert_eq!(
+        page.get(r#"consumer_events_failed_total{binding="(other)",reason="unknown_binding"}"#),
+        1.0
+    );
+    assert_eq!(
+        page.get(r#"consumer_events_received_total{binding="(other)"}"#),
+        1.0
+    );
+    assert_eq!(page.get(RECEIVED), 2.0);
+    assert_eq!(page.get(PROCESSED), 1.0);
+    assert!(
+        !page.samples.keys().any(|s| s.contains("someone-else")),
+        "{:?}",
+        page.samples
+    );
+
+    // While an event drains: draining is 1, it is still in flight, a new event is refused.
+    let mut callback = consumer.callback();
+    let draining = tokio::spawn(async move { callback.on_binding_event(hello("m-2")).await });
+    consumer
+        .service
+        .wait_for("m-2 received", |e| {
+            e["message"] == "event received" && e["id"] == "m-2"
+        })
+        .await;
+    consumer.service.terminate();
+    consumer.service.wait_for_message("draining").await;
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(DRAINING), 1.0);
+    assert_eq!(page.get(IN_FLIGHT), 1.0);
+    let refused = consumer.send(hello("m-3")).await;
+    assert_code(refused, Code::Unavailable, "event while draining");
+    let page = consumer.scrape().await;
+    assert_eq!(page.get(&failed("draining")), 1.0);
+    assert_eq!(page.get(RECEIVED), 4.0);
+    assert_eq!(page.get(IN_FLIGHT), 1.0);
+
+    let answer = tokio::time::timeout(WAIT, draining).await.unwrap().unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
+    // The metrics server went with the process.
+    let addr = consumer.service.wait_for_message("metrics listening").await["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone = reqwest::get(format!("http://{addr}/metrics")).await;
+    assert!(gone.is_err(), "{gone:?}");
+}
+
+#[tokio::test]
+async fn a_taken_metrics_port_stops_the_consumer_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let env = [
+        ("APP_PORT", "0"),
+        ("BIND_ADDRESS", "127.0.0.1"),
+        ("METRICS_PORT", port.as_str()),
+    ];
+    let (code, output) = run_to_end(BIN, &[], &env).await;
+    assert!(code.is_some_and(|c| c != 0), "{code:?}:\n{output}");
+    assert!(
+        output.contains(&format!("binding the metrics port 127.0.0.1:{port}")),
+        "{output}"
+    );
 }

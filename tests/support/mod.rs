@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod app;
+pub mod exposition;
 pub mod process;
 pub mod sidecar;
 pub mod stand_in;
