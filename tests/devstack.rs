@@ -1,0 +1,1069 @@
+//! Black-box tests of `devstack`, the stand-in for "daprd + the queue": against the `dapr` crate's
+//! generated client and AppCallback server, end to end with the real `producer` and `consumer`, a
+//! bounded load test with injected consumer failures, its command line, and the one-command stack.
+//! All on 127.0.0.1 with ephemeral ports; every wait is bounded and ends on an event or a status.
+
+mod support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bindings::{
+    dapr_v1::{GetStateRequest, InvokeBindingRequest},
+    proto::{ProduceRequest, producer_client::ProducerClient},
+    trace_context::TraceParent,
+};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{
+    WAIT,
+    app::{Behaviour, Delivery, FakeApp},
+    process::{Service, run_to_end},
+    stand_in::{self, StandIn, counts},
+};
+use tonic::{Code, Request};
+
+const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
+const PRODUCER: &str = env!("CARGO_BIN_EXE_producer");
+const QUEUE: &str = "message-queue";
+/// The original sample's payload, byte for byte.
+const HELLO: &[u8] = br#"{"text":"Hello World"}"#;
+/// What the original ASP.NET producer POSTed to daprd's `/v1.0/bindings/message-queue`.
+const ASPNET_BODY: &str = r#"{"data":{"text":"Hello World"},"operation":"create"}"#;
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A real consumer on an ephemeral port; no simulated work unless `env` says otherwise.
+struct Consumer {
+    service: Service,
+    addr: SocketAddr,
+}
+
+impl Consumer {
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let mut all = vec![("APP_PORT", "0"), ("WORK_DURATION", "0s")];
+        all.extend_from_slice(env);
+        let mut service = Service::spawn(CONSUMER, &all);
+        let addr = service.addr().await;
+        Self { service, addr }
+    }
+
+    /// SIGTERM, expect exit 0; returns every event it logged (its final `stopped` event read).
+    async fn stop_with_events(mut self) -> Vec<Value> {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+        self.service.wait_for_message("stopped").await;
+        self.service.events().await
+    }
+
+    /// Like [`stop_with_events`](Self::stop_with_events), keeping the original sample's lines.
+    async fn stop(self) -> Vec<Value> {
+        let events = self.stop_with_events().await;
+        events.into_iter().filter(is_consumer_line).collect()
+    }
+}
+
+/// The consumer's per-message line: `{text} -- Received at: {ts} -- Finished at: {ts}`.
+fn is_consumer_line(event: &Value) -> bool {
+    event["message"]
+        .as_str()
+        .is_some_and(|m| m.contains(" -- Received at: ") && m.contains(" -- Finished at: "))
+}
+
+fn id_of(event: &Value) -> String {
+    event["id"].as_str().expect("event has an id").to_owned()
+}
+
+/// A real producer on an ephemeral port, sending through the stand-in.
+struct Producer {
+    service: Service,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Producer {
+    async fn start(stand_in: &StandIn) -> Self {
+        let grpc_port = stand_in.grpc_port();
+        let mut service = Service::spawn(
+            PRODUCER,
+            &[("PORT", "0"), ("DAPR_GRPC_PORT", grpc_port.as_str())],
+        );
+        let addr = service.addr().await;
+        Self {
+            service,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        }
+    }
+
+    /// `POST /MessageProducer` with `count`; asserts `{"sent": count}`.
+    async fn post(&self, count: u32, traceparent: Option<&str>) {
+        let mut request = self
+            .http
+            .post(format!("{}/MessageProducer", self.base))
+            .json(&json!({"count": count, "intervalMilliseconds": 0}));
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        let response = request.send().await.expect("producer answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({ "sent": count })
+        );
+    }
+
+    /// `producer.v1.Producer/Produce` with `count`; asserts `sent == count`.
+    async fn produce(&self, count: u32) {
+        let mut client = ProducerClient::connect(self.base.clone())
+            .await
+            .expect("gRPC connects");
+        let reply = client
+            .produce(ProduceRequest {
+                count,
+                interval_milliseconds: 0,
+                text: None,
+            })
+            .await
+            .expect("Produce succeeds");
+        assert_eq!(reply.into_inner().sent, count);
+    }
+
+    async fn stop(mut self) {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+    }
+}
+
+fn invoke(name: &str, operation: &str, token: Option<&str>) -> Request<InvokeBindingRequest> {
+    let mut request = Request::new(InvokeBindingRequest {
+        name: name.to_owned(),
+        data: HELLO.to_vec(),
+        metadata: HashMap::new(),
+        operation: operation.to_owned(),
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("dapr-api-token", token.parse().unwrap());
+    }
+    request
+}
+
+/// `POST /v1.0/bindings/{name}` on the stand-in's HTTP port with a raw body; returns the status.
+async fn post_binding(stand_in: &StandIn, name: &str, body: &str) -> StatusCode {
+    stand_in
+        .http
+        .post(stand_in.url(&format!("/v1.0/bindings/{name}")))
+        // What .NET's HttpClient.PostAsJsonAsync sends.
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the stand-in answers")
+        .status()
+}
+
+/// A consumer app's entry in the status, by address; `Null` until the stand-in registered it.
+fn consumer_status(status: &Value, addr: SocketAddr) -> Value {
+    status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|c| c["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn trace_id(delivery: &Delivery) -> String {
+    let value = delivery
+        .headers
+        .get("traceparent")
+        .expect("delivery has a traceparent");
+    TraceParent::parse(value)
+        .unwrap_or_else(|| panic!("not a W3C traceparent: {value}"))
+        .trace_id()
+        .to_owned()
+}
+
+// --- Interop with the dapr crate's generated types -------------------------------------------
+
+#[tokio::test]
+async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
+    let stand_in = StandIn::start(&["--dapr-api-token", "s3cret"], &[]).await;
+    let mut client = stand_in.dapr_client().await;
+
+    client
+        .invoke_binding(invoke(QUEUE, "create", Some("s3cret")))
+        .await
+        .expect("InvokeBinding create on the configured binding");
+    let c = stand_in.counts(QUEUE).await;
+    assert_eq!((c.produced, c.active), (1, 1), "{c:?}");
+
+    for (request, code, wording) in [
+        (
+            invoke("nope", "create", Some("s3cret")),
+            Code::Internal,
+            "couldn't find output binding nope",
+        ),
+        (
+            invoke(QUEUE, "delete", Some("s3cret")),
+            Code::Internal,
+            "does not support operation delete",
+        ),
+        (invoke(QUEUE, "create", None), Code::Unauthenticated, ""),
+        (
+            invoke(QUEUE, "create", Some("wrong")),
+            Code::Unauthenticated,
+            "",
+        ),
+    ] {
+        let status = client.invoke_binding(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(wording), "{status:?}");
+    }
+    let mut get_state = Request::new(GetStateRequest {
+        store_name: "statestore".to_owned(),
+        key: "k".to_owned(),
+        ..Default::default()
+    });
+    get_state
+        .metadata_mut()
+        .insert("dapr-api-token", "s3cret".parse().unwrap());
+    let status = client.get_state(get_state).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        stand_in.counts(QUEUE).await.produced,
+        1,
+        "refused calls enqueue nothing"
+    );
+
+    // The HTTP side, as daprd's: health without a token, bindings with one.
+    for path in ["/v1.0/healthz", "/v1.0/healthz/outbound"] {
+        let response = stand_in.http.get(stand_in.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
+    }
+    assert_eq!(
+        post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let response = stand_in
+        .http
+        .post(stand_in.url("/v1.0/bindings/message-queue"))
+        .header("dapr-api-token", "s3cret")
+        .body(ASPNET_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    for (name, body, expected) in [
+        (QUEUE, "{", StatusCode::BAD_REQUEST),
+        ("nope", ASPNET_BODY, StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let response = stand_in
+            .http
+            .post(stand_in.url(&format!("/v1.0/bindings/{name}")))
+            .header("dapr-api-token", "s3cret")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{name} {body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["errorCode"].is_string(),
+            "daprd's error body: {error}"
+        );
+    }
+
+    let c = stand_in.counts(QUEUE).await;
+    assert_eq!((c.produced, c.active), (2, 2), "{c:?}");
+    let metrics = stand_in
+        .http
+        .get(stand_in.url("/devstack/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"devstack_queue_produced_total{queue="message-queue"} 2"#,
+        r#"devstack_queue_messages{queue="message-queue",state="active"} 2"#,
+        "devstack_consumers_connected 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+
+    drop(client);
+    stand_in.stop().await;
+}
+
+#[tokio::test]
+async fn original_aspnet_post_reaches_the_real_consumer() {
+    let mut consumer = Consumer::start(&[]).await;
+    let stand_in = StandIn::for_apps(&[consumer.addr], &[], &[]).await;
+
+    // The Dapr SDKs wait for this before their first call.
+    let response = stand_in
+        .http
+        .get(stand_in.url("/v1.0/healthz/outbound"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+        StatusCode::NO_CONTENT
+    );
+
+    let line = consumer
+        .service
+        .wait_for("the consumer's line", is_consumer_line)
+        .await;
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Hello World -- Received at: "),
+        "{message}"
+    );
+    assert_eq!(line["binding"], QUEUE);
+    assert!(!id_of(&line).is_empty());
+    let c = stand_in.wait_completed(QUEUE, 1).await;
+    assert_eq!(c.produced, 1);
+
+    stand_in.stop().await;
+    assert_eq!(consumer.stop().await.len(), 1);
+}
+
+#[tokio::test]
+async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_token() {
+    let app = FakeApp::start(Behaviour {
+        bindings: vec![QUEUE.to_owned(), "not-served".to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let stand_in = StandIn::for_apps(
+        &[app.addr],
+        &[
+            "--bindings",
+            "message-queue,other",
+            "--app-api-token",
+            "app-s3cret",
+        ],
+        &[],
+    )
+    .await;
+    // The app serves no AppCallbackHealthCheck: UNIMPLEMENTED counts as healthy, as in daprd.
+    stand_in.wait_consumers(1).await;
+    let status = stand_in.status().await;
+    assert_eq!(
+        consumer_status(&status, app.addr)["bindings"],
+        json!([QUEUE, "not-served"])
+    );
+
+    let mut client = stand_in.dapr_client().await;
+    let mut traced = invoke(QUEUE, "create", None);
+    traced
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    client.invoke_binding(traced).await.unwrap();
+    // A binding the app did not list: never delivered to it.
+    client
+        .invoke_binding(invoke("other", "create", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+        StatusCode::NO_CONTENT
+    );
+
+    let c = stand_in.wait_completed(QUEUE, 2).await;
+    assert_eq!(c.produced, 2);
+    let deliveries = app.wait_for_deliveries(2).await;
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    for d in &deliveries {
+        assert_eq!(d.name, QUEUE);
+        assert_eq!(d.data, HELLO, "exactly the original's bytes");
+        let id = d.metadata.get("id").expect("metadata id");
+        assert!(!id.is_empty());
+        assert_eq!(d.metadata.get("MessageId"), Some(id));
+        assert_eq!(
+            d.metadata.get("DeliveryCount").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            d.headers.get("dapr-api-token").map(String::as_str),
+            Some("app-s3cret")
+        );
+        assert_eq!(d.listed_before, 1, "ListInputBindings comes first");
+    }
+    assert_ne!(deliveries[0].metadata["id"], deliveries[1].metadata["id"]);
+    // One app, one in flight, FIFO: the traced message came first. Same trace, new span.
+    assert_eq!(trace_id(&deliveries[0]), TRACE_ID);
+    assert_ne!(deliveries[0].headers["traceparent"], TRACEPARENT);
+    assert_ne!(trace_id(&deliveries[1]), TRACE_ID);
+
+    assert_eq!(app.list_calls(), 1, "ListInputBindings once at start");
+    let other = stand_in.counts("other").await;
+    assert_eq!(
+        (other.produced, other.active, other.locked),
+        (1, 1, 0),
+        "{other:?}"
+    );
+
+    drop(client);
+    stand_in.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
+    let app = FakeApp::start(Behaviour {
+        health_check: true,
+        ..Default::default()
+    })
+    .await;
+    app.set_healthy(false);
+    let stand_in = StandIn::for_apps(&[app.addr], &["--app-health-interval", "50ms"], &[]).await;
+    stand_in
+        .wait_status("the app's bindings listed", |s| {
+            consumer_status(s, app.addr)["bindings"].is_array()
+        })
+        .await;
+    assert_eq!(
+        post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+        StatusCode::NO_CONTENT
+    );
+
+    // Three health checks after the send, all failing: the message must still be waiting.
+    let seen = app.health_calls();
+    app.wait_for_health_calls(seen + 3).await;
+    assert!(app.deliveries().is_empty(), "{:?}", app.deliveries());
+    let status = stand_in.status().await;
+    assert_eq!(consumer_status(&status, app.addr)["healthy"], false);
+    assert_eq!(status["consumersConnected"], 0);
+    let c = counts(&status, QUEUE);
+    assert_eq!((c.active, c.locked), (1, 0), "{c:?}");
+
+    app.set_healthy(true);
+    app.wait_for_deliveries(1).await;
+    stand_in.wait_completed(QUEUE, 1).await;
+
+    // Healthy, idle, then unhealthy: the stand-in, once it knows, delivers nothing more.
+    app.set_healthy(false);
+    stand_in
+        .wait_status("the app unhealthy again", |s| {
+            consumer_status(s, app.addr)["healthy"] == false
+        })
+        .await;
+    assert_eq!(
+        post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+        StatusCode::NO_CONTENT
+    );
+    let seen = app.health_calls();
+    app.wait_for_health_calls(seen + 3).await;
+    assert_eq!(app.deliveries().len(), 1, "{:?}", app.deliveries());
+    app.set_healthy(true);
+    app.wait_for_deliveries(2).await;
+    stand_in.wait_completed(QUEUE, 2).await;
+
+    stand_in.stop().await;
+    app.stop().await;
+}
+
+// --- End to end with the real binaries --------------------------------------------------------
+
+#[tokio::test]
+async fn rest_and_grpc_batches_give_exactly_n_lines_and_n_completed() {
+    let consumer = Consumer::start(&[]).await;
+    let mut stand_in =
+        StandIn::for_apps(&[consumer.addr], &["--status-interval", "100ms"], &[]).await;
+    let producer = Producer::start(&stand_in).await;
+
+    producer.post(5, Some(TRACEPARENT)).await;
+    stand_in.wait_completed(QUEUE, 5).await;
+    producer.produce(3).await;
+    let c = stand_in.wait_completed(QUEUE, 8).await;
+    assert_eq!((c.produced, c.dead_lettered), (8, 0), "{c:?}");
+    stand_in
+        .service
+        .wait_for("a periodic queue status with 8 completed", |e| {
+            e["message"] == "queue status" && e["completed"] == 8 && e["queue"] == QUEUE
+        })
+        .await;
+
+    producer.stop().await;
+    stand_in.stop().await;
+    let lines = consumer.stop().await;
+    assert_eq!(lines.len(), 8, "exactly one line per message");
+    let ids: HashSet<_> = lines.iter().map(id_of).collect();
+    assert_eq!(ids.len(), 8);
+    // The REST caller's trace reaches the consumer through producer and stand-in.
+    let traced = lines.iter().filter(|l| l["trace_id"] == TRACE_ID).count();
+    assert_eq!(traced, 5);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["trace_id"].as_str().is_some_and(|t| t.len() == 32))
+    );
+}
+
+#[tokio::test]
+async fn three_consumers_share_a_batch() {
+    let mut consumers = Vec::new();
+    for _ in 0..3 {
+        consumers.push(Consumer::start(&[("WORK_DURATION", "200ms")]).await);
+    }
+    let addrs: Vec<_> = consumers.iter().map(|c| c.addr).collect();
+    let stand_in = StandIn::for_apps(&addrs, &[], &[]).await;
+    stand_in.wait_consumers(3).await;
+    let producer = Producer::start(&stand_in).await;
+
+    producer.post(9, None).await;
+    stand_in.wait_completed(QUEUE, 9).await;
+
+    producer.stop().await;
+    stand_in.stop().await;
+    let mut ids = HashSet::new();
+    for (n, consumer) in consumers.into_iter().enumerate() {
+        let lines = consumer.stop().await;
+        assert!(!lines.is_empty(), "consumer {n} processed nothing");
+        ids.extend(lines.iter().map(id_of));
+    }
+    assert_eq!(ids.len(), 9, "each message once, across the three");
+}
+
+#[tokio::test]
+async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() {
+    // The victim holds whatever it gets for a minute; the other is instant.
+    let mut victim = Consumer::start(&[
+        ("WORK_DURATION", "60s"),
+        ("RUST_LOG", "info,consumer=debug"),
+    ])
+    .await;
+    let other = Consumer::start(&[]).await;
+    let mut stand_in = StandIn::for_apps(
+        &[victim.addr, other.addr],
+        &["--redelivery-backoff", "10ms"],
+        &[],
+    )
+    .await;
+    stand_in.wait_consumers(2).await;
+
+    // Send one message at a time until the victim holds one (the other completes the rest).
+    let mut sent = 0;
+    loop {
+        assert!(sent < 10, "the victim never got a message");
+        assert_eq!(
+            post_binding(&stand_in, QUEUE, ASPNET_BODY).await,
+            StatusCode::NO_CONTENT
+        );
+        sent += 1;
+        let status = stand_in
+            .wait_status("the message taken", |s| {
+                consumer_status(s, victim.addr)["inFlight"] == 1
+                    || counts(s, QUEUE).completed == sent
+            })
+            .await;
+        if consumer_status(&status, victim.addr)["inFlight"] == 1 {
+            break;
+        }
+    }
+    let received = victim.service.wait_for_message("event received").await;
+    let id = id_of(&received);
+
+    victim.service.kill();
+    assert_eq!(
+        victim.service.exit_code(WAIT).await,
+        None,
+        "killed by a signal"
+    );
+    let c = stand_in.wait_completed(QUEUE, sent).await;
+    assert_eq!((c.produced, c.dead_lettered), (sent, 0), "{c:?}");
+    let abandoned = stand_in
+        .service
+        .wait_for("the victim's message abandoned", |e| {
+            e["message"] == "message abandoned; will be redelivered" && e["id"] == id.as_str()
+        })
+        .await;
+    assert_eq!(abandoned["delivery_count"], 1);
+    assert_eq!(abandoned["app"], victim.addr.to_string());
+
+    stand_in.stop().await;
+    let lines = other.stop().await;
+    assert_eq!(
+        lines.len() as u64,
+        sent,
+        "the other completed every message"
+    );
+    assert_eq!(lines.iter().filter(|l| id_of(l) == id).count(), 1);
+    assert!(
+        !victim.service.events().await.iter().any(is_consumer_line),
+        "the victim finished nothing"
+    );
+}
+
+#[tokio::test]
+async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_complete() {
+    let consumer = Consumer::start(&[]).await;
+    let mut stand_in = StandIn::for_apps(
+        &[consumer.addr],
+        &["--max-delivery-count", "3", "--redelivery-backoff", "10ms"],
+        &[],
+    )
+    .await;
+    let producer = Producer::start(&stand_in).await;
+
+    for body in [
+        r#"{"data":"not a message","operation":"create"}"#,
+        r#"{"data":{"nottext":1},"operation":"create"}"#,
+    ] {
+        assert_eq!(
+            post_binding(&stand_in, QUEUE, body).await,
+            StatusCode::NO_CONTENT
+        );
+    }
+    producer.post(5, None).await;
+
+    let status = stand_in
+        .wait_status("5 completed and 2 dead-lettered", |s| {
+            let c = counts(s, QUEUE);
+            c.completed == 5 && c.dead_lettered == 2 && c.settled()
+        })
+        .await;
+    let dead = status["deadLetters"][QUEUE]
+        .as_array()
+        .expect("dead letters");
+    let mut data: Vec<_> = dead.iter().map(|d| d["data"].as_str().unwrap()).collect();
+    data.sort_unstable();
+    assert_eq!(data, [r#""not a message""#, r#"{"nottext":1}"#]);
+    for d in dead {
+        assert_eq!(d["deliveryCount"], 3, "{d}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("InvalidArgument"),
+            "{d}"
+        );
+    }
+    let dead_ids: HashSet<String> = dead.iter().map(id_of).collect();
+    let events = stand_in
+        .service
+        .wait_for_events("two dead-letter warnings", 2, |e| {
+            e["message"] == "message dead-lettered"
+        })
+        .await;
+    assert!(events.iter().all(|e| e["delivery_count"] == 3));
+    let metrics = stand_in
+        .http
+        .get(stand_in.url("/devstack/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"devstack_queue_messages{queue="message-queue",state="dead_lettered"} 2"#),
+        "{metrics}"
+    );
+
+    producer.stop().await;
+    stand_in.stop().await;
+    let events = consumer.stop_with_events().await;
+    assert_eq!(events.iter().filter(|e| is_consumer_line(e)).count(), 5);
+    for id in &dead_ids {
+        let rejected = events
+            .iter()
+            .filter(|e| e["message"] == "binding event rejected" && e["id"] == id.as_str())
+            .count();
+        assert_eq!(rejected, 3, "{id} delivered max-delivery-count times");
+    }
+}
+
+#[tokio::test]
+async fn restarting_the_producer_changes_nothing_for_the_queue() {
+    // Slow enough that messages are still queued when the producer goes away.
+    let consumer = Consumer::start(&[("WORK_DURATION", "100ms")]).await;
+    let stand_in = StandIn::for_apps(&[consumer.addr], &[], &[]).await;
+    stand_in.wait_consumers(1).await;
+
+    let first = Producer::start(&stand_in).await;
+    first.post(4, None).await;
+    first.stop().await;
+    let c = stand_in.counts(QUEUE).await;
+    assert_eq!(c.produced, 4, "{c:?}");
+
+    let second = Producer::start(&stand_in).await;
+    second.post(2, None).await;
+    let c = stand_in.wait_completed(QUEUE, 6).await;
+    assert_eq!((c.produced, c.dead_lettered), (6, 0), "{c:?}");
+    assert_eq!(stand_in.status().await["consumersConnected"], 1);
+
+    second.stop().await;
+    stand_in.stop().await;
+    let lines = consumer.stop().await;
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.iter().map(id_of).collect::<HashSet<_>>().len(), 6);
+}
+
+// --- Load -------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
+    const MESSAGES: usize = 5_000;
+    const APPS: usize = 4;
+    const FAIL_EVERY: u64 = 10;
+    const SEND_CONCURRENCY: usize = 32;
+    let started = Instant::now();
+
+    let mut apps = Vec::new();
+    for _ in 0..APPS {
+        apps.push(
+            FakeApp::start(Behaviour {
+                fail_every: Some(FAIL_EVERY),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let addrs: Vec<_> = apps.iter().map(|a| a.addr).collect();
+    // Each abandon is an info event; keep the stand-in's log to its start and warnings.
+    let stand_in = StandIn::for_apps(
+        &addrs,
+        &[
+            "--redelivery-backoff",
+            "5ms",
+            "--max-redelivery-backoff",
+            "50ms",
+        ],
+        &[("RUST_LOG", "info,devstack::delivery=warn")],
+    )
+    .await;
+    stand_in.wait_consumers(APPS as u64).await;
+
+    let client = stand_in.dapr_client().await;
+    let failures: Vec<_> = futures::stream::iter(0..MESSAGES)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                let mut request = invoke(QUEUE, "create", None);
+                request.get_mut().data = format!(r#"{{"text":"load-{i}"}}"#).into_bytes();
+                client.invoke_binding(request).await
+            }
+        })
+        .buffer_unordered(SEND_CONCURRENCY)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    assert!(failures.is_empty(), "sends failed: {:?}", &failures[..1]);
+    let sent_in = started.elapsed();
+
+    let status = stand_in
+        .wait_status("every message completed or dead-lettered", |s| {
+            let c = counts(s, QUEUE);
+            c.settled() && c.completed + c.dead_lettered == MESSAGES as u64
+        })
+        .await;
+    let c = counts(&status, QUEUE);
+    assert_eq!(c.produced, MESSAGES as u64, "{c:?}");
+    assert_eq!(
+        c.dead_lettered, 0,
+        "10% independent failures never reach 10 deliveries"
+    );
+
+    // What the apps answered: every id OK'd once, every payload OK'd once.
+    let mut by_id: HashMap<String, Vec<Delivery>> = HashMap::new();
+    for app in &apps {
+        let deliveries = app.deliveries();
+        assert!(deliveries.iter().any(|d| d.ok), "an app got no share");
+        for d in deliveries {
+            by_id.entry(d.metadata["id"].clone()).or_default().push(d);
+        }
+    }
+    let mut texts = HashSet::new();
+    let mut injected = 0;
+    for (id, deliveries) in &by_id {
+        let ok: Vec<_> = deliveries.iter().filter(|d| d.ok).collect();
+        assert_eq!(ok.len(), 1, "{id} answered OK {} times", ok.len());
+        let failed = deliveries.len() - 1;
+        injected += failed;
+        assert_eq!(
+            ok[0].metadata["DeliveryCount"],
+            (failed + 1).to_string(),
+            "{id}: the delivery count counts the failed deliveries"
+        );
+        assert!(texts.insert(ok[0].data.clone()), "payload completed twice");
+    }
+    assert_eq!(by_id.len() as u64, c.completed, "OK'd ids == completed");
+    let expected: HashSet<Vec<u8>> = (0..MESSAGES)
+        .map(|i| format!(r#"{{"text":"load-{i}"}}"#).into_bytes())
+        .collect();
+    assert_eq!(texts, expected, "every payload completed");
+    assert!(
+        injected + APPS >= MESSAGES / FAIL_EVERY as usize,
+        "about 10% failed: {injected}"
+    );
+
+    let elapsed = started.elapsed();
+    println!(
+        "load: {MESSAGES} messages, {APPS} apps, {injected} injected failures; \
+         sent in {sent_in:?}, all settled in {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+
+    drop(client);
+    stand_in.stop().await;
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+// --- Command line -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn help_documents_the_settings_and_bad_values_exit_2() {
+    let (code, help) =
+        run_to_end(stand_in::BIN, &["--help"], &[("DAPR_API_TOKEN", "s3cret")]).await;
+    assert_eq!(code, Some(0), "{help}");
+    for name in [
+        "CONSUMERS",
+        "PORT",
+        "APP_PORT",
+        "MAX_CONCURRENCY",
+        "DAPR_GRPC_PORT",
+        "DAPR_HTTP_PORT",
+        "BINDING_NAME",
+        "MAX_DELIVERY_COUNT",
+        "LOCK_DURATION",
+        "REDELIVERY_BACKOFF",
+        "MAX_REDELIVERY_BACKOFF",
+        "APP_HEALTH_INTERVAL",
+        "STATUS_INTERVAL",
+        "DAPR_API_TOKEN",
+        "APP_API_TOKEN",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "--help lacks {name}:\n{help}"
+        );
+    }
+    for text in ["sidecar", "Azure Service Bus", "WORK_DURATION"] {
+        assert!(help.contains(text), "--help lacks {text:?}:\n{help}");
+    }
+    assert!(!help.contains("s3cret"), "--help shows the token:\n{help}");
+
+    let (code, help) = run_to_end(stand_in::BIN, &["sidecar", "--help"], &[]).await;
+    assert_eq!(code, Some(0), "{help}");
+    for text in [
+        "--app",
+        "HOST:PORT=CONCURRENCY",
+        "[env: DEVSTACK_APPS",
+        "[env: MAX_DELIVERY_COUNT",
+    ] {
+        assert!(
+            help.contains(text),
+            "sidecar --help lacks {text:?}:\n{help}"
+        );
+    }
+
+    // Should a value be accepted by mistake, the stand-in would serve on free ports until
+    // run_to_end's bound, and the test would fail there.
+    let free = [("DAPR_GRPC_PORT", "0"), ("DAPR_HTTP_PORT", "0")];
+    for (args, env, expected) in [
+        (
+            &["sidecar", "--app", "nonsense"][..],
+            None,
+            "is not HOST:PORT",
+        ),
+        (&["sidecar", "--app", "127.0.0.1:1=0"], None, "concurrency"),
+        (
+            &["sidecar", "--max-delivery-count", "0"],
+            None,
+            "--max-delivery-count",
+        ),
+        (
+            &["sidecar", "--lock-duration", "soon"],
+            None,
+            "--lock-duration",
+        ),
+        (&["sidecar", "--bindings", "a b"], None, "binding name"),
+        (&["sidecar", "--no-such-flag"], None, "unexpected argument"),
+        (
+            &["sidecar"],
+            Some(("MAX_DELIVERY_COUNT", "many")),
+            "--max-delivery-count",
+        ),
+        (&["--consumers", "0"], None, "--consumers"),
+    ] {
+        let mut all = free.to_vec();
+        all.extend(env);
+        let (code, output) = run_to_end(stand_in::BIN, args, &all).await;
+        assert_eq!(code, Some(2), "{args:?}: {output}");
+        assert!(output.contains(expected), "{args:?}: {output}");
+    }
+}
+
+// --- The one command ------------------------------------------------------------------------
+
+/// Free loopback ports: `consecutive` in a row starting at the first returned, then `singles`
+/// more. Held together while chosen, so all differ; released for the stack to bind (a parallel
+/// test could take one meanwhile: rare, and the stack would then fail loudly).
+fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
+    use std::net::TcpListener;
+    for _ in 0..50 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let mut held = vec![first];
+        let run = (1..consecutive).all(|i| {
+            base.checked_add(i)
+                .and_then(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+                .map(|l| held.push(l))
+                .is_some()
+        });
+        if !run {
+            continue;
+        }
+        let singles = (0..singles)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = l.local_addr().unwrap().port();
+                held.push(l);
+                port
+            })
+            .collect();
+        return (base, singles);
+    }
+    panic!("no {consecutive} consecutive free loopback ports");
+}
+
+/// A `devstack up` output line, `label | line`, as (label, line).
+fn labelled(line: &str) -> Option<(&str, &str)> {
+    let (label, rest) = line.split_once(" | ")?;
+    Some((label.trim_end(), rest))
+}
+
+/// The JSON events of one part in `devstack up`'s output.
+fn part_events(lines: &[String], part: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| labelled(l))
+        .filter(|(label, _)| *label == part)
+        .filter_map(|(_, rest)| serde_json::from_str(rest).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
+    let (app_port, ports) = free_ports(2, 3);
+    let (port, grpc, http) = (ports[0], ports[1], ports[2]);
+    let env = [
+        ("PORT", port.to_string()),
+        ("APP_PORT", app_port.to_string()),
+        ("DAPR_GRPC_PORT", grpc.to_string()),
+        ("DAPR_HTTP_PORT", http.to_string()),
+        ("CONSUMERS", "2".to_owned()),
+        // Passes through to the consumers, as the README says.
+        ("WORK_DURATION", "300ms".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Service::spawn sets LOG_FORMAT=json, which every part inherits: each line is `label | {json}`.
+    let service = Service::spawn(stand_in::BIN, &env);
+    let mut stack = StandIn::attach(
+        service,
+        ([127, 0, 0, 1], grpc).into(),
+        ([127, 0, 0, 1], http).into(),
+    );
+    stack
+        .service
+        .wait_for_line("the banner", |l| l.contains("Local stack is up"))
+        .await;
+    let curl = format!("localhost:{port}/MessageProducer");
+    stack
+        .service
+        .wait_for_line("the banner's curl command", |l| l.contains(&curl))
+        .await;
+    stack.wait_consumers(2).await;
+
+    let response = stack
+        .http
+        .post(format!("http://127.0.0.1:{port}/MessageProducer"))
+        .json(&json!({"count": 4, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .expect("the producer answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"sent": 4}));
+
+    let lines = stack
+        .service
+        .wait_for_lines("4 consumer lines", |lines| {
+            let found: Vec<(String, Value)> = ["consumer-1", "consumer-2"]
+                .into_iter()
+                .flat_map(|part| {
+                    part_events(lines, part)
+                        .into_iter()
+                        .filter(is_consumer_line)
+                        .map(move |e| (part.to_owned(), e))
+                })
+                .collect();
+            (found.len() >= 4).then_some(found)
+        })
+        .await;
+    assert_eq!(lines.len(), 4);
+    for part in ["consumer-1", "consumer-2"] {
+        assert!(lines.iter().any(|(p, _)| p == part), "{part} got no share");
+    }
+    for (_, line) in &lines {
+        assert!(line["duration_ms"].as_u64().unwrap() >= 300, "{line}");
+    }
+    stack.wait_completed(QUEUE, 4).await;
+
+    let output = stack.service.lines().await;
+    let pids: Vec<(String, i32)> = part_events(&output, "sidecar")
+        .into_iter()
+        .filter(|e| e["message"] == "started")
+        .map(|e| {
+            (
+                e["part"].as_str().unwrap().to_owned(),
+                e["pid"].as_i64().unwrap() as i32,
+            )
+        })
+        .collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+
+    stack.service.terminate();
+    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
+    let output = stack
+        .service
+        .wait_for_lines("the whole output", |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("sidecar stopped"))
+                .then(|| lines.to_vec())
+        })
+        .await;
+    let own = part_events(&output, "sidecar");
+    for (part, pid) in &pids {
+        assert!(
+            own.iter().any(|e| e["message"] == "stopped"
+                && e["part"] == part.as_str()
+                && e["status"] == "exit status: 0"),
+            "{part} did not stop cleanly"
+        );
+        assert!(
+            part_events(&output, part)
+                .iter()
+                .any(|e| e["message"] == "stopped"),
+            "{part} did not log its own stop"
+        );
+        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(*pid, 0) } == 0;
+        assert!(!alive, "{part} (pid {pid}) still runs");
+    }
+}
