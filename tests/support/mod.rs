@@ -5,6 +5,8 @@
 pub mod app;
 pub mod exposition;
 pub mod process;
+pub mod producer;
+pub mod prometheus;
 pub mod sidecar;
 pub mod stand_in;
 
