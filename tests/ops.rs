@@ -12,7 +12,6 @@ use support::{
     WAIT,
     process::Service,
     producer::Producer,
-    prometheus::value,
     sidecar::{Behaviour, FakeSidecar},
     stand_in::StandIn,
 };
@@ -42,27 +41,18 @@ async fn transient_failures_are_retried_and_counted() {
     let metrics = producer.metrics().await;
     let labels = [("binding", "message-queue")];
     assert_eq!(
-        value(
-            &metrics,
-            "producer_messages_total",
-            &[labels[0], ("code", "OK")]
-        ),
+        metrics.sum("producer_messages_total", &[labels[0], ("code", "OK")]),
         3.0
     );
     assert_eq!(
-        value(
-            &metrics,
+        metrics.sum(
             "producer_invoke_binding_retries_total",
             &[labels[0], ("code", "UNAVAILABLE")]
         ),
         2.0
     );
     assert_eq!(
-        value(
-            &metrics,
-            "producer_invoke_binding_duration_seconds_count",
-            &[]
-        ),
+        metrics.sum("producer_invoke_binding_duration_seconds_count", &[]),
         5.0
     );
 
@@ -84,7 +74,7 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
     assert_eq!(sidecar.attempts(), 1);
     let metrics = producer.metrics().await;
     assert_eq!(
-        value(&metrics, "producer_messages_total", &[("code", "INTERNAL")]),
+        metrics.sum("producer_messages_total", &[("code", "INTERNAL")]),
         1.0
     );
     producer.stop().await;
@@ -188,8 +178,8 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
 
     assert_eq!(running.await.unwrap(), StatusCode::OK);
     let metrics = producer.metrics().await;
-    assert_eq!(value(&metrics, "producer_batches_refused_total", &[]), 3.0);
-    assert_eq!(value(&metrics, "producer_batches_in_progress", &[]), 0.0);
+    assert_eq!(metrics.sum("producer_batches_refused_total", &[]), 3.0);
+    assert_eq!(metrics.sum("producer_batches_in_progress", &[]), 0.0);
     // The place is free again.
     let (status, _) = producer.post(json!({"count": 1})).await;
     assert_eq!(status, StatusCode::OK);
@@ -233,8 +223,7 @@ async fn metrics_count_requests_by_route_and_method_and_parse() {
 
     let m = producer.metrics().await;
     let http = |route, status| {
-        value(
-            &m,
+        m.sum(
             "producer_http_requests_total",
             &[("route", route), ("status", status)],
         )
@@ -248,8 +237,7 @@ async fn metrics_count_requests_by_route_and_method_and_parse() {
         "unknown paths share one series"
     );
     let grpc = |method, code| {
-        value(
-            &m,
+        m.sum(
             "producer_grpc_requests_total",
             &[("method", method), ("code", code)],
         )
@@ -257,16 +245,15 @@ async fn metrics_count_requests_by_route_and_method_and_parse() {
     assert_eq!(grpc("Produce", "OK"), 1.0);
     assert_eq!(grpc("Produce", "INVALID_ARGUMENT"), 1.0);
     // The stream's end is counted when the batch finishes, just after the last report.
-    assert_eq!(value(&m, "producer_messages_total", &[("code", "OK")]), 5.0);
+    assert_eq!(m.sum("producer_messages_total", &[("code", "OK")]), 5.0);
     assert!(
-        value(
-            &m,
+        m.sum(
             "producer_invoke_binding_duration_seconds_bucket",
             &[("le", "+Inf")]
         ) >= 5.0
     );
     assert_eq!(
-        value(&m, "producer_http_requests_total", &[("route", "/metrics")]),
+        m.sum("producer_http_requests_total", &[("route", "/metrics")]),
         0.0,
         "counted after the answer"
     );
@@ -373,7 +360,7 @@ async fn slow_sidecar_beyond_the_deadline_fails_clearly_after_retries() {
     assert_eq!(body["sent"], 0);
     let metrics = producer.metrics().await;
     assert_eq!(
-        value(&metrics, "producer_invoke_binding_retries_total", &[]),
+        metrics.sum("producer_invoke_binding_retries_total", &[]),
         2.0
     );
 

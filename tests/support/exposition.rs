@@ -24,6 +24,26 @@ impl Exposition {
     }
 }
 
+impl Exposition {
+    /// The sum of the samples of metric `name` whose labels include every `(label, value)` of
+    /// `labels` (none: all of them); 0 when none match, as for a counter never incremented.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(series, _)| {
+                let (metric, rest) = series.split_once('{').unwrap_or((series.as_str(), ""));
+                let rest = rest.strip_suffix('}').unwrap_or(rest);
+                let present: Vec<&str> = rest.split(',').collect();
+                metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| present.contains(&format!("{k}=\"{v}\"").as_str()))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
 #[derive(Default)]
 struct Family {
     help: bool,

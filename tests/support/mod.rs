@@ -6,7 +6,6 @@ pub mod app;
 pub mod exposition;
 pub mod process;
 pub mod producer;
-pub mod prometheus;
 pub mod sidecar;
 pub mod stand_in;
 

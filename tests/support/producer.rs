@@ -74,7 +74,7 @@ impl Producer {
     }
 
     /// The producer's `/metrics`, parsed.
-    pub async fn metrics(&self) -> Vec<super::prometheus::Sample> {
+    pub async fn metrics(&self) -> super::exposition::Exposition {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
@@ -84,6 +84,6 @@ impl Producer {
             .text()
             .await
             .unwrap();
-        super::prometheus::parse(&text)
+        super::exposition::parse(&text)
     }
 }
