@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// The first consumer's app port; consumer N listens on APP_PORT + N - 1.
     #[arg(long, env = "APP_PORT", default_value_t = 50051)]
     pub app_port: u16,
+    /// The first consumer's metrics port; consumer N serves /metrics on METRICS_PORT + N - 1
+    /// (0: every consumer picks a free port and logs it).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
     /// Events in flight per consumer; passed to each consumer too.
     #[arg(long, env = "MAX_CONCURRENCY", default_value = "1")]
     pub max_concurrency: NonZeroUsize,

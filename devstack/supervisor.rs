@@ -38,10 +38,17 @@ pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
     let mut parts = Vec::new();
     let mut output = JoinSet::new();
     for n in 0..args.consumers.get() {
+        let offset = u16::try_from(n)?;
         let port = args
             .app_port
-            .checked_add(u16::try_from(n)?)
+            .checked_add(offset)
             .context("APP_PORT + consumers is past port 65535")?;
+        let metrics_port = match args.metrics_port {
+            0 => 0,
+            base => base
+                .checked_add(offset)
+                .context("METRICS_PORT + consumers is past port 65535")?,
+        };
         let label = if args.consumers.get() == 1 {
             "consumer".to_owned()
         } else {
@@ -50,8 +57,7 @@ pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
         let mut command = Command::new(bin_dir.join("consumer"));
         command
             .env("APP_PORT", port.to_string())
-            // Consumers cannot all have the default 9090; each logs `metrics listening` with its own.
-            .env("METRICS_PORT", "0")
+            .env("METRICS_PORT", metrics_port.to_string())
             .env("MAX_CONCURRENCY", args.max_concurrency.to_string());
         parts.push(spawn(label, command, &mut output)?);
         sidecar.add_app(AppTarget {
@@ -72,7 +78,12 @@ pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
         _ = signal.cancelled() => Ok(()),
     };
     match ready {
-        Ok(()) if !signal.is_cancelled() => print_banner(args.port, sidecar.http_addr.port()),
+        Ok(()) if !signal.is_cancelled() => print_banner(
+            args.port,
+            sidecar.http_addr.port(),
+            args.metrics_port,
+            args.consumers.get(),
+        ),
         Ok(()) => {}
         Err(e) => warn!(error = %e, "the producer did not become ready"),
     }
@@ -225,7 +236,15 @@ fn terminate(pid: u32) {
 #[cfg(not(unix))]
 fn terminate(_pid: u32) {}
 
-fn print_banner(port: u16, http_port: u16) {
+fn print_banner(port: u16, http_port: u16, metrics_port: u16, consumers: usize) {
+    let consumer_metrics = match (metrics_port, consumers) {
+        (0, _) => "see each consumer's `metrics listening` line".to_owned(),
+        (first, 1) => format!("localhost:{first}/metrics"),
+        (first, n) => format!(
+            "localhost:{first}/metrics .. localhost:{}/metrics",
+            usize::from(first) + n - 1
+        ),
+    };
     println!(
         r#"
 Local stack is up. Try:
@@ -235,6 +254,8 @@ Local stack is up. Try:
   grpcurl -plaintext -d '{{"count":5,"interval_milliseconds":200}}' localhost:{port} producer.v1.Producer/ProduceStream
   curl localhost:{http_port}/devstack/status
   open http://localhost:{port}/swagger-ui/
+
+Metrics: localhost:{port}/metrics (producer), {consumer_metrics} (consumer), localhost:{http_port}/devstack/metrics (queue)
 
 Ctrl-C stops everything.
 "#
