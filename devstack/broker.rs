@@ -100,7 +100,7 @@ impl Broker {
                 .collect(),
             consumers_connected: consumers
                 .iter()
-                .filter(|c| c.healthy && c.bindings.is_some())
+                .filter(|c| c.healthy && c.bindings.as_ref().is_some_and(|b| !b.is_empty()))
                 .count(),
             consumers,
             dead_letters: self

@@ -113,8 +113,14 @@ async fn list_bindings(
         request.set_timeout(Duration::from_secs(3));
         match client.list_input_bindings(request).await {
             Ok(response) => return Some(response.into_inner().bindings),
-            Err(status) => {
+            // Not up yet (or not answering): wait for it, as daprd waits for its app port.
+            Err(status) if !answered(&status) => {
                 debug!(%app, error = %status.message(), "app not answering ListInputBindings yet")
+            }
+            // daprd takes an error answer as "no bindings"; so does the stand-in.
+            Err(status) => {
+                warn!(%app, code = ?status.code(), error = %status.message(), "ListInputBindings failed; delivering no bindings to this app");
+                return Some(Vec::new());
             }
         }
         tokio::select! {
@@ -139,6 +145,16 @@ impl Health {
         self.tx
             .send_if_modified(|h| std::mem::replace(h, now) != now);
     }
+}
+
+/// Whether the app itself answered with `status`, rather than the call failing on the way:
+/// refused or reset connections, timeouts and draining apps (UNAVAILABLE) say nothing about the
+/// request, only that the app is not there to take it.
+fn answered(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 /// Polls AppCallbackHealthCheck. An app that does not implement it counts as healthy, as daprd
@@ -236,7 +252,7 @@ impl Worker {
                 return;
             }
             Ok(Err(status)) => {
-                if status.code() == Code::Unavailable {
+                if !answered(&status) {
                     // The app is gone or draining: stop delivering until its health check passes.
                     self.health.set(false);
                 }

@@ -421,6 +421,34 @@ async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_tok
 }
 
 #[tokio::test]
+async fn an_app_answering_list_input_bindings_with_an_error_gets_no_bindings() {
+    // daprd asks once and takes an error answer as "no bindings"; it does not retry.
+    let app = FakeApp::start(Behaviour {
+        list_fails: true,
+        ..Default::default()
+    })
+    .await;
+    let mut stand_in = StandIn::for_apps(&[app.addr], &[], &[]).await;
+    stand_in
+        .service
+        .wait_for_message("ListInputBindings failed; delivering no bindings to this app")
+        .await;
+    let status = stand_in
+        .wait_status("the app healthy, with no bindings", |s| {
+            let app = consumer_status(s, app.addr);
+            app["bindings"] == json!([]) && app["healthy"] == true
+        })
+        .await;
+    assert_eq!(
+        status["consumersConnected"], 0,
+        "healthy, but consuming nothing"
+    );
+    assert_eq!(app.list_calls(), 1, "asked once, not retried");
+    stand_in.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
     let app = FakeApp::start(Behaviour {
         health_check: true,
@@ -445,7 +473,10 @@ async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
     assert!(app.deliveries().is_empty(), "{:?}", app.deliveries());
     let status = stand_in.status().await;
     assert_eq!(consumer_status(&status, app.addr)["healthy"], false);
-    assert_eq!(status["consumersConnected"], 0);
+    assert_eq!(
+        status["consumersConnected"], 0,
+        "healthy, but consuming nothing"
+    );
     let c = counts(&status, QUEUE);
     assert_eq!((c.active, c.locked), (1, 0), "{c:?}");
 

@@ -34,6 +34,8 @@ pub struct Behaviour {
     /// Serve AppCallbackHealthCheck (answering as [`FakeApp::set_healthy`] says); when false,
     /// the stand-in gets UNIMPLEMENTED, which daprd treats as healthy.
     pub health_check: bool,
+    /// Answer ListInputBindings with INTERNAL.
+    pub list_fails: bool,
 }
 
 impl Default for Behaviour {
@@ -42,6 +44,7 @@ impl Default for Behaviour {
             bindings: vec!["message-queue".to_owned()],
             fail_every: None,
             health_check: false,
+            list_fails: false,
         }
     }
 }
@@ -116,6 +119,9 @@ impl AppCallback for Recorder {
         _request: Request<()>,
     ) -> Result<Response<ListInputBindingsResponse>, Status> {
         self.list_calls.fetch_add(1, Ordering::SeqCst);
+        if self.behaviour.list_fails {
+            return Err(Status::internal("injected failure"));
+        }
         Ok(Response::new(ListInputBindingsResponse {
             bindings: self.behaviour.bindings.clone(),
         }))
