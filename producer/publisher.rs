@@ -40,6 +40,11 @@ impl From<Status> for PublishError {
     fn from(status: Status) -> Self {
         match status.code() {
             Code::Unavailable => Self::Unavailable(status),
+            // A connection that broke mid-call (the sidecar was killed) comes back as UNKNOWN
+            // with the transport error as its source; the sidecar never answered it.
+            Code::Unknown if std::error::Error::source(&status).is_some() => {
+                Self::Unavailable(status)
+            }
             // tonic reports its own client-side deadline (SIDECAR_TIMEOUT) as CANCELLED.
             Code::DeadlineExceeded | Code::Cancelled => Self::Timeout(status),
             _ => Self::Rejected(status),
@@ -242,6 +247,18 @@ mod tests {
         assert!(matches!(
             PublishError::from(Status::not_found("x")),
             PublishError::Rejected(_)
+        ));
+        // An UNKNOWN the server sent is an answer; one caused by a broken connection is not.
+        assert!(matches!(
+            PublishError::from(Status::unknown("x")),
+            PublishError::Rejected(_)
+        ));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let broken = Status::from_error(Box::new(reset));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(matches!(
+            PublishError::from(broken),
+            PublishError::Unavailable(_)
         ));
     }
 }
