@@ -181,14 +181,6 @@ impl FakeSidecar {
         self.recorder.max_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Stops at once, as a killed process would: connections drop, calls in flight get no
-    /// answer. Returns every call it accepted.
-    pub async fn kill(self) -> Vec<Call> {
-        self.task.abort();
-        let _ = self.task.await;
-        self.recorder.calls.lock().unwrap().clone()
-    }
-
     /// Stops serving, waits for the server to end, and returns every call it accepted.
     pub async fn stop(self) -> Vec<Call> {
         self.shutdown.cancel();
