@@ -9,9 +9,11 @@ use bindings::dapr_v1::{
     app_callback_server::AppCallbackServer,
 };
 use tokio::{net::TcpListener, time::Instant};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -59,8 +61,10 @@ pub async fn serve(
             .add_service(AppCallbackHealthCheckServer::from_arc(Arc::clone(
                 &consumer,
             )))
+            // tonic ignores its tcp_nodelay setting for a listener we bound: without NODELAY,
+            // Nagle holds back small HTTP/2 frames until the peer's delayed ACK (up to 40 ms).
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop_server.clone().cancelled_owned(),
             ),
     );

@@ -6,8 +6,8 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use bindings::{api_token::ApiToken, dapr_runtime::DaprRuntimeServer};
 use tokio::{net::TcpListener, task::JoinSet};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::{
@@ -55,8 +55,11 @@ impl Sidecar {
 
         let grpc_server = tonic::transport::Server::builder()
             .add_service(DaprRuntimeServer::new(runtime.clone()))
+            // NODELAY, as daprd has (Go sets it on every TCP connection): tonic does not for a
+            // listener we bound, and Nagle would hold small HTTP/2 frames back until the peer's
+            // delayed ACK (up to 40 ms).
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
         tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
