@@ -1,0 +1,63 @@
+//! `cargo bench --bench pipeline`: the producer, the consumer and the local stack measured against
+//! the transport they run on, on loopback; prints a table, then one JSON line with every figure.
+//! See README.md, "Performance", for what each row means.
+
+#[path = "pipeline/mod.rs"]
+mod pipeline;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Pipeline benchmark: transport limit, producer, consumer, end to end, the original's approach,
+/// and the footprint of both binaries.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline")]
+struct Args {
+    /// Messages per run of rows 1 to 4 (M).
+    #[arg(long, short = 'm', default_value_t = 100_000)]
+    messages: u32,
+    /// Calls in flight (C).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    concurrency: u32,
+    /// Messages per run of row 5. Smaller than M by default: one new connection per message is
+    /// slow, and every closed connection holds a local port in TIME_WAIT for a minute.
+    #[arg(long, default_value_t = 20_000)]
+    original_messages: u32,
+    /// Runs of each row; the figures are medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Starts of each binary for spawn-to-ready and idle RSS.
+    #[arg(long, default_value_t = 7)]
+    starts: usize,
+    /// Consumer processes behind the stand-in in row 4.
+    #[arg(long, default_value_t = 4)]
+    consumers: u32,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let sizes = pipeline::Sizes {
+        messages: args.messages,
+        concurrency: args.concurrency,
+        original_messages: args.original_messages,
+        rounds: args.rounds,
+        starts: args.starts,
+        consumers: args.consumers,
+    };
+    let progress = |step: &str| eprintln!("pipeline: {step}");
+    match pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &progress) {
+        Ok(report) => {
+            print!("{}", report.table());
+            println!("{}", report.json());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("pipeline: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The pipeline benchmark: our producer and consumer measured against the transport they sit on,
+//! all on loopback, all in one run, so the ratios hold even where absolute figures drift.
+//!
+//! Shared by `benches/pipeline.rs` (the full run, `cargo bench --bench pipeline`) and
+//! `tests/bench_smoke.rs` (a tiny run under `cargo test`, so this code cannot rot). Every stage
+//! checks that each message it sent is accounted for; a run that loses one is an error.
+//!
+//! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP).
+//! - `load`: the clients that drive them, and the original producer's send loop.
+//! - `process`: the real binaries as child processes, and their memory.
+//! - `report`: the figures, the table and the JSON line.
+
+mod load;
+mod null;
+mod process;
+mod report;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+
+pub use report::{Footprint, Report};
+
+use process::Service;
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Messages per run of rows 1 to 4 (M).
+    pub messages: u32,
+    /// Calls in flight (C): the client's, the producer's SEND_CONCURRENCY, the consumer's
+    /// MAX_CONCURRENCY, and the stand-in's deliveries in total.
+    pub concurrency: u32,
+    /// Messages per run of row 5, the original's one-connection-per-message loop.
+    pub original_messages: u32,
+    /// Runs of each row; figures are medians. Rows alternate within a round, so drift
+    /// during the run affects them alike.
+    pub rounds: usize,
+    /// Starts of each binary for spawn-to-ready and idle RSS.
+    pub starts: usize,
+    /// Consumer processes behind the stand-in in row 4.
+    pub consumers: u32,
+}
+
+/// The binaries under test.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub producer: PathBuf,
+    pub consumer: PathBuf,
+    pub devstack: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries cargo built for this target (optimized under `cargo bench`).
+    pub fn from_cargo() -> Self {
+        Self {
+            producer: env!("CARGO_BIN_EXE_producer").into(),
+            consumer: env!("CARGO_BIN_EXE_consumer").into(),
+            devstack: env!("CARGO_BIN_EXE_devstack").into(),
+        }
+    }
+}
+
+/// Longest the bench waits for a stack to come up or a queue to empty.
+const WAIT: Duration = Duration::from_secs(60);
+/// How often the stand-in's status is read while waiting for the last completion.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Runs every stage and returns the figures. The null servers get their own two-thread runtime,
+/// like a separate process; the clients run on another.
+pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::Result<Report> {
+    ensure!(
+        sizes.messages > 0 && sizes.original_messages > 0,
+        "sizes must be at least 1"
+    );
+    ensure!(
+        sizes.concurrency > 0 && sizes.consumers > 0 && sizes.rounds > 0 && sizes.starts > 0,
+        "concurrency, consumers, rounds and starts must be at least 1"
+    );
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    let servers = runtime("null-server")?;
+    let clients = runtime("bench-client")?;
+    let result = clients.block_on(Bench::new(sizes, bins, progress).run(servers.handle()));
+    servers.shutdown_background();
+    result
+}
+
+struct Bench<'a> {
+    sizes: &'a Sizes,
+    bins: &'a Binaries,
+    progress: &'a dyn Fn(&str),
+    http: reqwest::Client,
+}
+
+/// The producer's environment against a sidecar at `sidecar`.
+fn producer_env(sizes: &Sizes, sidecar: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("PORT", "0".to_owned()),
+        ("DAPR_GRPC_ENDPOINT", sidecar.to_string()),
+        ("SEND_CONCURRENCY", sizes.concurrency.to_string()),
+        ("MAX_COUNT", sizes.messages.max(10_000).to_string()),
+    ]
+}
+
+/// The consumer's environment: zero work, `concurrency` events at once, any free ports.
+fn consumer_env(concurrency: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("APP_PORT", "0".to_owned()),
+        ("METRICS_PORT", "0".to_owned()),
+        ("WORK_DURATION", "0s".to_owned()),
+        ("MAX_CONCURRENCY", concurrency.to_string()),
+    ]
+}
+
+fn addr(event: &Value, field: &str) -> anyhow::Result<SocketAddr> {
+    event[field]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address {field:?} in {event}"))
+}
+
+fn rate(messages: u32, elapsed: Duration) -> f64 {
+    f64::from(messages) / elapsed.as_secs_f64()
+}
+
+/// The `processed` count in a consumer's last event, `stopped`.
+fn processed(events: &[Value]) -> anyhow::Result<u64> {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["message"] == "stopped")
+        .and_then(|e| e["processed"].as_u64())
+        .context("the consumer's log does not end with a `stopped` event")
+}
+
+impl<'a> Bench<'a> {
+    fn new(sizes: &'a Sizes, bins: &'a Binaries, progress: &'a dyn Fn(&str)) -> Self {
+        Self {
+            sizes,
+            bins,
+            progress,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn run(self, servers: &Handle) -> anyhow::Result<Report> {
+        let started = Instant::now();
+        let sizes = self.sizes;
+        let (sidecar, sidecar_calls) = null::sidecar(servers).await?;
+        let (null_app, null_app_calls) = null::app(servers).await?;
+        let (null_http, null_http_calls) = null::http(servers).await?;
+
+        (self.progress)("footprint: spawn to ready, idle RSS");
+        let mut producer_fp = Footprint::new(&self.bins.producer)?;
+        let mut consumer_fp = Footprint::new(&self.bins.consumer)?;
+        for _ in 0..sizes.starts {
+            let (ms, service, _) = self.start_producer(sidecar).await?;
+            producer_fp.started(ms, service.memory()?);
+            service.stop().await?;
+            let (ms, service, _) = self.start_consumer(sizes.concurrency).await?;
+            consumer_fp.started(ms, service.memory()?);
+            service.stop().await?;
+        }
+
+        (self.progress)("starting the producer, the consumer and the local stack");
+        let (_, producer, producer_addr) = self.start_producer(sidecar).await?;
+        let (_, consumer, consumer_addr) = self.start_consumer(sizes.concurrency).await?;
+        let stack = self.start_stack().await?;
+        let sidecar_channel = load::channel(sidecar).await?;
+        let consumer_channel = load::channel(consumer_addr).await?;
+        let null_app_channel = load::channel(null_app).await?;
+
+        let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
+        // Round 0 warms every path up (connections, allocator, caches) and is not reported.
+        let mut consumer_events = 0u64;
+        for round in 0..=sizes.rounds {
+            let warm_up = round == 0;
+            let m = if warm_up {
+                sizes.messages.min(2_000)
+            } else {
+                sizes.messages
+            };
+            let m_original = if warm_up {
+                sizes.original_messages.min(200)
+            } else {
+                sizes.original_messages
+            };
+            (self.progress)(&if warm_up {
+                "warm-up round".to_owned()
+            } else {
+                format!("round {round} of {}", sizes.rounds)
+            });
+
+            let before = sidecar_calls.get();
+            let elapsed = load::invoke_binding(&sidecar_channel, m, sizes.concurrency).await?;
+            ensure!(
+                sidecar_calls.get() - before == u64::from(m),
+                "(1): the null sidecar got {} calls, not {m}",
+                sidecar_calls.get() - before
+            );
+            let transport = rate(m, elapsed);
+
+            let before = sidecar_calls.get();
+            let elapsed = self.produce(producer_addr, m).await?;
+            ensure!(
+                sidecar_calls.get() - before == u64::from(m),
+                "(2): the null sidecar got {} messages from the producer, not {m}",
+                sidecar_calls.get() - before
+            );
+            let produced = rate(m, elapsed);
+
+            let elapsed = load::binding_event(&consumer_channel, m, sizes.concurrency).await?;
+            consumer_events += u64::from(m);
+            let consumed = rate(m, elapsed);
+
+            let before = null_app_calls.get();
+            let elapsed = load::binding_event(&null_app_channel, m, sizes.concurrency).await?;
+            ensure!(
+                null_app_calls.get() - before == u64::from(m),
+                "(3): the null app got {} events, not {m}",
+                null_app_calls.get() - before
+            );
+            let null_consumed = rate(m, elapsed);
+
+            let end_to_end = rate(m, stack.run(&self, m).await?);
+
+            let before = null_http_calls.get();
+            let elapsed = load::original(null_http, m_original).await?;
+            ensure!(
+                null_http_calls.get() - before == u64::from(m_original),
+                "(5): the null HTTP endpoint got {} requests, not {m_original}",
+                null_http_calls.get() - before
+            );
+            let original = rate(m_original, elapsed);
+
+            if !warm_up {
+                report.transport.push(transport);
+                report.producer.push(produced);
+                report.consumer.push(consumed);
+                report.null_app.push(null_consumed);
+                report.end_to_end.push(end_to_end);
+                report.original.push(original);
+            }
+        }
+
+        report.producer_fp.peak_kib = producer.memory()?.peak_kib;
+        report.consumer_fp.peak_kib = consumer.memory()?.peak_kib;
+        producer.stop().await?;
+        let consumer_processed = processed(&consumer.stop().await?)?;
+        ensure!(
+            consumer_processed == consumer_events,
+            "(3): the consumer processed {consumer_processed} events, not {consumer_events}"
+        );
+        report.stack_peak_kib = stack.stop().await?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Starts a producer; returns its spawn-to-ready time in ms (ready: `/readyz` answers 200).
+    async fn start_producer(
+        &self,
+        sidecar: SocketAddr,
+    ) -> anyhow::Result<(f64, Service, SocketAddr)> {
+        let start = Instant::now();
+        let (service, event) = Service::start(
+            &self.bins.producer,
+            &[],
+            &producer_env(self.sizes, sidecar),
+            "listening",
+        )
+        .await?;
+        let addr = addr(&event, "addr")?;
+        let url = format!("http://{addr}/readyz");
+        loop {
+            let response = self.http.get(&url).send().await?;
+            if response.status().is_success() {
+                break;
+            }
+            ensure!(
+                start.elapsed() < WAIT,
+                "the producer is not ready: {response:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok((start.elapsed().as_secs_f64() * 1e3, service, addr))
+    }
+
+    /// Starts a consumer; returns its spawn-to-ready time in ms (ready: gRPC health SERVING).
+    async fn start_consumer(&self, concurrency: u32) -> anyhow::Result<(f64, Service, SocketAddr)> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let start = Instant::now();
+        let (service, event) = Service::start(
+            &self.bins.consumer,
+            &[],
+            &consumer_env(concurrency),
+            "listening",
+        )
+        .await?;
+        let addr = addr(&event, "addr")?;
+        let mut health = HealthClient::new(load::channel(addr).await?);
+        loop {
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await?
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+            ensure!(start.elapsed() < WAIT, "the consumer is not SERVING");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok((start.elapsed().as_secs_f64() * 1e3, service, addr))
+    }
+
+    /// `POST /MessageProducer {"count": m, "intervalMilliseconds": 0}`; returns its duration.
+    async fn produce(&self, producer: SocketAddr, m: u32) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let response = self
+            .http
+            .post(format!("http://{producer}/MessageProducer"))
+            .json(&json!({ "count": m, "intervalMilliseconds": 0 }))
+            .send()
+            .await?;
+        let elapsed = start.elapsed();
+        let status = response.status();
+        let body: Value = response.json().await?;
+        ensure!(
+            status.is_success() && body["sent"] == m,
+            "the producer answered {status} {body} to a batch of {m}"
+        );
+        Ok(elapsed)
+    }
+
+    /// The local stack of row 4: consumers, the stand-in delivering to them, and a producer.
+    async fn start_stack(&self) -> anyhow::Result<Stack> {
+        let per_consumer = (self.sizes.concurrency / self.sizes.consumers).max(1);
+        let mut consumers = Vec::new();
+        let mut apps = Vec::new();
+        for _ in 0..self.sizes.consumers {
+            let (_, consumer, addr) = self.start_consumer(per_consumer).await?;
+            consumers.push(consumer);
+            apps.push(format!("{addr}={per_consumer}"));
+        }
+        let mut args = vec!["sidecar", "--grpc-port", "0", "--http-port", "0"];
+        for app in &apps {
+            args.extend(["--app", app]);
+        }
+        let (devstack, event) =
+            Service::start(&self.bins.devstack, &args, &[], "sidecar listening").await?;
+        let status_url = format!("http://{}/devstack/status", addr(&event, "http_addr")?);
+        let (_, producer, producer_addr) = self.start_producer(addr(&event, "grpc_addr")?).await?;
+        let stack = Stack {
+            consumers,
+            devstack,
+            producer,
+            producer_addr,
+            status_url,
+            http: self.http.clone(),
+        };
+        let start = Instant::now();
+        while stack.status().await?["consumersConnected"] != self.sizes.consumers {
+            ensure!(
+                start.elapsed() < WAIT,
+                "the stand-in did not see {} healthy consumers",
+                self.sizes.consumers
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(stack)
+    }
+}
+
+struct Stack {
+    consumers: Vec<Service>,
+    devstack: Service,
+    producer: Service,
+    producer_addr: SocketAddr,
+    status_url: String,
+    http: reqwest::Client,
+}
+
+/// One queue's counts from the stand-in's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    produced: u64,
+    completed: u64,
+    dead_lettered: u64,
+}
+
+impl Stack {
+    async fn status(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(&self.status_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    async fn counts(&self) -> anyhow::Result<Counts> {
+        let status = self.status().await?;
+        let queue = &status["queues"][load::BINDING];
+        let count = |field: &str| {
+            queue[field]
+                .as_u64()
+                .with_context(|| format!("no {field} in the stand-in's status {status}"))
+        };
+        Ok(Counts {
+            produced: count("produced")?,
+            completed: count("completed")?,
+            dead_lettered: count("deadLettered")?,
+        })
+    }
+
+    /// From the POST of `m` messages to the status showing all `m` completed.
+    async fn run(&self, bench: &Bench<'_>, m: u32) -> anyhow::Result<Duration> {
+        let before = self.counts().await?;
+        let start = Instant::now();
+        bench.produce(self.producer_addr, m).await?;
+        let target = before.completed + u64::from(m);
+        loop {
+            let now = self.counts().await?;
+            if now.completed >= target {
+                let elapsed = start.elapsed();
+                ensure!(
+                    now == Counts {
+                        produced: before.produced + u64::from(m),
+                        completed: target,
+                        dead_lettered: before.dead_lettered,
+                    },
+                    "(4): expected {m} more produced and completed, none dead-lettered: \
+                     before {before:?}, after {now:?}"
+                );
+                return Ok(elapsed);
+            }
+            if start.elapsed() > WAIT + Duration::from_secs(u64::from(m) / 1_000) {
+                bail!(
+                    "(4): {} of {m} messages completed in time",
+                    now.completed - before.completed
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Stops everything; checks the consumers processed what the queue completed. Returns the
+    /// stand-in's peak RSS in KiB.
+    async fn stop(self) -> anyhow::Result<u64> {
+        let completed = self.counts().await?.completed;
+        let peak = self.devstack.memory()?.peak_kib;
+        self.producer.stop().await?;
+        let mut processed_total = 0;
+        for consumer in self.consumers {
+            processed_total += processed(&consumer.stop().await?)?;
+        }
+        self.devstack.stop().await?;
+        ensure!(
+            processed_total == completed,
+            "(4): the consumers processed {processed_total} events, the queue completed {completed}"
+        );
+        Ok(peak)
+    }
+}
+
+/// Where cargo put a binary: `release` or `debug` (the directory above it).
+fn profile_of(path: &Path) -> String {
+    path.parent().and_then(Path::file_name).map_or_else(
+        || "unknown".to_owned(),
+        |d| d.to_string_lossy().into_owned(),
+    )
+}

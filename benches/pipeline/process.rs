@@ -1,0 +1,157 @@
+//! The real binaries as child processes: started with a clean environment, JSON logs and port 0,
+//! ready when they log their bound address; their memory read from `/proc`.
+//!
+//! After the ready event the log is drained in large reads, a few hundred a second, like a
+//! container runtime collecting it: the bench must not spend a core reading the consumer's lines.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, ChildStdout, Command},
+    task::JoinHandle,
+};
+
+/// Longest a binary may take to log its address, or to stop after SIGTERM.
+const LIMIT: Duration = Duration::from_secs(30);
+/// The end of a child's log kept after its ready event, to read its last events.
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// A running binary; killed on drop.
+pub struct Service {
+    name: String,
+    child: Child,
+    pid: u32,
+    drain: JoinHandle<Vec<u8>>,
+}
+
+/// A process's memory, in KiB, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Resident set size now (VmRSS).
+    pub rss_kib: u64,
+    /// Peak resident set size so far (VmHWM).
+    pub peak_kib: u64,
+}
+
+impl Service {
+    /// Starts `bin` with only `env` (plus JSON logs on 127.0.0.1) and waits for the log event
+    /// whose message is `ready`, which it returns.
+    pub async fn start(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: &str,
+    ) -> anyhow::Result<(Self, Value)> {
+        let name = bin
+            .file_name()
+            .map_or_else(|| "binary".to_owned(), |n| n.to_string_lossy().into_owned());
+        let mut command = Command::new(bin);
+        command
+            .args(args)
+            .env_clear()
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("a child just started has a pid")?;
+        let mut stdout =
+            BufReader::with_capacity(1 << 20, child.stdout.take().context("stdout is piped")?);
+        let event = tokio::time::timeout(LIMIT, ready_event(&mut stdout, ready))
+            .await
+            .with_context(|| format!("{name} did not log {ready:?} within {LIMIT:?}"))?
+            .with_context(|| format!("{name} stopped before logging {ready:?}"))?;
+        let drain = tokio::spawn(drain(stdout));
+        Ok((
+            Self {
+                name,
+                child,
+                pid,
+                drain,
+            },
+            event,
+        ))
+    }
+
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .with_context(|| format!("reading /proc/{}/status", self.pid))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {name} in /proc/{}/status", self.pid))
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; returns the log events in the tail of its output.
+    pub async fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+        // SAFETY: kill(2) on our own child, which has not been waited for yet, so the pid is ours.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let status = match tokio::time::timeout(LIMIT, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("{} did not stop within {LIMIT:?} of SIGTERM", self.name);
+            }
+        };
+        if !status.success() {
+            bail!("{} exited with {status}", self.name);
+        }
+        let tail = (&mut self.drain).await?;
+        Ok(String::from_utf8_lossy(&tail)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+}
+
+async fn ready_event(stdout: &mut BufReader<ChildStdout>, ready: &str) -> anyhow::Result<Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).await? == 0 {
+            bail!("end of output");
+        }
+        if let Ok(event) = serde_json::from_str::<Value>(&line)
+            && event["message"] == ready
+        {
+            return Ok(event);
+        }
+    }
+}
+
+/// Reads the rest of the output in large chunks, keeping the last [`TAIL_BYTES`].
+async fn drain(mut stdout: BufReader<ChildStdout>) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(2 * TAIL_BYTES);
+    loop {
+        let chunk = match stdout.fill_buf().await {
+            Ok([]) | Err(_) => return tail,
+            Ok(chunk) => chunk,
+        };
+        let n = chunk.len();
+        tail.extend_from_slice(chunk);
+        if tail.len() > TAIL_BYTES {
+            tail.drain(..tail.len() - TAIL_BYTES);
+        }
+        stdout.consume(n);
+        // Let output pile up in the pipe (64 KiB) between reads, instead of a wake-up per line.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,424 @@
+//! The figures of one run: the table for people, and one JSON line holding every figure.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use serde_json::{Value, json};
+
+use super::{Binaries, Sizes, process::Memory, profile_of};
+
+const MIB: f64 = 1024.0;
+
+/// One binary's footprint.
+#[derive(Debug, Clone)]
+pub struct Footprint {
+    pub path: String,
+    /// `release` or `debug`: the directory cargo built it in.
+    pub profile: String,
+    pub binary_bytes: u64,
+    /// Spawn to ready, per start, in ms.
+    pub ready_ms: Vec<f64>,
+    /// VmRSS right after ready, per start, in KiB.
+    pub idle_kib: Vec<f64>,
+    /// VmHWM of the process that served rows 2 or 3, at the end, in KiB.
+    pub peak_kib: u64,
+}
+
+impl Footprint {
+    pub fn new(binary: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            path: binary.display().to_string(),
+            profile: profile_of(binary),
+            binary_bytes: std::fs::metadata(binary)?.len(),
+            ready_ms: Vec::new(),
+            idle_kib: Vec::new(),
+            peak_kib: 0,
+        })
+    }
+
+    pub fn started(&mut self, ready_ms: f64, memory: Memory) {
+        self.ready_ms.push(ready_ms);
+        self.idle_kib.push(memory.rss_kib as f64);
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "binary": self.path,
+            "profile": self.profile,
+            "binary_bytes": self.binary_bytes,
+            "idle_rss_kib": median(&self.idle_kib),
+            "idle_rss_kib_runs": self.idle_kib,
+            "peak_rss_kib": self.peak_kib,
+            "ready_ms": round(median(&self.ready_ms), 2),
+            "ready_ms_runs": self.ready_ms.iter().map(|v| round(*v, 2)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub sizes: Sizes,
+    /// Messages (calls) per second, one entry per round.
+    pub transport: Vec<f64>,
+    pub producer: Vec<f64>,
+    pub consumer: Vec<f64>,
+    pub null_app: Vec<f64>,
+    pub end_to_end: Vec<f64>,
+    pub original: Vec<f64>,
+    pub producer_fp: Footprint,
+    pub consumer_fp: Footprint,
+    /// VmHWM of the stand-in during row 4, in KiB.
+    pub stack_peak_kib: u64,
+    pub devstack: String,
+    pub elapsed: Duration,
+}
+
+/// A target from the issue and whether this run met it.
+struct Target {
+    name: &'static str,
+    value: f64,
+    goal: &'static str,
+    met: bool,
+}
+
+impl Report {
+    pub fn new(sizes: &Sizes, bins: &Binaries, producer: Footprint, consumer: Footprint) -> Self {
+        Self {
+            sizes: sizes.clone(),
+            transport: Vec::new(),
+            producer: Vec::new(),
+            consumer: Vec::new(),
+            null_app: Vec::new(),
+            end_to_end: Vec::new(),
+            original: Vec::new(),
+            producer_fp: producer,
+            consumer_fp: consumer,
+            stack_peak_kib: 0,
+            devstack: bins.devstack.display().to_string(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn producer_ratio(&self) -> f64 {
+        median(&self.producer) / median(&self.transport)
+    }
+
+    fn consumer_ratio(&self) -> f64 {
+        median(&self.consumer) / median(&self.null_app)
+    }
+
+    fn end_to_end_ratio(&self) -> f64 {
+        median(&self.end_to_end) / median(&self.transport)
+    }
+
+    fn over_original(&self) -> f64 {
+        median(&self.producer) / median(&self.original)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let (p, c) = (&self.producer_fp, &self.consumer_fp);
+        let at_most = |name, value: f64, limit: f64, goal| Target {
+            name,
+            value,
+            goal,
+            met: value <= limit,
+        };
+        let at_least = |name, value: f64, limit: f64, goal| Target {
+            name,
+            value,
+            goal,
+            met: value >= limit,
+        };
+        vec![
+            at_least("producer_ratio", self.producer_ratio(), 0.9, ">= 0.9"),
+            at_least("consumer_ratio", self.consumer_ratio(), 0.9, ">= 0.9"),
+            at_least("end_to_end_ratio", self.end_to_end_ratio(), 0.4, ">= 0.4"),
+            at_least(
+                "producer_over_original",
+                self.over_original(),
+                20.0,
+                ">= 20",
+            ),
+            at_most(
+                "producer_idle_rss_mib",
+                median(&p.idle_kib) / MIB,
+                10.0,
+                "<= 10",
+            ),
+            at_most(
+                "consumer_idle_rss_mib",
+                median(&c.idle_kib) / MIB,
+                10.0,
+                "<= 10",
+            ),
+            at_most(
+                "producer_peak_rss_mib",
+                p.peak_kib as f64 / MIB,
+                64.0,
+                "<= 64",
+            ),
+            at_most(
+                "consumer_peak_rss_mib",
+                c.peak_kib as f64 / MIB,
+                64.0,
+                "<= 64",
+            ),
+            at_most("producer_ready_ms", median(&p.ready_ms), 100.0, "<= 100"),
+            at_most("consumer_ready_ms", median(&c.ready_ms), 100.0, "<= 100"),
+        ]
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let s = &self.sizes;
+        let m = machine();
+        let targets = self.targets();
+        let verdict = |name: &str| {
+            targets
+                .iter()
+                .find(|t| t.name == name)
+                .map_or("", |t| if t.met { "met" } else { "MISSED" })
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "pipeline benchmark: M={} messages, C={} in flight, {} rounds (medians); row 5 sends {} messages",
+            s.messages, s.concurrency, s.rounds, s.original_messages
+        );
+        let _ = writeln!(
+            out,
+            "machine: {} x {}, {:.1} GiB; binaries: {} build ({}); took {:.0} s",
+            m["nproc"],
+            m["cpu"].as_str().unwrap_or("?"),
+            m["memory_kib"].as_f64().unwrap_or(0.0) / MIB / MIB,
+            self.producer_fp.profile,
+            Path::new(&self.producer_fp.path)
+                .parent()
+                .map_or_else(String::new, |d| d.display().to_string()),
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<4}{:<58}{:>10}  {:<14}target",
+            "row", "what", "msg/s", "ratio"
+        );
+        let mut row = |id: &str, what: &str, rate: f64, ratio: String, goal: &str, name: &str| {
+            let _ = writeln!(
+                out,
+                "{:<4}{:<58}{:>10}  {:<14}{:<8}{}",
+                id,
+                what,
+                thousands(rate),
+                ratio,
+                goal,
+                verdict(name)
+            );
+        };
+        row(
+            "1",
+            "transport: tonic client -> null InvokeBinding server",
+            median(&self.transport),
+            "1.00".into(),
+            "",
+            "",
+        );
+        row(
+            "2",
+            "producer: POST /MessageProducer -> null sidecar",
+            median(&self.producer),
+            format!("{:.2} of (1)", self.producer_ratio()),
+            ">= 0.9",
+            "producer_ratio",
+        );
+        row(
+            "3",
+            "consumer: client -> consumer OnBindingEvent (work 0)",
+            median(&self.consumer),
+            format!("{:.2} of (3n)", self.consumer_ratio()),
+            ">= 0.9",
+            "consumer_ratio",
+        );
+        row(
+            "3n",
+            "  same client -> null AppCallback server",
+            median(&self.null_app),
+            String::new(),
+            "",
+            "",
+        );
+        row(
+            "4",
+            &format!(
+                "end to end: producer -> stand-in -> {} consumers",
+                s.consumers
+            ),
+            median(&self.end_to_end),
+            format!("{:.2} of (1)", self.end_to_end_ratio()),
+            ">= 0.4",
+            "end_to_end_ratio",
+        );
+        row(
+            "5",
+            "original: new HTTP/1.1 client+connection per message",
+            median(&self.original),
+            format!("(2) is {:.0}x", self.over_original()),
+            ">= 20x",
+            "producer_over_original",
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<32}{:>12}{:>12}  target",
+            "footprint", "producer", "consumer"
+        );
+        let (p, c) = (&self.producer_fp, &self.consumer_fp);
+        let mut line = |what: &str, pv: String, cv: String, goal: &str, names: [&str; 2]| {
+            let verdicts = if names[0].is_empty() {
+                String::new()
+            } else {
+                format!("{} / {}", verdict(names[0]), verdict(names[1]))
+            };
+            let _ = writeln!(out, "{what:<32}{pv:>12}{cv:>12}  {goal:<10}{verdicts}");
+        };
+        line(
+            "idle RSS after start (median)",
+            mib(median(&p.idle_kib)),
+            mib(median(&c.idle_kib)),
+            "<= 10 MiB",
+            ["producer_idle_rss_mib", "consumer_idle_rss_mib"],
+        );
+        line(
+            "peak RSS over rows 2 / 3",
+            mib(p.peak_kib as f64),
+            mib(c.peak_kib as f64),
+            "<= 64 MiB",
+            ["producer_peak_rss_mib", "consumer_peak_rss_mib"],
+        );
+        line(
+            &format!("spawn to ready (median of {})", p.ready_ms.len()),
+            format!("{:.1} ms", median(&p.ready_ms)),
+            format!("{:.1} ms", median(&c.ready_ms)),
+            "<= 100 ms",
+            ["producer_ready_ms", "consumer_ready_ms"],
+        );
+        line(
+            "binary size",
+            format!("{:.1} MiB", p.binary_bytes as f64 / MIB / MIB),
+            format!("{:.1} MiB", c.binary_bytes as f64 / MIB / MIB),
+            "",
+            ["", ""],
+        );
+        let _ = writeln!(
+            out,
+            "(the stand-in's peak RSS during row 4: {})",
+            mib(self.stack_peak_kib as f64)
+        );
+        out
+    }
+
+    /// Every figure, as one JSON object.
+    pub fn json(&self) -> Value {
+        let s = &self.sizes;
+        let rates = |runs: &[f64]| {
+            json!({
+                "msgs_per_s": median(runs).round(),
+                "runs": runs.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            })
+        };
+        let targets: serde_json::Map<String, Value> = self
+            .targets()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name.to_owned(),
+                    json!({ "value": round(t.value, 3), "target": t.goal, "met": t.met }),
+                )
+            })
+            .collect();
+        json!({
+            "benchmark": "pipeline",
+            "machine": machine(),
+            "sizes": {
+                "messages": s.messages,
+                "concurrency": s.concurrency,
+                "original_messages": s.original_messages,
+                "rounds": s.rounds,
+                "starts": s.starts,
+                "consumers": s.consumers,
+            },
+            "log": { "RUST_LOG": "info", "LOG_FORMAT": "json" },
+            "transport": rates(&self.transport),
+            "producer": rates(&self.producer),
+            "consumer": rates(&self.consumer),
+            "null_app": rates(&self.null_app),
+            "end_to_end": rates(&self.end_to_end),
+            "original": rates(&self.original),
+            "ratios": {
+                "producer_to_transport": round(self.producer_ratio(), 3),
+                "consumer_to_null_app": round(self.consumer_ratio(), 3),
+                "end_to_end_to_transport": round(self.end_to_end_ratio(), 3),
+                "producer_over_original": round(self.over_original(), 1),
+            },
+            "footprint": {
+                "producer": self.producer_fp.json(),
+                "consumer": self.consumer_fp.json(),
+                "devstack": { "binary": self.devstack, "peak_rss_kib": self.stack_peak_kib },
+            },
+            "targets": targets,
+            "elapsed_s": round(self.elapsed.as_secs_f64(), 1),
+        })
+    }
+}
+
+/// The median; the mean of the middle two for an even count; NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / MIB)
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the run ran on: cores, CPU model, memory, kernel.
+fn machine() -> Value {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned());
+    let memory_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "memory_kib": memory_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
