@@ -944,16 +944,23 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
 
 /// Free loopback ports: `consecutive` in a row starting at the first returned, then `singles`
 /// more. Held together while chosen, so all differ; released for the stack to bind (a parallel
-/// test could take one meanwhile: rare, and the stack would then fail loudly).
+/// test could take one meanwhile: rare, and the stack would then fail loudly). Probed with
+/// SO_REUSEADDR, as Tokio binds them: the other tests' closed connections linger in TIME_WAIT
+/// on neighbouring ports, which would refuse a plain bind but not the stack's.
 fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
-    use std::net::TcpListener;
+    fn hold(port: u16) -> Option<tokio::net::TcpListener> {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.set_reuseaddr(true).ok()?;
+        socket.bind(([127, 0, 0, 1], port).into()).ok()?;
+        socket.listen(1).ok()
+    }
     for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let first = hold(0).expect("an ephemeral loopback port");
         let base = first.local_addr().unwrap().port();
         let mut held = vec![first];
         let run = (1..consecutive).all(|i| {
             base.checked_add(i)
-                .and_then(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+                .and_then(hold)
                 .map(|l| held.push(l))
                 .is_some()
         });
@@ -962,7 +969,7 @@ fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
         }
         let singles = (0..singles)
             .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let l = hold(0).expect("an ephemeral loopback port");
                 let port = l.local_addr().unwrap().port();
                 held.push(l);
                 port
