@@ -21,11 +21,12 @@ struct Args {
     #[arg(long, short = 'c', default_value_t = 64)]
     concurrency: u32,
     /// Messages per run of row 5. Smaller than M by default: one new connection per message is
-    /// slow, and every closed connection holds a local port in TIME_WAIT for a minute.
+    /// slow, and every closed connection holds a local port in TIME_WAIT for a minute (Linux
+    /// reuses them on loopback by default, net.ipv4.tcp_tw_reuse = 2).
     #[arg(long, default_value_t = 20_000)]
     original_messages: u32,
     /// Runs of each row; the figures are medians.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Starts of each binary for spawn-to-ready and idle RSS.
     #[arg(long, default_value_t = 7)]
@@ -39,6 +40,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The null servers are this executable, started again by `run` with a special argument.
+    if let Some(code) = pipeline::null_servers_main_if_asked() {
+        return code;
+    }
     let args = Args::parse();
     let sizes = pipeline::Sizes {
         messages: args.messages,

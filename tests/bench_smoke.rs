@@ -1,12 +1,19 @@
 //! The pipeline benchmark (`cargo bench --bench pipeline`) at a tiny size, so it cannot rot: it
 //! must run every stage and account for every message. It asserts nothing about speed.
+//!
+//! A `harness = false` test (see Cargo.toml): the benchmark starts its null servers by running
+//! its own executable again, so this one needs a `main` that can serve them too.
 
 #[allow(dead_code)] // the table and JSON are the bench's; this test reads the figures
 #[path = "../benches/pipeline/mod.rs"]
 mod pipeline;
 
-#[test]
-fn the_benchmark_runs_and_accounts_for_every_message() {
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if let Some(code) = pipeline::null_servers_main_if_asked() {
+        return code;
+    }
     let sizes = pipeline::Sizes {
         messages: 200,
         concurrency: 8,
@@ -26,8 +33,9 @@ fn the_benchmark_runs_and_accounts_for_every_message() {
         ("end to end", &report.end_to_end),
         ("original", &report.original),
     ] {
-        assert_eq!(runs.len(), 1, "{row}: one figure per round");
-        assert!(runs[0].is_finite() && runs[0] > 0.0, "{row}: {runs:?}");
+        assert_eq!(runs.len(), 1, "{row}: one sample per round");
+        let rate = runs[0].rate;
+        assert!(rate.is_finite() && rate > 0.0, "{row}: {rate}");
     }
     let json = report.json();
     assert!(
@@ -35,4 +43,6 @@ fn the_benchmark_runs_and_accounts_for_every_message() {
         "{json}"
     );
     assert!(!report.table().is_empty());
+    println!("test the_benchmark_runs_and_accounts_for_every_message ... ok");
+    ExitCode::SUCCESS
 }

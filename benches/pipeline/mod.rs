@@ -5,10 +5,15 @@
 //! `tests/bench_smoke.rs` (a tiny run under `cargo test`, so this code cannot rot). Every stage
 //! checks that each message it sent is accounted for; a run that loses one is an error.
 //!
-//! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP).
+//! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP),
+//!   in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
-//! - `process`: the real binaries as child processes, and their memory.
+//! - `process`: the real binaries as child processes, their memory and CPU time.
 //! - `report`: the figures, the table and the JSON line.
+//!
+//! Every row pits two processes (three or more in row 4) against each other on the same cores,
+//! so each run also records the CPU time every process spent per message: with all cores busy,
+//! a rate is the cores divided by the sum of those costs, which says what limits it.
 
 mod load;
 mod null;
@@ -22,12 +27,11 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
+pub use null::main_if_asked as null_servers_main_if_asked;
+pub use report::{Footprint, Report, Sample};
 use serde_json::{Value, json};
-use tokio::runtime::Handle;
 
-pub use report::{Footprint, Report};
-
-use process::Service;
+use process::{Service, cpu_time};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -72,8 +76,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// How often the stand-in's status is read while waiting for the last completion.
 const POLL: Duration = Duration::from_millis(5);
 
-/// Runs every stage and returns the figures. The null servers get their own two-thread runtime,
-/// like a separate process; the clients run on another.
+/// Runs every stage and returns the figures. The clients run on two worker threads, like the
+/// binaries; the null servers in their own process. `main` must call
+/// [`null_servers_main_if_asked`] first: the null servers are this executable, started again.
 pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::Result<Report> {
     ensure!(
         sizes.messages > 0 && sizes.original_messages > 0,
@@ -83,18 +88,11 @@ pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::R
         sizes.concurrency > 0 && sizes.consumers > 0 && sizes.rounds > 0 && sizes.starts > 0,
         "concurrency, consumers, rounds and starts must be at least 1"
     );
-    let runtime = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(name)
-            .enable_all()
-            .build()
-    };
-    let servers = runtime("null-server")?;
-    let clients = runtime("bench-client")?;
-    let result = clients.block_on(Bench::new(sizes, bins, progress).run(servers.handle()));
-    servers.shutdown_background();
-    result
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(Bench::new(sizes, bins, progress).run())
 }
 
 struct Bench<'a> {
@@ -131,8 +129,57 @@ fn addr(event: &Value, field: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("no address {field:?} in {event}"))
 }
 
-fn rate(messages: u32, elapsed: Duration) -> f64 {
-    f64::from(messages) / elapsed.as_secs_f64()
+/// A process whose CPU time is counted: this one (the clients) or a child.
+#[derive(Debug, Clone, Copy)]
+enum Pid {
+    Bench,
+    Child(u32),
+}
+
+impl Pid {
+    fn cpu(self) -> anyhow::Result<Duration> {
+        match self {
+            Self::Bench => cpu_time("self"),
+            Self::Child(pid) => cpu_time(pid),
+        }
+    }
+}
+
+/// The processes taking part in a row, each named by its part.
+type Parts = Vec<(&'static str, Vec<Pid>)>;
+
+/// Runs one measurement of `messages` and returns its rate and the CPU each part spent on it.
+/// `run` returns the measured duration (a run may time only part of what it does).
+async fn measure(
+    parts: &Parts,
+    messages: u32,
+    run: impl Future<Output = anyhow::Result<Duration>>,
+) -> anyhow::Result<Sample> {
+    let cpu = |parts: &Parts| -> anyhow::Result<Vec<Duration>> {
+        parts
+            .iter()
+            .map(|(_, pids)| pids.iter().map(|p| p.cpu()).sum())
+            .collect()
+    };
+    let before = cpu(parts)?;
+    let start = Instant::now();
+    let elapsed = run.await?;
+    let wall = start.elapsed();
+    let after = cpu(parts)?;
+    let spent: Vec<f64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b).as_secs_f64())
+        .collect();
+    Ok(Sample {
+        rate: f64::from(messages) / elapsed.as_secs_f64(),
+        cpu_us_per_message: parts
+            .iter()
+            .zip(&spent)
+            .map(|((part, _), s)| (*part, s * 1e6 / f64::from(messages)))
+            .collect(),
+        cores: spent.iter().sum::<f64>() / wall.as_secs_f64(),
+    })
 }
 
 /// The `processed` count in a consumer's last event, `stopped`.
@@ -155,12 +202,33 @@ impl<'a> Bench<'a> {
         }
     }
 
-    async fn run(self, servers: &Handle) -> anyhow::Result<Report> {
+    async fn run(self) -> anyhow::Result<Report> {
         let started = Instant::now();
+        let load_before = report::load_average();
         let sizes = self.sizes;
-        let (sidecar, sidecar_calls) = null::sidecar(servers).await?;
-        let (null_app, null_app_calls) = null::app(servers).await?;
-        let (null_http, null_http_calls) = null::http(servers).await?;
+        let (nulls, event) =
+            Service::start(&std::env::current_exe()?, &[null::ARG], &[], null::READY)
+                .await
+                .context(
+                    "starting the null servers (is null_servers_main_if_asked called in main?)",
+                )?;
+        let null::Addresses {
+            sidecar,
+            app: null_app,
+            http: null_http,
+        } = serde_json::from_value(event)?;
+        let counts_url = format!("http://{null_http}/counts");
+        let counts = || async {
+            anyhow::Ok(
+                self.http
+                    .get(&counts_url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<null::Counts>()
+                    .await?,
+            )
+        };
 
         (self.progress)("footprint: spawn to ready, idle RSS");
         let mut producer_fp = Footprint::new(&self.bins.producer)?;
@@ -183,6 +251,30 @@ impl<'a> Bench<'a> {
         let null_app_channel = load::channel(null_app).await?;
 
         let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
+        let (bench, null_pid) = (Pid::Bench, Pid::Child(nulls.pid()));
+        let transport_parts: Parts =
+            vec![("client", vec![bench]), ("null servers", vec![null_pid])];
+        let producer_parts: Parts = vec![
+            ("producer", vec![Pid::Child(producer.pid())]),
+            ("null servers", vec![null_pid]),
+        ];
+        let consumer_parts: Parts = vec![
+            ("client", vec![bench]),
+            ("consumer", vec![Pid::Child(consumer.pid())]),
+        ];
+        let stack_parts: Parts = vec![
+            ("producer", vec![Pid::Child(stack.producer.pid())]),
+            ("stand-in", vec![Pid::Child(stack.devstack.pid())]),
+            (
+                "consumers",
+                stack
+                    .consumers
+                    .iter()
+                    .map(|c| Pid::Child(c.pid()))
+                    .collect(),
+            ),
+            ("bench (status polls)", vec![bench]),
+        ];
         // Round 0 warms every path up (connections, allocator, caches) and is not reported.
         let mut consumer_events = 0u64;
         for round in 0..=sizes.rounds {
@@ -202,48 +294,64 @@ impl<'a> Bench<'a> {
             } else {
                 format!("round {round} of {}", sizes.rounds)
             });
+            let expect = |row: &str, before: null::Counts, after: null::Counts, want| {
+                ensure!(
+                    after == want,
+                    "{row}: the null servers' counts went from {before:?} to {after:?}, not {want:?}"
+                );
+                Ok(())
+            };
 
-            let before = sidecar_calls.get();
-            let elapsed = load::invoke_binding(&sidecar_channel, m, sizes.concurrency).await?;
-            ensure!(
-                sidecar_calls.get() - before == u64::from(m),
-                "(1): the null sidecar got {} calls, not {m}",
-                sidecar_calls.get() - before
-            );
-            let transport = rate(m, elapsed);
+            let before = counts().await?;
+            let transport = measure(&transport_parts, m, async {
+                load::invoke_binding(&sidecar_channel, m, sizes.concurrency).await
+            })
+            .await?;
+            let want = null::Counts {
+                sidecar: before.sidecar + u64::from(m),
+                ..before
+            };
+            expect("(1)", before, counts().await?, want)?;
 
-            let before = sidecar_calls.get();
-            let elapsed = self.produce(producer_addr, m).await?;
-            ensure!(
-                sidecar_calls.get() - before == u64::from(m),
-                "(2): the null sidecar got {} messages from the producer, not {m}",
-                sidecar_calls.get() - before
-            );
-            let produced = rate(m, elapsed);
+            let before = counts().await?;
+            let produced = measure(&producer_parts, m, self.produce(producer_addr, m)).await?;
+            let want = null::Counts {
+                sidecar: before.sidecar + u64::from(m),
+                ..before
+            };
+            expect("(2)", before, counts().await?, want)?;
 
-            let elapsed = load::binding_event(&consumer_channel, m, sizes.concurrency).await?;
+            let consumed = measure(&consumer_parts, m, async {
+                load::binding_event(&consumer_channel, m, sizes.concurrency).await
+            })
+            .await?;
             consumer_events += u64::from(m);
-            let consumed = rate(m, elapsed);
 
-            let before = null_app_calls.get();
-            let elapsed = load::binding_event(&null_app_channel, m, sizes.concurrency).await?;
-            ensure!(
-                null_app_calls.get() - before == u64::from(m),
-                "(3): the null app got {} events, not {m}",
-                null_app_calls.get() - before
-            );
-            let null_consumed = rate(m, elapsed);
+            let before = counts().await?;
+            let null_consumed = measure(&transport_parts, m, async {
+                load::binding_event(&null_app_channel, m, sizes.concurrency).await
+            })
+            .await?;
+            let want = null::Counts {
+                app: before.app + u64::from(m),
+                ..before
+            };
+            expect("(3n)", before, counts().await?, want)?;
 
-            let end_to_end = rate(m, stack.run(&self, m).await?);
+            let end_to_end = measure(&stack_parts, m, stack.run(&self, m)).await?;
 
-            let before = null_http_calls.get();
-            let elapsed = load::original(null_http, m_original).await?;
-            ensure!(
-                null_http_calls.get() - before == u64::from(m_original),
-                "(5): the null HTTP endpoint got {} requests, not {m_original}",
-                null_http_calls.get() - before
-            );
-            let original = rate(m_original, elapsed);
+            let before = counts().await?;
+            let original = measure(
+                &transport_parts,
+                m_original,
+                load::original(null_http, m_original),
+            )
+            .await?;
+            let want = null::Counts {
+                http: before.http + u64::from(m_original),
+                ..before
+            };
+            expect("(5)", before, counts().await?, want)?;
 
             if !warm_up {
                 report.transport.push(transport);
@@ -264,6 +372,8 @@ impl<'a> Bench<'a> {
             "(3): the consumer processed {consumer_processed} events, not {consumer_events}"
         );
         report.stack_peak_kib = stack.stop().await?;
+        nulls.stop().await?;
+        report.load_average = [load_before, report::load_average()];
         report.elapsed = started.elapsed();
         Ok(report)
     }

@@ -1,17 +1,24 @@
 //! The real binaries as child processes: started with a clean environment, JSON logs and port 0,
 //! ready when they log their bound address; their memory read from `/proc`.
 //!
-//! After the ready event the log is drained in large reads, a few hundred a second, like a
-//! container runtime collecting it: the bench must not spend a core reading the consumer's lines.
+//! After the ready event the log is drained by a plain thread in large reads, a few hundred a
+//! second, with the pipe out of the bench's event loop: a reader waiting on the pipe would be woken
+//! by every line the consumer writes, and those wake-ups would be charged to the consumer.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    fs::File,
+    io::{ErrorKind, Read},
+    path::Path,
+    process::Stdio,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, ChildStdout, Command},
-    task::JoinHandle,
 };
 
 /// Longest a binary may take to log its address, or to stop after SIGTERM.
@@ -70,7 +77,11 @@ impl Service {
             .await
             .with_context(|| format!("{name} did not log {ready:?} within {LIMIT:?}"))?
             .with_context(|| format!("{name} stopped before logging {ready:?}"))?;
-        let drain = tokio::spawn(drain(stdout));
+        let tail = stdout.buffer().to_vec();
+        let pipe = File::from(stdout.into_inner().into_owned_fd()?);
+        let drain = std::thread::Builder::new()
+            .name("log-drain".to_owned())
+            .spawn(move || drain(pipe, tail))?;
         Ok((
             Self {
                 name,
@@ -80,6 +91,10 @@ impl Service {
             },
             event,
         ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn memory(&self) -> anyhow::Result<Memory> {
@@ -114,12 +129,38 @@ impl Service {
         if !status.success() {
             bail!("{} exited with {status}", self.name);
         }
-        let tail = (&mut self.drain).await?;
+        let drain = self.drain;
+        let tail = tokio::task::spawn_blocking(move || drain.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the log reader of {} panicked", self.name))?;
         Ok(String::from_utf8_lossy(&tail)
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect())
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far; `"self"` for this process.
+pub fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name, field 2, may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (state) comes first, so utime (14) and stime (15) are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {} in /proc/{pid}/stat", i + 3))
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64(
+        (ticks(11)? + ticks(12)?) as f64 / per_second,
+    ))
 }
 
 async fn ready_event(stdout: &mut BufReader<ChildStdout>, ready: &str) -> anyhow::Result<Value> {
@@ -138,20 +179,20 @@ async fn ready_event(stdout: &mut BufReader<ChildStdout>, ready: &str) -> anyhow
 }
 
 /// Reads the rest of the output in large chunks, keeping the last [`TAIL_BYTES`].
-async fn drain(mut stdout: BufReader<ChildStdout>) -> Vec<u8> {
-    let mut tail = Vec::with_capacity(2 * TAIL_BYTES);
+fn drain(mut pipe: File, mut tail: Vec<u8>) -> Vec<u8> {
+    let mut chunk = vec![0; 1 << 16];
     loop {
-        let chunk = match stdout.fill_buf().await {
-            Ok([]) | Err(_) => return tail,
-            Ok(chunk) => chunk,
+        let n = match pipe.read(&mut chunk) {
+            Ok(0) => return tail,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return tail,
         };
-        let n = chunk.len();
-        tail.extend_from_slice(chunk);
+        tail.extend_from_slice(&chunk[..n]);
         if tail.len() > TAIL_BYTES {
             tail.drain(..tail.len() - TAIL_BYTES);
         }
-        stdout.consume(n);
         // Let output pile up in the pipe (64 KiB) between reads, instead of a wake-up per line.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -54,22 +54,65 @@ impl Footprint {
     }
 }
 
+/// One run of one row.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Messages (calls) per second.
+    pub rate: f64,
+    /// CPU time each part (process) spent per message, in µs.
+    pub cpu_us_per_message: Vec<(&'static str, f64)>,
+    /// CPU time of all parts over wall time: 2.0 is both cores of a 2-core machine.
+    pub cores: f64,
+}
+
+/// The runs of one row.
+pub type Runs = Vec<Sample>;
+
+fn rates(runs: &Runs) -> Vec<f64> {
+    runs.iter().map(|s| s.rate).collect()
+}
+
+/// The median rate of a row.
+pub fn rate(runs: &Runs) -> f64 {
+    median(&rates(runs))
+}
+
+/// Each part's median CPU per message, then the median cores busy.
+fn cpu(runs: &Runs) -> (Vec<(&'static str, f64)>, f64) {
+    let parts: Vec<&str> = runs
+        .first()
+        .map(|s| s.cpu_us_per_message.iter().map(|(p, _)| *p).collect())
+        .unwrap_or_default();
+    let per_part = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let values: Vec<f64> = runs.iter().map(|s| s.cpu_us_per_message[i].1).collect();
+            (part, median(&values))
+        })
+        .collect();
+    let cores: Vec<f64> = runs.iter().map(|s| s.cores).collect();
+    (per_part, median(&cores))
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub sizes: Sizes,
-    /// Messages (calls) per second, one entry per round.
-    pub transport: Vec<f64>,
-    pub producer: Vec<f64>,
-    pub consumer: Vec<f64>,
-    pub null_app: Vec<f64>,
-    pub end_to_end: Vec<f64>,
-    pub original: Vec<f64>,
+    /// One sample per round for each row.
+    pub transport: Runs,
+    pub producer: Runs,
+    pub consumer: Runs,
+    pub null_app: Runs,
+    pub end_to_end: Runs,
+    pub original: Runs,
     pub producer_fp: Footprint,
     pub consumer_fp: Footprint,
     /// VmHWM of the stand-in during row 4, in KiB.
     pub stack_peak_kib: u64,
     pub devstack: String,
+    /// The 1-minute load average before and after the run: other work on the machine.
+    pub load_average: [f64; 2],
     pub elapsed: Duration,
 }
 
@@ -95,24 +138,25 @@ impl Report {
             consumer_fp: consumer,
             stack_peak_kib: 0,
             devstack: bins.devstack.display().to_string(),
+            load_average: [f64::NAN; 2],
             elapsed: Duration::ZERO,
         }
     }
 
     fn producer_ratio(&self) -> f64 {
-        median(&self.producer) / median(&self.transport)
+        rate(&self.producer) / rate(&self.transport)
     }
 
     fn consumer_ratio(&self) -> f64 {
-        median(&self.consumer) / median(&self.null_app)
+        rate(&self.consumer) / rate(&self.null_app)
     }
 
     fn end_to_end_ratio(&self) -> f64 {
-        median(&self.end_to_end) / median(&self.transport)
+        rate(&self.end_to_end) / rate(&self.transport)
     }
 
     fn over_original(&self) -> f64 {
-        median(&self.producer) / median(&self.original)
+        rate(&self.producer) / rate(&self.original)
     }
 
     fn targets(&self) -> Vec<Target> {
@@ -187,10 +231,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "machine: {} x {}, {:.1} GiB; binaries: {} build ({}); took {:.0} s",
+            "machine: {} x {}, {:.1} GiB, load average {:.1} before, {:.1} after; binaries: {} build ({}); took {:.0} s",
             m["nproc"],
             m["cpu"].as_str().unwrap_or("?"),
             m["memory_kib"].as_f64().unwrap_or(0.0) / MIB / MIB,
+            self.load_average[0],
+            self.load_average[1],
             self.producer_fp.profile,
             Path::new(&self.producer_fp.path)
                 .parent()
@@ -218,7 +264,7 @@ impl Report {
         row(
             "1",
             "transport: tonic client -> null InvokeBinding server",
-            median(&self.transport),
+            rate(&self.transport),
             "1.00".into(),
             "",
             "",
@@ -226,7 +272,7 @@ impl Report {
         row(
             "2",
             "producer: POST /MessageProducer -> null sidecar",
-            median(&self.producer),
+            rate(&self.producer),
             format!("{:.2} of (1)", self.producer_ratio()),
             ">= 0.9",
             "producer_ratio",
@@ -234,7 +280,7 @@ impl Report {
         row(
             "3",
             "consumer: client -> consumer OnBindingEvent (work 0)",
-            median(&self.consumer),
+            rate(&self.consumer),
             format!("{:.2} of (3n)", self.consumer_ratio()),
             ">= 0.9",
             "consumer_ratio",
@@ -242,7 +288,7 @@ impl Report {
         row(
             "3n",
             "  same client -> null AppCallback server",
-            median(&self.null_app),
+            rate(&self.null_app),
             String::new(),
             "",
             "",
@@ -253,7 +299,7 @@ impl Report {
                 "end to end: producer -> stand-in -> {} consumers",
                 s.consumers
             ),
-            median(&self.end_to_end),
+            rate(&self.end_to_end),
             format!("{:.2} of (1)", self.end_to_end_ratio()),
             ">= 0.4",
             "end_to_end_ratio",
@@ -261,7 +307,7 @@ impl Report {
         row(
             "5",
             "original: new HTTP/1.1 client+connection per message",
-            median(&self.original),
+            rate(&self.original),
             format!("(2) is {:.0}x", self.over_original()),
             ">= 20x",
             "producer_over_original",
@@ -314,16 +360,48 @@ impl Report {
             "(the stand-in's peak RSS during row 4: {})",
             mib(self.stack_peak_kib as f64)
         );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "where the CPU goes: median µs of CPU per message, by process; cores busy (of {})",
+            m["nproc"]
+        );
+        for (id, runs) in self.rows() {
+            let (parts, cores) = cpu(runs);
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|(part, us)| format!("{part} {us:.1}"))
+                .collect();
+            let _ = writeln!(out, "{id:<4}{:<70}{cores:>5.2}", parts.join(", "));
+        }
         out
+    }
+
+    fn rows(&self) -> [(&'static str, &Runs); 6] {
+        [
+            ("1", &self.transport),
+            ("2", &self.producer),
+            ("3", &self.consumer),
+            ("3n", &self.null_app),
+            ("4", &self.end_to_end),
+            ("5", &self.original),
+        ]
     }
 
     /// Every figure, as one JSON object.
     pub fn json(&self) -> Value {
         let s = &self.sizes;
-        let rates = |runs: &[f64]| {
+        let rates = |runs: &Runs| {
+            let (parts, cores) = cpu(runs);
+            let parts: serde_json::Map<String, Value> = parts
+                .into_iter()
+                .map(|(part, us)| (part.to_owned(), json!(round(us, 2))))
+                .collect();
             json!({
-                "msgs_per_s": median(runs).round(),
-                "runs": runs.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                "msgs_per_s": rate(runs).round(),
+                "runs": rates(runs).iter().map(|r| r.round()).collect::<Vec<_>>(),
+                "cpu_us_per_msg": parts,
+                "cores_busy": round(cores, 2),
             })
         };
         let targets: serde_json::Map<String, Value> = self
@@ -339,6 +417,7 @@ impl Report {
         json!({
             "benchmark": "pipeline",
             "machine": machine(),
+            "load_average": { "before": self.load_average[0], "after": self.load_average[1] },
             "sizes": {
                 "messages": s.messages,
                 "concurrency": s.concurrency,
@@ -401,6 +480,14 @@ fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// What the run ran on: cores, CPU model, memory, kernel.
