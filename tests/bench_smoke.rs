@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         ("transport", &report.transport),
         ("producer", &report.producer),
         ("consumer", &report.consumer),
+        ("consumer, RUST_LOG=warn", &report.consumer_quiet),
         ("null app", &report.null_app),
         ("end to end", &report.end_to_end),
         ("original", &report.original),

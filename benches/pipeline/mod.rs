@@ -88,17 +88,28 @@ pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::R
         sizes.concurrency > 0 && sizes.consumers > 0 && sizes.rounds > 0 && sizes.starts > 0,
         "concurrency, consumers, rounds and starts must be at least 1"
     );
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(Bench::new(sizes, bins, progress).run())
+        .build()?;
+    // On a worker thread, as the producer's batches run: a future polled by `block_on` runs on
+    // the calling thread, and each of its calls would hop to the workers and back (4 µs of CPU
+    // per call more than the producer spends).
+    let (sizes, bins) = (sizes.clone(), bins.clone());
+    let (steps, mut step) = tokio::sync::mpsc::unbounded_channel();
+    let bench = runtime.spawn(async move { Bench::new(&sizes, &bins, steps).run().await });
+    runtime.block_on(async {
+        while let Some(message) = step.recv().await {
+            progress(&message);
+        }
+        bench.await?
+    })
 }
 
 struct Bench<'a> {
     sizes: &'a Sizes,
     bins: &'a Binaries,
-    progress: &'a dyn Fn(&str),
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
     http: reqwest::Client,
 }
 
@@ -112,13 +123,18 @@ fn producer_env(sizes: &Sizes, sidecar: SocketAddr) -> Vec<(&'static str, String
     ]
 }
 
-/// The consumer's environment: zero work, `concurrency` events at once, any free ports.
-fn consumer_env(concurrency: u32) -> Vec<(&'static str, String)> {
+/// Row 3w's log filter: the consumer's start and stop events, none per message.
+pub const QUIET_LOG: &str = "warn,consumer::server=info";
+
+/// The consumer's environment: zero work, `concurrency` events at once, any free ports, and
+/// the `RUST_LOG` filter `log` (`info` logs the original's line for every message).
+fn consumer_env(concurrency: u32, log: &str) -> Vec<(&'static str, String)> {
     vec![
         ("APP_PORT", "0".to_owned()),
         ("METRICS_PORT", "0".to_owned()),
         ("WORK_DURATION", "0s".to_owned()),
         ("MAX_CONCURRENCY", concurrency.to_string()),
+        ("RUST_LOG", log.to_owned()),
     ]
 }
 
@@ -193,13 +209,23 @@ fn processed(events: &[Value]) -> anyhow::Result<u64> {
 }
 
 impl<'a> Bench<'a> {
-    fn new(sizes: &'a Sizes, bins: &'a Binaries, progress: &'a dyn Fn(&str)) -> Self {
+    fn new(
+        sizes: &'a Sizes,
+        bins: &'a Binaries,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Self {
         Self {
             sizes,
             bins,
             progress,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Reports progress to `run`'s caller.
+    fn step(&self, message: &str) {
+        // The receiver lives until the bench ends.
+        let _ = self.progress.send(message.to_owned());
     }
 
     async fn run(self) -> anyhow::Result<Report> {
@@ -230,24 +256,26 @@ impl<'a> Bench<'a> {
             )
         };
 
-        (self.progress)("footprint: spawn to ready, idle RSS");
+        self.step("footprint: spawn to ready, idle RSS");
         let mut producer_fp = Footprint::new(&self.bins.producer)?;
         let mut consumer_fp = Footprint::new(&self.bins.consumer)?;
         for _ in 0..sizes.starts {
             let (ms, service, _) = self.start_producer(sidecar).await?;
             producer_fp.started(ms, service.memory()?);
             service.stop().await?;
-            let (ms, service, _) = self.start_consumer(sizes.concurrency).await?;
+            let (ms, service, _) = self.start_consumer(sizes.concurrency, "info").await?;
             consumer_fp.started(ms, service.memory()?);
             service.stop().await?;
         }
 
-        (self.progress)("starting the producer, the consumer and the local stack");
+        self.step("starting the producer, the consumer and the local stack");
         let (_, producer, producer_addr) = self.start_producer(sidecar).await?;
-        let (_, consumer, consumer_addr) = self.start_consumer(sizes.concurrency).await?;
+        let (_, consumer, consumer_addr) = self.start_consumer(sizes.concurrency, "info").await?;
+        let (_, quiet, quiet_addr) = self.start_consumer(sizes.concurrency, QUIET_LOG).await?;
         let stack = self.start_stack().await?;
         let sidecar_channel = load::channel(sidecar).await?;
         let consumer_channel = load::channel(consumer_addr).await?;
+        let quiet_channel = load::channel(quiet_addr).await?;
         let null_app_channel = load::channel(null_app).await?;
 
         let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
@@ -261,6 +289,10 @@ impl<'a> Bench<'a> {
         let consumer_parts: Parts = vec![
             ("client", vec![bench]),
             ("consumer", vec![Pid::Child(consumer.pid())]),
+        ];
+        let quiet_parts: Parts = vec![
+            ("client", vec![bench]),
+            ("consumer", vec![Pid::Child(quiet.pid())]),
         ];
         let stack_parts: Parts = vec![
             ("producer", vec![Pid::Child(stack.producer.pid())]),
@@ -289,7 +321,7 @@ impl<'a> Bench<'a> {
             } else {
                 sizes.original_messages
             };
-            (self.progress)(&if warm_up {
+            self.step(&if warm_up {
                 "warm-up round".to_owned()
             } else {
                 format!("round {round} of {}", sizes.rounds)
@@ -327,6 +359,11 @@ impl<'a> Bench<'a> {
             .await?;
             consumer_events += u64::from(m);
 
+            let quiet_consumed = measure(&quiet_parts, m, async {
+                load::binding_event(&quiet_channel, m, sizes.concurrency).await
+            })
+            .await?;
+
             let before = counts().await?;
             let null_consumed = measure(&transport_parts, m, async {
                 load::binding_event(&null_app_channel, m, sizes.concurrency).await
@@ -357,6 +394,7 @@ impl<'a> Bench<'a> {
                 report.transport.push(transport);
                 report.producer.push(produced);
                 report.consumer.push(consumed);
+                report.consumer_quiet.push(quiet_consumed);
                 report.null_app.push(null_consumed);
                 report.end_to_end.push(end_to_end);
                 report.original.push(original);
@@ -370,6 +408,11 @@ impl<'a> Bench<'a> {
         ensure!(
             consumer_processed == consumer_events,
             "(3): the consumer processed {consumer_processed} events, not {consumer_events}"
+        );
+        let quiet_processed = processed(&quiet.stop().await?)?;
+        ensure!(
+            quiet_processed == consumer_events,
+            "(3w): the consumer processed {quiet_processed} events, not {consumer_events}"
         );
         report.stack_peak_kib = stack.stop().await?;
         nulls.stop().await?;
@@ -408,7 +451,11 @@ impl<'a> Bench<'a> {
     }
 
     /// Starts a consumer; returns its spawn-to-ready time in ms (ready: gRPC health SERVING).
-    async fn start_consumer(&self, concurrency: u32) -> anyhow::Result<(f64, Service, SocketAddr)> {
+    async fn start_consumer(
+        &self,
+        concurrency: u32,
+        log: &str,
+    ) -> anyhow::Result<(f64, Service, SocketAddr)> {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
@@ -416,7 +463,7 @@ impl<'a> Bench<'a> {
         let (service, event) = Service::start(
             &self.bins.consumer,
             &[],
-            &consumer_env(concurrency),
+            &consumer_env(concurrency, log),
             "listening",
         )
         .await?;
@@ -462,7 +509,7 @@ impl<'a> Bench<'a> {
         let mut consumers = Vec::new();
         let mut apps = Vec::new();
         for _ in 0..self.sizes.consumers {
-            let (_, consumer, addr) = self.start_consumer(per_consumer).await?;
+            let (_, consumer, addr) = self.start_consumer(per_consumer, "info").await?;
             consumers.push(consumer);
             apps.push(format!("{addr}={per_consumer}"));
         }

@@ -103,6 +103,8 @@ pub struct Report {
     pub transport: Runs,
     pub producer: Runs,
     pub consumer: Runs,
+    /// Row 3 again with RUST_LOG=warn: what the per-message log line costs.
+    pub consumer_quiet: Runs,
     pub null_app: Runs,
     pub end_to_end: Runs,
     pub original: Runs,
@@ -131,6 +133,7 @@ impl Report {
             transport: Vec::new(),
             producer: Vec::new(),
             consumer: Vec::new(),
+            consumer_quiet: Vec::new(),
             null_app: Vec::new(),
             end_to_end: Vec::new(),
             original: Vec::new(),
@@ -149,6 +152,10 @@ impl Report {
 
     fn consumer_ratio(&self) -> f64 {
         rate(&self.consumer) / rate(&self.null_app)
+    }
+
+    fn consumer_quiet_ratio(&self) -> f64 {
+        rate(&self.consumer_quiet) / rate(&self.null_app)
     }
 
     fn end_to_end_ratio(&self) -> f64 {
@@ -286,6 +293,14 @@ impl Report {
             "consumer_ratio",
         );
         row(
+            "3w",
+            "  same, RUST_LOG=warn: no log line per message",
+            rate(&self.consumer_quiet),
+            format!("{:.2} of (3n)", self.consumer_quiet_ratio()),
+            "",
+            "",
+        );
+        row(
             "3n",
             "  same client -> null AppCallback server",
             rate(&self.null_app),
@@ -377,11 +392,12 @@ impl Report {
         out
     }
 
-    fn rows(&self) -> [(&'static str, &Runs); 6] {
+    fn rows(&self) -> [(&'static str, &Runs); 7] {
         [
             ("1", &self.transport),
             ("2", &self.producer),
             ("3", &self.consumer),
+            ("3w", &self.consumer_quiet),
             ("3n", &self.null_app),
             ("4", &self.end_to_end),
             ("5", &self.original),
@@ -426,16 +442,22 @@ impl Report {
                 "starts": s.starts,
                 "consumers": s.consumers,
             },
-            "log": { "RUST_LOG": "info", "LOG_FORMAT": "json" },
+            "log": {
+                "RUST_LOG": "info",
+                "RUST_LOG_row_3w": super::QUIET_LOG,
+                "LOG_FORMAT": "json",
+            },
             "transport": rates(&self.transport),
             "producer": rates(&self.producer),
             "consumer": rates(&self.consumer),
+            "consumer_quiet": rates(&self.consumer_quiet),
             "null_app": rates(&self.null_app),
             "end_to_end": rates(&self.end_to_end),
             "original": rates(&self.original),
             "ratios": {
                 "producer_to_transport": round(self.producer_ratio(), 3),
                 "consumer_to_null_app": round(self.consumer_ratio(), 3),
+                "consumer_quiet_to_null_app": round(self.consumer_quiet_ratio(), 3),
                 "end_to_end_to_transport": round(self.end_to_end_ratio(), 3),
                 "producer_over_original": round(self.over_original(), 1),
             },
