@@ -389,7 +389,10 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "{id:<4}{:<70}{cores:>5.2}", parts.join(", "));
         }
-        out
+        // Columns are padded for rows that have a verdict; no line needs to end in spaces.
+        out.lines()
+            .map(|line| format!("{}\n", line.trim_end()))
+            .collect()
     }
 
     fn rows(&self) -> [(&'static str, &Runs); 7] {
