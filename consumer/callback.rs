@@ -223,7 +223,11 @@ impl Consumer {
         info!(
             duration_ms = millis(done.elapsed),
             "{}",
-            work::log_line(&message.text, done.received, done.finished)
+            work::LogLine {
+                text: &message.text,
+                received: done.received,
+                finished: done.finished,
+            }
         );
         Ok(done.elapsed)
     }

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::time::Instant;
+use std::fmt;
 
-/// Timestamp format of the original sample's log line (`12/24/2019 14:42:42`), in UTC.
-const TIMESTAMP_FORMAT: &str = "%m/%d/%Y %H:%M:%S";
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use tokio::time::Instant;
 
 /// When one message's work started and ended.
 #[derive(Debug, Clone, Copy)]
@@ -36,14 +35,50 @@ pub async fn simulate(duration: Duration) -> Done {
     }
 }
 
-/// The original sample's line, byte for byte:
-/// `Hello World -- Received at: 12/24/2019 14:42:42 -- Finished at: 12/24/2019 14:42:47`.
-pub fn log_line(text: &str, received: DateTime<Utc>, finished: DateTime<Utc>) -> String {
-    format!(
-        "{text} -- Received at: {} -- Finished at: {}",
-        received.format(TIMESTAMP_FORMAT),
-        finished.format(TIMESTAMP_FORMAT)
-    )
+/// The original sample's line, byte for byte, as `Display`:
+/// `Hello World -- Received at: 12/24/2019 14:42:42 -- Finished at: 12/24/2019 14:42:47`
+/// (`MM/DD/YYYY HH:MM:SS`, UTC). Formatted straight into the log line: at zero work, logging it
+/// is most of what the consumer does per message.
+pub struct LogLine<'a> {
+    /// The message's text.
+    pub text: &'a str,
+    /// When its work started.
+    pub received: DateTime<Utc>,
+    /// When its work ended.
+    pub finished: DateTime<Utc>,
+}
+
+impl fmt::Display for LogLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -- Received at: {} -- Finished at: {}",
+            self.text,
+            Timestamp(self.received),
+            Timestamp(self.finished)
+        )
+    }
+}
+
+/// `12/24/2019 14:42:42`, what chrono's `%m/%d/%Y %H:%M:%S` gives, without parsing that
+/// pattern again for every message.
+struct Timestamp(DateTime<Utc>);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        write!(
+            f,
+            "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
+            t.month(),
+            t.day(),
+            t.year(),
+            t.hour(),
+            t.minute(),
+            // chrono holds a leap second as second 59 plus a second of nanoseconds; %S prints 60.
+            t.second() + u32::from(t.nanosecond() >= 1_000_000_000)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -51,12 +86,21 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    fn line(text: &str, received: DateTime<Utc>, finished: DateTime<Utc>) -> String {
+        LogLine {
+            text,
+            received,
+            finished,
+        }
+        .to_string()
+    }
+
     #[test]
     fn formats_the_original_line() {
         let received = Utc.with_ymd_and_hms(2019, 12, 24, 14, 42, 42).unwrap();
         let finished = Utc.with_ymd_and_hms(2019, 12, 24, 14, 42, 47).unwrap();
         assert_eq!(
-            log_line("Hello World", received, finished),
+            line("Hello World", received, finished),
             "Hello World -- Received at: 12/24/2019 14:42:42 -- Finished at: 12/24/2019 14:42:47"
         );
     }
@@ -66,9 +110,34 @@ mod tests {
         let received = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
         let finished = Utc.with_ymd_and_hms(2024, 1, 2, 23, 0, 0).unwrap();
         assert_eq!(
-            log_line("x", received, finished),
+            line("x", received, finished),
             "x -- Received at: 01/02/2024 03:04:05 -- Finished at: 01/02/2024 23:00:00"
         );
+    }
+
+    #[test]
+    fn a_leap_second_reads_60() {
+        let leap = Utc
+            .with_ymd_and_hms(2016, 12, 31, 23, 59, 59)
+            .unwrap()
+            .with_nanosecond(1_500_000_000)
+            .unwrap();
+        assert_eq!(Timestamp(leap).to_string(), "12/31/2016 23:59:60");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_read_as_chrono_formats_them(
+            seconds in 0i64..253_402_300_800, // to the end of year 9999
+            nanos in 0u32..2_000_000_000, // above a billion: a leap second
+        ) {
+            let time = DateTime::from_timestamp(seconds, nanos)
+                .unwrap_or_else(|| DateTime::from_timestamp(seconds, 0).unwrap());
+            proptest::prop_assert_eq!(
+                Timestamp(time).to_string(),
+                time.format("%m/%d/%Y %H:%M:%S").to_string()
+            );
+        }
     }
 
     #[tokio::test]
