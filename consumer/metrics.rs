@@ -95,6 +95,10 @@ pub struct Metrics {
     received: Family<BindingLabels, Counter>,
     processed: Family<BindingLabels, Counter>,
     failed: Family<FailedLabels, Counter>,
+    /// The configured binding's series of `received` and `processed`, held so that counting an
+    /// event does not look them up (hashing and a lock) every time.
+    configured_received: Counter,
+    configured_processed: Counter,
     processing: Histogram,
     in_flight: Gauge,
     draining: Gauge,
@@ -147,9 +151,9 @@ impl Metrics {
         let labels = BindingLabels {
             binding: binding.to_owned(),
         };
-        // A series exists from its first access; adding 0 creates it without counting.
-        received.get_or_create(&labels).inc_by(0);
-        processed.get_or_create(&labels).inc_by(0);
+        // A series exists from its first access.
+        let configured_received = received.get_or_create(&labels).clone();
+        let configured_processed = processed.get_or_create(&labels).clone();
         for reason in Reason::ALL {
             let labels = FailedLabels {
                 binding: binding.to_owned(),
@@ -163,6 +167,8 @@ impl Metrics {
             received,
             processed,
             failed,
+            configured_received,
+            configured_processed,
             processing,
             in_flight,
             draining,
@@ -172,17 +178,16 @@ impl Metrics {
     /// Counts an event for `binding` as received and in flight, until the returned guard settles
     /// it as processed or failed; a guard dropped unsettled counts as [`Reason::Cancelled`].
     pub fn event(&self, binding: &str) -> EventMetrics<'_> {
-        let binding = if binding == self.binding {
-            self.binding.clone()
+        let configured = binding == self.binding;
+        if configured {
+            self.configured_received.inc();
         } else {
-            OTHER_BINDING.to_owned()
-        };
-        let labels = BindingLabels { binding };
-        self.received.get_or_create(&labels).inc();
+            self.received.get_or_create(&other_binding()).inc();
+        }
         self.in_flight.inc();
         EventMetrics {
             metrics: self,
-            labels,
+            configured,
             settled: false,
         }
     }
@@ -204,7 +209,8 @@ impl Metrics {
 #[derive(Debug)]
 pub struct EventMetrics<'a> {
     metrics: &'a Metrics,
-    labels: BindingLabels,
+    /// For the configured binding, else for [`OTHER_BINDING`].
+    configured: bool,
     settled: bool,
 }
 
@@ -212,7 +218,11 @@ impl EventMetrics<'_> {
     /// The event was worked on for `work` and answered OK.
     pub fn processed(mut self, work: Duration) {
         self.settled = true;
-        self.metrics.processed.get_or_create(&self.labels).inc();
+        if self.configured {
+            self.metrics.configured_processed.inc();
+        } else {
+            self.metrics.processed.get_or_create(&other_binding()).inc();
+        }
         self.metrics.processing.observe(work.as_secs_f64());
     }
 
@@ -223,10 +233,12 @@ impl EventMetrics<'_> {
     }
 
     fn count_failure(&self, reason: Reason) {
-        let labels = FailedLabels {
-            binding: self.labels.binding.clone(),
-            reason,
+        let binding = if self.configured {
+            self.metrics.binding.clone()
+        } else {
+            OTHER_BINDING.to_owned()
         };
+        let labels = FailedLabels { binding, reason };
         self.metrics.failed.get_or_create(&labels).inc();
     }
 }
@@ -237,6 +249,12 @@ impl Drop for EventMetrics<'_> {
             self.count_failure(Reason::Cancelled);
         }
         self.metrics.in_flight.dec();
+    }
+}
+
+fn other_binding() -> BindingLabels {
+    BindingLabels {
+        binding: OTHER_BINDING.to_owned(),
     }
 }
 
