@@ -947,6 +947,11 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
 /// test could take one meanwhile: rare, and the stack would then fail loudly). Probed with
 /// SO_REUSEADDR, as Tokio binds them: the other tests' closed connections linger in TIME_WAIT
 /// on neighbouring ports, which would refuse a plain bind but not the stack's.
+///
+/// A run starts at an ephemeral port when it can. Linux hands `bind` odd ephemeral ports and
+/// `connect` even ones, so after many short connections (the pipeline benchmark makes 100,000)
+/// every even port can be in TIME_WAIT for a minute, which refuses even a SO_REUSEADDR listener:
+/// then the run is taken just below the ephemeral range, where no connection's port comes from.
 fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
     fn hold(port: u16) -> Option<tokio::net::TcpListener> {
         let socket = tokio::net::TcpSocket::new_v4().ok()?;
@@ -954,19 +959,25 @@ fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
         socket.bind(([127, 0, 0, 1], port).into()).ok()?;
         socket.listen(1).ok()
     }
-    for _ in 0..50 {
+    fn hold_run(base: u16, consecutive: u16) -> Option<Vec<tokio::net::TcpListener>> {
+        (0..consecutive)
+            .map(|i| base.checked_add(i).and_then(hold))
+            .collect()
+    }
+    let ephemeral = (0..20).map(|_| {
         let first = hold(0).expect("an ephemeral loopback port");
-        let base = first.local_addr().unwrap().port();
-        let mut held = vec![first];
-        let run = (1..consecutive).all(|i| {
-            base.checked_add(i)
-                .and_then(hold)
-                .map(|l| held.push(l))
-                .is_some()
-        });
-        if !run {
+        first.local_addr().unwrap().port()
+    });
+    let below_ephemeral = (0..200).map(|_| {
+        // Somewhere in the 8,000 ports below the range, by default 24768..32767.
+        let low = ephemeral_range_start().saturating_sub(consecutive);
+        let span = low.min(8_000);
+        low - span + (bindings::backoff::random_u64() % u64::from(span.max(1))) as u16
+    });
+    for base in ephemeral.chain(below_ephemeral) {
+        let Some(mut held) = hold_run(base, consecutive) else {
             continue;
-        }
+        };
         let singles = (0..singles)
             .map(|_| {
                 let l = hold(0).expect("an ephemeral loopback port");
@@ -978,6 +989,14 @@ fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
         return (base, singles);
     }
     panic!("no {consecutive} consecutive free loopback ports");
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A `devstack up` output line, `label | line`, as (label, line).
