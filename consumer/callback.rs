@@ -209,6 +209,10 @@ impl Consumer {
 
     /// Decodes and works on one event; returns how long the work took.
     async fn process(&self, event: &BindingEventRequest) -> Result<Duration, EventError> {
+        // Once draining, every new event is turned away alike, so the broker hands it elsewhere.
+        if self.draining.is_cancelled() {
+            return Err(EventError::Draining);
+        }
         if event.name != self.settings.binding_name {
             return Err(EventError::UnknownBinding {
                 got: event.name.clone(),
@@ -565,14 +569,22 @@ mod tests {
         assert!(first.await.unwrap().is_ok());
         let status = waiting.await.unwrap().unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
-        let status = consumer.on_binding_event(good_event()).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable);
+        // Every new event alike, even one that would be refused for what it holds.
+        for event in [
+            good_event(),
+            event("message-queue", b"not json"),
+            event("another-binding", b"{}"),
+        ] {
+            let status = consumer.on_binding_event(event).await.unwrap_err();
+            assert_eq!(status.code(), Code::Unavailable);
+        }
         let status = consumer.health_check(Request::new(())).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(consumer.processed(), 1);
         assert_eq!(metric(&consumer, PROCESSED), 1.0);
-        assert_eq!(failed(&consumer, "draining"), 2.0);
-        assert_eq!(metric(&consumer, RECEIVED), 3.0);
+        // The other binding's event counts under `(other)`.
+        assert_eq!(failed(&consumer, "draining"), 3.0);
+        assert_eq!(metric(&consumer, RECEIVED), 4.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -209,18 +209,20 @@ fn parse_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<ProduceBody, ApiError> {
-    if !is_json(headers) {
-        return Err(ApiError::ContentType);
-    }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => ApiError::Body(rejection),
     })?;
-    match body.trim_ascii_start().first() {
-        None => return Err(ApiError::MissingBody),
-        // serde's derived visitor would take `[1]` as a struct; the body must be an object.
-        Some(b'{') => {}
-        Some(_) => return Err(ApiError::NotAnObject),
+    // No body is what is wrong with a bare `curl -X POST`, whatever its Content-Type says.
+    let Some(first) = body.trim_ascii_start().first() else {
+        return Err(ApiError::MissingBody);
+    };
+    if !is_json(headers) {
+        return Err(ApiError::ContentType);
+    }
+    // serde's derived visitor would take `[1]` as a struct; the body must be an object.
+    if *first != b'{' {
+        return Err(ApiError::NotAnObject);
     }
     serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Data(e),

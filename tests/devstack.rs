@@ -844,7 +844,8 @@ async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
         "load: {MESSAGES} messages, {APPS} apps, {injected} injected failures; \
          sent in {sent_in:?}, all settled in {elapsed:?}"
     );
-    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+    // How long it took is reported, not asserted: every wait above is bounded, and speed is the
+    // pipeline benchmark's business (the issue's "under a minute here": about 3 s).
 
     drop(client);
     stand_in.stop().await;

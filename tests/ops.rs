@@ -520,3 +520,33 @@ async fn stand_in_killed_and_restarted_mid_batch_loses_at_most_the_call_in_fligh
     producer.stop().await;
     second.stop().await;
 }
+
+/// The tests clear every setting the binaries read from the environment, so a developer's shell
+/// (say, `SIDECAR_RETRIES=0` left over from trying it) cannot change what they see. This fails
+/// when a binary gains a setting the list does not clear.
+#[test]
+fn the_tests_clear_every_setting_the_binaries_read() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut missing = Vec::new();
+    for file in [
+        "producer/config.rs",
+        "consumer/config.rs",
+        "devstack/config.rs",
+        "src/telemetry.rs",
+    ] {
+        let source = std::fs::read_to_string(root.join(file)).expect(file);
+        for (_, rest) in source
+            .match_indices("env = \"")
+            .map(|(i, _)| source.split_at(i + 7))
+        {
+            let name = &rest[..rest.find('"').expect("a closing quote")];
+            if !support::process::CLEARED.contains(&name) {
+                missing.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not cleared by tests/support/process.rs: {missing:?}"
+    );
+}

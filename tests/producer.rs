@@ -114,6 +114,8 @@ async fn bad_input_gets_a_clear_4xx_and_sends_nothing() {
         (json, r#"{"count":1"#, 400, "malformed JSON"),
         (json, "", 400, "request body is missing"),
         (json, "  ", 400, "request body is missing"),
+        // A bare `curl -X POST`: no body and no Content-Type; the missing body is the news.
+        (None, "", 400, "request body is missing"),
         (
             None,
             r#"{"count":1}"#,

@@ -13,7 +13,7 @@ use tokio::{
 use super::WAIT;
 
 /// Environment variables a developer's shell might have set that would make a test non-hermetic.
-const CLEARED: &[&str] = &[
+pub const CLEARED: &[&str] = &[
     "PORT",
     "APP_PORT",
     "BIND_ADDRESS",
@@ -28,7 +28,11 @@ const CLEARED: &[&str] = &[
     "LOG_FORMAT",
     "MAX_COUNT",
     "SEND_CONCURRENCY",
+    "MAX_BATCHES",
     "SIDECAR_TIMEOUT",
+    "SIDECAR_RETRIES",
+    "RETRY_BACKOFF",
+    "MAX_RETRY_BACKOFF",
     "DRAIN_TIMEOUT",
     "WORK_DURATION",
     "MAX_CONCURRENCY",
