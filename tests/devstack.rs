@@ -8,7 +8,7 @@ mod support;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use bindings::{
