@@ -13,6 +13,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -272,7 +273,17 @@ pub async fn count_http(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let response = next.run(request).await;
+    // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
+    // carries its trace id; its batch's span repeats it for batches that outlive the request.
+    // ERROR is the span's level only so that it is enabled whenever any event inside is.
+    let trace = Trace::from_headers(request.headers()).trace_id();
+    let response = match trace {
+        Some(trace_id) => {
+            let span = tracing::error_span!("request", trace_id);
+            next.run(request).instrument(span).await
+        }
+        None => next.run(request).await,
+    };
     if !grpc {
         metrics.http_request(&route, response.status().as_u16());
     }

@@ -63,6 +63,80 @@ async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
     sidecar.stop().await;
 }
 
+/// Every log event of a traced request carries its trace id, over REST and gRPC: the batch's
+/// outcome, a retry, a failure.
+#[tokio::test]
+async fn every_log_event_of_a_traced_request_carries_its_trace_id() {
+    // Call 1 is refused as unreachable (and retried), calls 2 and 3 are accepted, the rest
+    // rejected (not retried).
+    let sidecar = FakeSidecar::start(Behaviour {
+        fail_first: Some((1, Code::Unavailable)),
+        fail_after: Some((2, Code::PermissionDenied)),
+        ..Default::default()
+    })
+    .await;
+    let mut producer = Producer::start(
+        &sidecar.port(),
+        &[
+            ("RUST_LOG", "info,producer=debug"),
+            ("RETRY_BACKOFF", "1ms"),
+        ],
+    )
+    .await;
+    let trace = |n: u8| format!("00-{}-00f067aa0ba902b7-01", format!("{n:x}").repeat(32));
+    let post = |traceparent: String| {
+        producer
+            .http
+            .post(format!("{}/MessageProducer", producer.base))
+            .header("traceparent", traceparent)
+            .json(&json!({"count": 1, "intervalMilliseconds": 0}))
+            .send()
+    };
+
+    assert_eq!(post(trace(1)).await.unwrap().status(), StatusCode::OK);
+    let mut request = tonic::Request::new(ProduceRequest {
+        count: 1,
+        interval_milliseconds: 0,
+        text: None,
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", trace(2).parse().unwrap());
+    let mut client = producer.client().await;
+    assert_eq!(client.produce(request).await.unwrap().into_inner().sent, 1);
+    assert_eq!(
+        post(trace(3)).await.unwrap().status(),
+        StatusCode::BAD_GATEWAY
+    );
+
+    let expected = [
+        ("retrying InvokeBinding", 1),
+        ("batch sent", 1),
+        ("batch sent", 2),
+        ("batch failed", 3),
+    ];
+    for (message, n) in expected {
+        let trace_id = format!("{n:x}").repeat(32);
+        producer
+            .service
+            .wait_for(&format!("{message} with trace id {trace_id}"), |e| {
+                e["message"] == message && e["trace_id"] == trace_id.as_str()
+            })
+            .await;
+    }
+    // And no event of those kinds without one.
+    let events = producer.service.events().await;
+    let untraced: Vec<&Value> = events
+        .iter()
+        .filter(|e| expected.iter().any(|(m, _)| e["message"] == *m))
+        .filter(|e| e.get("trace_id").is_none())
+        .collect();
+    assert!(untraced.is_empty(), "{untraced:?}");
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
 #[tokio::test]
 async fn endpoint_binding_name_text_and_no_token_or_invalid_trace() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
