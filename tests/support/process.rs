@@ -230,6 +230,15 @@ impl Service {
         );
     }
 
+    /// Every JSON log event the process wrote, once its stdout has closed (it has exited);
+    /// waits at most [`WAIT`] for that.
+    pub async fn events_to_end(&mut self) -> Vec<Value> {
+        let closed =
+            tokio::time::timeout(WAIT, async { while self.seen.changed().await.is_ok() {} }).await;
+        assert!(closed.is_ok(), "stdout still open after {WAIT:?}");
+        self.events().await
+    }
+
     /// Waits, at most `limit`, for the process to exit; returns its exit code.
     pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
         let status = tokio::time::timeout(limit, self.child.wait())
