@@ -207,6 +207,35 @@ fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
 }
 
 #[test]
+fn prometheus_scrapes_the_port_each_binary_serves_metrics_on() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let label = &render.label;
+        for (app, defaults, port_env) in [
+            ("producer", &producer, "PORT"),
+            ("consumer", &consumer, "METRICS_PORT"),
+        ] {
+            let annotations = &render.app(app)["spec"]["template"]["metadata"]["annotations"];
+            let container = render.app_container(app);
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{label}: {app}");
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{label}: {app}");
+            assert_eq!(
+                annotations["prometheus.io/port"].as_str(),
+                Some(effective(container, defaults, port_env).as_str()),
+                "{label}: {app}'s scrape port must be its {port_env}"
+            );
+        }
+        // daprd serves its own metrics on 9090 in the same pod.
+        assert_ne!(
+            effective(render.app_container("consumer"), &consumer, "METRICS_PORT"),
+            "9090",
+            "{label}: the consumer's metrics port collides with daprd's"
+        );
+    }
+}
+
+#[test]
 fn keda_scales_the_consumer_on_the_components_queue() {
     for render in renders() {
         let queue = component_value(render.component(), "queueName");
