@@ -147,13 +147,15 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
     let http = producer.http.clone();
     let running = tokio::spawn(async move {
         http.post(url)
-            .json(&json!({"count": 20, "intervalMilliseconds": 25}))
+            .json(&json!({"count": 40, "intervalMilliseconds": 25}))
             .send()
             .await
             .unwrap()
             .status()
     });
     sidecar.wait_for_calls(1).await;
+    let metrics = producer.metrics().await;
+    assert_eq!(metrics.sum("producer_batches_in_progress", &[]), 1.0);
 
     let (status, body) = producer.post(json!({"count": 1})).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
