@@ -223,8 +223,7 @@ impl Worker {
             data: message.data.clone(),
             metadata: event_metadata(message),
         });
-        let trace_id = message.trace_id.clone().unwrap_or_else(ids::trace_id);
-        if let Ok(value) = ids::traceparent(&trace_id).parse() {
+        if let Ok(value) = ids::traceparent(&message.trace_id).parse() {
             request.metadata_mut().insert("traceparent", value);
         }
         if let Some(token) = &self.settings.app_api_token {
@@ -245,9 +244,10 @@ impl Worker {
         result: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>,
     ) {
         let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
+        let trace_id = lock.message.trace_id.clone();
         let reason = match result {
             Ok(Ok(())) => {
-                debug!(app = %self.app.address, id, "message completed");
+                debug!(app = %self.app.address, id, trace_id, "message completed");
                 lock.complete();
                 return;
             }
@@ -265,10 +265,10 @@ impl Worker {
         };
         match lock.abandon(&reason) {
             Abandoned::Redelivered { after } => {
-                info!(app = %self.app.address, id, delivery_count, %reason, ?after, "message abandoned; will be redelivered")
+                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, ?after, "message abandoned; will be redelivered")
             }
             Abandoned::DeadLettered => {
-                warn!(app = %self.app.address, id, delivery_count, %reason, "message dead-lettered")
+                warn!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
             }
         }
     }

@@ -35,8 +35,9 @@ pub struct Message {
     pub data: Vec<u8>,
     /// Application properties given on send; delivered as binding metadata.
     pub properties: HashMap<String, String>,
-    /// The trace the message was produced in, if any (32 hex digits).
-    pub trace_id: Option<String>,
+    /// The trace the message was produced in, or one of its own if it came untraced (32 hex
+    /// digits): every delivery of it carries the same.
+    pub trace_id: String,
     pub enqueued_at: SystemTime,
     /// Deliveries so far, the current one included (1 on the first delivery).
     pub delivery_count: u32,
@@ -151,7 +152,8 @@ impl Queue {
             id: id.clone(),
             data,
             properties,
-            trace_id,
+            // A message sent untraced gets a trace of its own here, so its deliveries share one.
+            trace_id: trace_id.unwrap_or_else(crate::ids::trace_id),
             enqueued_at: SystemTime::now(),
             delivery_count: 0,
         });

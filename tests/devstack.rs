@@ -640,7 +640,7 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
 
 #[tokio::test]
 async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_complete() {
-    let consumer = Consumer::start(&[]).await;
+    let mut consumer = Consumer::start(&[]).await;
     let mut stand_in = StandIn::for_apps(
         &[consumer.addr],
         &["--max-delivery-count", "3", "--redelivery-backoff", "10ms"],
@@ -687,6 +687,23 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
         })
         .await;
     assert!(events.iter().all(|e| e["delivery_count"] == 3));
+    // Sent untraced, each gets one trace for all its deliveries: the consumer's three rejections
+    // and the stand-in's warning carry the same trace id.
+    let rejections = consumer
+        .service
+        .wait_for_events("six rejections", 6, |e| {
+            e["message"] == "binding event rejected"
+        })
+        .await;
+    for warning in &events {
+        let trace_id = warning["trace_id"].as_str().expect("a trace id");
+        let traces: Vec<&Value> = rejections
+            .iter()
+            .filter(|e| e["id"] == warning["id"])
+            .map(|e| &e["trace_id"])
+            .collect();
+        assert_eq!(traces, [trace_id; 3], "{warning}");
+    }
     let metrics = stand_in
         .http
         .get(stand_in.url("/devstack/metrics"))

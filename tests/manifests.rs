@@ -218,8 +218,14 @@ fn prometheus_scrapes_the_port_each_binary_serves_metrics_on() {
         ] {
             let annotations = &render.app(app)["spec"]["template"]["metadata"]["annotations"];
             let container = render.app_container(app);
-            assert_eq!(annotations["prometheus.io/scrape"], "true", "{label}: {app}");
-            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{label}: {app}");
+            assert_eq!(
+                annotations["prometheus.io/scrape"], "true",
+                "{label}: {app}"
+            );
+            assert_eq!(
+                annotations["prometheus.io/path"], "/metrics",
+                "{label}: {app}"
+            );
             assert_eq!(
                 annotations["prometheus.io/port"].as_str(),
                 Some(effective(container, defaults, port_env).as_str()),
