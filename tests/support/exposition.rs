@@ -61,6 +61,7 @@ pub fn parse(text: &str) -> Exposition {
     let mut current: Option<String> = None;
     let mut eof = false;
     assert!(text.ends_with('\n'), "the page must end with a newline");
+    let openmetrics = text.ends_with("# EOF\n");
     for (n, line) in text.lines().enumerate() {
         let fail = |why: &str| -> ! { panic!("line {}: {why}: {line:?}\n{text}", n + 1) };
         if eof {
@@ -123,7 +124,7 @@ pub fn parse(text: &str) -> Exposition {
             fail("an invalid metric name");
         }
         check_labels(labels).unwrap_or_else(|why| fail(why));
-        let family_name = family_of(name, &families).unwrap_or_else(|| {
+        let family_name = family_of(name, &families, openmetrics).unwrap_or_else(|| {
             fail("a sample of no family with HELP and TYPE (or with the wrong suffix)")
         });
         if current.as_deref() != Some(family_name.as_str()) {
@@ -214,7 +215,10 @@ fn check_labels(labels: &str) -> Result<(), &'static str> {
 }
 
 /// The family `name` belongs to: itself, or itself minus the suffix its family's type allows.
-fn family_of(name: &str, families: &HashMap<String, Family>) -> Option<String> {
+/// The family a sample belongs to. In OpenMetrics a counter `x` has samples `x_total` (and
+/// `x_created`); in the older Prometheus text format (no `# EOF`) a counter is typed under the
+/// name its samples carry, `# TYPE x_total counter`.
+fn family_of(name: &str, families: &HashMap<String, Family>, openmetrics: bool) -> Option<String> {
     let typed = |family: &str| {
         families
             .get(family)
@@ -222,7 +226,8 @@ fn family_of(name: &str, families: &HashMap<String, Family>) -> Option<String> {
             .and_then(|f| f.kind.clone())
     };
     if let Some(kind) = typed(name)
-        && !matches!(kind.as_str(), "counter" | "histogram" | "summary")
+        && (!matches!(kind.as_str(), "counter" | "histogram" | "summary")
+            || (kind == "counter" && !openmetrics))
     {
         return Some(name.to_owned());
     }
@@ -290,11 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn accepts_the_older_text_format_with_counters_typed_by_their_sample_name() {
+        let page = parse("# HELP c_total Things.\n# TYPE c_total counter\nc_total{a=\"x\"} 3\n");
+        assert_eq!(page.get(r#"c_total{a="x"}"#), 3.0);
+    }
+
+    #[test]
     fn rejects_what_a_scraper_would() {
         for bad in [
             "c_total 1\n",                                  // no HELP/TYPE
             "# TYPE c counter\nc_total 1\n",                // no HELP
-            "# HELP c x\n# TYPE c counter\nc 1\n",          // counter without _total
+            "# HELP c x\n# TYPE c counter\nc 1\n# EOF\n",   // OpenMetrics counter without _total
             "# HELP g x\n# TYPE g gauge\ng one\n",          // not a float
             "# HELP g x\n# TYPE g gauge\ng inf\n",          // not the format's spelling
             "# HELP g x\n# TYPE g gauge\ng{a=b} 1\n",       // unquoted label
