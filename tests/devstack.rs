@@ -766,6 +766,78 @@ async fn restarting_the_producer_changes_nothing_for_the_queue() {
     assert_eq!(lines.iter().map(id_of).collect::<HashSet<_>>().len(), 6);
 }
 
+/// Like Service Bus's default, one event at a time per app; `--app HOST:PORT=N` allows N.
+#[tokio::test]
+async fn each_app_gets_at_most_its_own_concurrency_limit() {
+    const MESSAGES: u64 = 12;
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let held = Behaviour {
+        gate: Some(gate),
+        ..Default::default()
+    };
+    let single = FakeApp::start(held.clone()).await;
+    let triple = FakeApp::start(held).await;
+    let (one, three) = (
+        format!("--app={}", single.addr),
+        format!("--app={}=3", triple.addr),
+    );
+    let stand_in = StandIn::start(&[&one, &three], &[]).await;
+    stand_in.wait_consumers(2).await;
+    let mut client = stand_in.dapr_client().await;
+    for _ in 0..MESSAGES {
+        client
+            .invoke_binding(invoke(QUEUE, "create", None))
+            .await
+            .unwrap();
+    }
+
+    // With every event held, each app fills its limit and the queue locks no more.
+    single.wait_in_flight(1).await;
+    triple.wait_in_flight(3).await;
+    let status = stand_in
+        .wait_status("4 locked", |s| counts(s, QUEUE).locked == 4)
+        .await;
+    assert_eq!(counts(&status, QUEUE).active, MESSAGES - 4);
+    open.send_replace(true);
+    let c = stand_in.wait_completed(QUEUE, MESSAGES).await;
+    assert_eq!(c.completed, MESSAGES);
+    assert_eq!(single.peak_in_flight(), 1);
+    assert_eq!(triple.peak_in_flight(), 3);
+
+    stand_in.stop().await;
+}
+
+/// Like daprd waiting for its app port, the stand-in asks an app that is not up yet for its
+/// bindings until it answers, then once only.
+#[tokio::test]
+async fn an_app_not_up_yet_is_asked_for_its_bindings_until_it_answers() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = format!("--app={addr}");
+    let mut stand_in =
+        StandIn::start(&[&app], &[("RUST_LOG", "info,devstack::delivery=debug")]).await;
+    let mut client = stand_in.dapr_client().await;
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    stand_in
+        .service
+        .wait_for_message("app not answering ListInputBindings yet")
+        .await;
+
+    let app = FakeApp::start_on(addr, Behaviour::default()).await;
+    let deliveries = app.wait_for_deliveries(1).await;
+    assert_eq!(deliveries[0].listed_before, 1);
+    stand_in.wait_completed(QUEUE, 1).await;
+    assert_eq!(app.list_calls(), 1);
+
+    stand_in.stop().await;
+    app.stop().await;
+}
+
 // --- Load -------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

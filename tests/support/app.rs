@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -36,6 +36,8 @@ pub struct Behaviour {
     pub health_check: bool,
     /// Answer ListInputBindings with INTERNAL.
     pub list_fails: bool,
+    /// Hold every binding event (after recording it) until this turns true.
+    pub gate: Option<watch::Receiver<bool>>,
 }
 
 impl Default for Behaviour {
@@ -45,6 +47,7 @@ impl Default for Behaviour {
             fail_every: None,
             health_check: false,
             list_fails: false,
+            gate: None,
         }
     }
 }
@@ -72,6 +75,18 @@ struct Recorder {
     events: AtomicU64,
     deliveries: Mutex<Vec<Delivery>>,
     received: watch::Sender<usize>,
+    /// Binding events being answered now, and the most there ever were.
+    in_flight: watch::Sender<usize>,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Counts a binding event in flight until dropped (answered, or its call cancelled).
+struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
@@ -90,6 +105,10 @@ impl AppCallback for Recorder {
         &self,
         request: Request<BindingEventRequest>,
     ) -> Result<Response<BindingEventResponse>, Status> {
+        self.in_flight.send_modify(|n| *n += 1);
+        let _in_flight = InFlight(&self.in_flight);
+        self.peak_in_flight
+            .fetch_max(*self.in_flight.borrow(), Ordering::SeqCst);
         let n = self.events.fetch_add(1, Ordering::SeqCst) + 1;
         let ok = self
             .behaviour
@@ -97,16 +116,22 @@ impl AppCallback for Recorder {
             .is_none_or(|every| !n.is_multiple_of(every));
         let headers = headers(&request);
         let event = request.into_inner();
-        let mut deliveries = self.deliveries.lock().unwrap();
-        deliveries.push(Delivery {
-            name: event.name,
-            data: event.data,
-            metadata: event.metadata,
-            headers,
-            ok,
-            listed_before: self.list_calls.load(Ordering::SeqCst),
-        });
-        self.received.send_replace(deliveries.len());
+        {
+            let mut deliveries = self.deliveries.lock().unwrap();
+            deliveries.push(Delivery {
+                name: event.name,
+                data: event.data,
+                metadata: event.metadata,
+                headers,
+                ok,
+                listed_before: self.list_calls.load(Ordering::SeqCst),
+            });
+            self.received.send_replace(deliveries.len());
+        }
+        if let Some(gate) = &self.behaviour.gate {
+            // The stand-in's deadline (its lock duration) bounds the wait.
+            let _ = gate.clone().wait_for(|open| *open).await;
+        }
         if ok {
             Ok(Response::new(BindingEventResponse::default()))
         } else {
@@ -189,9 +214,12 @@ pub struct FakeApp {
 impl FakeApp {
     /// Starts on an ephemeral port; healthy from the start.
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake app");
+        Self::start_on(([127, 0, 0, 1], 0).into(), behaviour).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("binding the fake app");
         let addr = listener.local_addr().unwrap();
         let health_check = behaviour.health_check;
         let recorder = Arc::new(Recorder {
@@ -202,6 +230,8 @@ impl FakeApp {
             events: AtomicU64::new(0),
             deliveries: Mutex::default(),
             received: watch::channel(0).0,
+            in_flight: watch::channel(0).0,
+            peak_in_flight: AtomicUsize::new(0),
         });
         let shutdown = CancellationToken::new();
         let health =
@@ -247,6 +277,22 @@ impl FakeApp {
             "the app got {} health checks, expected {n}",
             self.health_calls()
         );
+    }
+
+    /// Waits, at most [`super::WAIT`], until `n` binding events are in flight at once.
+    pub async fn wait_in_flight(&self, n: usize) {
+        let mut in_flight = self.recorder.in_flight.subscribe();
+        let reached = tokio::time::timeout(super::WAIT, in_flight.wait_for(|&c| c >= n)).await;
+        assert!(
+            reached.is_ok(),
+            "the app holds {} binding events, expected {n}",
+            *self.recorder.in_flight.borrow()
+        );
+    }
+
+    /// The most binding events the app ever held at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.recorder.peak_in_flight.load(Ordering::SeqCst)
     }
 
     /// Every binding event so far.
