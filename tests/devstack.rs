@@ -807,6 +807,57 @@ async fn each_app_gets_at_most_its_own_concurrency_limit() {
     stand_in.stop().await;
 }
 
+/// Peek-lock: an app that does not answer within the lock duration loses the message, which is
+/// redelivered with its delivery count up by one.
+#[tokio::test]
+async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redelivered() {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let app = FakeApp::start(Behaviour {
+        gate: Some(gate),
+        ..Default::default()
+    })
+    .await;
+    let mut stand_in = StandIn::for_apps(
+        &[app.addr],
+        &["--lock-duration", "300ms", "--redelivery-backoff", "10ms"],
+        &[],
+    )
+    .await;
+    stand_in.wait_consumers(1).await;
+    let mut client = stand_in.dapr_client().await;
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+
+    let abandoned = stand_in
+        .service
+        .wait_for_message("message abandoned; will be redelivered")
+        .await;
+    assert!(
+        abandoned["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within the lock duration"),
+        "{abandoned}"
+    );
+    let deliveries = app.wait_for_deliveries(2).await;
+    open.send_replace(true);
+    let c = stand_in.wait_completed(QUEUE, 1).await;
+    assert_eq!((c.completed, c.dead_lettered), (1, 0), "{c:?}");
+    // (A slow machine may let the second lock run out too: a third delivery is fine.)
+    let counts: Vec<&str> = deliveries
+        .iter()
+        .take(2)
+        .map(|d| d.metadata["DeliveryCount"].as_str())
+        .collect();
+    assert_eq!(counts, ["1", "2"]);
+    assert_eq!(deliveries[0].metadata["id"], deliveries[1].metadata["id"]);
+
+    stand_in.stop().await;
+    app.stop().await;
+}
+
 /// Like daprd waiting for its app port, the stand-in asks an app that is not up yet for its
 /// bindings until it answers, then once only.
 #[tokio::test]
