@@ -738,3 +738,49 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         assert!(output.contains(reason), "{env:?}: {output}");
     }
 }
+
+/// The ports come from the environment as daprd and Kubernetes give them: `PORT` is where the
+/// producer serves REST and gRPC, `DAPR_GRPC_PORT` where it finds its sidecar.
+#[tokio::test]
+async fn port_and_dapr_grpc_port_become_working_endpoints() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = support::process::Service::spawn(
+        BIN,
+        &[
+            ("PORT", &port.to_string()),
+            ("DAPR_GRPC_PORT", &sidecar.port()),
+        ],
+    );
+    assert_eq!(service.addr().await.port(), port);
+
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/MessageProducer"))
+        .json(&json!({"count": 2, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sidecar.calls().len(), 2);
+    let mut grpc = bindings::proto::producer_client::ProducerClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .unwrap();
+    let request = ProduceRequest {
+        count: 1,
+        interval_milliseconds: 0,
+        text: None,
+    };
+    assert_eq!(grpc.produce(request).await.unwrap().into_inner().sent, 1);
+    assert_eq!(sidecar.calls().len(), 3);
+
+    service.terminate();
+    assert_eq!(service.exit_code(WAIT).await, Some(0));
+    sidecar.stop().await;
+}
