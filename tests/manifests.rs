@@ -343,6 +343,8 @@ fn the_grace_period_covers_the_work_and_daprs_shutdown() {
     for render in renders() {
         let label = &render.label;
 
+        // The longest case: daprd lets the delivery in progress finish, blocks for all of
+        // block-shutdown-duration, then uses all of graceful-shutdown-seconds.
         let (grace, block, graceful) = render.shutdown("consumer");
         let container = render.app_container("consumer");
         let work = duration(&effective(container, &consumer, "WORK_DURATION"));
@@ -350,6 +352,14 @@ fn the_grace_period_covers_the_work_and_daprs_shutdown() {
         assert!(
             grace > work + block + graceful,
             "{label}: consumer grace {grace:?} <= work {work:?} + block {block:?} + graceful {graceful:?}"
+        );
+        // The consumer fails its health check from SIGTERM on; daprd must be able to see that
+        // within the block, or the block always runs its full length.
+        let sees_unhealthy_after = render.app_health_failing_for("consumer");
+        assert!(
+            sees_unhealthy_after < block,
+            "{label}: daprd sees a draining consumer unhealthy after {sees_unhealthy_after:?}, \
+             not within block-shutdown-duration {block:?}"
         );
         assert!(
             drain < grace,
@@ -681,6 +691,31 @@ impl Render {
                 Duration::from_secs(s.as_str().unwrap().parse().expect("whole seconds"))
             });
         (grace, block, graceful)
+    }
+
+    /// How long after the app starts failing daprd's app health check daprd counts it unhealthy:
+    /// probe interval × threshold (Dapr's defaults, 5 s and 3, when unset).
+    fn app_health_failing_for(&self, app: &str) -> Duration {
+        let annotations = self.annotations(app);
+        assert_eq!(
+            annotations
+                .get("dapr.io/enable-app-health-check")
+                .and_then(Value::as_str),
+            Some("true"),
+            "{}: {app} has no app health check",
+            self.label
+        );
+        let number = |key: &str, default: u64| -> u64 {
+            annotations.get(key).map_or(default, |v| {
+                v.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("{}: {key} is not a whole number", self.label))
+            })
+        };
+        Duration::from_secs(
+            number("dapr.io/app-health-probe-interval", 5)
+                * number("dapr.io/app-health-threshold", 3),
+        )
     }
 }
 
