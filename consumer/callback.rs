@@ -319,8 +319,9 @@ impl AppCallback for Consumer {
 
 #[tonic::async_trait]
 impl AppCallbackHealthCheck for Consumer {
-    /// Fails once draining starts: daprd's app health checks then stop input bindings, so no
-    /// more messages are pulled for this instance.
+    /// Fails once draining starts. At shutdown daprd has closed its input bindings already, and
+    /// seeing the app unhealthy ends its `block-shutdown-duration` early; at any other time,
+    /// daprd's app health checks stop the bindings while the app is unhealthy.
     async fn health_check(
         &self,
         _request: Request<()>,
