@@ -637,6 +637,57 @@ async fn health_reflection_openapi_and_swagger_ui() {
 }
 
 #[tokio::test]
+async fn grpc_clients_going_away_stop_their_batches_too() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let mut producer = Producer::start(&sidecar.port(), &[]).await;
+    let mut client = producer.client().await;
+    let paced = ProduceRequest {
+        count: 100,
+        interval_milliseconds: 50,
+        text: None,
+    };
+
+    // A stream dropped after two progress messages.
+    let mut stream = client
+        .produce_stream(paced.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        stream.next().await.expect("progress").unwrap();
+    }
+    drop(stream);
+    let event = producer
+        .service
+        .wait_for_message("batch stopped: the client went away")
+        .await;
+    let streamed = event["sent"].as_u64().unwrap();
+    assert!((2..100).contains(&streamed), "{event}");
+
+    // A unary call whose deadline runs out: the client cancels it.
+    let mut request = tonic::Request::new(paced);
+    request.set_timeout(Duration::from_millis(300));
+    let status = client.produce(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    let events = producer
+        .service
+        .wait_for_events("two stopped batches", 2, |e| {
+            e["message"] == "batch stopped: the client went away"
+        })
+        .await;
+    let unary = events[1]["sent"].as_u64().unwrap();
+    assert!((1..100).contains(&unary), "{}", events[1]);
+    assert_eq!(
+        sidecar.calls().len() as u64,
+        streamed + unary,
+        "the logs match what the sidecar got"
+    );
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
 async fn client_going_away_stops_the_batch_and_logs_the_sent_count() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
     let mut producer = Producer::start(&sidecar.port(), &[]).await;
