@@ -1,8 +1,6 @@
 //! The simulated work done for each message, and the line the original sample logged for it.
 
-use std::time::Duration;
-
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use tokio::time::Instant;
