@@ -1,6 +1,8 @@
 //! The consumer: a Dapr app that daprd calls over gRPC with each input binding event (a queue
 //! message), works on it, and logs the original sample's line.
 
+#![forbid(unsafe_code)]
+
 mod callback;
 mod config;
 mod metrics;

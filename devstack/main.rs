@@ -1,6 +1,8 @@
 //! `devstack`: the whole pipeline on one machine. A stand-in for "daprd + the queue" speaking
 //! Dapr's gRPC protocol on both sides, with the unmodified `producer` and `consumer` binaries.
 
+#![forbid(unsafe_code)]
+
 mod broker;
 mod config;
 mod delivery;

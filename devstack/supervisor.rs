@@ -209,8 +209,9 @@ async fn first_exit(parts: &mut [Part]) -> (String, std::process::ExitStatus) {
 /// SIGTERM to every part still running, as Kubernetes does, then wait (bounded) for each.
 async fn stop_all(parts: &mut [Part]) {
     for part in parts.iter() {
+        // A part that already exited is reaped below; nothing to signal.
         if let Some(pid) = part.child.id() {
-            terminate(pid);
+            let _ = bindings::shutdown::terminate(pid);
         }
     }
     for part in parts.iter_mut() {
@@ -224,17 +225,6 @@ async fn stop_all(parts: &mut [Part]) {
         }
     }
 }
-
-#[cfg(unix)]
-fn terminate(pid: u32) {
-    // SAFETY: kill(2) on a child we started and still own; a failure (already gone) is harmless.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
-}
-
-#[cfg(not(unix))]
-fn terminate(_pid: u32) {}
 
 fn print_banner(port: u16, http_port: u16, metrics_port: u16, consumers: usize) {
     let consumer_metrics = match (metrics_port, consumers) {

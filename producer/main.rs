@@ -1,5 +1,7 @@
 //! `producer`: REST and gRPC front that sends messages to a Dapr output binding over gRPC.
 
+#![forbid(unsafe_code)]
+
 mod batch;
 mod config;
 mod grpc;

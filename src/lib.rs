@@ -14,6 +14,8 @@
 //!
 //! Dapr's API types come from the `dapr` crate, re-exported as [`dapr_v1`].
 
+#![forbid(unsafe_code)]
+
 pub mod api_token;
 pub mod backoff;
 pub mod cli;

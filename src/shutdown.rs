@@ -2,6 +2,22 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// Sends SIGTERM to process `pid`, as the kubelet does to stop a container. An error means there
+/// is no such process (it already exited) or it is not ours to signal.
+#[cfg(unix)]
+pub fn terminate(pid: u32) -> std::io::Result<()> {
+    use nix::{sys::signal, unistd::Pid};
+    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+    signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM).map_err(std::io::Error::from)
+}
+
+/// Whether process `pid` still exists (signal 0 checks without sending anything).
+#[cfg(unix)]
+pub fn is_running(pid: u32) -> bool {
+    use nix::{sys::signal, unistd::Pid};
+    i32::try_from(pid).is_ok_and(|pid| signal::kill(Pid::from_raw(pid), None).is_ok())
+}
+
 /// Returns a token that is cancelled when the process is asked to stop. Must be called inside
 /// a Tokio runtime; a second signal does not kill the process, the drain limits do.
 pub fn on_signal() -> CancellationToken {

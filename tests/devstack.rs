@@ -1231,13 +1231,13 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     stack.wait_completed(QUEUE, 4).await;
 
     let output = stack.service.lines().await;
-    let pids: Vec<(String, i32)> = part_events(&output, "sidecar")
+    let pids: Vec<(String, u32)> = part_events(&output, "sidecar")
         .into_iter()
         .filter(|e| e["message"] == "started")
         .map(|e| {
             (
                 e["part"].as_str().unwrap().to_owned(),
-                e["pid"].as_i64().unwrap() as i32,
+                u32::try_from(e["pid"].as_u64().unwrap()).unwrap(),
             )
         })
         .collect();
@@ -1268,8 +1268,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                 .any(|e| e["message"] == "stopped"),
             "{part} did not log its own stop"
         );
-        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(*pid, 0) } == 0;
+        let alive = bindings::shutdown::is_running(*pid);
         assert!(!alive, "{part} (pid {pid}) still runs");
     }
 }

@@ -115,10 +115,8 @@ impl Service {
 
     /// SIGTERM, as Kubernetes stops a pod; returns the log events in the tail of its output.
     pub async fn stop(mut self) -> anyhow::Result<Vec<Value>> {
-        // SAFETY: kill(2) on our own child, which has not been waited for yet, so the pid is ours.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-        }
+        // Our own child, not waited for yet, so the pid is still ours.
+        bindings::shutdown::terminate(self.pid)?;
         let status = match tokio::time::timeout(LIMIT, self.child.wait()).await {
             Ok(status) => status?,
             Err(_) => {
@@ -156,8 +154,11 @@ pub fn cpu_time(pid: impl std::fmt::Display) -> anyhow::Result<Duration> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no field {} in /proc/{pid}/stat", i + 3))
     };
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
     Ok(Duration::from_secs_f64(
         (ticks(11)? + ticks(12)?) as f64 / per_second,
     ))

@@ -221,13 +221,8 @@ impl Service {
 
     /// Sends SIGTERM, as Kubernetes does.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("process still running") as libc::pid_t;
-        // SAFETY: kill(2) with a pid we own and a valid signal number.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGTERM) },
-            0,
-            "kill(SIGTERM)"
-        );
+        let pid = self.child.id().expect("process still running");
+        bindings::shutdown::terminate(pid).expect("kill(SIGTERM)");
     }
 
     /// Every JSON log event the process wrote, once its stdout has closed (it has exited);
