@@ -18,7 +18,7 @@ use bindings::{
         app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
     },
     message::{DecodeError, Message},
-    trace_context::{TRACEPARENT, TraceParent},
+    trace_context::TraceParent,
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use tokio::{
@@ -26,8 +26,8 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::{Instrument, debug, error_span, info, warn};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     metrics::{Metrics, Reason},
@@ -256,12 +256,10 @@ impl AppCallback for Consumer {
     ) -> Result<Response<BindingEventResponse>, Status> {
         // Taken before the draining check, so a drain that starts meanwhile still waits for us.
         let _in_flight = self.in_flight.token();
-        let trace = trace_id(request.metadata());
+        let trace = TraceParent::from_metadata(request.metadata());
         let event = request.get_ref();
-        // Every log event of this event carries its binding, message id and trace id. ERROR is
-        // the span's level only so that it is enabled whenever any event inside is: a span
-        // filtered out (e.g. INFO under RUST_LOG=warn) would take these fields with it.
-        let span = error_span!(
+        // Every log event of this event carries its binding, message id and trace id.
+        let span = bindings::context_span!(
             "binding_event",
             binding = %event.name,
             id = message_id(&event.metadata),
@@ -349,12 +347,6 @@ fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
         .find(|id| !id.is_empty())
 }
 
-/// The caller's W3C trace context, when present and valid.
-fn trace_id(metadata: &MetadataMap) -> Option<TraceParent> {
-    let value = metadata.get(TRACEPARENT)?.to_str().ok()?;
-    TraceParent::parse(value)
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -367,8 +359,6 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-
-    const TRACEPARENT_VALUE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn settings() -> Settings {
         Settings {
@@ -450,19 +440,6 @@ mod tests {
         );
         assert_eq!(message_id(&map(&[("messageid", "c")])), None);
         assert_eq!(message_id(&map(&[])), None);
-    }
-
-    #[test]
-    fn trace_id_comes_from_a_valid_traceparent_only() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(trace_id(&metadata), None);
-        metadata.insert(TRACEPARENT, "garbage".parse().unwrap());
-        assert_eq!(trace_id(&metadata), None);
-        metadata.insert(TRACEPARENT, TRACEPARENT_VALUE.parse().unwrap());
-        assert_eq!(
-            trace_id(&metadata).as_ref().map(TraceParent::trace_id),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
     }
 
     #[test]

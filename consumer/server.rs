@@ -4,16 +4,16 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use bindings::dapr_v1::{
-    app_callback_health_check_server::AppCallbackHealthCheckServer,
-    app_callback_server::AppCallbackServer,
+use bindings::{
+    dapr_v1::{
+        app_callback_health_check_server::AppCallbackHealthCheckServer,
+        app_callback_server::AppCallbackServer,
+    },
+    net,
 };
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -61,10 +61,8 @@ pub async fn serve(
             .add_service(AppCallbackHealthCheckServer::from_arc(Arc::clone(
                 &consumer,
             )))
-            // tonic ignores its tcp_nodelay setting for a listener we bound: without NODELAY,
-            // Nagle holds back small HTTP/2 frames until the peer's delayed ACK (up to 40 ms).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                net::grpc_incoming(listener),
                 stop_server.clone().cancelled_owned(),
             ),
     );

@@ -176,8 +176,7 @@ impl Batches {
         let client_gone = cancel.clone().drop_guard();
         let inner = Arc::clone(&self.inner);
         // Every log event of the batch carries the caller's trace id.
-        let trace_id = trace.trace_id();
-        let span = info_span!("batch", trace_id = trace_id.as_deref());
+        let span = info_span!("batch", trace_id = trace.trace_id());
         let task = self.inner.tracker.spawn(
             async move {
                 let _slot = slot;

@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use bindings::{openmetrics, trace_context::TraceParent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -19,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     batch::{Batch, BatchError, Batches, InvalidBatch},
-    metrics::{self, Metrics},
+    metrics::Metrics,
     publisher::{PublishError, Trace},
 };
 
@@ -251,7 +252,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Prometheus metrics, in OpenMetrics text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
         state.metrics.encode(),
     )
 }
@@ -275,11 +276,10 @@ pub async fn count_http(
         .to_owned();
     // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
     // carries its trace id; its batch's span repeats it for batches that outlive the request.
-    // ERROR is the span's level only so that it is enabled whenever any event inside is.
-    let trace = Trace::from_headers(request.headers()).trace_id();
+    let trace = TraceParent::from_headers(request.headers());
     let response = match trace {
-        Some(trace_id) => {
-            let span = tracing::error_span!("request", trace_id);
+        Some(traceparent) => {
+            let span = bindings::context_span!("request", trace_id = traceparent.trace_id());
             next.run(request).instrument(span).await
         }
         None => next.run(request).await,

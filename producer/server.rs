@@ -9,7 +9,10 @@ use axum::{
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use bindings::proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer};
+use bindings::{
+    net,
+    proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer},
+};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tracing::{info, warn};
@@ -38,8 +41,8 @@ pub async fn run(
     let app = router(state.clone(), health_service)?;
     let shutdown = state.shutdown.clone();
     info!(%addr, binding = state.batches.publisher().binding(), "listening");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(net::http_listener(listener), app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = pin!(server.into_future());
 
     tokio::select! {
