@@ -17,7 +17,7 @@ use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::{callback::Consumer, metrics};
+use crate::{callback::Consumer, config::Config, metrics};
 
 /// How long the metrics server may take to stop once the gRPC server has stopped.
 const METRICS_STOP_LIMIT: Duration = Duration::from_secs(1);
@@ -25,17 +25,46 @@ const METRICS_STOP_LIMIT: Duration = Duration::from_secs(1);
 /// Service name the kubelet's and daprd's gRPC health checks may ask about.
 const APP_CALLBACK: &str = <AppCallbackServer<Consumer> as NamedService>::NAME;
 
-/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on `listener`, and
-/// the metrics on `metrics_listener`, until `shutdown` is cancelled. Then drains: health turns
+/// The consumer's two ports, bound before anything is served.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port daprd and the kubelet call (APP_PORT).
+    pub app: TcpListener,
+    /// The Prometheus metrics port (METRICS_PORT).
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both ports on the configured address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let address = config.bind_address;
+        let app = TcpListener::bind((address, config.app_port))
+            .await
+            .with_context(|| format!("binding {address}:{}", config.app_port))?;
+        let metrics = TcpListener::bind((address, config.metrics_port))
+            .await
+            .with_context(|| {
+                format!("binding the metrics port {address}:{}", config.metrics_port)
+            })?;
+        Ok(Self { app, metrics })
+    }
+}
+
+/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on the app port,
+/// and the metrics on the metrics port, until `shutdown` is cancelled. Then drains: health turns
 /// NOT_SERVING, new events get UNAVAILABLE, and in-flight events may finish within the
 /// consumer's drain timeout, while the server keeps answering so their responses reach daprd.
 /// Only then does the server stop, and the metrics server last, so the drain can be watched.
 pub async fn serve(
-    listener: TcpListener,
-    metrics_listener: TcpListener,
-    consumer: Arc<Consumer>,
+    listeners: Listeners,
+    config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        app: listener,
+        metrics: metrics_listener,
+    } = listeners;
+    let consumer = Arc::new(Consumer::new(config.settings()));
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
