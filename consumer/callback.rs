@@ -11,6 +11,7 @@ use std::{
 };
 
 use bindings::{
+    api_token::ApiToken,
     dapr_v1::{
         BindingEventRequest, BindingEventResponse, HealthCheckResponse, JobEventRequest,
         JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse,
@@ -33,7 +34,6 @@ use crate::{
     metrics::{Metrics, Reason},
     work,
 };
-use bindings::api_token::ApiToken;
 
 /// Binding-event metadata keys that may carry the broker's message id, in order of preference:
 /// a plain `id`, then Azure Service Bus's `MessageId`.
@@ -355,6 +355,7 @@ fn millis(duration: Duration) -> u64 {
 mod tests {
     use std::sync::Arc;
 
+    use bindings::api_token::API_TOKEN_METADATA;
     use tokio::task::JoinHandle;
     use tonic::Code;
 
@@ -487,7 +488,7 @@ mod tests {
         let mut request = good_event();
         request
             .metadata_mut()
-            .insert("dapr-api-token", "s3cret".parse().unwrap());
+            .insert(API_TOKEN_METADATA, "s3cret".parse().unwrap());
         consumer.on_binding_event(request).await.unwrap();
         assert_eq!(failed(&consumer, "unauthenticated"), 1.0);
         assert_eq!(metric(&consumer, RECEIVED), 2.0);
