@@ -106,9 +106,13 @@ impl BatchError {
 /// context its messages carry.
 #[derive(Debug)]
 pub struct BatchRequest {
+    /// Messages to send; wide, so out-of-range values reach validation and get its message.
     pub count: i64,
+    /// Pause between two messages in milliseconds; 0 sends with bounded concurrency.
     pub interval_ms: i64,
+    /// Message text; the default text when absent.
     pub text: Option<String>,
+    /// Forwarded on each sidecar call.
     pub trace: Trace,
 }
 
@@ -168,6 +172,7 @@ struct Inner {
 }
 
 impl Batches {
+    /// Runs nothing yet; `publisher` sends every batch's messages.
     pub fn new(publisher: Publisher, metrics: Arc<Metrics>, limits: Limits) -> Self {
         let max_batches = limits.max_batches.get() as usize;
         Self {
