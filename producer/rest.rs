@@ -3,8 +3,7 @@
 
 use axum::{
     Json, Router,
-    body::Body,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{
         DefaultBodyLimit, FromRequest, Request, State,
         rejection::{JsonDataError, JsonRejection, JsonSyntaxError},
