@@ -11,6 +11,7 @@ use std::{
 };
 
 use bindings::{
+    api_token::ApiToken,
     dapr_v1::{
         BindingEventRequest, BindingEventResponse, HealthCheckResponse, JobEventRequest,
         JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse,
@@ -18,7 +19,7 @@ use bindings::{
         app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
     },
     message::{DecodeError, Message},
-    trace_context::{TRACEPARENT, TraceParent},
+    trace_context::TraceParent,
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use tokio::{
@@ -26,14 +27,13 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::{Instrument, debug, error_span, info, warn};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     metrics::{Metrics, Reason},
     work,
 };
-use bindings::api_token::ApiToken;
 
 /// Binding-event metadata keys that may carry the broker's message id, in order of preference:
 /// a plain `id`, then Azure Service Bus's `MessageId`.
@@ -256,12 +256,10 @@ impl AppCallback for Consumer {
     ) -> Result<Response<BindingEventResponse>, Status> {
         // Taken before the draining check, so a drain that starts meanwhile still waits for us.
         let _in_flight = self.in_flight.token();
-        let trace = trace_id(request.metadata());
+        let trace = TraceParent::from_metadata(request.metadata());
         let event = request.get_ref();
-        // Every log event of this event carries its binding, message id and trace id. ERROR is
-        // the span's level only so that it is enabled whenever any event inside is: a span
-        // filtered out (e.g. INFO under RUST_LOG=warn) would take these fields with it.
-        let span = error_span!(
+        // Every log event of this event carries its binding, message id and trace id.
+        let span = bindings::context_span!(
             "binding_event",
             binding = %event.name,
             id = message_id(&event.metadata),
@@ -349,12 +347,6 @@ fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
         .find(|id| !id.is_empty())
 }
 
-/// The caller's W3C trace context, when present and valid.
-fn trace_id(metadata: &MetadataMap) -> Option<TraceParent> {
-    let value = metadata.get(TRACEPARENT)?.to_str().ok()?;
-    TraceParent::parse(value)
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -363,12 +355,11 @@ fn millis(duration: Duration) -> u64 {
 mod tests {
     use std::sync::Arc;
 
+    use bindings::api_token::API_TOKEN_METADATA;
     use tokio::task::JoinHandle;
     use tonic::Code;
 
     use super::*;
-
-    const TRACEPARENT_VALUE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn settings() -> Settings {
         Settings {
@@ -453,19 +444,6 @@ mod tests {
     }
 
     #[test]
-    fn trace_id_comes_from_a_valid_traceparent_only() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(trace_id(&metadata), None);
-        metadata.insert(TRACEPARENT, "garbage".parse().unwrap());
-        assert_eq!(trace_id(&metadata), None);
-        metadata.insert(TRACEPARENT, TRACEPARENT_VALUE.parse().unwrap());
-        assert_eq!(
-            trace_id(&metadata).as_ref().map(TraceParent::trace_id),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-    }
-
-    #[test]
     fn each_error_has_its_code() {
         let bad_payload = Message::from_json(b"nope").unwrap_err();
         for (error, code) in [
@@ -510,7 +488,7 @@ mod tests {
         let mut request = good_event();
         request
             .metadata_mut()
-            .insert("dapr-api-token", "s3cret".parse().unwrap());
+            .insert(API_TOKEN_METADATA, "s3cret".parse().unwrap());
         consumer.on_binding_event(request).await.unwrap();
         assert_eq!(failed(&consumer, "unauthenticated"), 1.0);
         assert_eq!(metric(&consumer, RECEIVED), 2.0);

@@ -9,29 +9,16 @@ mod metrics;
 mod server;
 mod work;
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use bindings::{shutdown, telemetry};
 use clap::Parser;
-use tokio::net::TcpListener;
 
-use crate::{callback::Consumer, config::Config};
+use crate::{config::Config, server::Listeners};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log)?;
     let shutdown = shutdown::on_signal();
-    let listener = TcpListener::bind((config.bind_address, config.app_port))
-        .await
-        .with_context(|| format!("binding {}:{}", config.bind_address, config.app_port))?;
-    let metrics_listener = TcpListener::bind((config.bind_address, config.metrics_port))
-        .await
-        .with_context(|| {
-            let (address, port) = (config.bind_address, config.metrics_port);
-            format!("binding the metrics port {address}:{port}")
-        })?;
-    let consumer = Arc::new(Consumer::new(config.settings()));
-    server::serve(listener, metrics_listener, consumer, shutdown).await
+    let listeners = Listeners::bind(&config).await?;
+    server::serve(listeners, config, shutdown).await
 }

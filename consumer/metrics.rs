@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use bindings::{net, openmetrics};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -19,9 +20,6 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-
-/// What prometheus-client's encoder writes: OpenMetrics text, which Prometheus scrapes natively.
-const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Work durations in seconds: fine-grained below a second for fast work, then up to a minute;
 /// 5 s is the default simulated work, and Service Bus's default lock is 60 s.
@@ -268,7 +266,7 @@ pub async fn serve(
         .local_addr()
         .context("reading the metrics listener's address")?;
     info!(addr = %addr, "metrics listening");
-    axum::serve(listener, router(metrics))
+    axum::serve(net::http_listener(listener), router(metrics))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("metrics server failed")
@@ -282,7 +280,7 @@ fn router(metrics: Arc<Metrics>) -> Router {
 
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
     match metrics.encode() {
-        Ok(text) => ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text).into_response(),
+        Ok(text) => ([(CONTENT_TYPE, openmetrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => {
             error!(error = %e, "encoding the metrics failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

@@ -4,20 +4,20 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use bindings::dapr_v1::{
-    app_callback_health_check_server::AppCallbackHealthCheckServer,
-    app_callback_server::AppCallbackServer,
+use bindings::{
+    dapr_v1::{
+        app_callback_health_check_server::AppCallbackHealthCheckServer,
+        app_callback_server::AppCallbackServer,
+    },
+    net,
 };
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::{callback::Consumer, metrics};
+use crate::{callback::Consumer, config::Config, metrics};
 
 /// How long the metrics server may take to stop once the gRPC server has stopped.
 const METRICS_STOP_LIMIT: Duration = Duration::from_secs(1);
@@ -25,17 +25,46 @@ const METRICS_STOP_LIMIT: Duration = Duration::from_secs(1);
 /// Service name the kubelet's and daprd's gRPC health checks may ask about.
 const APP_CALLBACK: &str = <AppCallbackServer<Consumer> as NamedService>::NAME;
 
-/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on `listener`, and
-/// the metrics on `metrics_listener`, until `shutdown` is cancelled. Then drains: health turns
+/// The consumer's two ports, bound before anything is served.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port daprd and the kubelet call (APP_PORT).
+    pub app: TcpListener,
+    /// The Prometheus metrics port (METRICS_PORT).
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both ports on the configured address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let address = config.bind_address;
+        let app = TcpListener::bind((address, config.app_port))
+            .await
+            .with_context(|| format!("binding {address}:{}", config.app_port))?;
+        let metrics = TcpListener::bind((address, config.metrics_port))
+            .await
+            .with_context(|| {
+                format!("binding the metrics port {address}:{}", config.metrics_port)
+            })?;
+        Ok(Self { app, metrics })
+    }
+}
+
+/// Serves `AppCallback`, `AppCallbackHealthCheck` and `grpc.health.v1.Health` on the app port,
+/// and the metrics on the metrics port, until `shutdown` is cancelled. Then drains: health turns
 /// NOT_SERVING, new events get UNAVAILABLE, and in-flight events may finish within the
 /// consumer's drain timeout, while the server keeps answering so their responses reach daprd.
 /// Only then does the server stop, and the metrics server last, so the drain can be watched.
 pub async fn serve(
-    listener: TcpListener,
-    metrics_listener: TcpListener,
-    consumer: Arc<Consumer>,
+    listeners: Listeners,
+    config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        app: listener,
+        metrics: metrics_listener,
+    } = listeners;
+    let consumer = Arc::new(Consumer::new(config.settings()));
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -61,10 +90,8 @@ pub async fn serve(
             .add_service(AppCallbackHealthCheckServer::from_arc(Arc::clone(
                 &consumer,
             )))
-            // tonic ignores its tcp_nodelay setting for a listener we bound: without NODELAY,
-            // Nagle holds back small HTTP/2 frames until the peer's delayed ACK (up to 40 ms).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                net::grpc_incoming(listener),
                 stop_server.clone().cancelled_owned(),
             ),
     );

@@ -6,9 +6,13 @@ use std::{
     collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
 };
 
-use bindings::dapr_v1::{
-    BindingEventRequest, app_callback_client::AppCallbackClient,
-    app_callback_health_check_client::AppCallbackHealthCheckClient,
+use bindings::{
+    api_token::API_TOKEN_METADATA,
+    dapr_v1::{
+        BindingEventRequest, app_callback_client::AppCallbackClient,
+        app_callback_health_check_client::AppCallbackHealthCheckClient,
+    },
+    trace_context::TRACEPARENT,
 };
 use chrono::{DateTime, Utc};
 use tokio::{sync::watch, task::JoinSet};
@@ -224,12 +228,12 @@ impl Worker {
             metadata: event_metadata(message),
         });
         if let Ok(value) = ids::traceparent(&message.trace_id).parse() {
-            request.metadata_mut().insert("traceparent", value);
+            request.metadata_mut().insert(TRACEPARENT, value);
         }
         if let Some(token) = &self.settings.app_api_token {
             request
                 .metadata_mut()
-                .insert("dapr-api-token", token.clone());
+                .insert(API_TOKEN_METADATA, token.clone());
         }
         self.client
             .clone()

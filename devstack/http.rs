@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bindings::trace_context::{TRACEPARENT, TraceParent};
+use bindings::trace_context::TraceParent;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -59,11 +59,7 @@ async fn invoke_binding(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if state
-        .runtime
-        .authorize(headers.get("dapr-api-token").map(|v| v.as_bytes()))
-        .is_err()
-    {
+    if state.runtime.authorize(&headers).is_err() {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "invalid api token" })),
@@ -82,10 +78,7 @@ async fn invoke_binding(
     };
     // daprd re-marshals `data`: {"text":"Hello World"} arrives as exactly those bytes.
     let data = serde_json::to_vec(&request.data).expect("a JSON value serializes");
-    let trace = headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
+    let trace = TraceParent::from_headers(&headers);
     match state
         .runtime
         .invoke(&name, &request.operation, data, request.metadata, trace)

@@ -5,18 +5,16 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bindings::{
-    api_token::ApiToken,
+    api_token::{ApiToken, TokenError},
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
-    trace_context::{TRACEPARENT, TraceParent},
+    message::OPERATION_CREATE,
+    trace_context::TraceParent,
 };
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::broker::Broker;
-
-/// The one operation the queue bindings support.
-pub const CREATE: &str = "create";
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,7 +22,7 @@ pub enum InvokeError {
     #[error("error invoking output binding {0}: couldn't find output binding {0}")]
     UnknownBinding(String),
     #[error(
-        "binding {binding} does not support operation {operation}. supported operations:{CREATE}"
+        "binding {binding} does not support operation {operation}. supported operations:{OPERATION_CREATE}"
     )]
     UnsupportedOperation { binding: String, operation: String },
 }
@@ -41,20 +39,12 @@ impl Runtime {
         Self { broker, api_token }
     }
 
-    /// Checks `dapr-api-token` when a token is configured, in constant time.
-    pub fn authorize(&self, presented: Option<&[u8]>) -> Result<(), Status> {
-        let Some(expected) = &self.api_token else {
-            return Ok(());
-        };
-        match presented {
-            Some(token) if expected.matches(token) => Ok(()),
-            Some(_) => Err(Status::unauthenticated(
-                "authentication error: api token mismatch",
-            )),
-            None => Err(Status::unauthenticated(
-                "authentication error: missing api token",
-            )),
-        }
+    /// Checks the `dapr-api-token` of a request's HTTP headers (or gRPC metadata) when a token
+    /// is configured.
+    pub fn authorize(&self, headers: &http::HeaderMap) -> Result<(), TokenError> {
+        self.api_token
+            .as_ref()
+            .map_or(Ok(()), |expected| expected.check(headers))
     }
 
     /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
@@ -70,7 +60,7 @@ impl Runtime {
             .broker
             .queue(binding)
             .ok_or_else(|| InvokeError::UnknownBinding(binding.to_owned()))?;
-        if operation != CREATE {
+        if operation != OPERATION_CREATE {
             return Err(InvokeError::UnsupportedOperation {
                 binding: binding.to_owned(),
                 operation: operation.to_owned(),
@@ -83,26 +73,15 @@ impl Runtime {
     }
 }
 
-fn traceparent(metadata: &MetadataMap) -> Option<TraceParent> {
-    metadata
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-}
-
 #[tonic::async_trait]
 impl BindingHandler for Runtime {
     async fn invoke_binding(
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
-        self.authorize(
-            request
-                .metadata()
-                .get("dapr-api-token")
-                .map(|v| v.as_bytes()),
-        )?;
-        let trace = traceparent(request.metadata());
+        self.authorize(request.metadata().as_ref())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let trace = TraceParent::from_metadata(request.metadata());
         let InvokeBindingRequest {
             name,
             data,

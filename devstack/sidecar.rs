@@ -4,10 +4,9 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use bindings::{api_token::ApiToken, dapr_runtime::DaprRuntimeServer};
+use bindings::{api_token::ApiToken, dapr_runtime::DaprRuntimeServer, net};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::{
@@ -55,17 +54,17 @@ impl Sidecar {
 
         let grpc_server = tonic::transport::Server::builder()
             .add_service(DaprRuntimeServer::new(runtime.clone()))
-            // NODELAY, as daprd has (Go sets it on every TCP connection): tonic does not for a
-            // listener we bound, and Nagle would hold small HTTP/2 frames back until the peer's
-            // delayed ACK (up to 40 ms).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                net::grpc_incoming(grpc),
                 shutdown.clone().cancelled_owned(),
             );
         tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
 
-        let http_server = axum::serve(http, http::router(runtime, Arc::clone(&broker)))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let http_server = axum::serve(
+            net::http_listener(http),
+            http::router(runtime, Arc::clone(&broker)),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tasks.spawn(async move { http_server.await.context("serving the HTTP API") });
 
         tasks.spawn(log_status(

@@ -1,6 +1,7 @@
-//! A batch: `count` messages, paced by an interval or sent with bounded concurrency. Validation
-//! is shared by the REST and gRPC fronts; running is detached from the caller, so a caller that
-//! goes away stops the batch cleanly (in-flight calls complete) instead of leaving it half-known.
+//! A batch: `count` messages, paced by an interval or sent with bounded concurrency. Validating,
+//! reserving a place and running are the same for the REST and gRPC fronts, so they live here;
+//! running is detached from the caller, so a caller that goes away stops the batch cleanly
+//! (in-flight calls complete) instead of leaving it half-known.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -101,7 +102,44 @@ impl BatchError {
     }
 }
 
-/// Runs batches for both fronts.
+/// A batch as either front receives it: the request's fields, not yet checked, and the trace
+/// context its messages carry.
+#[derive(Debug)]
+pub struct BatchRequest {
+    /// Messages to send; wide, so out-of-range values reach validation and get its message.
+    pub count: i64,
+    /// Pause between two messages in milliseconds; 0 sends with bounded concurrency.
+    pub interval_ms: i64,
+    /// Message text; the default text when absent.
+    pub text: Option<String>,
+    /// Forwarded on each sidecar call.
+    pub trace: Trace,
+}
+
+/// Why a batch request did not send all its messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Refused before anything was sent.
+    #[error(transparent)]
+    Invalid(#[from] InvalidBatch),
+    /// Refused for want of a place, or ended early.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// How many messages and batches the producer takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most messages in one batch (MAX_COUNT).
+    pub max_count: NonZeroU32,
+    /// Calls in flight for a batch without an interval (SEND_CONCURRENCY).
+    pub concurrency: NonZeroU32,
+    /// Batches running at once (MAX_BATCHES).
+    pub max_batches: NonZeroU32,
+}
+
+/// Runs batches for both fronts: the one place a request is validated, given a place among
+/// MAX_BATCHES, and run.
 #[derive(Debug, Clone)]
 pub struct Batches {
     inner: Arc<Inner>,
@@ -109,12 +147,22 @@ pub struct Batches {
 
 /// A place among the MAX_BATCHES that may run at once, held until the batch ends.
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// A validated batch holding its place: nothing is sent until [`Accepted::run`].
+#[derive(Debug)]
+pub struct Accepted {
+    batches: Batches,
+    slot: Slot,
+    batch: Batch,
+    trace: Trace,
+}
 
 #[derive(Debug)]
 struct Inner {
     publisher: Publisher,
     metrics: Arc<Metrics>,
+    max_count: NonZeroU32,
     concurrency: usize,
     slots: Arc<Semaphore>,
     max_batches: usize,
@@ -124,18 +172,15 @@ struct Inner {
 }
 
 impl Batches {
-    pub fn new(
-        publisher: Publisher,
-        metrics: Arc<Metrics>,
-        concurrency: NonZeroU32,
-        max_batches: NonZeroU32,
-    ) -> Self {
-        let max_batches = max_batches.get() as usize;
+    /// Runs nothing yet; `publisher` sends every batch's messages.
+    pub fn new(publisher: Publisher, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        let max_batches = limits.max_batches.get() as usize;
         Self {
             inner: Arc::new(Inner {
                 publisher,
                 metrics,
-                concurrency: concurrency.get() as usize,
+                max_count: limits.max_count,
+                concurrency: limits.concurrency.get() as usize,
                 slots: Arc::new(Semaphore::new(max_batches)),
                 max_batches,
                 stop: CancellationToken::new(),
@@ -144,13 +189,33 @@ impl Batches {
         }
     }
 
-    pub fn publisher(&self) -> &Publisher {
-        &self.inner.publisher
+    /// Validates `request` and takes one of the MAX_BATCHES places for it. An error here means
+    /// nothing was sent, and nothing will be.
+    pub fn accept(&self, request: BatchRequest) -> Result<Accepted, ProduceError> {
+        let BatchRequest {
+            count,
+            interval_ms,
+            text,
+            trace,
+        } = request;
+        let batch = Batch::validate(count, interval_ms, text, self.inner.max_count)?;
+        let slot = self.reserve()?;
+        Ok(Accepted {
+            batches: self.clone(),
+            slot,
+            batch,
+            trace,
+        })
+    }
+
+    /// Accepts `request` and runs it to the end; `Ok` with the count once all were sent.
+    pub async fn produce(&self, request: BatchRequest) -> Result<u32, ProduceError> {
+        Ok(self.accept(request)?.run(|_| {}).await?)
     }
 
     /// Takes one of the MAX_BATCHES places, or refuses at once: a bounded number of batches,
     /// never a queue of waiting requests that grows without bound.
-    pub fn reserve(&self) -> Result<Slot, BatchError> {
+    fn reserve(&self) -> Result<Slot, BatchError> {
         match Arc::clone(&self.inner.slots).try_acquire_owned() {
             Ok(permit) => Ok(Slot(permit)),
             Err(_) => {
@@ -162,23 +227,36 @@ impl Batches {
         }
     }
 
-    /// Runs `batch` on its own task and waits for it. `on_sent` sees the running total after
+    /// Stops starting new messages in every running batch; returns once their in-flight calls ended.
+    pub async fn stop(&self) {
+        self.inner.stop.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Accepted {
+    /// Messages the batch is to send.
+    pub fn count(&self) -> u32 {
+        self.batch.count
+    }
+
+    /// Runs the batch on its own task and waits for it. `on_sent` sees the running total after
     /// each accepted message. If this future is dropped (the client went away), the batch stops
     /// starting messages, lets in-flight calls finish, and logs how many were sent.
-    pub async fn run(
-        &self,
-        slot: Slot,
-        batch: Batch,
-        trace: Trace,
-        on_sent: impl FnMut(u32) + Send + 'static,
-    ) -> Result<u32, BatchError> {
-        let cancel = self.inner.stop.child_token();
+    pub async fn run(self, on_sent: impl FnMut(u32) + Send + 'static) -> Result<u32, BatchError> {
+        let Self {
+            batches,
+            slot,
+            batch,
+            trace,
+        } = self;
+        let cancel = batches.inner.stop.child_token();
         let client_gone = cancel.clone().drop_guard();
-        let inner = Arc::clone(&self.inner);
+        let inner = Arc::clone(&batches.inner);
         // Every log event of the batch carries the caller's trace id.
-        let trace_id = trace.trace_id();
-        let span = info_span!("batch", trace_id = trace_id.as_deref());
-        let task = self.inner.tracker.spawn(
+        let span = info_span!("batch", trace_id = trace.trace_id());
+        let task = batches.inner.tracker.spawn(
             async move {
                 let _slot = slot;
                 let _in_progress = inner.metrics.batch_started();
@@ -190,13 +268,6 @@ impl Batches {
         client_gone.disarm();
         // send_all does not panic; if it ever did, the panic is the bug to see.
         result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
-
-    /// Stops starting new messages in every running batch; returns once their in-flight calls ended.
-    pub async fn stop(&self) {
-        self.inner.stop.cancel();
-        self.inner.tracker.close();
-        self.inner.tracker.wait().await;
     }
 }
 

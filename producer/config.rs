@@ -13,7 +13,7 @@ use bindings::{
 use clap::Parser;
 use http::Uri;
 
-use crate::publisher::RetryPolicy;
+use crate::{batch::Limits, publisher::RetryPolicy};
 
 /// REST + gRPC front that sends messages to a Dapr output binding.
 #[derive(Debug, Clone, Parser)]
@@ -83,6 +83,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// How many messages and batches the producer takes on.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_count: self.max_count,
+            concurrency: self.send_concurrency,
+            max_batches: self.max_batches,
+        }
+    }
+
     /// How failed sidecar calls are retried.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {

@@ -1,6 +1,6 @@
 //! The gRPC front, `producer.v1.Producer`: the same batches as `POST /MessageProducer`, for grpcurl.
 
-use std::{num::NonZeroU32, pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc};
 
 use bindings::proto::{
     ProduceProgress, ProduceReply, ProduceRequest,
@@ -11,7 +11,7 @@ use tokio_stream::{Stream, wrappers::UnboundedReceiverStream};
 use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
-    batch::{Batch, BatchError, Batches, InvalidBatch},
+    batch::{BatchError, BatchRequest, Batches, InvalidBatch, ProduceError},
     metrics::Metrics,
     publisher::{PublishError, Trace},
 };
@@ -23,40 +23,28 @@ pub const SENT_METADATA: &str = "producer-sent";
 #[derive(Debug, Clone)]
 pub struct ProducerService {
     batches: Batches,
-    max_count: NonZeroU32,
     metrics: Arc<Metrics>,
 }
 
 impl ProducerService {
-    pub fn new(
-        batches: Batches,
-        max_count: NonZeroU32,
-        metrics: Arc<Metrics>,
-    ) -> ProducerServer<Self> {
-        ProducerServer::new(Self {
-            batches,
-            max_count,
-            metrics,
-        })
+    pub fn new(batches: Batches, metrics: Arc<Metrics>) -> ProducerServer<Self> {
+        ProducerServer::new(Self { batches, metrics })
     }
 
     fn count<T>(&self, method: &'static str, result: &Result<T, Status>) {
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.metrics.grpc_request(method, code);
     }
+}
 
-    fn validate<T>(
-        &self,
-        request: &Request<T>,
-        message: &ProduceRequest,
-    ) -> Result<(Batch, Trace), Status> {
-        let batch = Batch::validate(
-            message.count.into(),
-            message.interval_milliseconds.into(),
-            message.text.clone(),
-            self.max_count,
-        )?;
-        Ok((batch, Trace::from_headers(request.metadata().as_ref())))
+/// The batch a `ProduceRequest` asks for, with the trace context of its metadata.
+fn batch_request(request: Request<ProduceRequest>) -> BatchRequest {
+    let (metadata, _, message) = request.into_parts();
+    BatchRequest {
+        count: message.count.into(),
+        interval_ms: message.interval_milliseconds.into(),
+        text: message.text,
+        trace: Trace::from_headers(metadata.as_ref()),
     }
 }
 
@@ -66,12 +54,11 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceReply>, Status> {
-        let result = async {
-            let (batch, trace) = self.validate(&request, request.get_ref())?;
-            let slot = self.batches.reserve()?;
-            Ok(self.batches.run(slot, batch, trace, |_| {}).await?)
-        }
-        .await;
+        let result = self
+            .batches
+            .produce(batch_request(request))
+            .await
+            .map_err(Status::from);
         self.count("Produce", &result);
         Ok(Response::new(ProduceReply { sent: result? }))
     }
@@ -82,25 +69,22 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let reserved = self
-            .validate(&request, request.get_ref())
-            .and_then(|(batch, trace)| Ok((batch, trace, self.batches.reserve()?)));
-        let (batch, trace, slot) = match reserved {
-            Ok(reserved) => reserved,
-            Err(status) => {
+        let accepted = match self.batches.accept(batch_request(request)) {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                let status = Status::from(error);
                 self.count::<()>("ProduceStream", &Err(status.clone()));
                 return Err(status);
             }
         };
-        let count = batch.count;
+        let count = accepted.count();
         let metrics = Arc::clone(&self.metrics);
         // Unbounded, yet at most `count` (<= MAX_COUNT) small reports: a slow reader neither
         // loses reports nor holds the batch back.
         let (tx, rx) = mpsc::unbounded_channel();
-        let batches = self.batches.clone();
         tokio::spawn(async move {
             let progress = tx.clone();
-            let run = batches.run(slot, batch, trace, move |sent| {
+            let run = accepted.run(move |sent| {
                 let _ = progress.send(Ok(ProduceProgress { sent, count }));
             });
             // A client that cancels the stream closes `rx`: dropping `run` stops the batch.
@@ -123,6 +107,15 @@ impl Producer for ProducerService {
             metrics.grpc_request("ProduceStream", code);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+impl From<ProduceError> for Status {
+    fn from(error: ProduceError) -> Self {
+        match error {
+            ProduceError::Invalid(error) => error.into(),
+            ProduceError::Batch(error) => error.into(),
+        }
     }
 }
 

@@ -15,9 +15,6 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-/// Content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MessageLabels {
     binding: String,

@@ -5,9 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use bindings::{
+    api_token::API_TOKEN_METADATA,
     backoff::Backoff,
     dapr_v1::{GetMetadataRequest, InvokeBindingRequest, dapr_client::DaprClient},
-    trace_context::{TRACEPARENT, TRACESTATE, TraceParent},
+    message::OPERATION_CREATE,
+    trace_context::{TRACEPARENT, TRACESTATE, TraceContext},
 };
 use tokio::time::Instant;
 use tonic::{
@@ -18,9 +20,6 @@ use tonic::{
 use tracing::debug;
 
 use crate::metrics::Metrics;
-
-/// The binding operation the queue bindings use to enqueue a message.
-pub const OPERATION_CREATE: &str = "create";
 
 /// How a sidecar call failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,34 +52,37 @@ impl From<Status> for PublishError {
 }
 
 /// Trace context of the request that asked for the messages, forwarded on each sidecar call.
+/// Holds metadata values ready to insert, so each of a batch's calls only clones them.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
+    trace_id: Option<String>,
     traceparent: Option<MetadataValue<Ascii>>,
     tracestate: Option<MetadataValue<Ascii>>,
 }
 
 impl Trace {
-    /// Keeps a valid `traceparent` (and its `tracestate`); invalid values are dropped, as W3C says.
-    pub fn new(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
-        let Some(traceparent) = traceparent.and_then(TraceParent::parse) else {
-            return Self::default();
-        };
-        Self {
-            traceparent: MetadataValue::try_from(traceparent.as_str()).ok(),
-            tracestate: tracestate.and_then(|s| MetadataValue::try_from(s).ok()),
-        }
-    }
-
-    /// Reads the two headers from HTTP headers or gRPC metadata (which are HTTP/2 headers).
+    /// Reads a valid `traceparent` (and its `tracestate`) from HTTP headers or gRPC metadata
+    /// (which are HTTP/2 headers); invalid values are dropped, as W3C says.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
-        let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        Self::new(get(TRACEPARENT), get(TRACESTATE))
+        TraceContext::from_headers(headers).map_or_else(Self::default, Self::from)
     }
 
     /// The trace id, for logs.
-    pub fn trace_id(&self) -> Option<String> {
-        let value = self.traceparent.as_ref()?.to_str().ok()?;
-        TraceParent::parse(value).map(|tp| tp.trace_id().to_owned())
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+}
+
+impl From<TraceContext> for Trace {
+    fn from(context: TraceContext) -> Self {
+        let traceparent = context.traceparent();
+        Self {
+            trace_id: Some(traceparent.trace_id().to_owned()),
+            traceparent: MetadataValue::try_from(traceparent.as_str()).ok(),
+            tracestate: context
+                .tracestate()
+                .and_then(|s| MetadataValue::try_from(s).ok()),
+        }
     }
 }
 
@@ -204,7 +206,7 @@ impl Publisher {
     fn decorate<T>(&self, request: &mut Request<T>, trace: &Trace) {
         let metadata = request.metadata_mut();
         if let Some(token) = &self.token {
-            metadata.insert("dapr-api-token", token.clone());
+            metadata.insert(API_TOKEN_METADATA, token.clone());
         }
         if let Some(tp) = &trace.traceparent {
             metadata.insert(TRACEPARENT, tp.clone());
@@ -223,15 +225,17 @@ mod tests {
 
     #[test]
     fn keeps_valid_trace_context_only() {
-        let t = Trace::new(Some(TP), Some("congo=t61rcWkgMzE"));
-        assert_eq!(
-            t.trace_id().as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, TP.parse().unwrap());
+        headers.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
+        let t = Trace::from_headers(&headers);
+        assert_eq!(t.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(t.traceparent.as_ref().unwrap(), TP);
         assert!(t.tracestate.is_some());
 
-        let t = Trace::new(Some("nonsense"), Some("congo=t61rcWkgMzE"));
-        assert!(t.traceparent.is_none() && t.tracestate.is_none());
+        headers.insert(TRACEPARENT, "nonsense".parse().unwrap());
+        let t = Trace::from_headers(&headers);
+        assert!(t.trace_id().is_none() && t.traceparent.is_none() && t.tracestate.is_none());
     }
 
     #[test]

@@ -1,40 +1,30 @@
 //! The REST front: `POST /MessageProducer` as in the original ASP.NET sample, health endpoints,
 //! and the OpenAPI document with an offline Swagger UI.
 
-use std::sync::Arc;
-
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, MatchedPath, State, rejection::BytesRejection},
+    body::{Body, Bytes},
+    extract::{
+        DefaultBodyLimit, FromRequest, Request, State,
+        rejection::{JsonDataError, JsonRejection, JsonSyntaxError},
+    },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use bindings::openmetrics;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    batch::{Batch, BatchError, Batches, InvalidBatch},
-    metrics::{self, Metrics},
+    batch::{BatchError, BatchRequest, InvalidBatch, ProduceError},
     publisher::{PublishError, Trace},
+    server::App,
 };
 
 /// Largest request body accepted; the largest valid body is a 64 KiB text plus a few fields.
 pub const MAX_BODY_BYTES: usize = 80 * 1024;
-
-/// What the REST handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub batches: Batches,
-    pub metrics: Arc<Metrics>,
-    pub max_count: std::num::NonZeroU32,
-    /// Cancelled on SIGTERM: readiness then fails so no new traffic is routed here.
-    pub shutdown: CancellationToken,
-}
 
 /// The original sample's request body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -81,15 +71,15 @@ pub enum ApiError {
     #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("cannot read request body: {0}")]
-    Body(BytesRejection),
+    Body(JsonRejection),
     #[error(
         "invalid request: expected a JSON object like {{\"count\": 1, \"intervalMilliseconds\": 0}}"
     )]
     NotAnObject,
-    #[error("malformed JSON: {0}")]
-    Syntax(serde_json::Error),
-    #[error("invalid request: {0}")]
-    Data(serde_json::Error),
+    #[error("malformed JSON: {}", cause(.0))]
+    Syntax(JsonSyntaxError),
+    #[error("invalid request: {}", cause(.0))]
+    Data(JsonDataError),
     #[error(transparent)]
     Invalid(#[from] InvalidBatch),
     #[error(transparent)]
@@ -119,6 +109,15 @@ impl ApiError {
             Self::Batch(BatchError::Stopped { .. }) | Self::NotReady(_) | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+        }
+    }
+}
+
+impl From<ProduceError> for ApiError {
+    fn from(error: ProduceError) -> Self {
+        match error {
+            ProduceError::Invalid(error) => Self::Invalid(error),
+            ProduceError::Batch(error) => Self::Batch(error),
         }
     }
 }
@@ -157,7 +156,7 @@ impl IntoResponse for ApiError {
 struct ApiDoc;
 
 /// The REST routes. Unknown paths answer 404 with a JSON error (the gRPC router adds its own).
-pub fn router(state: AppState) -> Router {
+pub fn router(app: App) -> Router {
     Router::new()
         .route("/MessageProducer", post(produce))
         .route("/healthz", get(healthz))
@@ -165,7 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", ApiDoc::openapi()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(app)
 }
 
 /// Sends `count` messages through the Dapr output binding.
@@ -187,107 +186,71 @@ pub fn router(state: AppState) -> Router {
     )
 )]
 async fn produce(
-    State(state): State<AppState>,
+    State(app): State<App>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: ProduceBody,
 ) -> Result<Json<Sent>, ApiError> {
-    let body = parse_body(&headers, body)?;
-    let batch = Batch::validate(
-        body.count,
-        body.interval_milliseconds,
-        body.text,
-        state.max_count,
-    )?;
-    let slot = state.batches.reserve()?;
-    let sent = state
-        .batches
-        .run(slot, batch, Trace::from_headers(&headers), |_| {})
-        .await?;
+    let request = BatchRequest {
+        count: body.count,
+        interval_ms: body.interval_milliseconds,
+        text: body.text,
+        trace: Trace::from_headers(&headers),
+    };
+    let sent = app.batches.produce(request).await?;
     Ok(Json(Sent { sent }))
 }
 
-fn parse_body(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<ProduceBody, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-        _ => ApiError::Body(rejection),
-    })?;
-    // No body is what is wrong with a bare `curl -X POST`, whatever its Content-Type says.
-    let Some(first) = body.trim_ascii_start().first() else {
-        return Err(ApiError::MissingBody);
-    };
-    if !is_json(headers) {
-        return Err(ApiError::ContentType);
+/// Read through axum's `Json` extractor, whose rejections become [`ApiError`]s. Two checks stay
+/// by hand, in the order callers have always seen them, because `Json` checks the Content-Type
+/// first and deserializes `[1]` into a struct: an empty body is reported as missing before any
+/// Content-Type complaint (what is wrong with a bare `curl -X POST` is the missing body), and a
+/// body that is not a JSON object is refused after the Content-Type check, before the parse.
+impl<S: Send + Sync> FromRequest<S> for ProduceBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rejection| ApiError::from(JsonRejection::from(rejection)))?;
+        let Some(&first) = bytes.trim_ascii_start().first() else {
+            return Err(ApiError::MissingBody);
+        };
+        let request = Request::from_parts(parts, Body::from(bytes));
+        match Json::<Self>::from_request(request, state).await {
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::ContentType),
+            _ if first != b'{' => Err(ApiError::NotAnObject),
+            Ok(Json(body)) => Ok(body),
+            Err(rejection) => Err(rejection.into()),
+        }
     }
-    // serde's derived visitor would take `[1]` as a struct; the body must be an object.
-    if *first != b'{' {
-        return Err(ApiError::NotAnObject);
-    }
-    serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Data(e),
-        _ => ApiError::Syntax(e),
-    })
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(mime) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::ContentType,
+            JsonRejection::JsonSyntaxError(e) => Self::Syntax(e),
+            JsonRejection::JsonDataError(e) => Self::Data(e),
+            rejection if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge,
+            rejection => Self::Body(rejection),
+        }
+    }
+}
+
+/// What serde said, without axum's generic preamble.
+fn cause(error: &dyn std::error::Error) -> String {
+    error
+        .source()
+        .map_or_else(|| error.to_string(), ToString::to_string)
 }
 
 /// Prometheus metrics, in OpenMetrics text format.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
+        app.metrics.encode(),
     )
-}
-
-/// Counts every REST request by route and status; gRPC requests are counted by their service.
-pub async fn count_http(
-    State(metrics): State<Arc<Metrics>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    // The route template, not the path: unknown paths must not create a series each.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
-    // carries its trace id; its batch's span repeats it for batches that outlive the request.
-    // ERROR is the span's level only so that it is enabled whenever any event inside is.
-    let trace = Trace::from_headers(request.headers()).trace_id();
-    let response = match trace {
-        Some(trace_id) => {
-            let span = tracing::error_span!("request", trace_id);
-            next.run(request).instrument(span).await
-        }
-        None => next.run(request).await,
-    };
-    if !grpc {
-        metrics.http_request(&route, response.status().as_u16());
-    }
-    response
 }
 
 /// Liveness: the process serves requests.
@@ -305,13 +268,11 @@ async fn healthz() -> &'static str {
         (status = 503, description = "Sidecar not reachable, or shutting down", body = ErrorBody),
     )
 )]
-async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.shutdown.is_cancelled() {
+async fn readyz(State(app): State<App>) -> Result<&'static str, ApiError> {
+    if app.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    state
-        .batches
-        .publisher()
+    app.publisher
         .sidecar_ready()
         .await
         .map_err(ApiError::NotReady)?;
@@ -322,19 +283,131 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 mod tests {
     use super::*;
 
+    /// What the extractor makes of a body sent with `content_type`.
+    pub(super) fn extract(
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<ProduceBody, ApiError> {
+        let mut request = Request::post("/MessageProducer");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(Body::from(body.to_vec())).unwrap();
+        futures::executor::block_on(ProduceBody::from_request(request, &()))
+    }
+
     #[test]
-    fn recognises_json_content_types() {
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
-            is_json(&h)
-        };
-        assert!(with("application/json"));
-        assert!(with("Application/JSON; charset=utf-8"));
-        assert!(with("application/problem+json"));
-        assert!(!with("text/plain"));
-        assert!(!with("application/x-www-form-urlencoded"));
-        assert!(!is_json(&HeaderMap::new()));
+    fn accepts_json_content_types() {
+        for content_type in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            let body = extract(Some(content_type), br#" {"count": 2}"#).unwrap();
+            assert_eq!((body.count, body.interval_milliseconds), (2, 0));
+        }
+    }
+
+    #[test]
+    fn refuses_in_the_order_callers_have_always_seen() {
+        let json = Some("application/json");
+        let cases: &[(Option<&str>, &[u8], StatusCode, &str)] = &[
+            // A missing body comes first, whatever the Content-Type.
+            (
+                None,
+                b"",
+                StatusCode::BAD_REQUEST,
+                "request body is missing",
+            ),
+            (
+                json,
+                b" \n",
+                StatusCode::BAD_REQUEST,
+                "request body is missing",
+            ),
+            // Then the Content-Type, whatever the body.
+            (
+                Some("text/plain"),
+                br#"{"count":1}"#,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ),
+            (
+                None,
+                b"[1]",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ),
+            (
+                Some("application/x-www-form-urlencoded"),
+                b"count=1",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ),
+            // Then the object, even where serde would have given up or taken it.
+            (
+                json,
+                b"[1]",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected a JSON object",
+            ),
+            (
+                json,
+                b"[1",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected a JSON object",
+            ),
+            (
+                json,
+                b"null",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected a JSON object",
+            ),
+            // Then serde's verdict, without axum's preamble.
+            (
+                json,
+                br#"{"count":1"#,
+                StatusCode::BAD_REQUEST,
+                "malformed JSON: EOF while parsing",
+            ),
+            (
+                json,
+                br#"{"count":1} x"#,
+                StatusCode::BAD_REQUEST,
+                "malformed JSON: trailing characters",
+            ),
+            (
+                json,
+                br#"{"count":"1"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid type: string",
+            ),
+            (
+                json,
+                br#"{"intervalMilliseconds":0}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid request: missing field `count`",
+            ),
+            (
+                json,
+                br#"{"count":1,"intervalMs":5}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown field `intervalMs`",
+            ),
+        ];
+        for (content_type, body, status, message) in cases {
+            let error = extract(*content_type, body).unwrap_err();
+            assert_eq!(error.status(), *status, "{body:?}: {error}");
+            let text = error.to_string();
+            assert!(
+                text.contains(message),
+                "{body:?}: {text:?} should contain {message:?}"
+            );
+            assert!(
+                !text.contains("Failed to"),
+                "{text:?} keeps axum's preamble"
+            );
+        }
     }
 }
 
@@ -346,12 +419,13 @@ mod properties {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::batch::Batch;
 
     const MAX: NonZeroU32 = NonZeroU32::new(10_000).unwrap();
 
-    /// Parsing then validating, as `produce` does before anything is sent.
-    fn outcome(headers: &HeaderMap, body: Vec<u8>) -> Result<Batch, ApiError> {
-        let body = parse_body(headers, Ok(Bytes::from(body)))?;
+    /// Extracting then validating, as `produce` does before anything is sent.
+    fn outcome(content_type: Option<&str>, body: Vec<u8>) -> Result<Batch, ApiError> {
+        let body = super::tests::extract(content_type, &body)?;
         Ok(Batch::validate(
             body.count,
             body.interval_milliseconds,
@@ -360,11 +434,7 @@ mod properties {
         )?)
     }
 
-    fn json_headers() -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        headers
-    }
+    const JSON: Option<&str> = Some("application/json");
 
     fn assert_clear_4xx(result: Result<Batch, ApiError>) {
         if let Err(error) = result {
@@ -401,19 +471,18 @@ mod properties {
     proptest! {
         #[test]
         fn any_bytes_get_a_batch_or_a_clear_4xx(body in prop::collection::vec(any::<u8>(), 0..300), json in any::<bool>()) {
-            let headers = if json { json_headers() } else { HeaderMap::new() };
-            assert_clear_4xx(outcome(&headers, body));
+            assert_clear_4xx(outcome(json.then_some("application/json"), body));
         }
 
         #[test]
         fn any_json_value_gets_a_batch_or_a_clear_4xx(value in json_value()) {
-            assert_clear_4xx(outcome(&json_headers(), value.to_string().into_bytes()));
+            assert_clear_4xx(outcome(JSON, value.to_string().into_bytes()));
         }
 
         #[test]
         fn any_numbers_are_accepted_exactly_within_the_bounds(count in any::<i64>(), interval in any::<i64>(), text in proptest::option::of(".{0,40}")) {
             let body = json!({"count": count, "intervalMilliseconds": interval, "text": text});
-            let result = outcome(&json_headers(), body.to_string().into_bytes());
+            let result = outcome(JSON, body.to_string().into_bytes());
             let in_bounds = (1..=i64::from(MAX.get())).contains(&count) && (0..=60_000).contains(&interval);
             match result {
                 Ok(batch) => {

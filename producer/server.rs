@@ -1,45 +1,89 @@
-//! One port for both fronts: the REST routes and the gRPC services (producer, health,
-//! reflection) in one axum router, served over HTTP/1.1 and h2c, with a bounded graceful drain.
+//! The composition root and the one port for both fronts: the REST routes and the gRPC services
+//! (producer, health, reflection) in one axum router, served over HTTP/1.1 and h2c, with a
+//! bounded graceful drain.
 
 use std::{convert::Infallible, future::IntoFuture, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
     Json, Router,
+    extract::{MatchedPath, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use bindings::proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer};
+use bindings::{
+    api_token::ApiToken,
+    net,
+    proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer},
+    trace_context::TraceParent,
+};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::{
-    grpc::ProducerService,
-    rest::{self, AppState},
+    batch::Batches, config::Config, grpc::ProducerService, metrics::Metrics, publisher::Publisher,
+    rest,
 };
 
 /// After running batches are stopped, how long their last calls and responses may take.
 const FINAL_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves until `state.shutdown` is cancelled, then drains: requests in progress may run for
-/// `drain_timeout`; after that running batches are stopped and answer with their sent count.
-pub async fn run(
+/// What both fronts share, built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub batches: Batches,
+    /// The connection to the sidecar, which readiness asks whether it answers.
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGTERM: readiness then fails so no new traffic is routed here.
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    /// Wires the publisher, the batches and the metrics; connects to nothing yet.
+    pub fn new(config: &Config, shutdown: CancellationToken) -> Self {
+        let sidecar = config.sidecar_uri();
+        info!(%sidecar, binding = %config.binding_name, "sending through the Dapr sidecar");
+        let metrics = Arc::new(Metrics::default());
+        let publisher = Publisher::new(
+            sidecar,
+            config.binding_name.clone(),
+            config.dapr_api_token.as_ref().map(ApiToken::metadata_value),
+            config.sidecar_timeout,
+            config.retry_policy(),
+            Arc::clone(&metrics),
+        );
+        let batches = Batches::new(publisher.clone(), Arc::clone(&metrics), config.limits());
+        Self {
+            batches,
+            publisher,
+            metrics,
+            shutdown,
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains: requests in progress may run
+/// for the configured drain timeout; after that running batches are stopped and answer with
+/// their sent count.
+pub async fn serve(
     listener: TcpListener,
-    state: AppState,
-    drain_timeout: Duration,
+    config: Config,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
+    let app = App::new(&config, shutdown.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ProducerServer<ProducerService>>()
         .await;
 
-    let app = router(state.clone(), health_service)?;
-    let shutdown = state.shutdown.clone();
-    info!(%addr, binding = state.batches.publisher().binding(), "listening");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let router = router(app.clone(), health_service)?;
+    info!(%addr, binding = app.publisher.binding(), "listening");
+    let server = axum::serve(net::http_listener(listener), router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = pin!(server.into_future());
 
     tokio::select! {
@@ -53,6 +97,7 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    let drain_timeout = config.drain_timeout;
     info!(?drain_timeout, "draining requests in progress");
 
     if let Ok(result) = tokio::time::timeout(drain_timeout, &mut server).await {
@@ -60,7 +105,7 @@ pub async fn run(
         return result.context("serving");
     }
     warn!("drain timeout reached: stopping running batches");
-    state.batches.stop().await;
+    app.batches.stop().await;
     match tokio::time::timeout(FINAL_GRACE, &mut server).await {
         Ok(result) => result.context("serving")?,
         Err(_) => warn!("connections still open after the final grace period; exiting anyway"),
@@ -70,14 +115,10 @@ pub async fn run(
 }
 
 /// The whole public surface: REST, then gRPC services by path, then JSON 404/405 for REST
-/// callers and UNIMPLEMENTED for gRPC callers.
-pub fn router(state: AppState, health: impl GrpcService) -> anyhow::Result<Router> {
-    let producer = ProducerService::new(
-        state.batches.clone(),
-        state.max_count,
-        Arc::clone(&state.metrics),
-    );
-    let metrics = Arc::clone(&state.metrics);
+/// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced.
+pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
+    let producer = ProducerService::new(app.batches.clone(), Arc::clone(&app.metrics));
+    let metrics = Arc::clone(&app.metrics);
     // grpcurl asks v1 first and falls back to v1alpha, which older clients only know.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -91,7 +132,7 @@ pub fn router(state: AppState, health: impl GrpcService) -> anyhow::Result<Route
         .build_v1alpha()
         .context("building gRPC reflection")?;
 
-    let router = rest::router(state);
+    let router = rest::router(app);
     let router = grpc(router, producer);
     let router = grpc(router, health);
     let router = grpc(router, reflection_v1);
@@ -99,10 +140,43 @@ pub fn router(state: AppState, health: impl GrpcService) -> anyhow::Result<Route
     Ok(router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            rest::count_http,
-        )))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe)))
+}
+
+/// Wraps both fronts: every request runs in its trace's span, and REST requests are counted by
+/// route and status (gRPC requests are counted by their service, which knows the method).
+async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = is_grpc(request.headers());
+    // The route template, not the path: unknown paths must not create a series each.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
+    // carries its trace id; its batch's span repeats it for batches that outlive the request.
+    let response = match TraceParent::from_headers(request.headers()) {
+        Some(traceparent) => {
+            let span = bindings::context_span!("request", trace_id = traceparent.trace_id());
+            next.run(request).instrument(span).await
+        }
+        None => next.run(request).await,
+    };
+    if !grpc {
+        metrics.http_request(&route, response.status().as_u16());
+    }
+    response
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// A generated tonic server, mountable on an axum router.
@@ -142,11 +216,7 @@ fn grpc(router: Router, service: impl GrpcService) -> Router {
 }
 
 async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let is_grpc = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(&headers) {
         let status = tonic::Status::unimplemented(format!("no gRPC service at {}", uri.path()));
         return status.into_http::<axum::body::Body>();
     }

@@ -6,8 +6,19 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
-/// gRPC metadata key daprd puts the app API token under.
+/// gRPC metadata key (and HTTP header) the API token travels under, both ways.
 pub const API_TOKEN_METADATA: &str = "dapr-api-token";
+
+/// Why a request was refused by [`ApiToken::check`]; worded as daprd words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The request has no `dapr-api-token`.
+    #[error("authentication error: missing api token")]
+    Missing,
+    /// The request's `dapr-api-token` is not the expected one.
+    #[error("authentication error: api token mismatch")]
+    Mismatch,
+}
 
 /// An API token. Its `Debug` output never shows the value.
 #[derive(Clone)]
@@ -40,11 +51,19 @@ impl ApiToken {
         self.0.as_bytes().ct_eq(presented).into()
     }
 
+    /// Checks the `dapr-api-token` of a request's HTTP headers (or gRPC metadata, through
+    /// `MetadataMap::as_ref`) against this token.
+    pub fn check(&self, headers: &http::HeaderMap) -> Result<(), TokenError> {
+        match headers.get(API_TOKEN_METADATA) {
+            None => Err(TokenError::Missing),
+            Some(value) if self.matches(value.as_bytes()) => Ok(()),
+            Some(_) => Err(TokenError::Mismatch),
+        }
+    }
+
     /// Whether the request carries this token in its `dapr-api-token` metadata.
     pub fn authorizes(&self, metadata: &MetadataMap) -> bool {
-        metadata
-            .get(API_TOKEN_METADATA)
-            .is_some_and(|value| self.matches(value.as_bytes()))
+        self.check(metadata.as_ref()).is_ok()
     }
 }
 
@@ -82,6 +101,25 @@ mod tests {
         assert!(!t.authorizes(&metadata));
         metadata.insert(API_TOKEN_METADATA, "s3cret".parse().unwrap());
         assert!(t.authorizes(&metadata));
+    }
+
+    #[test]
+    fn check_tells_a_missing_token_from_a_wrong_one() {
+        let t = token("s3cret");
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(t.check(&headers), Err(TokenError::Missing));
+        assert_eq!(
+            TokenError::Missing.to_string(),
+            "authentication error: missing api token"
+        );
+        headers.insert(API_TOKEN_METADATA, "wrong".parse().unwrap());
+        assert_eq!(t.check(&headers), Err(TokenError::Mismatch));
+        assert_eq!(
+            TokenError::Mismatch.to_string(),
+            "authentication error: api token mismatch"
+        );
+        headers.insert(API_TOKEN_METADATA, "s3cret".parse().unwrap());
+        assert_eq!(t.check(&headers), Ok(()));
     }
 
     #[test]

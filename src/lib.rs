@@ -1,12 +1,17 @@
 //! Shared parts of the Dapr bindings producer/consumer pair.
 //!
-//! - [`message`]: the queue payload `{"text": ...}`, the wire contract between the two halves.
+//! - [`message`]: the queue payload `{"text": ...}`, the wire contract between the two halves,
+//!   and the binding operation that enqueues it.
 //! - [`dapr_endpoint`]: where the Dapr sidecar's gRPC API is (`DAPR_GRPC_ENDPOINT` / `DAPR_GRPC_PORT`).
-//! - [`trace_context`]: W3C `traceparent` parsing, to forward and log trace ids.
+//! - [`trace_context`]: W3C `traceparent` and `tracestate`, read from headers or metadata, to
+//!   forward and log trace ids; [`context_span!`] keeps such fields on every log line.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`),
-//!   everything else UNIMPLEMENTED; used by the tests' fake sidecar.
+//!   everything else UNIMPLEMENTED; served by devstack's stand-in, the tests' fake sidecar and
+//!   the benchmark's null sidecar.
 //! - [`backoff`]: exponential backoff with jitter, for retries and redeliveries.
-//! - [`api_token`]: Dapr's API tokens (`dapr-api-token`), compared in constant time.
+//! - [`api_token`]: Dapr's API tokens (`dapr-api-token`) and their check, in constant time.
+//! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
+//! - [`openmetrics`]: the content type of the `/metrics` answers.
 //! - [`cli`]: value parsers for settings the binaries share.
 //! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`).
 //! - [`shutdown`]: one cancellation token per process, cancelled on SIGTERM or Ctrl-C.
@@ -22,6 +27,8 @@ pub mod cli;
 pub mod dapr_endpoint;
 pub mod dapr_runtime;
 pub mod message;
+pub mod net;
+pub mod openmetrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

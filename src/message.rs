@@ -1,7 +1,10 @@
 //! The queue payload: `{"text": "Hello World"}`, byte for byte what the original ASP.NET sample sent,
-//! so either half can be swapped with the original's.
+//! so either half can be swapped with the original's; and the binding operation that enqueues it.
 
 use serde::{Deserialize, Serialize};
+
+/// The output binding operation that enqueues a message (the queue bindings support only this).
+pub const OPERATION_CREATE: &str = "create";
 
 /// Text of a message when the caller gives none, as in the original sample.
 pub const DEFAULT_TEXT: &str = "Hello World";

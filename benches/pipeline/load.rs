@@ -69,7 +69,7 @@ pub async fn invoke_binding(
                 name: BINDING.to_owned(),
                 data: MESSAGE.to_vec(),
                 metadata: HashMap::new(),
-                operation: "create".to_owned(),
+                operation: bindings::message::OPERATION_CREATE.to_owned(),
             });
             client.invoke_binding(request).await.map(drop)
         }

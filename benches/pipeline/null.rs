@@ -34,10 +34,7 @@ use bindings::{
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tonic::{
-    Request, Response, Status,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{Request, Response, Status, transport::Server};
 
 /// The first argument that makes the bench (or smoke test) binary serve the null servers.
 pub const ARG: &str = "--pipeline-null-servers";
@@ -126,7 +123,7 @@ async fn sidecar(counter: Counter) -> anyhow::Result<SocketAddr> {
     let (listener, addr) = bind().await?;
     let server = Server::builder()
         .add_service(DaprRuntimeServer::new(NullBinding(counter)))
-        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+        .serve_with_incoming(bindings::net::grpc_incoming(listener));
     tokio::spawn(server);
     Ok(addr)
 }
@@ -149,7 +146,7 @@ async fn app(counter: Counter) -> anyhow::Result<SocketAddr> {
     let (listener, addr) = bind().await?;
     let server = Server::builder()
         .add_service(AppCallbackServer::new(NullApp(counter)))
-        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+        .serve_with_incoming(bindings::net::grpc_incoming(listener));
     tokio::spawn(server);
     Ok(addr)
 }
