@@ -1121,7 +1121,7 @@ fn free_ports(consecutive: u16, singles: usize) -> (u16, Vec<u16>) {
         // Somewhere in the 8,000 ports below the range, by default 24768..32767.
         let low = ephemeral_range_start().saturating_sub(consecutive);
         let span = low.min(8_000);
-        low - span + (bindings::backoff::random_u64() % u64::from(span.max(1))) as u16
+        low - span + (fastrand::u64(..u64::from(span.max(1)))) as u16
     });
     for base in ephemeral.chain(below_ephemeral) {
         let Some(mut held) = hold_run(base, consecutive) else {
