@@ -14,6 +14,7 @@ use axum::{
 use bindings::trace_context::{TRACEPARENT, TraceParent};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::error;
 
 use crate::{broker::Broker, runtime::Runtime};
 
@@ -103,9 +104,14 @@ async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
     Json(state.broker.status())
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.broker.metrics(),
-    )
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8"; // TODO(core const)
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.broker.metrics() {
+        Ok(page) => ([(header::CONTENT_TYPE, OPENMETRICS)], page).into_response(),
+        Err(e) => {
+            error!(error = %e, "encoding the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

@@ -282,17 +282,18 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
 
     let c = stand_in.counts(QUEUE).await;
     assert_eq!((c.produced, c.active), (2, 2), "{c:?}");
-    let metrics = stand_in
+    let response = stand_in
         .http
         .get(stand_in.url("/devstack/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    // The page is written by hand: a strict scraper must take it.
-    let page = support::exposition::parse(&metrics);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    // OpenMetrics, labels escaped: a strict scraper must take the page.
+    let page = support::exposition::parse(&response.text().await.unwrap());
     for (series, value) in [
         (
             r#"devstack_queue_produced_total{queue="message-queue"}"#,
