@@ -38,10 +38,11 @@ pub struct UpArgs {
     /// Number of consumer processes (competing consumers on the one queue).
     #[arg(long, env = "CONSUMERS", default_value = "1")]
     pub consumers: NonZeroUsize,
-    /// The producer's port (REST and gRPC).
+    /// The producer's port (REST and gRPC); 0 picks a free port, shown in the banner.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
-    /// The first consumer's app port; consumer N listens on APP_PORT + N - 1.
+    /// The first consumer's app port; consumer N listens on APP_PORT + N - 1 (0: every consumer
+    /// picks a free port; the addresses are logged and in /devstack/status).
     #[arg(long, env = "APP_PORT", default_value_t = 50051)]
     pub app_port: u16,
     /// The first consumer's metrics port; consumer N serves /metrics on METRICS_PORT + N - 1
