@@ -1,4 +1,4 @@
-//! devstack configuration. The stand-in reuses daprd's variable names (DAPR_GRPC_PORT,
+//! devstack configuration. The sidecar reuses daprd's variable names (DAPR_GRPC_PORT,
 //! DAPR_HTTP_PORT, DAPR_API_TOKEN, APP_API_TOKEN) so the same environment drives both.
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{delivery::AppTarget, queue::Settings};
 
-/// Local stack: a stand-in for "daprd + the queue", the consumer(s) and the producer, on loopback.
+/// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
+/// the producer, on loopback.
 ///
-/// With no subcommand, starts everything (`up`). The stand-in speaks Dapr's real gRPC protocol on
+/// With no subcommand, starts everything (`up`). The sidecar speaks Dapr's real gRPC protocol on
 /// both sides; it is a development tool, not a broker: in production the queue is Azure Service
 /// Bus behind daprd.
 ///
@@ -27,9 +28,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the stand-in, the consumers and the producer (the default).
+    /// Start the sidecar, the consumers and the producer (the default).
     Up(UpArgs),
-    /// Run only the stand-in, for a producer and consumers started by hand.
+    /// Run only the sidecar, for a producer and consumers started by hand.
     Sidecar(SidecarOnlyArgs),
 }
 
@@ -87,7 +88,7 @@ impl SidecarOnlyArgs {
     }
 }
 
-/// The stand-in's own settings.
+/// The sidecar's own settings.
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
     /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.

@@ -1,5 +1,5 @@
 //! The HTTP side, like daprd's HTTP port: health endpoints, `POST /v1.0/bindings/{name}` (what the
-//! original ASP.NET producer called), and the stand-in's own queue status and metrics.
+//! original ASP.NET producer called), and the sidecar's own queue status and metrics.
 
 use std::{collections::HashMap, sync::Arc};
 
