@@ -1252,3 +1252,33 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
         assert!(!alive, "{part} (pid {pid}) still runs");
     }
 }
+
+#[tokio::test]
+async fn up_learns_the_consumers_addresses_from_text_logs_too() {
+    let env = [
+        ("LOG_FORMAT", "text"),
+        ("PORT", "0"),
+        ("APP_PORT", "0"),
+        ("DAPR_GRPC_PORT", "0"),
+        ("DAPR_HTTP_PORT", "0"),
+    ];
+    let mut service = Service::spawn(devstack::BIN, &env);
+    let bound = service
+        .wait_for_line("the consumer's listening line", |l| {
+            labelled(l).is_some_and(|(label, line)| {
+                label == "consumer" && line.contains(": listening addr=")
+            })
+        })
+        .await;
+    let addr = bound.split("addr=").nth(1).expect("addr=").trim();
+    let added = format!("delivering to consumer part=consumer app={addr}");
+    service
+        .wait_for_line("the consumer added at its address", |l| l.contains(&added))
+        .await;
+    // The banner comes once every address is known and the producer is ready.
+    service
+        .wait_for_line("the banner", |l| l.contains("Local stack is up"))
+        .await;
+    service.terminate();
+    assert_eq!(service.exit_code(WAIT).await, Some(0));
+}
