@@ -1,7 +1,12 @@
 //! `devstack up`: devstack's sidecar in this process, the real `consumer` and `producer` binaries
 //! as child processes on loopback, their output labelled by part, and a clean stop on Ctrl-C.
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -51,11 +56,33 @@ pub async fn serve(
     let bin_dir = binaries_dir()?;
     let sidecar_stop = CancellationToken::new();
     let mut sidecar = Sidecar::serve(listeners, &args.sidecar, sidecar_stop.clone())?;
-
-    let mut parts = Vec::new();
     let mut output = JoinSet::new();
-    // Consumers on port 0, whose address their `listening` event tells.
-    let mut unknown = Vec::new();
+    let (mut parts, unknown) = start_parts(&args, &bin_dir, &mut sidecar, &mut output)?;
+
+    let outcome = run(&args, &mut sidecar, &mut parts, unknown, &signal).await;
+    stop_all(&mut parts).await;
+    sidecar_stop.cancel();
+    sidecar.wait().await?;
+    // Drain what the parts printed last.
+    while output.join_next().await.is_some() {}
+    outcome
+}
+
+/// The addresses still to learn, of the parts started on port 0.
+struct Unknown {
+    consumers: Vec<(String, Listening)>,
+    producer: Listening,
+}
+
+/// Starts the consumers, delivering to those on a known port at once, then the producer.
+fn start_parts(
+    args: &UpArgs,
+    bin_dir: &Path,
+    sidecar: &mut Sidecar,
+    output: &mut JoinSet<()>,
+) -> anyhow::Result<(Vec<Part>, Unknown)> {
+    let mut parts = Vec::new();
+    let mut consumers = Vec::new();
     for n in 0..args.consumers.get() {
         let port = nth_port(args.app_port, n).context("APP_PORT + consumers is past port 65535")?;
         let metrics_port = nth_port(args.metrics_port, n)
@@ -70,86 +97,74 @@ pub async fn serve(
             .env("APP_PORT", port.to_string())
             .env("METRICS_PORT", metrics_port.to_string())
             .env("MAX_CONCURRENCY", args.max_concurrency.to_string());
-        let (part, listening) = spawn(label.clone(), command, &mut output)?;
+        let (part, listening) = spawn(label.clone(), command, output)?;
         parts.push(part);
         match port {
-            0 => unknown.push((label, listening)),
-            port => add_app(&mut sidecar, &label, ([127, 0, 0, 1], port).into(), &args),
+            0 => consumers.push((label, listening)),
+            port => add_app(sidecar, &label, ([127, 0, 0, 1], port).into(), args),
         }
     }
-    let mut producer = Command::new(bin_dir.join("producer"));
-    producer
+    let mut command = Command::new(bin_dir.join("producer"));
+    command
         .env("PORT", args.port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_addr.port().to_string())
         .env("DAPR_HTTP_PORT", sidecar.http_addr.port().to_string())
         .env_remove("DAPR_GRPC_ENDPOINT");
-    let (part, producer_listening) = spawn("producer".to_owned(), producer, &mut output)?;
+    let (part, producer) = spawn("producer".to_owned(), command, output)?;
     parts.push(part);
-
-    let started = tokio::select! {
-        started = async {
-            let deadline = Instant::now() + LISTEN_LIMIT;
-            for (label, listening) in unknown {
-                let address = listening_addr(&label, listening, deadline).await?;
-                add_app(&mut sidecar, &label, address, &args);
-            }
-            match args.port {
-                0 => listening_addr("producer", producer_listening, deadline)
-                    .await
-                    .map(|addr| addr.port()),
-                port => Ok(port),
-            }
-        } => Some(started),
-        _ = signal.cancelled() => None,
-    };
-    let failed = match started {
-        Some(Ok(port)) => {
-            let ready = tokio::select! {
-                ready = producer_ready(port) => ready,
-                _ = signal.cancelled() => Ok(()),
-            };
-            match ready {
-                Ok(()) if !signal.is_cancelled() => print_banner(
-                    port,
-                    sidecar.http_addr.port(),
-                    args.metrics_port,
-                    args.consumers.get(),
-                ),
-                Ok(()) => {}
-                Err(e) => warn!(error = %e, "the producer did not become ready"),
-            }
-            None
-        }
-        Some(Err(e)) => {
-            error!(error = %e, "stopping the stack");
-            Some(e)
-        }
-        None => None,
-    };
-
-    // Run until Ctrl-C / SIGTERM, or until a part stops on its own.
-    let exited = match failed {
-        Some(_) => None,
-        None => tokio::select! {
-            _ = signal.cancelled() => None,
-            exited = first_exit(&mut parts) => Some(exited),
+    Ok((
+        parts,
+        Unknown {
+            consumers,
+            producer,
         },
-    };
-    if let Some((label, status)) = &exited {
-        error!(part = %label, %status, "a part stopped on its own; stopping the stack");
-    }
+    ))
+}
 
-    stop_all(&mut parts).await;
-    sidecar_stop.cancel();
-    sidecar.wait().await?;
-    // Drain what the parts printed last.
-    while output.join_next().await.is_some() {}
-    if let Some(e) = failed {
-        return Err(e);
+/// Learns the ports chosen on port 0, waits for the producer and prints the banner, then runs
+/// until `signal` (Ok) or until a part stops on its own (an error).
+async fn run(
+    args: &UpArgs,
+    sidecar: &mut Sidecar,
+    parts: &mut [Part],
+    unknown: Unknown,
+    signal: &CancellationToken,
+) -> anyhow::Result<()> {
+    let learned = async {
+        let deadline = Instant::now() + LISTEN_LIMIT;
+        for (label, listening) in unknown.consumers {
+            let address = listening_addr(&label, listening, deadline).await?;
+            add_app(sidecar, &label, address, args);
+        }
+        match args.port {
+            0 => Ok(listening_addr("producer", unknown.producer, deadline)
+                .await?
+                .port()),
+            port => anyhow::Ok(port),
+        }
+    };
+    let port = tokio::select! {
+        port = learned => port.inspect_err(|e| error!(error = %e, "stopping the stack"))?,
+        _ = signal.cancelled() => return Ok(()),
+    };
+    tokio::select! {
+        ready = producer_ready(port) => match ready {
+            Ok(()) => print_banner(
+                port,
+                sidecar.http_addr.port(),
+                args.metrics_port,
+                args.consumers.get(),
+            ),
+            Err(e) => warn!(error = %e, "the producer did not become ready"),
+        },
+        _ = signal.cancelled() => return Ok(()),
     }
-    match exited {
-        Some((label, _)) => bail!("{label} stopped unexpectedly"),
-        None => Ok(()),
+    tokio::select! {
+        _ = signal.cancelled() => Ok(()),
+        (label, status) = first_exit(parts) => {
+            error!(part = %label, %status, "a part stopped on its own; stopping the stack");
+            bail!("{label} stopped unexpectedly")
+        }
     }
 }
 
