@@ -71,7 +71,8 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts serving on `listeners` until `shutdown`; delivers to no app until [`add_app`](Self::add_app).
+    /// Starts serving on `listeners` until `shutdown`; delivers to no app until
+    /// [`add_app`](Self::add_app).
     pub fn serve(
         listeners: Listeners,
         args: &SidecarArgs,

@@ -1126,6 +1126,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     let env = [
         ("PORT", "0"),
         ("APP_PORT", "0"),
+        ("METRICS_PORT", "0"),
         ("DAPR_GRPC_PORT", "0"),
         ("DAPR_HTTP_PORT", "0"),
         ("CONSUMERS", "2"),
@@ -1259,6 +1260,7 @@ async fn up_learns_the_consumers_addresses_from_text_logs_too() {
         ("LOG_FORMAT", "text"),
         ("PORT", "0"),
         ("APP_PORT", "0"),
+        ("METRICS_PORT", "0"),
         ("DAPR_GRPC_PORT", "0"),
         ("DAPR_HTTP_PORT", "0"),
     ];
