@@ -1,13 +1,20 @@
-//! The stand-in's queues, one per configured binding name, and what the status endpoints show.
+//! The sidecar's queues, one per configured binding name, and what the status endpoints show.
 
 use std::{
     collections::BTreeMap,
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
 use serde::Serialize;
 
 use crate::queue::{Counts, DeadLetter, Queue, Settings};
@@ -111,13 +118,25 @@ impl Broker {
         }
     }
 
-    /// The status in Prometheus text exposition format.
-    pub fn metrics(&self) -> String {
+    /// The status as an OpenMetrics page: the counts are read once, at the scrape.
+    pub fn metrics(self: &Arc<Self>) -> Result<String, fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut page = String::new();
+        text::encode(&mut page, &registry)?;
+        Ok(page)
+    }
+}
+
+impl Collector for Broker {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let status = self.status();
-        let mut out = String::from(
-            "# HELP devstack_queue_messages Messages in each state of the stand-in queue.\n\
-             # TYPE devstack_queue_messages gauge\n",
-        );
+        let mut messages = encoder.encode_descriptor(
+            "devstack_queue_messages",
+            "Messages in each state of the sidecar's queue.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (queue, c) in &status.queues {
             for (state, value) in [
                 ("active", c.active),
@@ -125,25 +144,64 @@ impl Broker {
                 ("completed", c.completed),
                 ("dead_lettered", c.dead_lettered),
             ] {
-                out += &format!(
-                    "devstack_queue_messages{{queue=\"{queue}\",state=\"{state}\"}} {value}\n"
-                );
+                let labels = [("queue", queue.as_str()), ("state", state)];
+                ConstGauge::new(value).encode(messages.encode_family(&labels)?)?;
             }
         }
-        out += "# HELP devstack_queue_produced_total Messages ever sent to the queue.\n\
-                # TYPE devstack_queue_produced_total counter\n";
+        // A counter family's samples get `_total`: devstack_queue_produced_total{queue}.
+        let mut produced = encoder.encode_descriptor(
+            "devstack_queue_produced",
+            "Messages ever sent to the queue.",
+            None,
+            MetricType::Counter,
+        )?;
         for (queue, c) in &status.queues {
-            out += &format!(
-                "devstack_queue_produced_total{{queue=\"{queue}\"}} {}\n",
-                c.produced
-            );
+            let labels = [("queue", queue.as_str())];
+            ConstCounter::new(c.produced).encode(produced.encode_family(&labels)?)?;
         }
-        out += "# HELP devstack_consumers_connected Consumer apps that listed their bindings and are healthy.\n\
-                # TYPE devstack_consumers_connected gauge\n";
-        out += &format!(
-            "devstack_consumers_connected {}\n",
-            status.consumers_connected
-        );
-        out
+        let connected = encoder.encode_descriptor(
+            "devstack_consumers_connected",
+            "Consumer apps that listed their bindings and are healthy.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(status.consumers_connected).encode(connected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bindings::backoff::Backoff;
+
+    use super::*;
+
+    #[test]
+    fn metrics_are_openmetrics_with_escaped_labels() {
+        let settings = Settings {
+            max_delivery_count: 1,
+            redelivery: Backoff {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+        };
+        let broker = Broker::new(&["q".to_owned(), "a\"b\\c".to_owned()], settings);
+        broker
+            .queue("q")
+            .expect("queue q")
+            .send(b"x".to_vec(), Default::default(), None);
+        let page = broker.metrics().expect("encodes");
+        for line in [
+            "# TYPE devstack_queue_messages gauge",
+            r#"devstack_queue_messages{queue="q",state="active"} 1"#,
+            r#"devstack_queue_messages{queue="a\"b\\c",state="locked"} 0"#,
+            "# TYPE devstack_queue_produced counter",
+            r#"devstack_queue_produced_total{queue="q"} 1"#,
+            "devstack_consumers_connected 0",
+        ] {
+            assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        assert!(page.ends_with("# EOF\n"), "{page}");
     }
 }

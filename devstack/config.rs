@@ -1,4 +1,4 @@
-//! devstack configuration. The stand-in reuses daprd's variable names (DAPR_GRPC_PORT,
+//! devstack configuration. The sidecar reuses daprd's variable names (DAPR_GRPC_PORT,
 //! DAPR_HTTP_PORT, DAPR_API_TOKEN, APP_API_TOKEN) so the same environment drives both.
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{delivery::AppTarget, queue::Settings};
 
-/// Local stack: a stand-in for "daprd + the queue", the consumer(s) and the producer, on loopback.
+/// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
+/// the producer, on loopback.
 ///
-/// With no subcommand, starts everything (`up`). The stand-in speaks Dapr's real gRPC protocol on
+/// With no subcommand, starts everything (`up`). The sidecar speaks Dapr's real gRPC protocol on
 /// both sides; it is a development tool, not a broker: in production the queue is Azure Service
 /// Bus behind daprd.
 ///
@@ -27,9 +28,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the stand-in, the consumers and the producer (the default).
+    /// Start the sidecar, the consumers and the producer (the default).
     Up(UpArgs),
-    /// Run only the stand-in, for a producer and consumers started by hand.
+    /// Run only the sidecar, for a producer and consumers started by hand.
     Sidecar(SidecarOnlyArgs),
 }
 
@@ -38,10 +39,11 @@ pub struct UpArgs {
     /// Number of consumer processes (competing consumers on the one queue).
     #[arg(long, env = "CONSUMERS", default_value = "1")]
     pub consumers: NonZeroUsize,
-    /// The producer's port (REST and gRPC).
+    /// The producer's port (REST and gRPC); 0 picks a free port, shown in the banner.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
-    /// The first consumer's app port; consumer N listens on APP_PORT + N - 1.
+    /// The first consumer's app port; consumer N listens on APP_PORT + N - 1 (0: every consumer
+    /// picks a free port; the addresses are logged and in /devstack/status).
     #[arg(long, env = "APP_PORT", default_value_t = 50051)]
     pub app_port: u16,
     /// The first consumer's metrics port; consumer N serves /metrics on METRICS_PORT + N - 1
@@ -86,7 +88,7 @@ impl SidecarOnlyArgs {
     }
 }
 
-/// The stand-in's own settings.
+/// The sidecar's own settings.
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
     /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.

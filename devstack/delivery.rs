@@ -121,7 +121,7 @@ async fn list_bindings(
             Err(status) if !answered(&status) => {
                 debug!(%app, error = %status.message(), "app not answering ListInputBindings yet")
             }
-            // daprd takes an error answer as "no bindings"; so does the stand-in.
+            // daprd takes an error answer as "no bindings"; so does the sidecar.
             Err(status) => {
                 warn!(%app, code = ?status.code(), error = %status.message(), "ListInputBindings failed; delivering no bindings to this app");
                 return Some(Vec::new());

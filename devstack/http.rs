@@ -1,5 +1,5 @@
 //! The HTTP side, like daprd's HTTP port: health endpoints, `POST /v1.0/bindings/{name}` (what the
-//! original ASP.NET producer called), and the stand-in's own queue status and metrics.
+//! original ASP.NET producer called), and the sidecar's own queue status and metrics.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -14,6 +14,7 @@ use axum::{
 use bindings::trace_context::TraceParent;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::error;
 
 use crate::{broker::Broker, runtime::Runtime};
 
@@ -96,9 +97,14 @@ async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
     Json(state.broker.status())
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.broker.metrics(),
-    )
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8"; // TODO(core const)
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.broker.metrics() {
+        Ok(page) => ([(header::CONTENT_TYPE, OPENMETRICS)], page).into_response(),
+        Err(e) => {
+            error!(error = %e, "encoding the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

@@ -1,28 +1,18 @@
 //! Random identifiers for messages and trace spans (unique, not unpredictable).
 
-use bindings::backoff::random_u64;
-
-/// A GUID-shaped message id, like Service Bus's.
+/// A GUID-shaped message id, like Service Bus's: a random (version 4) UUID.
 pub fn message_id() -> String {
-    let (a, b) = (random_u64(), random_u64());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
-/// A new 32-hex-digit W3C trace id (never all zeros).
+/// A new 32-hex-digit W3C trace id (never all zeros, which W3C reserves as invalid).
 pub fn trace_id() -> String {
-    format!("{:016x}{:016x}", random_u64() | 1, random_u64())
+    format!("{:032x}", fastrand::u128(1..))
 }
 
-/// A `traceparent` for a new span of `trace_id`, sampled.
+/// A `traceparent` for a new span of `trace_id`, sampled; the span id is never all zeros either.
 pub fn traceparent(trace_id: &str) -> String {
-    format!("00-{trace_id}-{:016x}-01", random_u64() | 1)
+    format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! `devstack`: the whole pipeline on one machine. A stand-in for "daprd + the queue" speaking
-//! Dapr's gRPC protocol on both sides, with the unmodified `producer` and `consumer` binaries.
+//! `devstack`: the whole pipeline on one machine. devstack's sidecar, which stands in for daprd and
+//! the queue, speaks Dapr's gRPC protocol on both sides, with the unmodified `producer` and
+//! `consumer` binaries.
 
 #![forbid(unsafe_code)]
 
@@ -16,29 +17,24 @@ mod supervisor;
 use bindings::{shutdown, telemetry};
 use clap::Parser;
 
-use crate::config::{Cli, Command};
+use crate::{
+    config::{Cli, Command},
+    sidecar::Listeners,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command,
-        up: up_args,
-    } = Cli::parse();
-    match command {
-        Some(Command::Sidecar(args)) => {
+    let Cli { command, up } = Cli::parse();
+    match command.unwrap_or(Command::Up(up)) {
+        Command::Sidecar(args) => {
             telemetry::init(&args.sidecar.log)?;
-            let mut sidecar = sidecar::Sidecar::start(&args.sidecar, shutdown::on_signal()).await?;
-            for target in args.targets() {
-                sidecar.add_app(target);
-            }
-            sidecar.wait().await
+            let listeners = Listeners::bind(&args.sidecar).await?;
+            sidecar::serve(listeners, args, shutdown::on_signal()).await
         }
-        Some(Command::Up(args)) => up(args).await,
-        None => up(up_args).await,
+        Command::Up(args) => {
+            telemetry::init_labelled(&args.sidecar.log, supervisor::OWN_LABEL)?;
+            let listeners = Listeners::bind(&args.sidecar).await?;
+            supervisor::serve(listeners, args, shutdown::on_signal()).await
+        }
     }
-}
-
-async fn up(args: config::UpArgs) -> anyhow::Result<()> {
-    telemetry::init_labelled(&args.sidecar.log, supervisor::OWN_LABEL)?;
-    supervisor::up(args, shutdown::on_signal()).await
 }

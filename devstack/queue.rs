@@ -3,7 +3,11 @@
 //! delivery count up by one), and past the max delivery count it moves to the dead-letter list.
 //! A lock dropped without either (a consumer that vanished, a cancelled task) abandons it.
 //!
-//! Invariant, checked under the one lock: produced = active + locked + completed + dead-lettered.
+//! Invariant: produced = active + locked + completed + dead-lettered. It holds by construction,
+//! not by a check: each message sent is in exactly one place (waiting in `ready`, or in `delayed`
+//! while it backs off; `locked`; or only counted, once completed or dead-lettered), every move
+//! between them happens under the queue's one lock, and [`Queue::counts`] reads them all under
+//! it, so every snapshot adds up. The tests check it on every read.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -18,7 +22,7 @@ use tokio::{sync::Notify, time::Instant};
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
 
-/// Queue behaviour, shared by every queue of a stand-in.
+/// Queue behaviour, shared by every queue of a sidecar.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).

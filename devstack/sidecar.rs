@@ -1,5 +1,5 @@
-//! The stand-in for "daprd + the queue": the runtime gRPC API, the HTTP API, the queues and the
-//! delivery to consumer apps, started together on loopback.
+//! devstack's sidecar, which stands in for daprd and the queue: the runtime gRPC API, the HTTP
+//! API, the queues and the delivery to consumer apps, served together on loopback.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -11,25 +11,21 @@ use tracing::info;
 
 use crate::{
     broker::Broker,
-    config::SidecarArgs,
+    config::{SidecarArgs, SidecarOnlyArgs},
     delivery::{self, AppTarget, DeliverySettings},
     http,
     runtime::Runtime,
 };
 
-/// A running stand-in.
-pub struct Sidecar {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    broker: Arc<Broker>,
-    delivery: DeliverySettings,
-    shutdown: CancellationToken,
-    tasks: JoinSet<anyhow::Result<()>>,
+/// The sidecar's two ports, bound before anything is served.
+pub struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
 }
 
-impl Sidecar {
-    /// Binds both ports and starts serving; returns once the ports are bound.
-    pub async fn start(args: &SidecarArgs, shutdown: CancellationToken) -> anyhow::Result<Self> {
+impl Listeners {
+    /// Binds the gRPC and HTTP ports on 127.0.0.1 (0 picks a free port).
+    pub async fn bind(args: &SidecarArgs) -> anyhow::Result<Self> {
         let grpc = TcpListener::bind(("127.0.0.1", args.grpc_port))
             .await
             .with_context(|| {
@@ -46,6 +42,42 @@ impl Sidecar {
                     args.http_port
                 )
             })?;
+        Ok(Self { grpc, http })
+    }
+}
+
+/// `devstack sidecar`: serves on `listeners`, delivering to the apps of `args`, until `shutdown`.
+pub async fn serve(
+    listeners: Listeners,
+    args: SidecarOnlyArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sidecar = Sidecar::serve(listeners, &args.sidecar, shutdown)?;
+    for target in args.targets() {
+        sidecar.add_app(target);
+    }
+    sidecar.wait().await
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    broker: Arc<Broker>,
+    delivery: DeliverySettings,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Sidecar {
+    /// Starts serving on `listeners` until `shutdown`; delivers to no app until
+    /// [`add_app`](Self::add_app).
+    pub fn serve(
+        listeners: Listeners,
+        args: &SidecarArgs,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let Listeners { grpc, http } = listeners;
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
 
         let broker = Broker::new(&args.bindings, args.queue_settings());

@@ -1,27 +1,41 @@
-//! `devstack up`: the stand-in in this process, the real `consumer` and `producer` binaries as
-//! child processes on loopback, their output labelled by part, and a clean stop on Ctrl-C.
+//! `devstack up`: devstack's sidecar in this process, the real `consumer` and `producer` binaries
+//! as child processes on loopback, their output labelled by part, and a clean stop on Ctrl-C.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
+    sync::oneshot,
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{config::UpArgs, delivery::AppTarget, sidecar::Sidecar};
+use crate::{
+    config::UpArgs,
+    delivery::AppTarget,
+    sidecar::{Listeners, Sidecar},
+};
 
 /// Longest a child may take to stop after SIGTERM: above the consumer's default 25 s drain limit.
 const STOP_LIMIT: Duration = Duration::from_secs(40);
 /// Longest the producer may take to become ready.
 const READY_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a child started on port 0 may take to log the address it bound.
+const LISTEN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Width of the part labels, so every part's lines line up.
 const LABEL_WIDTH: usize = 10;
-/// How the stand-in's own log lines are labelled.
+/// How the sidecar's own log lines are labelled.
 pub const OWN_LABEL: &str = "sidecar    | ";
 
 struct Part {
@@ -29,26 +43,50 @@ struct Part {
     child: Child,
 }
 
-/// Runs the whole local stack until `signal` is cancelled or a part exits on its own.
-pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
+/// The address a child logs in its `listening` event, once it has bound its port.
+type Listening = oneshot::Receiver<SocketAddr>;
+
+/// Runs the whole local stack, the sidecar on `listeners`, until `signal` is cancelled or a part
+/// exits on its own.
+pub async fn serve(
+    listeners: Listeners,
+    args: UpArgs,
+    signal: CancellationToken,
+) -> anyhow::Result<()> {
     let bin_dir = binaries_dir()?;
     let sidecar_stop = CancellationToken::new();
-    let mut sidecar = Sidecar::start(&args.sidecar, sidecar_stop.clone()).await?;
-
-    let mut parts = Vec::new();
+    let mut sidecar = Sidecar::serve(listeners, &args.sidecar, sidecar_stop.clone())?;
     let mut output = JoinSet::new();
+    let (mut parts, unknown) = start_parts(&args, &bin_dir, &mut sidecar, &mut output)?;
+
+    let outcome = run(&args, &mut sidecar, &mut parts, unknown, &signal).await;
+    stop_all(&mut parts).await;
+    sidecar_stop.cancel();
+    sidecar.wait().await?;
+    // Drain what the parts printed last.
+    while output.join_next().await.is_some() {}
+    outcome
+}
+
+/// The addresses still to learn, of the parts started on port 0.
+struct Unknown {
+    consumers: Vec<(String, Listening)>,
+    producer: Listening,
+}
+
+/// Starts the consumers, delivering to those on a known port at once, then the producer.
+fn start_parts(
+    args: &UpArgs,
+    bin_dir: &Path,
+    sidecar: &mut Sidecar,
+    output: &mut JoinSet<()>,
+) -> anyhow::Result<(Vec<Part>, Unknown)> {
+    let mut parts = Vec::new();
+    let mut consumers = Vec::new();
     for n in 0..args.consumers.get() {
-        let offset = u16::try_from(n)?;
-        let port = args
-            .app_port
-            .checked_add(offset)
-            .context("APP_PORT + consumers is past port 65535")?;
-        let metrics_port = match args.metrics_port {
-            0 => 0,
-            base => base
-                .checked_add(offset)
-                .context("METRICS_PORT + consumers is past port 65535")?,
-        };
+        let port = nth_port(args.app_port, n).context("APP_PORT + consumers is past port 65535")?;
+        let metrics_port = nth_port(args.metrics_port, n)
+            .context("METRICS_PORT + consumers is past port 65535")?;
         let label = if args.consumers.get() == 1 {
             "consumer".to_owned()
         } else {
@@ -59,87 +97,141 @@ pub async fn up(args: UpArgs, signal: CancellationToken) -> anyhow::Result<()> {
             .env("APP_PORT", port.to_string())
             .env("METRICS_PORT", metrics_port.to_string())
             .env("MAX_CONCURRENCY", args.max_concurrency.to_string());
-        parts.push(spawn(label, command, &mut output)?);
-        sidecar.add_app(AppTarget {
-            address: ([127, 0, 0, 1], port).into(),
-            max_concurrency: args.max_concurrency.get(),
-        });
+        let (part, listening) = spawn(label.clone(), command, output)?;
+        parts.push(part);
+        match port {
+            0 => consumers.push((label, listening)),
+            port => add_app(sidecar, &label, ([127, 0, 0, 1], port).into(), args),
+        }
     }
-    let mut producer = Command::new(bin_dir.join("producer"));
-    producer
+    let mut command = Command::new(bin_dir.join("producer"));
+    command
         .env("PORT", args.port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_addr.port().to_string())
         .env("DAPR_HTTP_PORT", sidecar.http_addr.port().to_string())
         .env_remove("DAPR_GRPC_ENDPOINT");
-    parts.push(spawn("producer".to_owned(), producer, &mut output)?);
+    let (part, producer) = spawn("producer".to_owned(), command, output)?;
+    parts.push(part);
+    Ok((
+        parts,
+        Unknown {
+            consumers,
+            producer,
+        },
+    ))
+}
 
-    let ready = tokio::select! {
-        ready = producer_ready(args.port) => ready,
+/// Learns the ports chosen on port 0, waits for the producer and prints the banner, then runs
+/// until `signal` (Ok) or until a part stops on its own (an error).
+async fn run(
+    args: &UpArgs,
+    sidecar: &mut Sidecar,
+    parts: &mut [Part],
+    unknown: Unknown,
+    signal: &CancellationToken,
+) -> anyhow::Result<()> {
+    let learned = async {
+        let deadline = Instant::now() + LISTEN_LIMIT;
+        for (label, listening) in unknown.consumers {
+            let address = listening_addr(&label, listening, deadline).await?;
+            add_app(sidecar, &label, address, args);
+        }
+        match args.port {
+            0 => Ok(listening_addr("producer", unknown.producer, deadline)
+                .await?
+                .port()),
+            port => anyhow::Ok(port),
+        }
+    };
+    let port = tokio::select! {
+        port = learned => port.inspect_err(|e| error!(error = %e, "stopping the stack"))?,
+        _ = signal.cancelled() => return Ok(()),
+    };
+    tokio::select! {
+        ready = producer_ready(port) => match ready {
+            Ok(()) => print_banner(
+                port,
+                sidecar.http_addr.port(),
+                args.metrics_port,
+                args.consumers.get(),
+            ),
+            Err(e) => warn!(error = %e, "the producer did not become ready"),
+        },
+        _ = signal.cancelled() => return Ok(()),
+    }
+    tokio::select! {
         _ = signal.cancelled() => Ok(()),
-    };
-    match ready {
-        Ok(()) if !signal.is_cancelled() => print_banner(
-            args.port,
-            sidecar.http_addr.port(),
-            args.metrics_port,
-            args.consumers.get(),
-        ),
-        Ok(()) => {}
-        Err(e) => warn!(error = %e, "the producer did not become ready"),
-    }
-
-    // Run until Ctrl-C / SIGTERM, or until a part stops on its own.
-    let exited = tokio::select! {
-        _ = signal.cancelled() => None,
-        exited = first_exit(&mut parts) => Some(exited),
-    };
-    if let Some((label, status)) = &exited {
-        error!(part = %label, %status, "a part stopped on its own; stopping the stack");
-    }
-
-    stop_all(&mut parts).await;
-    sidecar_stop.cancel();
-    sidecar.wait().await?;
-    // Drain what the parts printed last.
-    while output.join_next().await.is_some() {}
-    match exited {
-        Some((label, _)) => bail!("{label} stopped unexpectedly"),
-        None => Ok(()),
+        (label, status) = first_exit(parts) => {
+            error!(part = %label, %status, "a part stopped on its own; stopping the stack");
+            bail!("{label} stopped unexpectedly")
+        }
     }
 }
 
-/// Where `producer` and `consumer` are: next to this binary (cargo builds them all into one
-/// target directory). Under `cargo run`, they are built first, so the one command is enough.
+/// Consumer `n`'s port (0-based) when the first one's is `first`: the next ones follow it, and
+/// 0 stays 0 (each picks a free port).
+fn nth_port(first: u16, n: usize) -> Option<u16> {
+    match first {
+        0 => Some(0),
+        first => first.checked_add(u16::try_from(n).ok()?),
+    }
+}
+
+/// Starts delivering to a consumer, and says where it is.
+fn add_app(sidecar: &mut Sidecar, label: &str, address: SocketAddr, args: &UpArgs) {
+    info!(part = %label, app = %address, "delivering to consumer");
+    sidecar.add_app(AppTarget {
+        address,
+        max_concurrency: args.max_concurrency.get(),
+    });
+}
+
+/// Waits, until `deadline`, for the address a child started on port 0 logs.
+async fn listening_addr(
+    label: &str,
+    listening: Listening,
+    deadline: Instant,
+) -> anyhow::Result<SocketAddr> {
+    match tokio::time::timeout_at(deadline, listening).await {
+        Ok(Ok(address)) => Ok(address),
+        Ok(Err(_)) => bail!("{label} stopped before logging its `listening` event"),
+        Err(_) => bail!(
+            "{label} did not log its `listening` event within {LISTEN_LIMIT:?}; on port 0, \
+             devstack learns the address from it, so RUST_LOG must let it through (info)"
+        ),
+    }
+}
+
+/// Where `producer` and `consumer` are: next to this binary, where cargo builds all three.
+/// devstack does not build them itself: a missing one fails here, saying which command builds it.
 fn binaries_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the devstack binary")?;
     let dir = exe
         .parent()
         .context("devstack binary has no directory")?
         .to_owned();
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--bin", "producer", "--bin", "consumer"]);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        info!("building producer and consumer (cargo build)");
-        let status = build.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build of producer and consumer failed ({status})");
-        }
-    }
+    let build = if cfg!(debug_assertions) {
+        "cargo build --bins"
+    } else {
+        "cargo build --release --bins"
+    };
     for bin in ["producer", "consumer"] {
-        if !dir.join(bin).exists() {
+        let path = dir.join(bin);
+        if !path.exists() {
             bail!(
-                "{} not found next to devstack; run `cargo build --release` first",
-                dir.join(bin).display()
+                "{} not found next to devstack; `{build}` builds all three",
+                path.display()
             );
         }
     }
     Ok(dir)
 }
 
-fn spawn(label: String, mut command: Command, output: &mut JoinSet<()>) -> anyhow::Result<Part> {
+fn spawn(
+    label: String,
+    mut command: Command,
+    output: &mut JoinSet<()>,
+) -> anyhow::Result<(Part, Listening)> {
     command
         .env("BIND_ADDRESS", "127.0.0.1")
         .stdin(Stdio::null())
@@ -150,22 +242,58 @@ fn spawn(label: String, mut command: Command, output: &mut JoinSet<()>) -> anyho
         .spawn()
         .with_context(|| format!("starting {label}"))?;
     let prefix = format!("{label:<LABEL_WIDTH$} | ");
+    let (listening, address) = oneshot::channel();
+    // Log events go to stdout; stderr has only what escapes them (a panic message).
     if let Some(stdout) = child.stdout.take() {
-        output.spawn(relay(prefix.clone(), stdout));
+        output.spawn(relay(prefix.clone(), stdout, Some(listening)));
     }
     if let Some(stderr) = child.stderr.take() {
-        output.spawn(relay(prefix, stderr));
+        output.spawn(relay(prefix, stderr, None));
     }
     info!(part = %label, pid = child.id(), "started");
-    Ok(Part { label, child })
+    Ok((Part { label, child }, address))
 }
 
-/// Copies a child's lines to our stdout, each labelled with the part it comes from.
-async fn relay(prefix: String, stream: impl AsyncRead + Unpin) {
+/// Copies a child's lines to our stdout, each labelled with the part it comes from, and sends the
+/// address of its first `listening` event to `listening`.
+async fn relay(
+    prefix: String,
+    stream: impl AsyncRead + Unpin,
+    mut listening: Option<oneshot::Sender<SocketAddr>>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         println!("{prefix}{line}");
+        if listening.is_some()
+            && let Some(address) = listening_event(&line)
+            && let Some(tx) = listening.take()
+        {
+            let _ = tx.send(address);
+        }
     }
+}
+
+/// The `addr` of a `listening` event (not `metrics listening`), in either log format:
+/// `{"message":"listening","addr":"127.0.0.1:50051",...}` or
+/// `2026-01-01T00:00:00.000000Z  INFO consumer::server: listening addr=127.0.0.1:50051`.
+fn listening_event(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let event: Value = serde_json::from_str(line).ok()?;
+        return match event["message"].as_str() {
+            Some("listening") => event["addr"].as_str()?.parse().ok(),
+            _ => None,
+        };
+    }
+    let mut words = line.split_whitespace();
+    let mut before = "";
+    for word in words.by_ref() {
+        // The message follows the target (`consumer::server:`) or, without one, the level.
+        if word == "listening" && (before.ends_with(':') || before == "INFO") {
+            break;
+        }
+        before = word;
+    }
+    words.find_map(|field| field.strip_prefix("addr=")?.parse().ok())
 }
 
 async fn producer_ready(port: u16) -> anyhow::Result<()> {
@@ -250,4 +378,40 @@ Metrics: localhost:{port}/metrics (producer), {consumer_metrics} (consumer), loc
 Ctrl-C stops everything.
 "#
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_follow_the_first_port_or_all_pick_free_ones() {
+        let ports: Vec<_> = (0..3).map(|n| nth_port(50051, n)).collect();
+        assert_eq!(ports, [Some(50051), Some(50052), Some(50053)]);
+        assert_eq!(nth_port(0, 7), Some(0));
+        assert_eq!(nth_port(u16::MAX, 1), None);
+    }
+
+    #[test]
+    fn finds_the_listening_address_in_text_and_json_lines() {
+        let addr: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        for line in [
+            "2026-11-23T19:20:22.000000Z  INFO consumer::server: listening addr=127.0.0.1:50051",
+            "2026-11-23T19:20:22.000000Z  INFO producer::server: listening addr=127.0.0.1:50051 binding=\"message-queue\"",
+            "2026-11-23T19:20:22.000000Z  INFO listening addr=127.0.0.1:50051",
+            r#"{"timestamp":"2026-11-23T19:20:22.000000Z","level":"INFO","message":"listening","addr":"127.0.0.1:50051","target":"consumer::server"}"#,
+        ] {
+            assert_eq!(listening_event(line), Some(addr), "{line}");
+        }
+        for line in [
+            "2026-11-23T19:20:22.000000Z  INFO consumer::metrics: metrics listening addr=127.0.0.1:9090",
+            r#"{"level":"INFO","message":"metrics listening","addr":"127.0.0.1:9090"}"#,
+            "2026-11-23T19:20:22.000000Z  INFO consumer::server: listening",
+            r#"{"message":"listening","addr":"not an address"}"#,
+            "Hello World -- Received at: 11/23/2026 19:20:22 -- Finished at: 11/23/2026 19:20:27",
+            "{not json",
+        ] {
+            assert_eq!(listening_event(line), None, "{line}");
+        }
+    }
 }

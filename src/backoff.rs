@@ -1,12 +1,7 @@
 //! Exponential backoff: `base`, doubled per attempt, capped at `max`; with optional full jitter
 //! (a uniform pick in `0..=delay`), so clients retrying together spread out.
 
-use std::{
-    collections::hash_map::RandomState,
-    hash::{BuildHasher, Hasher},
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 /// Delays between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +19,9 @@ impl Backoff {
 
     /// [`delay`](Self::delay) with full jitter.
     pub fn jittered(&self, attempt: u32) -> Duration {
-        let ceiling = self.delay(attempt).as_nanos() as u64;
-        Duration::from_nanos(random_u64() % ceiling.saturating_add(1))
+        let ceiling = u64::try_from(self.delay(attempt).as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(fastrand::u64(0..=ceiling))
     }
-}
-
-/// A random number from the standard library's randomly keyed hasher: good enough for jitter and
-/// unique ids, with no extra dependency (not for secrets).
-pub fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static KEYS: std::sync::LazyLock<RandomState> = std::sync::LazyLock::new(RandomState::new);
-    let mut hasher = KEYS.build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
 }
 
 #[cfg(test)]

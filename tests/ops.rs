@@ -10,10 +10,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::{
     WAIT,
+    devstack::Devstack,
     process::Service,
     producer::Producer,
     sidecar::{Behaviour, FakeSidecar},
-    stand_in::StandIn,
 };
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -405,7 +405,7 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
             Service::spawn(CONSUMER, &env),
         ];
         let addrs = [consumers[0].addr().await, consumers[1].addr().await];
-        let stand_in = StandIn::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
+        let stand_in = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
         stand_in.wait_consumers(2).await;
 
         let (http, url) = (
@@ -457,14 +457,14 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
 
 /// `devstack sidecar` on a given gRPC port, so a restarted one comes back where the producer dials;
 /// it logs each message it takes (`message enqueued`).
-async fn stand_in_on(grpc_port: u16) -> StandIn {
+async fn stand_in_on(grpc_port: u16) -> Devstack {
     let port = grpc_port.to_string();
     let args = ["sidecar", "--grpc-port", &port, "--http-port", "0"];
     let env = [("RUST_LOG", "info,devstack::runtime=debug")];
-    let mut service = Service::spawn_with_args(support::stand_in::BIN, &args, &env);
+    let mut service = Service::spawn_with_args(support::devstack::BIN, &args, &env);
     let event = service.wait_for_message("sidecar listening").await;
-    let (grpc_addr, http_addr) = support::stand_in::sidecar_addrs(&event);
-    StandIn::attach(service, grpc_addr, http_addr)
+    let (grpc_addr, http_addr) = support::devstack::sidecar_addrs(&event);
+    Devstack::attach(service, grpc_addr, http_addr)
 }
 
 #[tokio::test]
@@ -492,7 +492,7 @@ async fn stand_in_killed_and_restarted_mid_batch_loses_at_most_the_call_in_fligh
     });
     first
         .wait_status("5 messages", |s| {
-            support::stand_in::counts(s, "message-queue").produced >= 5
+            support::devstack::counts(s, "message-queue").produced >= 5
         })
         .await;
     first.service.kill();

@@ -1,5 +1,5 @@
-//! A strict parser for the Prometheus / OpenMetrics text exposition a `/metrics` endpoint serves,
-//! so a test can both read the values and prove that a scraper would accept the page.
+//! A strict parser for the OpenMetrics text exposition a `/metrics` endpoint serves, so a test can
+//! both read the values and prove that a scraper would accept the page.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -54,14 +54,16 @@ struct Family {
 /// Parses `text`, panicking with the offending line on anything a strict scraper would reject:
 /// a sample that is not `name{labels} value`, a value that is not a float, a label that is not
 /// `name="escaped value"`, a metric without HELP and TYPE before its samples, a family split in
-/// two, a repeated series, a histogram whose buckets do not add up, or lines after `# EOF`.
+/// two, a repeated series, a histogram whose buckets do not add up, or no final `# EOF`.
 pub fn parse(text: &str) -> Exposition {
     let mut page = Exposition::default();
     let mut families: HashMap<String, Family> = HashMap::new();
     let mut current: Option<String> = None;
     let mut eof = false;
-    assert!(text.ends_with('\n'), "the page must end with a newline");
-    let openmetrics = text.ends_with("# EOF\n");
+    assert!(
+        text.ends_with("\n# EOF\n"),
+        "the page must end with `# EOF`:\n{text}"
+    );
     for (n, line) in text.lines().enumerate() {
         let fail = |why: &str| -> ! { panic!("line {}: {why}: {line:?}\n{text}", n + 1) };
         if eof {
@@ -124,7 +126,7 @@ pub fn parse(text: &str) -> Exposition {
             fail("an invalid metric name");
         }
         check_labels(labels).unwrap_or_else(|why| fail(why));
-        let family_name = family_of(name, &families, openmetrics).unwrap_or_else(|| {
+        let family_name = family_of(name, &families).unwrap_or_else(|| {
             fail("a sample of no family with HELP and TYPE (or with the wrong suffix)")
         });
         if current.as_deref() != Some(family_name.as_str()) {
@@ -214,11 +216,9 @@ fn check_labels(labels: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The family `name` belongs to: itself, or itself minus the suffix its family's type allows.
-/// The family a sample belongs to. In OpenMetrics a counter `x` has samples `x_total` (and
-/// `x_created`); in the older Prometheus text format (no `# EOF`) a counter is typed under the
-/// name its samples carry, `# TYPE x_total counter`.
-fn family_of(name: &str, families: &HashMap<String, Family>, openmetrics: bool) -> Option<String> {
+/// The family sample `name` belongs to: itself, or itself minus the suffix its family's type
+/// allows (a counter `x` has samples `x_total` and `x_created`, never `x`).
+fn family_of(name: &str, families: &HashMap<String, Family>) -> Option<String> {
     let typed = |family: &str| {
         families
             .get(family)
@@ -226,8 +226,7 @@ fn family_of(name: &str, families: &HashMap<String, Family>, openmetrics: bool) 
             .and_then(|f| f.kind.clone())
     };
     if let Some(kind) = typed(name)
-        && (!matches!(kind.as_str(), "counter" | "histogram" | "summary")
-            || (kind == "counter" && !openmetrics))
+        && !matches!(kind.as_str(), "counter" | "histogram" | "summary")
     {
         return Some(name.to_owned());
     }
@@ -295,27 +294,23 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_older_text_format_with_counters_typed_by_their_sample_name() {
-        let page = parse("# HELP c_total Things.\n# TYPE c_total counter\nc_total{a=\"x\"} 3\n");
-        assert_eq!(page.get(r#"c_total{a="x"}"#), 3.0);
-    }
-
-    #[test]
     fn rejects_what_a_scraper_would() {
         for bad in [
-            "c_total 1\n",                                  // no HELP/TYPE
-            "# TYPE c counter\nc_total 1\n",                // no HELP
-            "# HELP c x\n# TYPE c counter\nc 1\n# EOF\n",   // OpenMetrics counter without _total
-            "# HELP g x\n# TYPE g gauge\ng one\n",          // not a float
-            "# HELP g x\n# TYPE g gauge\ng inf\n",          // not the format's spelling
-            "# HELP g x\n# TYPE g gauge\ng{a=b} 1\n",       // unquoted label
-            "# HELP g x\n# TYPE g gauge\ng{a=\"\\t\"} 1\n", // bad escape
-            "# HELP g x\n# TYPE g gauge\ng{a=\"1\",a=\"2\"} 1\n",
-            "# HELP g x\n# TYPE g gauge\ng 1\ng 2\n", // repeated series
-            "# HELP g x\n# TYPE g gauge\ng 1\n# EOF\ng 2\n", // after EOF
-            "# HELP g x\n# TYPE g gauge\ng 1",        // no final newline
-            "# HELP g x\n# TYPE g nonsense\ng 1\n",
-            "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+            "c_total 1\n# EOF\n",                                           // no HELP/TYPE
+            "# TYPE c counter\nc_total 1\n# EOF\n",                         // no HELP
+            "# HELP c x\n# TYPE c counter\nc 1\n# EOF\n", // counter without _total
+            "# HELP c_total x\n# TYPE c_total counter\nc_total 1\n# EOF\n", // typed as its sample
+            "# HELP g x\n# TYPE g gauge\ng one\n# EOF\n", // not a float
+            "# HELP g x\n# TYPE g gauge\ng inf\n# EOF\n", // not the format's spelling
+            "# HELP g x\n# TYPE g gauge\ng{a=b} 1\n# EOF\n", // unquoted label
+            "# HELP g x\n# TYPE g gauge\ng{a=\"\\t\"} 1\n# EOF\n", // bad escape
+            "# HELP g x\n# TYPE g gauge\ng{a=\"1\",a=\"2\"} 1\n# EOF\n",
+            "# HELP g x\n# TYPE g gauge\ng 1\ng 2\n# EOF\n", // repeated series
+            "# HELP g x\n# TYPE g gauge\ng 1\n# EOF\ng 2\n# EOF\n", // after EOF
+            "# HELP g x\n# TYPE g gauge\ng 1\n",             // no # EOF
+            "# HELP g x\n# TYPE g gauge\ng 1\n# EOF",        // no final newline
+            "# HELP g x\n# TYPE g nonsense\ng 1\n# EOF\n",
+            "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n# EOF\n",
         ] {
             let result = std::panic::catch_unwind(|| parse(bad));
             assert!(result.is_err(), "accepted {bad:?}");

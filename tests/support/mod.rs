@@ -1,13 +1,13 @@
 //! Shared test support: run the real binaries and read their JSON logs, a fake Dapr sidecar, a
-//! fake consumer app, and the devstack stand-in.
+//! fake consumer app, and devstack's sidecar.
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod app;
+pub mod devstack;
 pub mod exposition;
 pub mod process;
 pub mod producer;
 pub mod sidecar;
-pub mod stand_in;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! Runs `devstack sidecar` (the stand-in for "daprd + the queue") on ephemeral loopback ports,
-//! reads its two addresses from its `sidecar listening` event, and reads its queue status with a
-//! bounded poll, checking the queue invariant on every read.
+//! Runs `devstack sidecar` (devstack's sidecar, which stands in for daprd and the queue) on
+//! ephemeral loopback ports, reads its two addresses from its `sidecar listening` event, and reads
+//! its queue status with a bounded poll, checking the queue invariant on every read.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -35,15 +35,15 @@ impl Counts {
     }
 }
 
-/// A running `devstack sidecar`.
-pub struct StandIn {
+/// A running `devstack sidecar` (or the sidecar inside `devstack up`).
+pub struct Devstack {
     pub service: Service,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub http: reqwest::Client,
 }
 
-/// The stand-in's two addresses, from its `sidecar listening` event.
+/// The sidecar's two addresses, from its `sidecar listening` event.
 pub fn sidecar_addrs(event: &Value) -> (SocketAddr, SocketAddr) {
     let addr = |field: &str| -> SocketAddr {
         event[field]
@@ -54,7 +54,7 @@ pub fn sidecar_addrs(event: &Value) -> (SocketAddr, SocketAddr) {
     (addr("grpc_addr"), addr("http_addr"))
 }
 
-impl StandIn {
+impl Devstack {
     /// Starts `devstack sidecar` on ephemeral ports with `args` after the ports.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut all = vec!["sidecar", "--grpc-port", "0", "--http-port", "0"];
@@ -70,7 +70,7 @@ impl StandIn {
         }
     }
 
-    /// Wraps a stand-in started some other way (inside `devstack up`), to read its status.
+    /// Wraps a sidecar started some other way (inside `devstack up`), to read its status.
     pub fn attach(service: Service, grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
         Self {
             service,
@@ -93,7 +93,7 @@ impl StandIn {
         self.grpc_addr.port().to_string()
     }
 
-    /// An HTTP URL on the stand-in's HTTP port.
+    /// An HTTP URL on the sidecar's HTTP port.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)
     }
@@ -106,7 +106,7 @@ impl StandIn {
             .timeout(WAIT)
             .connect()
             .await
-            .expect("connecting to the stand-in")
+            .expect("connecting to the sidecar")
     }
 
     /// The Dapr crate's generated client on the runtime API.
@@ -156,7 +156,7 @@ impl StandIn {
         .await;
         match polled {
             Ok(true) => last,
-            _ => panic!("the stand-in's status never showed {what}; last: {last}"),
+            _ => panic!("the sidecar's status never showed {what}; last: {last}"),
         }
     }
 
