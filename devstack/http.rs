@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bindings::trace_context::TraceParent;
+use bindings::{openmetrics, trace_context::TraceParent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::error;
@@ -97,11 +97,9 @@ async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
     Json(state.broker.status())
 }
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8"; // TODO(core const)
-
 async fn metrics(State(state): State<HttpState>) -> Response {
     match state.broker.metrics() {
-        Ok(page) => ([(header::CONTENT_TYPE, OPENMETRICS)], page).into_response(),
+        Ok(page) => ([(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)], page).into_response(),
         Err(e) => {
             error!(error = %e, "encoding the metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

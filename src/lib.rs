@@ -6,7 +6,7 @@
 //! - [`trace_context`]: W3C `traceparent` and `tracestate`, read from headers or metadata, to
 //!   forward and log trace ids; [`context_span!`] keeps such fields on every log line.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`),
-//!   everything else UNIMPLEMENTED; served by devstack's stand-in, the tests' fake sidecar and
+//!   everything else UNIMPLEMENTED; served by devstack's sidecar, the tests' fake sidecar and
 //!   the benchmark's null sidecar.
 //! - [`backoff`]: exponential backoff with jitter, for retries and redeliveries.
 //! - [`api_token`]: Dapr's API tokens (`dapr-api-token`) and their check, in constant time.
