@@ -39,9 +39,11 @@ impl From<Status> for PublishError {
     fn from(status: Status) -> Self {
         match status.code() {
             Code::Unavailable => Self::Unavailable(status),
-            // A connection that broke mid-call (the sidecar was killed) comes back as UNKNOWN
-            // with the transport error as its source; the sidecar never answered it.
-            Code::Unknown if std::error::Error::source(&status).is_some() => {
+            // A status with a source was made here, from a transport error, not sent by the
+            // sidecar: a connection that broke mid-call (the sidecar was killed) comes back as
+            // UNKNOWN, a stream cut by the sidecar's GOAWAY as it restarts as INTERNAL ("h2
+            // protocol error"). Either way the sidecar never answered the call.
+            Code::Unknown | Code::Internal if std::error::Error::source(&status).is_some() => {
                 Self::Unavailable(status)
             }
             // tonic reports its own client-side deadline (SIDECAR_TIMEOUT) as CANCELLED.
@@ -262,6 +264,18 @@ mod tests {
         assert_eq!(broken.code(), Code::Unknown);
         assert!(matches!(
             PublishError::from(broken),
+            PublishError::Unavailable(_)
+        ));
+        // Likewise INTERNAL: the sidecar's own is an answer, one from an HTTP/2 stream the
+        // sidecar cut on its way down is not.
+        assert!(matches!(
+            PublishError::from(Status::internal("x")),
+            PublishError::Rejected(_)
+        ));
+        let cut = Status::from_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
+        assert_eq!(cut.code(), Code::Internal);
+        assert!(matches!(
+            PublishError::from(cut),
             PublishError::Unavailable(_)
         ));
     }
