@@ -24,6 +24,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::port::ClosedPort;
+
 /// How the fake app answers.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
@@ -220,6 +222,15 @@ impl FakeApp {
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind(addr).await.expect("binding the fake app");
+        Self::serve(listener, behaviour)
+    }
+
+    /// Starts on a port the stand-in was told of before: connections were refused until now.
+    pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
+        Self::serve(port.listen(), behaviour)
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().unwrap();
         let health_check = behaviour.health_check;
         let recorder = Arc::new(Recorder {

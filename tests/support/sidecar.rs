@@ -20,6 +20,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
+use super::port::ClosedPort;
+
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -128,6 +130,15 @@ impl FakeSidecar {
         let listener = TcpListener::bind(addr)
             .await
             .expect("binding the fake sidecar");
+        Self::serve(listener, behaviour)
+    }
+
+    /// Starts on a port a producer was told of before: connections were refused until now.
+    pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
+        Self::serve(port.listen(), behaviour)
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().unwrap();
         let recorder = Arc::new(Recorder {
             behaviour,
