@@ -375,9 +375,12 @@ async fn max_concurrency_one_processes_events_one_after_the_other() {
     consumer.stop().await;
 }
 
+/// The drain's window is the in-flight event's work: 10 s, where the calls made in it (all at
+/// once) take milliseconds, so even a machine too loaded to answer for seconds cannot close it on
+/// them. The test then waits for the event's answer, not for a time.
 #[tokio::test]
 async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
-    let mut consumer = Consumer::start(&[("WORK_DURATION", "3s"), DEBUG_LOG]).await;
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "10s"), DEBUG_LOG]).await;
     let mut callback = consumer.callback();
     let in_flight = tokio::spawn(async move { callback.on_binding_event(hello("drain-1")).await });
     consumer
@@ -391,21 +394,24 @@ async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
     let draining = consumer.service.wait_for_message("draining").await;
     assert_eq!(draining["in_flight"], 1, "{draining}");
 
-    // While the first event finishes: unhealthy, and new events are sent back to the broker.
-    assert_eq!(
-        consumer.grpc_health("").await.unwrap(),
-        ServingStatus::NotServing
+    // While the first event works: unhealthy, and new events are sent back to the broker.
+    let (health, app_callback_health, health_check, refused) = tokio::join!(
+        consumer.grpc_health(""),
+        consumer.grpc_health(APP_CALLBACK),
+        consumer.health_check(),
+        consumer.send(hello("drain-2")),
     );
-    assert_eq!(
-        consumer.grpc_health(APP_CALLBACK).await.unwrap(),
-        ServingStatus::NotServing
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight event ended before the calls made while it works"
     );
+    assert_eq!(health.unwrap(), ServingStatus::NotServing);
+    assert_eq!(app_callback_health.unwrap(), ServingStatus::NotServing);
     assert_code(
-        consumer.health_check().await,
+        health_check,
         Code::Unavailable,
         "HealthCheck while draining",
     );
-    let refused = consumer.send(hello("drain-2")).await;
     let status = assert_code(refused, Code::Unavailable, "event while draining");
     assert!(status.message().contains("shutting down"), "{status:?}");
 
