@@ -91,7 +91,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
+/// A request's gRPC metadata (`traceparent`, `dapr-api-token`, ...) as text, as the fakes
+/// record it.
+pub(super) fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
     request
         .metadata()
         .clone()

@@ -315,6 +315,20 @@ pub async fn run_to_end(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Opti
     (output.status.code(), text)
 }
 
+/// Runs `bin --help` with `env`; asserts it exits 0 and documents each of `settings` as an
+/// environment variable (`[env: NAME`); returns the help.
+pub async fn help(bin: &str, env: &[(&str, &str)], settings: &[&str]) -> String {
+    let (code, help) = run_to_end(bin, &["--help"], env).await;
+    assert_eq!(code, Some(0), "{help}");
+    for name in settings {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "--help lacks {name}:\n{help}"
+        );
+    }
+    help
+}
+
 /// CPU time (user + system) process `pid` has used so far; `"self"` for this process.
 pub fn cpu_time(pid: impl std::fmt::Display) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
-use super::port::ClosedPort;
+use super::{app::headers, port::ClosedPort};
 
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
@@ -89,13 +89,7 @@ impl Recorder {
             return Err(Status::new(code, "injected failure"));
         }
         tokio::time::sleep(self.behaviour.delay).await;
-        let headers = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
-            .collect();
+        let headers = headers(&request);
         let message = request.into_inner();
         let mut calls = self.calls.lock().unwrap();
         calls.push(Call {
