@@ -524,9 +524,11 @@ fn failed(reason: &str) -> String {
     format!(r#"consumer_events_failed_total{{binding="message-queue",reason="{reason}"}}"#)
 }
 
+/// Each event works 5 s (the original sample's work), the window for the scrapes made while it
+/// is in flight; each window is checked to have held.
 #[tokio::test]
 async fn metrics_follow_the_events_and_the_drain() {
-    let mut consumer = Consumer::start(&[("WORK_DURATION", "2s"), DEBUG_LOG]).await;
+    let mut consumer = Consumer::start(&[("WORK_DURATION", "5s"), DEBUG_LOG]).await;
     let page = consumer.scrape().await;
     for series in [RECEIVED, PROCESSED, IN_FLIGHT, DRAINING, PROCESSING_COUNT] {
         assert_eq!(page.get(series), 0.0, "{series}");
@@ -551,6 +553,7 @@ async fn metrics_follow_the_events_and_the_drain() {
         })
         .await;
     let page = consumer.scrape().await;
+    assert!(!first.is_finished(), "m-1 ended before the scrape");
     assert_eq!(page.get(IN_FLIGHT), 1.0);
     assert_eq!(page.get(RECEIVED), 1.0);
     assert_eq!(page.get(PROCESSED), 0.0);
@@ -561,7 +564,7 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(page.get(PROCESSED), 1.0);
     assert_eq!(page.get(PROCESSING_COUNT), 1.0);
     let work = page.get("consumer_event_processing_seconds_sum");
-    assert!((2.0..WAIT.as_secs_f64()).contains(&work), "{work}");
+    assert!((5.0..WAIT.as_secs_f64()).contains(&work), "{work}");
     assert_eq!(
         page.get(r#"consumer_event_processing_seconds_bucket{le="1.0"}"#),
         0.0
@@ -614,6 +617,10 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(page.get(&failed("draining")), 1.0);
     assert_eq!(page.get(RECEIVED), 4.0);
     assert_eq!(page.get(IN_FLIGHT), 1.0);
+    assert!(
+        !draining.is_finished(),
+        "m-2 ended before the drain's checks"
+    );
 
     let answer = tokio::time::timeout(WAIT, draining).await.unwrap().unwrap();
     assert!(answer.is_ok(), "{answer:?}");
