@@ -367,10 +367,12 @@ async fn first_to_log(a: &mut Service, b: &mut Service, message: &str) -> usize 
 
 #[tokio::test]
 async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lost() {
-    // A drain long enough to finish the work, then one too short for it.
-    for (drain, redelivered) in [("10s", false), ("100ms", true)] {
+    // A drain long enough to finish the work, then work far longer than the drain: seconds
+    // either way between the work's start and the drain's end, which no delay in stopping the
+    // consumer can bridge.
+    for (work, drain, redelivered) in [("1s", "10s", false), ("5s", "100ms", true)] {
         let env = [
-            ("WORK_DURATION", "1s"),
+            ("WORK_DURATION", work),
             ("DRAIN_TIMEOUT", drain),
             ("RUST_LOG", "info,consumer=debug"),
         ];
