@@ -33,8 +33,8 @@ const TAIL_BYTES: usize = 64 * 1024;
 const PACING: Duration = Duration::from_millis(2);
 
 /// The command for `bin` with `args`: only the environment `env` (plus JSON logs on 127.0.0.1
-/// and an ephemeral metrics port), so nothing from the developer's shell, nor cargo's `CARGO`
-/// (which makes `devstack` build), reaches it or the children `devstack` starts, which inherit
+/// and an ephemeral metrics port), so nothing from the developer's shell or from cargo (`CARGO`
+/// and the like, set for tests) reaches it, nor the children `devstack` starts, which inherit
 /// it. No `PATH` either: the binaries start nothing by name.
 pub fn command(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(bin);
