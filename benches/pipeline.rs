@@ -31,7 +31,7 @@ struct Args {
     /// Starts of each binary for spawn-to-ready and idle RSS.
     #[arg(long, default_value_t = 7)]
     starts: usize,
-    /// Consumer processes behind the stand-in in row 4.
+    /// Consumer processes behind the sidecar in row 4.
     #[arg(long, default_value_t = 4)]
     consumers: u32,
     /// Passed by `cargo bench`; ignored.

@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::{
     WAIT,
+    consumer::Consumer,
     devstack::Devstack,
     process::Service,
     producer::Producer,
@@ -102,7 +103,7 @@ async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
     env.push(("SIDECAR_RETRIES", "8"));
     let producer = Producer::start(&sidecar.port(), &env).await;
 
-    let url = format!("{}/MessageProducer", producer.base);
+    let url = producer.url("/MessageProducer");
     let http = producer.http.clone();
     let batch = tokio::spawn(async move {
         let response = http
@@ -143,7 +144,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
     let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "1")]).await;
 
     // One slow, paced batch holds the only place.
-    let url = format!("{}/MessageProducer", producer.base);
+    let url = producer.url("/MessageProducer");
     let http = producer.http.clone();
     let running = tokio::spawn(async move {
         http.post(url)
@@ -264,16 +265,6 @@ async fn metrics_count_requests_by_route_and_method_and_parse() {
     sidecar.stop().await;
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("procfs");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_50_rest_clients_and_10_grpc_streams_account_for_every_message() {
     const REST_CLIENTS: usize = 50;
@@ -282,16 +273,12 @@ async fn load_50_rest_clients_and_10_grpc_streams_account_for_every_message() {
 
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
     let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "64")]).await;
-    let pid = producer.service.pid();
-    let rss_before = rss_kib(pid);
+    let rss_before = producer.service.memory().rss_kib;
     let started = std::time::Instant::now();
 
     let mut clients = JoinSet::new();
     for _ in 0..REST_CLIENTS {
-        let (http, url) = (
-            producer.http.clone(),
-            format!("{}/MessageProducer", producer.base),
-        );
+        let (http, url) = (producer.http.clone(), producer.url("/MessageProducer"));
         clients.spawn(async move {
             let response = http
                 .post(url)
@@ -325,7 +312,7 @@ async fn load_50_rest_clients_and_10_grpc_streams_account_for_every_message() {
         .iter()
         .sum();
     let elapsed = started.elapsed();
-    let rss_after = rss_kib(pid);
+    let rss_after = producer.service.memory().rss_kib;
 
     let expected = ((REST_CLIENTS + STREAMS) as u64) * u64::from(COUNT);
     assert_eq!(sent, expected);
@@ -370,17 +357,6 @@ async fn slow_sidecar_beyond_the_deadline_fails_clearly_after_retries() {
     sidecar.stop().await;
 }
 
-/// How many messages a consumer logged the original's line for.
-async fn processed(consumer: &Service) -> usize {
-    let events = consumer.events().await;
-    let is_line = |e: &&serde_json::Value| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("Received at"))
-    };
-    events.iter().filter(is_line).count()
-}
-
 /// Which of two consumers logs `message` first.
 async fn first_to_log(a: &mut Service, b: &mut Service, message: &str) -> usize {
     tokio::select! {
@@ -391,26 +367,23 @@ async fn first_to_log(a: &mut Service, b: &mut Service, message: &str) -> usize 
 
 #[tokio::test]
 async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lost() {
-    const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
-    // A drain long enough to finish the work, then one too short for it.
-    for (drain, redelivered) in [("10s", false), ("100ms", true)] {
+    // A drain long enough to finish the work, then work far longer than the drain: seconds
+    // either way between the work's start and the drain's end, which no delay in stopping the
+    // consumer can bridge.
+    for (work, drain, redelivered) in [("1s", "10s", false), ("5s", "100ms", true)] {
         let env = [
-            ("APP_PORT", "0"),
-            ("WORK_DURATION", "1s"),
+            ("WORK_DURATION", work),
             ("DRAIN_TIMEOUT", drain),
             ("RUST_LOG", "info,consumer=debug"),
         ];
-        let mut consumers = [
-            Service::spawn(CONSUMER, &env),
-            Service::spawn(CONSUMER, &env),
-        ];
-        let addrs = [consumers[0].addr().await, consumers[1].addr().await];
-        let stand_in = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
-        stand_in.wait_consumers(2).await;
+        let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
+        let addrs = [first.addr, second.addr];
+        let sidecar = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
+        sidecar.wait_consumers(2).await;
 
         let (http, url) = (
-            stand_in.http.clone(),
-            stand_in.url("/v1.0/bindings/message-queue"),
+            sidecar.http.clone(),
+            sidecar.url("/v1.0/bindings/message-queue"),
         );
         let response = http
             .post(url)
@@ -418,23 +391,21 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
             .send();
         assert_eq!(response.await.unwrap().status(), StatusCode::NO_CONTENT);
 
-        let [a, b] = &mut consumers;
-        let busy = first_to_log(a, b, "event received").await;
-        consumers[busy].terminate();
-        assert_eq!(
-            consumers[busy].exit_code(WAIT).await,
-            Some(0),
-            "drain {drain}"
-        );
+        let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
+        let (busy, other) = if busy == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let by_busy = busy.stop_with_lines().await.len();
 
-        let counts = stand_in.wait_completed("message-queue", 1).await;
+        let counts = sidecar.wait_completed("message-queue", 1).await;
         assert_eq!(
             (counts.produced, counts.dead_lettered),
             (1, 0),
             "drain {drain}"
         );
-        let by_busy = processed(&consumers[busy]).await;
-        let by_other = processed(&consumers[1 - busy]).await;
+        let by_other = other.stop_with_lines().await.len();
         if redelivered {
             assert_eq!(
                 (by_busy, by_other),
@@ -448,16 +419,13 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
                 "the stopping consumer finished it"
             );
         }
-
-        consumers[1 - busy].terminate();
-        assert_eq!(consumers[1 - busy].exit_code(WAIT).await, Some(0));
-        stand_in.stop().await;
+        sidecar.stop().await;
     }
 }
 
 /// `devstack sidecar` on a given gRPC port, so a restarted one comes back where the producer dials;
 /// it logs each message it takes (`message enqueued`).
-async fn stand_in_on(grpc_port: u16) -> Devstack {
+async fn devstack_sidecar_on(grpc_port: u16) -> Devstack {
     let port = grpc_port.to_string();
     let args = ["sidecar", "--grpc-port", &port, "--http-port", "0"];
     let env = [("RUST_LOG", "info,devstack::runtime=debug")];
@@ -468,19 +436,15 @@ async fn stand_in_on(grpc_port: u16) -> Devstack {
 }
 
 #[tokio::test]
-async fn stand_in_killed_and_restarted_mid_batch_loses_at_most_the_call_in_flight() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut first = stand_in_on(port).await;
+async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_in_flight() {
+    let mut first = devstack_sidecar_on(0).await;
+    let port = first.grpc_addr.port();
     let mut env = QUICK_RETRIES.to_vec();
     env.push(("SIDECAR_RETRIES", "10"));
-    let producer = Producer::start(&port.to_string(), &env).await;
+    let producer = Producer::start(&first.grpc_port(), &env).await;
 
     // Paced: one call in flight at a time, so a kill catches at most one.
-    let url = format!("{}/MessageProducer", producer.base);
+    let url = producer.url("/MessageProducer");
     let http = producer.http.clone();
     let batch = tokio::spawn(async move {
         let body = json!({"count": 40, "intervalMilliseconds": 20});
@@ -501,7 +465,7 @@ async fn stand_in_killed_and_restarted_mid_batch_loses_at_most_the_call_in_fligh
         None,
         "killed by a signal"
     );
-    let second = stand_in_on(port).await;
+    let second = devstack_sidecar_on(port).await;
     // What the killed one took: it logs each message after queueing it and before answering.
     let before = first
         .service
@@ -521,44 +485,14 @@ async fn stand_in_killed_and_restarted_mid_batch_loses_at_most_the_call_in_fligh
     }
     let after = second.counts("message-queue").await.produced;
     // One call at a time: the one in flight at the kill was answered (counted in `sent`), or
-    // not, and then the producer sent it again to the second stand-in; if the first had logged
+    // not, and then the producer sent it again to the second sidecar; if the first had logged
     // it, the queues hold it twice (at-least-once). Every other message is in one queue once.
     let accepted = before + after;
     assert!(
         accepted == sent || accepted == sent + 1,
-        "producer reports {sent}; the stand-ins took {before} + {after}"
+        "producer reports {sent}; the sidecars took {before} + {after}"
     );
 
     producer.stop().await;
     second.stop().await;
-}
-
-/// The tests clear every setting the binaries read from the environment, so a developer's shell
-/// (say, `SIDECAR_RETRIES=0` left over from trying it) cannot change what they see. This fails
-/// when a binary gains a setting the list does not clear.
-#[test]
-fn the_tests_clear_every_setting_the_binaries_read() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut missing = Vec::new();
-    for file in [
-        "producer/config.rs",
-        "consumer/config.rs",
-        "devstack/config.rs",
-        "src/telemetry.rs",
-    ] {
-        let source = std::fs::read_to_string(root.join(file)).expect(file);
-        for (_, rest) in source
-            .match_indices("env = \"")
-            .map(|(i, _)| source.split_at(i + 7))
-        {
-            let name = &rest[..rest.find('"').expect("a closing quote")];
-            if !support::process::CLEARED.contains(&name) {
-                missing.push(format!("{file}: {name}"));
-            }
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "not cleared by tests/support/process.rs: {missing:?}"
-    );
 }

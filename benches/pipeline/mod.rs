@@ -8,7 +8,8 @@
 //! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP),
 //!   in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
-//! - `process`: the real binaries as child processes, their memory and CPU time.
+//! - `process`: the real binaries as child processes, their memory and CPU time (the tests'
+//!   harness, `tests/support/process.rs`).
 //! - `report`: the figures, the table and the JSON line.
 //!
 //! Every row pits two processes (three or more in row 4) against each other on the same cores,
@@ -17,6 +18,9 @@
 
 mod load;
 mod null;
+// The tests' harness (`tests/support/process.rs`): the bench uses only part of it.
+#[allow(dead_code)]
+#[path = "../../tests/support/process.rs"]
 mod process;
 mod report;
 
@@ -30,6 +34,7 @@ use anyhow::{Context, bail, ensure};
 pub use null::main_if_asked as null_servers_main_if_asked;
 pub use report::{Footprint, Report, Sample};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 use process::{Service, cpu_time};
 
@@ -39,7 +44,7 @@ pub struct Sizes {
     /// Messages per run of rows 1 to 4 (M).
     pub messages: u32,
     /// Calls in flight (C): the client's, the producer's SEND_CONCURRENCY, the consumer's
-    /// MAX_CONCURRENCY, and the stand-in's deliveries in total.
+    /// MAX_CONCURRENCY, and the sidecar's deliveries in total.
     pub concurrency: u32,
     /// Messages per run of row 5, the original's one-connection-per-message loop.
     pub original_messages: u32,
@@ -48,7 +53,7 @@ pub struct Sizes {
     pub rounds: usize,
     /// Starts of each binary for spawn-to-ready and idle RSS.
     pub starts: usize,
-    /// Consumer processes behind the stand-in in row 4.
+    /// Consumer processes behind the sidecar in row 4.
     pub consumers: u32,
 }
 
@@ -73,7 +78,7 @@ impl Binaries {
 
 /// Longest the bench waits for a stack to come up or a queue to empty.
 const WAIT: Duration = Duration::from_secs(60);
-/// How often the stand-in's status is read while waiting for the last completion.
+/// How often the sidecar's status is read while waiting for the last completion.
 const POLL: Duration = Duration::from_millis(5);
 
 /// Runs every stage and returns the figures. The clients run on two worker threads, like the
@@ -138,6 +143,12 @@ fn consumer_env(concurrency: u32, log: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Starts `bin` measured (see [`Service::measured`]) and waits for its `ready` event.
+async fn start(bin: &Path, args: &[&str], env: &[(&str, String)], ready: &str) -> (Service, Value) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::measured(bin, args, &env, ready).await
+}
+
 fn addr(event: &Value, field: &str) -> anyhow::Result<SocketAddr> {
     event[field]
         .as_str()
@@ -153,7 +164,7 @@ enum Pid {
 }
 
 impl Pid {
-    fn cpu(self) -> anyhow::Result<Duration> {
+    fn cpu(self) -> Duration {
         match self {
             Self::Bench => cpu_time("self"),
             Self::Child(pid) => cpu_time(pid),
@@ -171,17 +182,17 @@ async fn measure(
     messages: u32,
     run: impl Future<Output = anyhow::Result<Duration>>,
 ) -> anyhow::Result<Sample> {
-    let cpu = |parts: &Parts| -> anyhow::Result<Vec<Duration>> {
+    let cpu = |parts: &Parts| -> Vec<Duration> {
         parts
             .iter()
             .map(|(_, pids)| pids.iter().map(|p| p.cpu()).sum())
             .collect()
     };
-    let before = cpu(parts)?;
+    let before = cpu(parts);
     let start = Instant::now();
     let elapsed = run.await?;
     let wall = start.elapsed();
-    let after = cpu(parts)?;
+    let after = cpu(parts);
     let spent: Vec<f64> = after
         .iter()
         .zip(&before)
@@ -208,6 +219,24 @@ fn processed(events: &[Value]) -> anyhow::Result<u64> {
         .context("the consumer's log does not end with a `stopped` event")
 }
 
+/// `POST /MessageProducer {"count": m, "intervalMilliseconds": 0}`; returns its duration.
+async fn produce(http: &reqwest::Client, producer: SocketAddr, m: u32) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let response = http
+        .post(format!("http://{producer}/MessageProducer"))
+        .json(&json!({ "count": m, "intervalMilliseconds": 0 }))
+        .send()
+        .await?;
+    let elapsed = start.elapsed();
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(
+        status.is_success() && body["sent"] == m,
+        "the producer answered {status} {body} to a batch of {m}"
+    );
+    Ok(elapsed)
+}
+
 impl<'a> Bench<'a> {
     fn new(
         sizes: &'a Sizes,
@@ -232,193 +261,56 @@ impl<'a> Bench<'a> {
         let started = Instant::now();
         let load_before = report::load_average();
         let sizes = self.sizes;
-        let (nulls, event) =
-            Service::start(&std::env::current_exe()?, &[null::ARG], &[], null::READY)
-                .await
-                .context(
-                    "starting the null servers (is null_servers_main_if_asked called in main?)",
-                )?;
-        let null::Addresses {
-            sidecar,
-            app: null_app,
-            http: null_http,
-        } = serde_json::from_value(event)?;
-        let counts_url = format!("http://{null_http}/counts");
-        let counts = || async {
-            anyhow::Ok(
-                self.http
-                    .get(&counts_url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<null::Counts>()
-                    .await?,
-            )
-        };
+        // The null servers are this executable, started again: `main` must call
+        // `null_servers_main_if_asked` first, or they never log their addresses.
+        let (nulls, event) = start(&std::env::current_exe()?, &[null::ARG], &[], null::READY).await;
+        let null: null::Addresses = serde_json::from_value(event)?;
 
-        self.step("footprint: spawn to ready, idle RSS");
-        let mut producer_fp = Footprint::new(&self.bins.producer)?;
-        let mut consumer_fp = Footprint::new(&self.bins.consumer)?;
-        for _ in 0..sizes.starts {
-            let (ms, service, _) = self.start_producer(sidecar).await?;
-            producer_fp.started(ms, service.memory()?);
-            service.stop().await?;
-            let (ms, service, _) = self.start_consumer(sizes.concurrency, "info").await?;
-            consumer_fp.started(ms, service.memory()?);
-            service.stop().await?;
-        }
+        let (producer_fp, consumer_fp) = self.footprints(null.sidecar).await?;
+        let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
 
         self.step("starting the producer, the consumer and the local stack");
-        let (_, producer, producer_addr) = self.start_producer(sidecar).await?;
-        let (_, consumer, consumer_addr) = self.start_consumer(sizes.concurrency, "info").await?;
-        let (_, quiet, quiet_addr) = self.start_consumer(sizes.concurrency, QUIET_LOG).await?;
-        let stack = self.start_stack().await?;
-        let sidecar_channel = load::channel(sidecar).await?;
-        let consumer_channel = load::channel(consumer_addr).await?;
-        let quiet_channel = load::channel(quiet_addr).await?;
-        let null_app_channel = load::channel(null_app).await?;
-
-        let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
-        let (bench, null_pid) = (Pid::Bench, Pid::Child(nulls.pid()));
-        let transport_parts: Parts =
-            vec![("client", vec![bench]), ("null servers", vec![null_pid])];
-        let producer_parts: Parts = vec![
-            ("producer", vec![Pid::Child(producer.pid())]),
-            ("null servers", vec![null_pid]),
-        ];
-        let consumer_parts: Parts = vec![
-            ("client", vec![bench]),
-            ("consumer", vec![Pid::Child(consumer.pid())]),
-        ];
-        let quiet_parts: Parts = vec![
-            ("client", vec![bench]),
-            ("consumer", vec![Pid::Child(quiet.pid())]),
-        ];
-        let stack_parts: Parts = vec![
-            ("producer", vec![Pid::Child(stack.producer.pid())]),
-            ("stand-in", vec![Pid::Child(stack.devstack.pid())]),
-            (
-                "consumers",
-                stack
-                    .consumers
-                    .iter()
-                    .map(|c| Pid::Child(c.pid()))
-                    .collect(),
-            ),
-            ("bench (status polls)", vec![bench]),
-        ];
+        let rig = Rig::start(&self, nulls, null).await?;
         // Round 0 warms every path up (connections, allocator, caches) and is not reported.
-        let mut consumer_events = 0u64;
+        let mut consumer_events = 0;
         for round in 0..=sizes.rounds {
             let warm_up = round == 0;
-            let m = if warm_up {
-                sizes.messages.min(2_000)
-            } else {
-                sizes.messages
-            };
-            let m_original = if warm_up {
-                sizes.original_messages.min(200)
-            } else {
-                sizes.original_messages
-            };
             self.step(&if warm_up {
                 "warm-up round".to_owned()
             } else {
                 format!("round {round} of {}", sizes.rounds)
             });
-            let expect = |row: &str, before: null::Counts, after: null::Counts, want| {
-                ensure!(
-                    after == want,
-                    "{row}: the null servers' counts went from {before:?} to {after:?}, not {want:?}"
-                );
-                Ok(())
+            let (m, m_original) = if warm_up {
+                (sizes.messages.min(2_000), sizes.original_messages.min(200))
+            } else {
+                (sizes.messages, sizes.original_messages)
             };
-
-            let before = counts().await?;
-            let transport = measure(&transport_parts, m, async {
-                load::invoke_binding(&sidecar_channel, m, sizes.concurrency).await
-            })
-            .await?;
-            let want = null::Counts {
-                sidecar: before.sidecar + u64::from(m),
-                ..before
-            };
-            expect("(1)", before, counts().await?, want)?;
-
-            let before = counts().await?;
-            let produced = measure(&producer_parts, m, self.produce(producer_addr, m)).await?;
-            let want = null::Counts {
-                sidecar: before.sidecar + u64::from(m),
-                ..before
-            };
-            expect("(2)", before, counts().await?, want)?;
-
-            let consumed = measure(&consumer_parts, m, async {
-                load::binding_event(&consumer_channel, m, sizes.concurrency).await
-            })
-            .await?;
+            let samples = rig.round(m, m_original).await?;
             consumer_events += u64::from(m);
-
-            let quiet_consumed = measure(&quiet_parts, m, async {
-                load::binding_event(&quiet_channel, m, sizes.concurrency).await
-            })
-            .await?;
-
-            let before = counts().await?;
-            let null_consumed = measure(&transport_parts, m, async {
-                load::binding_event(&null_app_channel, m, sizes.concurrency).await
-            })
-            .await?;
-            let want = null::Counts {
-                app: before.app + u64::from(m),
-                ..before
-            };
-            expect("(3n)", before, counts().await?, want)?;
-
-            let end_to_end = measure(&stack_parts, m, stack.run(&self, m)).await?;
-
-            let before = counts().await?;
-            let original = measure(
-                &transport_parts,
-                m_original,
-                load::original(null_http, m_original),
-            )
-            .await?;
-            let want = null::Counts {
-                http: before.http + u64::from(m_original),
-                ..before
-            };
-            expect("(5)", before, counts().await?, want)?;
-
             if !warm_up {
-                report.transport.push(transport);
-                report.producer.push(produced);
-                report.consumer.push(consumed);
-                report.consumer_quiet.push(quiet_consumed);
-                report.null_app.push(null_consumed);
-                report.end_to_end.push(end_to_end);
-                report.original.push(original);
+                report.push(samples);
             }
         }
-
-        report.producer_fp.peak_kib = producer.memory()?.peak_kib;
-        report.consumer_fp.peak_kib = consumer.memory()?.peak_kib;
-        producer.stop().await?;
-        let consumer_processed = processed(&consumer.stop().await?)?;
-        ensure!(
-            consumer_processed == consumer_events,
-            "(3): the consumer processed {consumer_processed} events, not {consumer_events}"
-        );
-        let quiet_processed = processed(&quiet.stop().await?)?;
-        ensure!(
-            quiet_processed == consumer_events,
-            "(3w): the consumer processed {quiet_processed} events, not {consumer_events}"
-        );
-        report.stack_peak_kib = stack.stop().await?;
-        nulls.stop().await?;
+        rig.stop(&mut report, consumer_events).await?;
         report.load_average = [load_before, report::load_average()];
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Each binary's spawn-to-ready time and idle RSS, over [`Sizes::starts`] starts.
+    async fn footprints(&self, sidecar: SocketAddr) -> anyhow::Result<(Footprint, Footprint)> {
+        self.step("footprint: spawn to ready, idle RSS");
+        let mut producer = Footprint::new(&self.bins.producer)?;
+        let mut consumer = Footprint::new(&self.bins.consumer)?;
+        for _ in 0..self.sizes.starts {
+            let (ms, service, _) = self.start_producer(sidecar).await?;
+            producer.started(ms, service.memory());
+            service.stop().await;
+            let (ms, service, _) = self.start_consumer(self.sizes.concurrency, "info").await?;
+            consumer.started(ms, service.memory());
+            service.stop().await;
+        }
+        Ok((producer, consumer))
     }
 
     /// Starts a producer; returns its spawn-to-ready time in ms (ready: `/readyz` answers 200).
@@ -426,14 +318,9 @@ impl<'a> Bench<'a> {
         &self,
         sidecar: SocketAddr,
     ) -> anyhow::Result<(f64, Service, SocketAddr)> {
-        let start = Instant::now();
-        let (service, event) = Service::start(
-            &self.bins.producer,
-            &[],
-            &producer_env(self.sizes, sidecar),
-            "listening",
-        )
-        .await?;
+        let begun = Instant::now();
+        let env = producer_env(self.sizes, sidecar);
+        let (service, event) = start(&self.bins.producer, &[], &env, "listening").await;
         let addr = addr(&event, "addr")?;
         let url = format!("http://{addr}/readyz");
         loop {
@@ -442,12 +329,12 @@ impl<'a> Bench<'a> {
                 break;
             }
             ensure!(
-                start.elapsed() < WAIT,
+                begun.elapsed() < WAIT,
                 "the producer is not ready: {response:?}"
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok((start.elapsed().as_secs_f64() * 1e3, service, addr))
+        Ok((begun.elapsed().as_secs_f64() * 1e3, service, addr))
     }
 
     /// Starts a consumer; returns its spawn-to-ready time in ms (ready: gRPC health SERVING).
@@ -459,14 +346,9 @@ impl<'a> Bench<'a> {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
-        let start = Instant::now();
-        let (service, event) = Service::start(
-            &self.bins.consumer,
-            &[],
-            &consumer_env(concurrency, log),
-            "listening",
-        )
-        .await?;
+        let begun = Instant::now();
+        let env = consumer_env(concurrency, log);
+        let (service, event) = start(&self.bins.consumer, &[], &env, "listening").await;
         let addr = addr(&event, "addr")?;
         let mut health = HealthClient::new(load::channel(addr).await?);
         loop {
@@ -478,32 +360,27 @@ impl<'a> Bench<'a> {
             if status == ServingStatus::Serving as i32 {
                 break;
             }
-            ensure!(start.elapsed() < WAIT, "the consumer is not SERVING");
+            ensure!(begun.elapsed() < WAIT, "the consumer is not SERVING");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok((start.elapsed().as_secs_f64() * 1e3, service, addr))
+        Ok((begun.elapsed().as_secs_f64() * 1e3, service, addr))
     }
 
-    /// `POST /MessageProducer {"count": m, "intervalMilliseconds": 0}`; returns its duration.
-    async fn produce(&self, producer: SocketAddr, m: u32) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        let response = self
-            .http
-            .post(format!("http://{producer}/MessageProducer"))
-            .json(&json!({ "count": m, "intervalMilliseconds": 0 }))
-            .send()
-            .await?;
-        let elapsed = start.elapsed();
-        let status = response.status();
-        let body: Value = response.json().await?;
-        ensure!(
-            status.is_success() && body["sent"] == m,
-            "the producer answered {status} {body} to a batch of {m}"
-        );
-        Ok(elapsed)
+    /// A consumer for row 3 or 3w, with a channel to it, and the parts that row measures.
+    async fn measured_consumer(&self, log: &str) -> anyhow::Result<MeasuredConsumer> {
+        let (_, service, addr) = self.start_consumer(self.sizes.concurrency, log).await?;
+        let parts = vec![
+            ("client", vec![Pid::Bench]),
+            ("consumer", vec![Pid::Child(service.pid())]),
+        ];
+        Ok(MeasuredConsumer {
+            channel: load::channel(addr).await?,
+            service,
+            parts,
+        })
     }
 
-    /// The local stack of row 4: consumers, the stand-in delivering to them, and a producer.
+    /// The local stack of row 4: consumers, the sidecar delivering to them, and a producer.
     async fn start_stack(&self) -> anyhow::Result<Stack> {
         let per_consumer = (self.sizes.concurrency / self.sizes.consumers).max(1);
         let mut consumers = Vec::new();
@@ -517,8 +394,7 @@ impl<'a> Bench<'a> {
         for app in &apps {
             args.extend(["--app", app]);
         }
-        let (devstack, event) =
-            Service::start(&self.bins.devstack, &args, &[], "sidecar listening").await?;
+        let (devstack, event) = start(&self.bins.devstack, &args, &[], "sidecar listening").await;
         let status_url = format!("http://{}/devstack/status", addr(&event, "http_addr")?);
         let (_, producer, producer_addr) = self.start_producer(addr(&event, "grpc_addr")?).await?;
         let stack = Stack {
@@ -529,16 +405,193 @@ impl<'a> Bench<'a> {
             status_url,
             http: self.http.clone(),
         };
-        let start = Instant::now();
+        let begun = Instant::now();
         while stack.status().await?["consumersConnected"] != self.sizes.consumers {
             ensure!(
-                start.elapsed() < WAIT,
-                "the stand-in did not see {} healthy consumers",
+                begun.elapsed() < WAIT,
+                "the sidecar did not see {} healthy consumers",
                 self.sizes.consumers
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(stack)
+    }
+}
+
+/// A consumer measured on its own (rows 3 and 3w).
+struct MeasuredConsumer {
+    service: Service,
+    channel: Channel,
+    parts: Parts,
+}
+
+/// Everything the rows run against, started once and kept for every round; one method a row.
+struct Rig {
+    concurrency: u32,
+    http: reqwest::Client,
+    nulls: Service,
+    null: null::Addresses,
+    sidecar_channel: Channel,
+    null_app_channel: Channel,
+    producer: Service,
+    producer_addr: SocketAddr,
+    consumer: MeasuredConsumer,
+    quiet: MeasuredConsumer,
+    stack: Stack,
+    /// The bench's clients against the null servers.
+    transport_parts: Parts,
+    producer_parts: Parts,
+    stack_parts: Parts,
+}
+
+impl Rig {
+    async fn start(
+        bench: &Bench<'_>,
+        nulls: Service,
+        null: null::Addresses,
+    ) -> anyhow::Result<Self> {
+        let (_, producer, producer_addr) = bench.start_producer(null.sidecar).await?;
+        let consumer = bench.measured_consumer("info").await?;
+        let quiet = bench.measured_consumer(QUIET_LOG).await?;
+        let stack = bench.start_stack().await?;
+        let null_pid = Pid::Child(nulls.pid());
+        let stack_parts = vec![
+            ("producer", vec![Pid::Child(stack.producer.pid())]),
+            ("sidecar", vec![Pid::Child(stack.devstack.pid())]),
+            (
+                "consumers",
+                stack
+                    .consumers
+                    .iter()
+                    .map(|c| Pid::Child(c.pid()))
+                    .collect(),
+            ),
+            ("bench (status polls)", vec![Pid::Bench]),
+        ];
+        Ok(Self {
+            concurrency: bench.sizes.concurrency,
+            http: bench.http.clone(),
+            sidecar_channel: load::channel(null.sidecar).await?,
+            null_app_channel: load::channel(null.app).await?,
+            transport_parts: vec![
+                ("client", vec![Pid::Bench]),
+                ("null servers", vec![null_pid]),
+            ],
+            producer_parts: vec![
+                ("producer", vec![Pid::Child(producer.pid())]),
+                ("null servers", vec![null_pid]),
+            ],
+            stack_parts,
+            nulls,
+            null,
+            producer,
+            producer_addr,
+            consumer,
+            quiet,
+            stack,
+        })
+    }
+
+    /// One sample of every row, in [`Report::rows`]' order: `m` messages, `m_original` for row 5.
+    async fn round(&self, m: u32, m_original: u32) -> anyhow::Result<[Sample; 7]> {
+        Ok([
+            self.transport(m).await?,
+            self.producer(m).await?,
+            self.consumer(&self.consumer, m).await?,
+            self.consumer(&self.quiet, m).await?,
+            self.null_app(m).await?,
+            self.end_to_end(m).await?,
+            self.original(m_original).await?,
+        ])
+    }
+
+    /// Row 1: a tonic client's `InvokeBinding` calls to the null sidecar.
+    async fn transport(&self, m: u32) -> anyhow::Result<Sample> {
+        let load = load::invoke_binding(&self.sidecar_channel, m, self.concurrency);
+        let sample = measure(&self.transport_parts, m, load);
+        self.counted("(1)", m, |c| &mut c.sidecar, sample).await
+    }
+
+    /// Row 2: one `POST /MessageProducer` of `m` messages, sent on to the null sidecar.
+    async fn producer(&self, m: u32) -> anyhow::Result<Sample> {
+        let load = produce(&self.http, self.producer_addr, m);
+        let sample = measure(&self.producer_parts, m, load);
+        self.counted("(2)", m, |c| &mut c.sidecar, sample).await
+    }
+
+    /// Rows 3 and 3w: the client's `OnBindingEvent` calls to a consumer (its `stopped` event
+    /// at the end says whether it processed them all).
+    async fn consumer(&self, consumer: &MeasuredConsumer, m: u32) -> anyhow::Result<Sample> {
+        let load = load::binding_event(&consumer.channel, m, self.concurrency);
+        measure(&consumer.parts, m, load).await
+    }
+
+    /// Row 3n: the same calls to the null app.
+    async fn null_app(&self, m: u32) -> anyhow::Result<Sample> {
+        let load = load::binding_event(&self.null_app_channel, m, self.concurrency);
+        let sample = measure(&self.transport_parts, m, load);
+        self.counted("(3n)", m, |c| &mut c.app, sample).await
+    }
+
+    /// Row 4: from the POST of `m` messages to the sidecar's status showing them completed.
+    async fn end_to_end(&self, m: u32) -> anyhow::Result<Sample> {
+        measure(&self.stack_parts, m, self.stack.run(&self.http, m)).await
+    }
+
+    /// Row 5: the original producer's loop against the null HTTP binding endpoint.
+    async fn original(&self, m: u32) -> anyhow::Result<Sample> {
+        let sample = measure(&self.transport_parts, m, load::original(self.null.http, m));
+        self.counted("(5)", m, |c| &mut c.http, sample).await
+    }
+
+    /// Runs `sample`, then checks that the null servers counted `m` more calls where `counter`
+    /// points, and no other.
+    async fn counted(
+        &self,
+        row: &str,
+        m: u32,
+        counter: fn(&mut null::Counts) -> &mut u64,
+        sample: impl Future<Output = anyhow::Result<Sample>>,
+    ) -> anyhow::Result<Sample> {
+        let before = self.null_counts().await?;
+        let sample = sample.await?;
+        let after = self.null_counts().await?;
+        let mut want = before;
+        *counter(&mut want) += u64::from(m);
+        ensure!(
+            after == want,
+            "{row}: the null servers' counts went from {before:?} to {after:?}, not {want:?}"
+        );
+        Ok(sample)
+    }
+
+    async fn null_counts(&self) -> anyhow::Result<null::Counts> {
+        Ok(self
+            .http
+            .get(format!("http://{}/counts", self.null.http))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Records the peak RSS of rows 2, 3 and 4, stops everything, and checks each consumer of
+    /// rows 3 and 3w processed all `consumer_events` it was sent.
+    async fn stop(self, report: &mut Report, consumer_events: u64) -> anyhow::Result<()> {
+        report.producer_fp.peak_kib = self.producer.memory().peak_kib;
+        report.consumer_fp.peak_kib = self.consumer.service.memory().peak_kib;
+        self.producer.stop().await;
+        for (row, consumer) in [("(3)", self.consumer), ("(3w)", self.quiet)] {
+            let processed = processed(&consumer.service.stop().await)?;
+            ensure!(
+                processed == consumer_events,
+                "{row}: the consumer processed {processed} events, not {consumer_events}"
+            );
+        }
+        report.stack_peak_kib = self.stack.stop().await?;
+        self.nulls.stop().await;
+        Ok(())
     }
 }
 
@@ -551,7 +604,7 @@ struct Stack {
     http: reqwest::Client,
 }
 
-/// One queue's counts from the stand-in's status.
+/// One queue's counts from the sidecar's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counts {
     produced: u64,
@@ -577,7 +630,7 @@ impl Stack {
         let count = |field: &str| {
             queue[field]
                 .as_u64()
-                .with_context(|| format!("no {field} in the stand-in's status {status}"))
+                .with_context(|| format!("no {field} in the sidecar's status {status}"))
         };
         Ok(Counts {
             produced: count("produced")?,
@@ -587,10 +640,10 @@ impl Stack {
     }
 
     /// From the POST of `m` messages to the status showing all `m` completed.
-    async fn run(&self, bench: &Bench<'_>, m: u32) -> anyhow::Result<Duration> {
+    async fn run(&self, http: &reqwest::Client, m: u32) -> anyhow::Result<Duration> {
         let before = self.counts().await?;
         let start = Instant::now();
-        bench.produce(self.producer_addr, m).await?;
+        produce(http, self.producer_addr, m).await?;
         let target = before.completed + u64::from(m);
         loop {
             let now = self.counts().await?;
@@ -618,16 +671,16 @@ impl Stack {
     }
 
     /// Stops everything; checks the consumers processed what the queue completed. Returns the
-    /// stand-in's peak RSS in KiB.
+    /// sidecar's peak RSS in KiB.
     async fn stop(self) -> anyhow::Result<u64> {
         let completed = self.counts().await?.completed;
-        let peak = self.devstack.memory()?.peak_kib;
-        self.producer.stop().await?;
+        let peak = self.devstack.memory().peak_kib;
+        self.producer.stop().await;
         let mut processed_total = 0;
         for consumer in self.consumers {
-            processed_total += processed(&consumer.stop().await?)?;
+            processed_total += processed(&consumer.stop().await)?;
         }
-        self.devstack.stop().await?;
+        self.devstack.stop().await;
         ensure!(
             processed_total == completed,
             "(4): the consumers processed {processed_total} events, the queue completed {completed}"

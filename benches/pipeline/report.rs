@@ -110,7 +110,7 @@ pub struct Report {
     pub original: Runs,
     pub producer_fp: Footprint,
     pub consumer_fp: Footprint,
-    /// VmHWM of the stand-in during row 4, in KiB.
+    /// VmHWM of the sidecar during row 4, in KiB.
     pub stack_peak_kib: u64,
     pub devstack: String,
     /// The 1-minute load average before and after the run: other work on the machine.
@@ -118,12 +118,25 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// A target from the issue and whether this run met it.
+/// A figure's target, and whether this run met it.
 struct Target {
     name: &'static str,
     value: f64,
     goal: &'static str,
     met: bool,
+}
+
+/// This run's targets, to print each one's verdict beside its figure.
+struct Verdicts(Vec<Target>);
+
+impl Verdicts {
+    /// `met` or `MISSED` for the target `name`; nothing for a figure without one.
+    fn of(&self, name: &str) -> &'static str {
+        self.0
+            .iter()
+            .find(|t| t.name == name)
+            .map_or("", |t| if t.met { "met" } else { "MISSED" })
+    }
 }
 
 impl Report {
@@ -219,17 +232,42 @@ impl Report {
         ]
     }
 
-    /// The human-readable table.
+    /// Adds one round's samples, one a row in [`rows`](Self::rows)' order.
+    pub fn push(&mut self, samples: [Sample; 7]) {
+        let rows = [
+            &mut self.transport,
+            &mut self.producer,
+            &mut self.consumer,
+            &mut self.consumer_quiet,
+            &mut self.null_app,
+            &mut self.end_to_end,
+            &mut self.original,
+        ];
+        for (runs, sample) in rows.into_iter().zip(samples) {
+            runs.push(sample);
+        }
+    }
+
+    /// The human-readable tables: what ran where, the rates, the footprint, the CPU.
     pub fn table(&self) -> String {
+        let machine = machine();
+        let verdicts = Verdicts(self.targets());
+        let out = [
+            self.heading(&machine),
+            self.rates_table(&verdicts),
+            self.footprint_table(&verdicts),
+            self.cpu_table(&machine),
+        ]
+        .join("\n");
+        // Columns are padded for rows that have a verdict; no line needs to end in spaces.
+        out.lines()
+            .map(|line| format!("{}\n", line.trim_end()))
+            .collect()
+    }
+
+    /// The sizes, the machine and the binaries.
+    fn heading(&self, machine: &Value) -> String {
         let s = &self.sizes;
-        let m = machine();
-        let targets = self.targets();
-        let verdict = |name: &str| {
-            targets
-                .iter()
-                .find(|t| t.name == name)
-                .map_or("", |t| if t.met { "met" } else { "MISSED" })
-        };
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -239,9 +277,9 @@ impl Report {
         let _ = writeln!(
             out,
             "machine: {} x {}, {:.1} GiB, load average {:.1} before, {:.1} after; binaries: {} build ({}); took {:.0} s",
-            m["nproc"],
-            m["cpu"].as_str().unwrap_or("?"),
-            m["memory_kib"].as_f64().unwrap_or(0.0) / MIB / MIB,
+            machine["nproc"],
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["memory_kib"].as_f64().unwrap_or(0.0) / MIB / MIB,
             self.load_average[0],
             self.load_average[1],
             self.producer_fp.profile,
@@ -250,28 +288,31 @@ impl Report {
                 .map_or_else(String::new, |d| d.display().to_string()),
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<4}{:<58}{:>10}  {:<14}target",
+        out
+    }
+
+    /// Each row's median rate, its ratio and its target.
+    fn rates_table(&self, verdicts: &Verdicts) -> String {
+        let mut out = format!(
+            "{:<4}{:<58}{:>10}  {:<14}target\n",
             "row", "what", "msg/s", "ratio"
         );
-        let mut row = |id: &str, what: &str, rate: f64, ratio: String, goal: &str, name: &str| {
+        let mut row = |id: &str, what: &str, runs: &Runs, ratio: String, goal: &str, name: &str| {
             let _ = writeln!(
                 out,
                 "{:<4}{:<58}{:>10}  {:<14}{:<8}{}",
                 id,
                 what,
-                thousands(rate),
+                thousands(rate(runs)),
                 ratio,
                 goal,
-                verdict(name)
+                verdicts.of(name)
             );
         };
         row(
             "1",
             "transport: tonic client -> null InvokeBinding server",
-            rate(&self.transport),
+            &self.transport,
             "1.00".into(),
             "",
             "",
@@ -279,7 +320,7 @@ impl Report {
         row(
             "2",
             "producer: POST /MessageProducer -> null sidecar",
-            rate(&self.producer),
+            &self.producer,
             format!("{:.2} of (1)", self.producer_ratio()),
             ">= 0.9",
             "producer_ratio",
@@ -287,7 +328,7 @@ impl Report {
         row(
             "3",
             "consumer: client -> consumer OnBindingEvent (work 0)",
-            rate(&self.consumer),
+            &self.consumer,
             format!("{:.2} of (3n)", self.consumer_ratio()),
             ">= 0.9",
             "consumer_ratio",
@@ -295,7 +336,7 @@ impl Report {
         row(
             "3w",
             "  same, RUST_LOG=warn: no log line per message",
-            rate(&self.consumer_quiet),
+            &self.consumer_quiet,
             format!("{:.2} of (3n)", self.consumer_quiet_ratio()),
             "",
             "",
@@ -303,7 +344,7 @@ impl Report {
         row(
             "3n",
             "  same client -> null AppCallback server",
-            rate(&self.null_app),
+            &self.null_app,
             String::new(),
             "",
             "",
@@ -311,10 +352,10 @@ impl Report {
         row(
             "4",
             &format!(
-                "end to end: producer -> stand-in -> {} consumers",
-                s.consumers
+                "end to end: producer -> sidecar -> {} consumers",
+                self.sizes.consumers
             ),
-            rate(&self.end_to_end),
+            &self.end_to_end,
             format!("{:.2} of (1)", self.end_to_end_ratio()),
             ">= 0.4",
             "end_to_end_ratio",
@@ -322,15 +363,18 @@ impl Report {
         row(
             "5",
             "original: new HTTP/1.1 client+connection per message",
-            rate(&self.original),
+            &self.original,
             format!("(2) is {:.0}x", self.over_original()),
             ">= 20x",
             "producer_over_original",
         );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<32}{:>12}{:>12}  target",
+        out
+    }
+
+    /// Both binaries' memory, start-up time and size, against their targets.
+    fn footprint_table(&self, verdicts: &Verdicts) -> String {
+        let mut out = format!(
+            "{:<32}{:>12}{:>12}  target\n",
             "footprint", "producer", "consumer"
         );
         let (p, c) = (&self.producer_fp, &self.consumer_fp);
@@ -338,7 +382,7 @@ impl Report {
             let verdicts = if names[0].is_empty() {
                 String::new()
             } else {
-                format!("{} / {}", verdict(names[0]), verdict(names[1]))
+                format!("{} / {}", verdicts.of(names[0]), verdicts.of(names[1]))
             };
             let _ = writeln!(out, "{what:<32}{pv:>12}{cv:>12}  {goal:<10}{verdicts}");
         };
@@ -372,14 +416,17 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "(the stand-in's peak RSS during row 4: {})",
+            "(the sidecar's peak RSS during row 4: {})",
             mib(self.stack_peak_kib as f64)
         );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "where the CPU goes: median µs of CPU per message, by process; cores busy (of {})",
-            m["nproc"]
+        out
+    }
+
+    /// Where each row's CPU went, by process, and how many cores were busy.
+    fn cpu_table(&self, machine: &Value) -> String {
+        let mut out = format!(
+            "where the CPU goes: median µs of CPU per message, by process; cores busy (of {})\n",
+            machine["nproc"]
         );
         for (id, runs) in self.rows() {
             let (parts, cores) = cpu(runs);
@@ -389,10 +436,7 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "{id:<4}{:<70}{cores:>5.2}", parts.join(", "));
         }
-        // Columns are padded for rows that have a verdict; no line needs to end in spaces.
-        out.lines()
-            .map(|line| format!("{}\n", line.trim_end()))
-            .collect()
+        out
     }
 
     fn rows(&self) -> [(&'static str, &Runs); 7] {

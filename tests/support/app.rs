@@ -1,5 +1,5 @@
 //! A fake consumer app, in the test process: the `dapr` crate's generated `AppCallback` trait on a
-//! 127.0.0.1:0 listener, recording every call the stand-in makes, answering OK or, when told to,
+//! 127.0.0.1:0 listener, recording every call the sidecar makes, answering OK or, when told to,
 //! failing deterministically; optionally serving `AppCallbackHealthCheck` with a switchable answer.
 
 use std::{
@@ -24,6 +24,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::port::ClosedPort;
+
 /// How the fake app answers.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
@@ -32,7 +34,7 @@ pub struct Behaviour {
     /// Fail every `n`th binding event (counted per app) with INTERNAL.
     pub fail_every: Option<u64>,
     /// Serve AppCallbackHealthCheck (answering as [`FakeApp::set_healthy`] says); when false,
-    /// the stand-in gets UNIMPLEMENTED, which daprd treats as healthy.
+    /// the sidecar gets UNIMPLEMENTED, which daprd treats as healthy.
     pub health_check: bool,
     /// Answer ListInputBindings with INTERNAL.
     pub list_fails: bool,
@@ -60,7 +62,7 @@ pub struct Delivery {
     pub metadata: HashMap<String, String>,
     /// gRPC metadata: `traceparent`, `dapr-api-token`, ...
     pub headers: HashMap<String, String>,
-    /// Whether the app answered OK (the stand-in then completes the message).
+    /// Whether the app answered OK (the sidecar then completes the message).
     pub ok: bool,
     /// ListInputBindings calls made before this event arrived.
     pub listed_before: u64,
@@ -89,7 +91,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
+/// A request's gRPC metadata (`traceparent`, `dapr-api-token`, ...) as text, as the fakes
+/// record it.
+pub(super) fn headers(request: &Request<impl Sized>) -> HashMap<String, String> {
     request
         .metadata()
         .clone()
@@ -129,7 +133,7 @@ impl AppCallback for Recorder {
             self.received.send_replace(deliveries.len());
         }
         if let Some(gate) = &self.behaviour.gate {
-            // The stand-in's deadline (its lock duration) bounds the wait.
+            // The sidecar's deadline (its lock duration) bounds the wait.
             let _ = gate.clone().wait_for(|open| *open).await;
         }
         if ok {
@@ -220,6 +224,15 @@ impl FakeApp {
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind(addr).await.expect("binding the fake app");
+        Self::serve(listener, behaviour)
+    }
+
+    /// Starts on a port the sidecar was told of before: connections were refused until now.
+    pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
+        Self::serve(port.listen(), behaviour)
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().unwrap();
         let health_check = behaviour.health_check;
         let recorder = Arc::new(Recorder {
@@ -267,7 +280,7 @@ impl FakeApp {
         *self.recorder.health_calls.borrow()
     }
 
-    /// Waits, at most [`super::WAIT`], until the stand-in has called AppCallbackHealthCheck `n`
+    /// Waits, at most [`super::WAIT`], until the sidecar has called AppCallbackHealthCheck `n`
     /// times in all.
     pub async fn wait_for_health_calls(&self, n: u64) {
         let mut calls = self.recorder.health_calls.subscribe();

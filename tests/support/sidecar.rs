@@ -20,6 +20,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
+use super::{app::headers, port::ClosedPort};
+
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -87,13 +89,7 @@ impl Recorder {
             return Err(Status::new(code, "injected failure"));
         }
         tokio::time::sleep(self.behaviour.delay).await;
-        let headers = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
-            .collect();
+        let headers = headers(&request);
         let message = request.into_inner();
         let mut calls = self.calls.lock().unwrap();
         calls.push(Call {
@@ -128,6 +124,15 @@ impl FakeSidecar {
         let listener = TcpListener::bind(addr)
             .await
             .expect("binding the fake sidecar");
+        Self::serve(listener, behaviour)
+    }
+
+    /// Starts on a port a producer was told of before: connections were refused until now.
+    pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
+        Self::serve(port.listen(), behaviour)
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().unwrap();
         let recorder = Arc::new(Recorder {
             behaviour,

@@ -1,0 +1,50 @@
+//! Loopback ports for servers that are not up yet.
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+/// A loopback port bound but not listening: connecting to it is refused, as to a server that has
+/// not started, and no other process can take the port meanwhile. [`listen`](Self::listen)
+/// starts the server there.
+pub struct ClosedPort {
+    socket: TcpSocket,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    /// Binds an ephemeral port on 127.0.0.1.
+    pub fn new() -> Self {
+        let socket = TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .expect("binding an ephemeral loopback port");
+        let addr = socket.local_addr().expect("a bound socket has an address");
+        Self { socket, addr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port as a string, for a setting such as `DAPR_GRPC_PORT`.
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// Opens the port: connections are accepted from now on.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listening on a bound port")
+    }
+}
+
+/// A loopback port free a moment ago, for a test of a binary binding the very port it is told:
+/// the one case where the port must be known before its server exists, and where nothing can
+/// hold it for the binary meanwhile. Another process could take it in between; it would then
+/// fail loudly, not pass wrongly.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral loopback port")
+        .port()
+}
