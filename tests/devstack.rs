@@ -14,130 +14,30 @@ use std::{
 
 use bindings::{
     dapr_v1::{GetStateRequest, InvokeBindingRequest},
-    proto::{ProduceRequest, producer_client::ProducerClient},
     trace_context::TraceParent,
 };
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    WAIT,
+    TRACE_ID, TRACEPARENT, WAIT,
     app::{Behaviour, Delivery, FakeApp},
+    consumer::{Consumer, is_original_line},
     devstack::{self, Devstack, counts},
+    port::ClosedPort,
     process::{Service, run_to_end},
+    producer::Producer,
 };
 use tonic::{Code, Request};
 
-const CONSUMER: &str = env!("CARGO_BIN_EXE_consumer");
-const PRODUCER: &str = env!("CARGO_BIN_EXE_producer");
 const QUEUE: &str = "message-queue";
 /// The original sample's payload, byte for byte.
 const HELLO: &[u8] = br#"{"text":"Hello World"}"#;
 /// What the original ASP.NET producer POSTed to daprd's `/v1.0/bindings/message-queue`.
 const ASPNET_BODY: &str = r#"{"data":{"text":"Hello World"},"operation":"create"}"#;
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-/// A real consumer on an ephemeral port; no simulated work unless `env` says otherwise.
-struct Consumer {
-    service: Service,
-    addr: SocketAddr,
-}
-
-impl Consumer {
-    async fn start(env: &[(&str, &str)]) -> Self {
-        let mut all = vec![("APP_PORT", "0"), ("WORK_DURATION", "0s")];
-        all.extend_from_slice(env);
-        let mut service = Service::spawn(CONSUMER, &all);
-        let addr = service.addr().await;
-        Self { service, addr }
-    }
-
-    /// SIGTERM, expect exit 0; returns every event it logged (its final `stopped` event read).
-    async fn stop_with_events(mut self) -> Vec<Value> {
-        self.service.terminate();
-        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
-        self.service.wait_for_message("stopped").await;
-        self.service.events().await
-    }
-
-    /// Like [`stop_with_events`](Self::stop_with_events), keeping the original sample's lines.
-    async fn stop(self) -> Vec<Value> {
-        let events = self.stop_with_events().await;
-        events.into_iter().filter(is_consumer_line).collect()
-    }
-}
-
-/// The consumer's per-message line: `{text} -- Received at: {ts} -- Finished at: {ts}`.
-fn is_consumer_line(event: &Value) -> bool {
-    event["message"]
-        .as_str()
-        .is_some_and(|m| m.contains(" -- Received at: ") && m.contains(" -- Finished at: "))
-}
 
 fn id_of(event: &Value) -> String {
     event["id"].as_str().expect("event has an id").to_owned()
-}
-
-/// A real producer on an ephemeral port, sending through the sidecar.
-struct Producer {
-    service: Service,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Producer {
-    async fn start(sidecar: &Devstack) -> Self {
-        let grpc_port = sidecar.grpc_port();
-        let mut service = Service::spawn(
-            PRODUCER,
-            &[("PORT", "0"), ("DAPR_GRPC_PORT", grpc_port.as_str())],
-        );
-        let addr = service.addr().await;
-        Self {
-            service,
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
-        }
-    }
-
-    /// `POST /MessageProducer` with `count`; asserts `{"sent": count}`.
-    async fn post(&self, count: u32, traceparent: Option<&str>) {
-        let mut request = self
-            .http
-            .post(format!("{}/MessageProducer", self.base))
-            .json(&json!({"count": count, "intervalMilliseconds": 0}));
-        if let Some(tp) = traceparent {
-            request = request.header("traceparent", tp);
-        }
-        let response = request.send().await.expect("producer answers");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.json::<Value>().await.unwrap(),
-            json!({ "sent": count })
-        );
-    }
-
-    /// `producer.v1.Producer/Produce` with `count`; asserts `sent == count`.
-    async fn produce(&self, count: u32) {
-        let mut client = ProducerClient::connect(self.base.clone())
-            .await
-            .expect("gRPC connects");
-        let reply = client
-            .produce(ProduceRequest {
-                count,
-                interval_milliseconds: 0,
-                text: None,
-            })
-            .await
-            .expect("Produce succeeds");
-        assert_eq!(reply.into_inner().sent, count);
-    }
-
-    async fn stop(mut self) {
-        self.service.terminate();
-        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
-    }
 }
 
 fn invoke(name: &str, operation: &str, token: Option<&str>) -> Request<InvokeBindingRequest> {
@@ -333,7 +233,7 @@ async fn original_aspnet_post_reaches_the_real_consumer() {
 
     let line = consumer
         .service
-        .wait_for("the consumer's line", is_consumer_line)
+        .wait_for("the consumer's line", is_original_line)
         .await;
     let message = line["message"].as_str().unwrap();
     assert!(
@@ -346,7 +246,7 @@ async fn original_aspnet_post_reaches_the_real_consumer() {
     assert_eq!(c.produced, 1);
 
     sidecar.stop().await;
-    assert_eq!(consumer.stop().await.len(), 1);
+    assert_eq!(consumer.stop_with_lines().await.len(), 1);
 }
 
 #[tokio::test]
@@ -523,9 +423,9 @@ async fn rest_and_grpc_batches_give_exactly_n_lines_and_n_completed() {
     let consumer = Consumer::start(&[]).await;
     let mut sidecar =
         Devstack::for_apps(&[consumer.addr], &["--status-interval", "100ms"], &[]).await;
-    let producer = Producer::start(&sidecar).await;
+    let producer = Producer::start(&sidecar.grpc_port(), &[]).await;
 
-    producer.post(5, Some(TRACEPARENT)).await;
+    producer.send(5, Some(TRACEPARENT)).await;
     sidecar.wait_completed(QUEUE, 5).await;
     producer.produce(3).await;
     let c = sidecar.wait_completed(QUEUE, 8).await;
@@ -539,7 +439,7 @@ async fn rest_and_grpc_batches_give_exactly_n_lines_and_n_completed() {
 
     producer.stop().await;
     sidecar.stop().await;
-    let lines = consumer.stop().await;
+    let lines = consumer.stop_with_lines().await;
     assert_eq!(lines.len(), 8, "exactly one line per message");
     let ids: HashSet<_> = lines.iter().map(id_of).collect();
     assert_eq!(ids.len(), 8);
@@ -562,16 +462,16 @@ async fn three_consumers_share_a_batch() {
     let addrs: Vec<_> = consumers.iter().map(|c| c.addr).collect();
     let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
     sidecar.wait_consumers(3).await;
-    let producer = Producer::start(&sidecar).await;
+    let producer = Producer::start(&sidecar.grpc_port(), &[]).await;
 
-    producer.post(9, None).await;
+    producer.send(9, None).await;
     sidecar.wait_completed(QUEUE, 9).await;
 
     producer.stop().await;
     sidecar.stop().await;
     let mut ids = HashSet::new();
     for (n, consumer) in consumers.into_iter().enumerate() {
-        let lines = consumer.stop().await;
+        let lines = consumer.stop_with_lines().await;
         assert!(!lines.is_empty(), "consumer {n} processed nothing");
         ids.extend(lines.iter().map(id_of));
     }
@@ -635,7 +535,7 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     assert_eq!(abandoned["app"], victim.addr.to_string());
 
     sidecar.stop().await;
-    let lines = other.stop().await;
+    let lines = other.stop_with_lines().await;
     assert_eq!(
         lines.len() as u64,
         sent,
@@ -643,7 +543,7 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     );
     assert_eq!(lines.iter().filter(|l| id_of(l) == id).count(), 1);
     assert!(
-        !victim.service.events().await.iter().any(is_consumer_line),
+        !victim.service.events().await.iter().any(is_original_line),
         "the victim finished nothing"
     );
 }
@@ -657,7 +557,7 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
         &[],
     )
     .await;
-    let producer = Producer::start(&sidecar).await;
+    let producer = Producer::start(&sidecar.grpc_port(), &[]).await;
 
     for body in [
         r#"{"data":"not a message","operation":"create"}"#,
@@ -668,7 +568,7 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
             StatusCode::NO_CONTENT
         );
     }
-    producer.post(5, None).await;
+    producer.send(5, None).await;
 
     let status = sidecar
         .wait_status("5 completed and 2 dead-lettered", |s| {
@@ -732,7 +632,7 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
     producer.stop().await;
     sidecar.stop().await;
     let events = consumer.stop_with_events().await;
-    assert_eq!(events.iter().filter(|e| is_consumer_line(e)).count(), 5);
+    assert_eq!(events.iter().filter(|e| is_original_line(e)).count(), 5);
     for id in &dead_ids {
         let rejected = events
             .iter()
@@ -749,21 +649,21 @@ async fn restarting_the_producer_changes_nothing_for_the_queue() {
     let sidecar = Devstack::for_apps(&[consumer.addr], &[], &[]).await;
     sidecar.wait_consumers(1).await;
 
-    let first = Producer::start(&sidecar).await;
-    first.post(4, None).await;
+    let first = Producer::start(&sidecar.grpc_port(), &[]).await;
+    first.send(4, None).await;
     first.stop().await;
     let c = sidecar.counts(QUEUE).await;
     assert_eq!(c.produced, 4, "{c:?}");
 
-    let second = Producer::start(&sidecar).await;
-    second.post(2, None).await;
+    let second = Producer::start(&sidecar.grpc_port(), &[]).await;
+    second.send(2, None).await;
     let c = sidecar.wait_completed(QUEUE, 6).await;
     assert_eq!((c.produced, c.dead_lettered), (6, 0), "{c:?}");
     assert_eq!(sidecar.status().await["consumersConnected"], 1);
 
     second.stop().await;
     sidecar.stop().await;
-    let lines = consumer.stop().await;
+    let lines = consumer.stop_with_lines().await;
     assert_eq!(lines.len(), 6);
     assert_eq!(lines.iter().map(id_of).collect::<HashSet<_>>().len(), 6);
 }
@@ -864,11 +764,8 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
 /// bindings until it answers, then once only.
 #[tokio::test]
 async fn an_app_not_up_yet_is_asked_for_its_bindings_until_it_answers() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let app = format!("--app={addr}");
+    let port = ClosedPort::new();
+    let app = format!("--app={}", port.addr());
     let mut sidecar =
         Devstack::start(&[&app], &[("RUST_LOG", "info,devstack::delivery=debug")]).await;
     let mut client = sidecar.dapr_client().await;
@@ -881,7 +778,7 @@ async fn an_app_not_up_yet_is_asked_for_its_bindings_until_it_answers() {
         .wait_for_message("app not answering ListInputBindings yet")
         .await;
 
-    let app = FakeApp::start_on(addr, Behaviour::default()).await;
+    let app = FakeApp::start_at(port, Behaviour::default());
     let deliveries = app.wait_for_deliveries(1).await;
     assert_eq!(deliveries[0].listed_before, 1);
     sidecar.wait_completed(QUEUE, 1).await;
@@ -1195,7 +1092,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                 .flat_map(|part| {
                     part_events(lines, part)
                         .into_iter()
-                        .filter(is_consumer_line)
+                        .filter(is_original_line)
                         .map(move |e| (part.to_owned(), e))
                 })
                 .collect();

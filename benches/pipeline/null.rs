@@ -233,6 +233,6 @@ async fn http(counter: Counter, all: [Counter; 3]) -> anyhow::Result<SocketAddr>
                 }))
             }),
         );
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move { axum::serve(bindings::net::http_listener(listener), router).await });
     Ok(addr)
 }

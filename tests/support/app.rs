@@ -20,7 +20,6 @@ use bindings::dapr_v1::{
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -253,7 +252,7 @@ impl FakeApp {
             .add_service(AppCallbackServer::from_arc(Arc::clone(&recorder)))
             .add_optional_service(health)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                bindings::net::grpc_incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
         let task = tokio::spawn(async move { server.await.expect("fake app serves") });

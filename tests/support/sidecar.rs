@@ -16,7 +16,6 @@ use bindings::{
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
@@ -142,7 +141,7 @@ impl FakeSidecar {
         let server = tonic::transport::Server::builder()
             .add_service(DaprRuntimeServer::from_arc(Arc::clone(&recorder)))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                bindings::net::grpc_incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
         let task = tokio::spawn(async move { server.await.expect("fake sidecar serves") });
