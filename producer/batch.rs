@@ -12,7 +12,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::{
     metrics::Metrics,
@@ -254,8 +254,9 @@ impl Accepted {
         let cancel = batches.inner.stop.child_token();
         let client_gone = cancel.clone().drop_guard();
         let inner = Arc::clone(&batches.inner);
-        // Every log event of the batch carries the caller's trace id.
-        let span = info_span!("batch", trace_id = trace.trace_id());
+        // Every log event of the batch carries the caller's trace id, whatever the filter: the
+        // batch runs on a task of its own, outside the request's span.
+        let span = bindings::context_span!("batch", trace_id = trace.trace_id());
         let task = batches.inner.tracker.spawn(
             async move {
                 let _slot = slot;

@@ -9,7 +9,7 @@ use bindings::proto::ProduceRequest;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    TRACEPARENT, WAIT,
+    TRACE_ID, TRACEPARENT, WAIT,
     port::{ClosedPort, free_port},
     process::{Service, help, run_to_end},
     producer::{BIN, Producer},
@@ -131,6 +131,37 @@ async fn every_log_event_of_a_traced_request_carries_its_trace_id() {
         .filter(|e| e.get("trace_id").is_none())
         .collect();
     assert!(untraced.is_empty(), "{untraced:?}");
+
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+/// Under `RUST_LOG=warn` the warnings of a batch, which runs on a task of its own, still carry
+/// the trace id of the request that asked for it.
+#[tokio::test]
+async fn a_batch_warning_keeps_its_trace_id_under_a_warn_filter() {
+    let sidecar = FakeSidecar::start(Behaviour {
+        fail_first: Some((1, Code::PermissionDenied)),
+        ..Default::default()
+    })
+    .await;
+    // The `listening` event (INFO) tells the test the producer's address.
+    let env = [("RUST_LOG", "warn,producer::server=info")];
+    let mut producer = Producer::start(&sidecar.port(), &env).await;
+    let response = producer
+        .http
+        .post(producer.url("/MessageProducer"))
+        .header("traceparent", TRACEPARENT)
+        .json(&json!({"count": 1, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let failed = producer
+        .service
+        .wait_for("the batch failed warning", |e| e["message"] == "batch failed")
+        .await;
+    assert_eq!(failed["trace_id"], TRACE_ID, "{failed}");
 
     producer.stop().await;
     sidecar.stop().await;
