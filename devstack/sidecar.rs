@@ -52,7 +52,7 @@ pub async fn serve(
     args: SidecarOnlyArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut sidecar = Sidecar::serve(listeners, &args.sidecar, shutdown)?;
+    let mut sidecar = Sidecar::start(listeners, &args.sidecar, shutdown)?;
     for target in args.targets() {
         sidecar.add_app(target);
     }
@@ -70,9 +70,9 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts serving on `listeners` until `shutdown`; delivers to no app until
-    /// [`add_app`](Self::add_app).
-    pub fn serve(
+    /// Starts serving on `listeners`, in tasks of its own, and returns at once; they run until
+    /// `shutdown`. Delivers to no app until [`add_app`](Self::add_app).
+    pub fn start(
         listeners: Listeners,
         args: &SidecarArgs,
         shutdown: CancellationToken,

@@ -56,8 +56,9 @@ pub struct Config {
     #[arg(long, env = "MAX_BATCHES", default_value_t = NonZeroU32::new(64).unwrap())]
     pub max_batches: NonZeroU32,
 
-    /// Retries of an InvokeBinding that failed with UNAVAILABLE or ran past its deadline; 0
-    /// disables. A retry after a deadline can duplicate a message: delivery is at-least-once.
+    /// Retries of an InvokeBinding that failed with UNAVAILABLE, lost its connection, or ran past
+    /// its deadline; 0 disables. A retry after a deadline or a lost connection can duplicate a
+    /// message: delivery is at-least-once.
     #[arg(long, env = "SIDECAR_RETRIES", default_value_t = 3)]
     pub sidecar_retries: u32,
 

@@ -159,7 +159,9 @@ async fn a_batch_warning_keeps_its_trace_id_under_a_warn_filter() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let failed = producer
         .service
-        .wait_for("the batch failed warning", |e| e["message"] == "batch failed")
+        .wait_for("the batch failed warning", |e| {
+            e["message"] == "batch failed"
+        })
         .await;
     assert_eq!(failed["trace_id"], TRACE_ID, "{failed}");
 
