@@ -17,6 +17,7 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::{BIN, Consumer, parse_line},
     process::{help, run_to_end},
+    traced, with_token,
 };
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -38,16 +39,6 @@ fn event(binding: &str, data: &[u8], metadata: &[(&str, &str)]) -> Request<Bindi
 
 fn hello(id: &str) -> Request<BindingEventRequest> {
     event("message-queue", br#"{"text":"Hello World"}"#, &[("id", id)])
-}
-
-fn with_token(
-    mut request: Request<BindingEventRequest>,
-    token: &str,
-) -> Request<BindingEventRequest> {
-    request
-        .metadata_mut()
-        .insert("dapr-api-token", token.parse().expect("ASCII token"));
-    request
 }
 
 fn assert_code(result: Result<(), Status>, code: Code, what: &str) -> Status {
@@ -138,15 +129,12 @@ async fn good_event_is_processed_and_logs_the_original_line() {
     let mut consumer = Consumer::start(&[("WORK_DURATION", "100ms")]).await;
     let started = Utc::now().naive_utc();
 
-    let mut request = event(
+    let request = event(
         "message-queue",
         br#"{"text":"Hello World","extra":true}"#,
         &[("id", "msg-1"), ("MessageId", "ignored")],
     );
-    request
-        .metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
-    consumer.send(request).await.unwrap();
+    consumer.send(traced(request, TRACEPARENT)).await.unwrap();
 
     let logged = consumer.line_for("msg-1").await;
     let message = logged["message"].as_str().unwrap();
@@ -482,20 +470,18 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
 #[tokio::test]
 async fn every_log_event_of_an_event_carries_its_ids() {
     let mut consumer = Consumer::start(&[("APP_API_TOKEN", "s3cret"), DEBUG_LOG]).await;
-    let traced = |mut request: Request<BindingEventRequest>| {
-        request
-            .metadata_mut()
-            .insert("traceparent", TRACEPARENT.parse().unwrap());
-        request
-    };
     consumer
-        .send(with_token(traced(hello("tr-ok")), "s3cret"))
+        .send(with_token(traced(hello("tr-ok"), TRACEPARENT), "s3cret"))
         .await
         .unwrap();
     let bad = event("message-queue", b"{", &[("id", "tr-bad")]);
-    let result = consumer.send(with_token(traced(bad), "s3cret")).await;
+    let result = consumer
+        .send(with_token(traced(bad, TRACEPARENT), "s3cret"))
+        .await;
     assert_code(result, Code::InvalidArgument, "bad payload");
-    let result = consumer.send(traced(hello("tr-unauthenticated"))).await;
+    let result = consumer
+        .send(traced(hello("tr-unauthenticated"), TRACEPARENT))
+        .await;
     assert_code(result, Code::Unauthenticated, "no token");
 
     consumer.line_for("tr-ok").await;

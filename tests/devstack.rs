@@ -23,50 +23,33 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     app::{Behaviour, Delivery, FakeApp},
     consumer::{Consumer, is_original_line},
-    devstack::{self, Devstack, counts},
+    devstack::{self, ASPNET_BODY, Devstack, counts},
     port::ClosedPort,
-    process::{Service, run_to_end},
+    process::{Service, event_addr, is_running, run_to_end},
     producer::Producer,
+    traced, with_token,
 };
 use tonic::{Code, Request};
 
 const QUEUE: &str = "message-queue";
 /// The original sample's payload, byte for byte.
 const HELLO: &[u8] = br#"{"text":"Hello World"}"#;
-/// What the original ASP.NET producer POSTed to daprd's `/v1.0/bindings/message-queue`.
-const ASPNET_BODY: &str = r#"{"data":{"text":"Hello World"},"operation":"create"}"#;
 
 fn id_of(event: &Value) -> String {
     event["id"].as_str().expect("event has an id").to_owned()
 }
 
 fn invoke(name: &str, operation: &str, token: Option<&str>) -> Request<InvokeBindingRequest> {
-    let mut request = Request::new(InvokeBindingRequest {
+    let request = Request::new(InvokeBindingRequest {
         name: name.to_owned(),
         data: HELLO.to_vec(),
         metadata: HashMap::new(),
         operation: operation.to_owned(),
     });
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("dapr-api-token", token.parse().unwrap());
+    match token {
+        Some(token) => with_token(request, token),
+        None => request,
     }
-    request
-}
-
-/// `POST /v1.0/bindings/{name}` on the sidecar's HTTP port with a raw body; returns the status.
-async fn post_binding(sidecar: &Devstack, name: &str, body: &str) -> StatusCode {
-    sidecar
-        .http
-        .post(sidecar.url(&format!("/v1.0/bindings/{name}")))
-        // What .NET's HttpClient.PostAsJsonAsync sends.
-        .header("content-type", "application/json; charset=utf-8")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("the sidecar answers")
-        .status()
 }
 
 /// A consumer app's entry in the status, by address; `Null` until the sidecar registered it.
@@ -127,15 +110,15 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(wording), "{status:?}");
     }
-    let mut get_state = Request::new(GetStateRequest {
+    let get_state = Request::new(GetStateRequest {
         store_name: "statestore".to_owned(),
         key: "k".to_owned(),
         ..Default::default()
     });
-    get_state
-        .metadata_mut()
-        .insert("dapr-api-token", "s3cret".parse().unwrap());
-    let status = client.get_state(get_state).await.unwrap_err();
+    let status = client
+        .get_state(with_token(get_state, "s3cret"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert_eq!(
         sidecar.counts(QUEUE).await.produced,
@@ -149,30 +132,21 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
         assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
     }
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     let response = sidecar
-        .http
-        .post(sidecar.url("/v1.0/bindings/message-queue"))
-        .header("dapr-api-token", "s3cret")
-        .body(ASPNET_BODY)
-        .send()
-        .await
-        .unwrap();
+        .post_binding(QUEUE, ASPNET_BODY, Some("s3cret"))
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     for (name, body, expected) in [
         (QUEUE, "{", StatusCode::BAD_REQUEST),
         ("nope", ASPNET_BODY, StatusCode::INTERNAL_SERVER_ERROR),
     ] {
-        let response = sidecar
-            .http
-            .post(sidecar.url(&format!("/v1.0/bindings/{name}")))
-            .header("dapr-api-token", "s3cret")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = sidecar.post_binding(name, body, Some("s3cret")).await;
         assert_eq!(response.status(), expected, "{name} {body}");
         let error: Value = response.json().await.unwrap();
         assert!(
@@ -227,7 +201,10 @@ async fn original_aspnet_post_reaches_the_real_consumer() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -276,18 +253,18 @@ async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_tok
     );
 
     let mut client = sidecar.dapr_client().await;
-    let mut traced = invoke(QUEUE, "create", None);
-    traced
-        .metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
-    client.invoke_binding(traced).await.unwrap();
+    let request = traced(invoke(QUEUE, "create", None), TRACEPARENT);
+    client.invoke_binding(request).await.unwrap();
     // A binding the app did not list: never delivered to it.
     client
         .invoke_binding(invoke("other", "create", None))
         .await
         .unwrap();
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -373,7 +350,10 @@ async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
         })
         .await;
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -402,7 +382,10 @@ async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
         })
         .await;
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
     let seen = app.health_calls();
@@ -500,7 +483,10 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     loop {
         assert!(sent < 10, "the victim never got a message");
         assert_eq!(
-            post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+            sidecar
+                .post_binding(QUEUE, ASPNET_BODY, None)
+                .await
+                .status(),
             StatusCode::NO_CONTENT
         );
         sent += 1;
@@ -564,7 +550,7 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
         r#"{"data":{"nottext":1},"operation":"create"}"#,
     ] {
         assert_eq!(
-            post_binding(&sidecar, QUEUE, body).await,
+            sidecar.post_binding(QUEUE, body, None).await.status(),
             StatusCode::NO_CONTENT
         );
     }
@@ -1033,17 +1019,13 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     // Service::spawn sets LOG_FORMAT=json, which every part inherits: each line is `label | {json}`.
     let mut service = Service::spawn(devstack::BIN, &env);
     let listening = part_event(&mut service, "sidecar", "sidecar listening").await;
-    let (grpc_addr, http_addr) = devstack::sidecar_addrs(&listening);
-    let mut stack = Devstack::attach(service, grpc_addr, http_addr);
+    let mut stack = Devstack::attach(service, &listening);
     stack
         .service
         .wait_for_line("the banner", |l| l.contains("Local stack is up"))
         .await;
-    let port = part_event(&mut stack.service, "producer", "listening").await["addr"]
-        .as_str()
-        .and_then(|a| a.parse::<SocketAddr>().ok())
-        .expect("the producer's listening event has addr")
-        .port();
+    let listening = part_event(&mut stack.service, "producer", "listening").await;
+    let port = event_addr(&listening, "addr").port();
     let curl = format!("localhost:{port}/MessageProducer");
     stack
         .service
@@ -1054,7 +1036,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     // the status shows.
     let mut apps = HashSet::new();
     for part in ["consumer-1", "consumer-2"] {
-        let bound = part_event(&mut stack.service, part, "listening").await["addr"].clone();
+        let listening = part_event(&mut stack.service, part, "listening").await;
         let added = stack
             .service
             .wait_for_lines(&format!("{part} added"), |lines| {
@@ -1063,8 +1045,8 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                     .find(|e| e["message"] == "delivering to consumer" && e["part"] == part)
             })
             .await;
-        assert_eq!(added["app"], bound, "{part}");
-        let addr: SocketAddr = bound.as_str().unwrap().parse().unwrap();
+        assert_eq!(added["app"], listening["addr"], "{part}");
+        let addr = event_addr(&listening, "addr");
         assert_ne!(addr.port(), 0);
         assert_eq!(
             consumer_status(&stack.status().await, addr)["healthy"],
@@ -1146,7 +1128,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                 .any(|e| e["message"] == "stopped"),
             "{part} did not log its own stop"
         );
-        let alive = bindings::shutdown::is_running(*pid);
+        let alive = is_running(*pid);
         assert!(!alive, "{part} (pid {pid}) still runs");
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use support::{
     WAIT,
     consumer::Consumer,
-    devstack::Devstack,
+    devstack::{ASPNET_BODY, Devstack},
     process::Service,
     producer::Producer,
     sidecar::{Behaviour, FakeSidecar},
@@ -381,15 +381,10 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
         let sidecar = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
         sidecar.wait_consumers(2).await;
 
-        let (http, url) = (
-            sidecar.http.clone(),
-            sidecar.url("/v1.0/bindings/message-queue"),
-        );
-        let response = http
-            .post(url)
-            .json(&json!({"data": {"text": "Hello World"}, "operation": "create"}))
-            .send();
-        assert_eq!(response.await.unwrap().status(), StatusCode::NO_CONTENT);
+        let response = sidecar
+            .post_binding("message-queue", ASPNET_BODY, None)
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
         let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
         let (busy, other) = if busy == 0 {
@@ -423,21 +418,11 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
     }
 }
 
-/// `devstack sidecar` on a given gRPC port, so a restarted one comes back where the producer dials;
-/// it logs each message it takes (`message enqueued`).
-async fn devstack_sidecar_on(grpc_port: u16) -> Devstack {
-    let port = grpc_port.to_string();
-    let args = ["sidecar", "--grpc-port", &port, "--http-port", "0"];
-    let env = [("RUST_LOG", "info,devstack::runtime=debug")];
-    let mut service = Service::spawn_with_args(support::devstack::BIN, &args, &env);
-    let event = service.wait_for_message("sidecar listening").await;
-    let (grpc_addr, http_addr) = support::devstack::sidecar_addrs(&event);
-    Devstack::attach(service, grpc_addr, http_addr)
-}
-
 #[tokio::test]
 async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_in_flight() {
-    let mut first = devstack_sidecar_on(0).await;
+    // Each sidecar logs every message it takes (`message enqueued`).
+    let log = [("RUST_LOG", "info,devstack::runtime=debug")];
+    let mut first = Devstack::start(&[], &log).await;
     let port = first.grpc_addr.port();
     let mut env = QUICK_RETRIES.to_vec();
     env.push(("SIDECAR_RETRIES", "10"));
@@ -465,7 +450,8 @@ async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_
         None,
         "killed by a signal"
     );
-    let second = devstack_sidecar_on(port).await;
+    // Where the producer dials: the restarted sidecar must come back on the same port.
+    let second = Devstack::start_on(port, &[], &log).await;
     // What the killed one took: it logs each message after queueing it and before answering.
     let before = first
         .service

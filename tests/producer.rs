@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bindings::proto::ProduceRequest;
+use bindings::{proto::ProduceRequest, trace_context};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
@@ -14,6 +14,7 @@ use support::{
     process::{Service, help, run_to_end},
     producer::{BIN, Producer},
     sidecar::{Behaviour, FakeSidecar},
+    traced,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -26,8 +27,8 @@ async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
     let response = producer
         .http
         .post(producer.url("/MessageProducer"))
-        .header("traceparent", TRACEPARENT)
-        .header("tracestate", "congo=t61rcWkgMzE")
+        .header(trace_context::TRACEPARENT, TRACEPARENT)
+        .header(trace_context::TRACESTATE, "congo=t61rcWkgMzE")
         .json(&json!({"count": 1, "intervalMilliseconds": 0}))
         .send()
         .await
@@ -87,20 +88,18 @@ async fn every_log_event_of_a_traced_request_carries_its_trace_id() {
         producer
             .http
             .post(producer.url("/MessageProducer"))
-            .header("traceparent", traceparent)
+            .header(trace_context::TRACEPARENT, traceparent)
             .json(&json!({"count": 1, "intervalMilliseconds": 0}))
             .send()
     };
 
     assert_eq!(post(trace(1)).await.unwrap().status(), StatusCode::OK);
-    let mut request = tonic::Request::new(ProduceRequest {
+    let request = tonic::Request::new(ProduceRequest {
         count: 1,
         interval_milliseconds: 0,
         text: None,
     });
-    request
-        .metadata_mut()
-        .insert("traceparent", trace(2).parse().unwrap());
+    let request = traced(request, &trace(2));
     let mut client = producer.client().await;
     assert_eq!(client.produce(request).await.unwrap().into_inner().sent, 1);
     assert_eq!(
@@ -153,7 +152,7 @@ async fn endpoint_binding_name_text_and_no_token_or_invalid_trace() {
     let response = producer
         .http
         .post(producer.url("/MessageProducer"))
-        .header("traceparent", "not-a-trace")
+        .header(trace_context::TRACEPARENT, "not-a-trace")
         .json(&json!({"count": 3, "text": "Grüße \"quoted\""}))
         .send()
         .await
@@ -455,14 +454,14 @@ async fn grpc_front_produces_streams_and_validates() {
     let producer = Producer::start(&sidecar.port(), &[("MAX_COUNT", "50")]).await;
     let mut client = producer.client().await;
 
-    let mut request = tonic::Request::new(ProduceRequest {
-        count: 2,
-        interval_milliseconds: 0,
-        text: None,
-    });
-    request
-        .metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    let request = traced(
+        tonic::Request::new(ProduceRequest {
+            count: 2,
+            interval_milliseconds: 0,
+            text: None,
+        }),
+        TRACEPARENT,
+    );
     assert_eq!(client.produce(request).await.unwrap().into_inner().sent, 2);
     let calls = sidecar.calls();
     assert_eq!(calls.len(), 2);

@@ -20,7 +20,7 @@ use tonic_health::pb::{
 use super::{
     WAIT,
     exposition::{self, Exposition},
-    process::Service,
+    process::{Service, event_addr},
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_consumer");
@@ -85,10 +85,8 @@ impl Consumer {
 
     /// The address of its metrics server, from its `metrics listening` event.
     pub async fn metrics_addr(&mut self) -> SocketAddr {
-        self.service.wait_for_message("metrics listening").await["addr"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("metrics listening event has addr")
+        let event = self.service.wait_for_message("metrics listening").await;
+        event_addr(&event, "addr")
     }
 
     /// Scrapes `GET /metrics` as Prometheus would, checks the response is a valid OpenMetrics

@@ -12,9 +12,28 @@ pub mod process;
 pub mod producer;
 pub mod sidecar;
 
+use bindings::{api_token::API_TOKEN_METADATA, trace_context};
+use tonic::Request;
+
 pub use process::WAIT;
 
 /// A valid W3C `traceparent` (the specification's example), sampled.
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// The trace id in [`TRACEPARENT`], as the binaries log it.
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// `request` with a `traceparent`, as a traced caller sends it.
+pub fn traced<T>(mut request: Request<T>, traceparent: &str) -> Request<T> {
+    let value = traceparent.parse().expect("an ASCII traceparent");
+    request
+        .metadata_mut()
+        .insert(trace_context::TRACEPARENT, value);
+    request
+}
+
+/// `request` with Dapr's API token, as daprd sends it to the app and an SDK to daprd.
+pub fn with_token<T>(mut request: Request<T>, token: &str) -> Request<T> {
+    let value = token.parse().expect("an ASCII token");
+    request.metadata_mut().insert(API_TOKEN_METADATA, value);
+    request
+}

@@ -1,6 +1,9 @@
 //! The real `producer` binary on an ephemeral loopback port, with an HTTP and a gRPC client.
 
-use bindings::proto::{ProduceRequest, producer_client::ProducerClient};
+use bindings::{
+    proto::{ProduceRequest, producer_client::ProducerClient},
+    trace_context::TRACEPARENT,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -61,7 +64,7 @@ impl Producer {
             .post(self.url("/MessageProducer"))
             .json(&json!({"count": count, "intervalMilliseconds": 0}));
         if let Some(traceparent) = traceparent {
-            request = request.header("traceparent", traceparent);
+            request = request.header(TRACEPARENT, traceparent);
         }
         let response = request.send().await.expect("producer answers");
         assert_eq!(response.status(), StatusCode::OK);
