@@ -2,9 +2,9 @@
 //! and waits, bounded, for its log events: the `listening` event carries the bound address, the
 //! readiness signal. Also reads a process's memory and CPU time from `/proc`.
 //!
-//! The pipeline benchmark includes this file too (`benches/pipeline/mod.rs`), measuring its
-//! children with [`Service::measured`]: their output is then read in large chunks, a few hundred
-//! a second, and only its tail kept. A reader woken by every line would charge the consumer with
+//! The manifest tests include this file alone, for `--help`. The pipeline benchmark includes it
+//! too (`benches/pipeline/mod.rs`), measuring its children with [`Service::measured`]: their
+//! output is then read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every line would charge the consumer with
 //! those wake-ups, and a benchmark's worth of lines would fill the memory.
 
 use std::{
