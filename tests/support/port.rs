@@ -1,4 +1,4 @@
-//! Loopback ports for servers that are not up yet.
+//! Loopback ports for servers that are not up yet, and when a test may re-use a port.
 
 use std::net::SocketAddr;
 
@@ -38,10 +38,13 @@ impl ClosedPort {
     }
 }
 
-/// A loopback port free a moment ago, for a test of a binary binding the very port it is told:
-/// the one case where the port must be known before its server exists, and where nothing can
-/// hold it for the binary meanwhile. Another process could take it in between; it would then
-/// fail loudly, not pass wrongly.
+/// A loopback port free a moment ago, for a test of a binary binding the very port it is told.
+///
+/// A test re-uses a port only where the port must be known before its server exists and
+/// nothing can hold it for the server meanwhile: here, and where a server is restarted at the
+/// port the client under test dials (`FakeSidecar::start_on`, `Devstack::start_on`), since a
+/// producer keeps dialing the sidecar address it was given. Another process could take the port
+/// in between; the test would then fail loudly, not pass wrongly.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
