@@ -110,11 +110,11 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(wording), "{status:?}");
     }
-    let get_state = Request::new(GetStateRequest {
+    let get_state = GetStateRequest {
         store_name: "statestore".to_owned(),
         key: "k".to_owned(),
         ..Default::default()
-    });
+    };
     let status = client
         .get_state(with_token(get_state, "s3cret"))
         .await

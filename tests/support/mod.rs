@@ -13,7 +13,7 @@ pub mod producer;
 pub mod sidecar;
 
 use bindings::{api_token::API_TOKEN_METADATA, trace_context};
-use tonic::Request;
+use tonic::{IntoRequest, Request};
 
 pub use process::WAIT;
 
@@ -23,7 +23,8 @@ pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba90
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 /// `request` with a `traceparent`, as a traced caller sends it.
-pub fn traced<T>(mut request: Request<T>, traceparent: &str) -> Request<T> {
+pub fn traced<T>(request: impl IntoRequest<T>, traceparent: &str) -> Request<T> {
+    let mut request = request.into_request();
     let value = traceparent.parse().expect("an ASCII traceparent");
     request
         .metadata_mut()
@@ -32,7 +33,8 @@ pub fn traced<T>(mut request: Request<T>, traceparent: &str) -> Request<T> {
 }
 
 /// `request` with Dapr's API token, as daprd sends it to the app and an SDK to daprd.
-pub fn with_token<T>(mut request: Request<T>, token: &str) -> Request<T> {
+pub fn with_token<T>(request: impl IntoRequest<T>, token: &str) -> Request<T> {
+    let mut request = request.into_request();
     let value = token.parse().expect("an ASCII token");
     request.metadata_mut().insert(API_TOKEN_METADATA, value);
     request
