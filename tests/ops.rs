@@ -97,15 +97,15 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
 #[tokio::test]
 async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let addr = sidecar.addr;
     let mut env = QUICK_RETRIES.to_vec();
     env.push(("SIDECAR_RETRIES", "8"));
     let producer = Producer::start(&sidecar.port(), &env).await;
 
     let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 20})));
     sidecar.wait_for_calls(5).await;
-    let before = sidecar.stop().await.len();
-    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+    let (calls, port) = sidecar.stop_holding_port().await;
+    let before = calls.len();
+    let sidecar = FakeSidecar::start_at(port, Behaviour::default());
 
     let (status, body) = running.await.unwrap();
     let accepted = (before + sidecar.calls().len()) as u64;

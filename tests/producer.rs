@@ -307,14 +307,13 @@ async fn sidecar_down_then_up_recovers_without_restart() {
     );
 
     let sidecar = FakeSidecar::start_at(port, Behaviour::default());
-    let addr = sidecar.addr;
     assert_eq!(producer.get("/readyz").await, StatusCode::OK);
     let (status, body) = producer.post(json!({"count": 2})).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"sent": 2})));
 
     // And again after the sidecar restarts.
-    sidecar.stop().await;
-    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+    let (_, port) = sidecar.stop_holding_port().await;
+    let sidecar = FakeSidecar::start_at(port, Behaviour::default());
     let (status, body) = producer.post(json!({"count": 1})).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"sent": 1})));
     assert_eq!(sidecar.calls().len(), 1);

@@ -19,7 +19,7 @@ use bindings::dapr_v1::{
     app_callback_server::{AppCallback, AppCallbackServer},
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -217,21 +217,12 @@ pub struct FakeApp {
 impl FakeApp {
     /// Starts on an ephemeral port; healthy from the start.
     pub async fn start(behaviour: Behaviour) -> Self {
-        Self::start_on(([127, 0, 0, 1], 0).into(), behaviour).await
-    }
-
-    /// Starts on `addr`.
-    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("binding the fake app");
-        Self::serve(listener, behaviour)
+        Self::start_at(ClosedPort::new(), behaviour)
     }
 
     /// Starts on a port the sidecar was told of before: connections were refused until now.
     pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
-        Self::serve(port.listen(), behaviour)
-    }
-
-    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
+        let listener = port.listen();
         let addr = listener.local_addr().unwrap();
         let health_check = behaviour.health_check;
         let recorder = Arc::new(Recorder {
