@@ -16,6 +16,7 @@ use serde_json::Value;
 use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::{BIN, Consumer, parse_line},
+    http_client,
     process::{help, run_to_end},
     traced, with_token,
 };
@@ -363,14 +364,7 @@ async fn max_concurrency_one_processes_events_one_after_the_other() {
 #[tokio::test]
 async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
     let mut consumer = Consumer::start(&[("WORK_DURATION", "10s"), DEBUG_LOG]).await;
-    let mut callback = consumer.callback();
-    let in_flight = tokio::spawn(async move { callback.on_binding_event(hello("drain-1")).await });
-    consumer
-        .service
-        .wait_for("drain-1 received", |e| {
-            e["message"] == "event received" && e["id"] == "drain-1"
-        })
-        .await;
+    let in_flight = consumer.in_flight(hello("drain-1")).await;
 
     consumer.service.terminate();
     let draining = consumer.service.wait_for_message("draining").await;
@@ -425,21 +419,10 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
         DEBUG_LOG,
     ])
     .await;
-    let events: Vec<_> = ["slow-1", "slow-2"]
-        .into_iter()
-        .map(|id| {
-            let mut callback = consumer.callback();
-            tokio::spawn(async move { callback.on_binding_event(hello(id)).await })
-        })
-        .collect();
-    for id in ["slow-1", "slow-2"] {
-        consumer
-            .service
-            .wait_for(&format!("{id} received"), |e| {
-                e["message"] == "event received" && e["id"] == id
-            })
-            .await;
-    }
+    let events = [
+        consumer.in_flight(hello("slow-1")).await,
+        consumer.in_flight(hello("slow-2")).await,
+    ];
 
     consumer.service.terminate();
     assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
@@ -530,14 +513,7 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(page.types["consumer_event_processing_seconds"], "histogram");
 
     // A good event is in flight while it works, then processed.
-    let mut callback = consumer.callback();
-    let first = tokio::spawn(async move { callback.on_binding_event(hello("m-1")).await });
-    consumer
-        .service
-        .wait_for("m-1 received", |e| {
-            e["message"] == "event received" && e["id"] == "m-1"
-        })
-        .await;
+    let first = consumer.in_flight(hello("m-1")).await;
     let page = consumer.scrape().await;
     assert!(!first.is_finished(), "m-1 ended before the scrape");
     assert_eq!(page.get(IN_FLIGHT), 1.0);
@@ -584,14 +560,7 @@ async fn metrics_follow_the_events_and_the_drain() {
     );
 
     // While an event drains: draining is 1, it is still in flight, a new event is refused.
-    let mut callback = consumer.callback();
-    let draining = tokio::spawn(async move { callback.on_binding_event(hello("m-2")).await });
-    consumer
-        .service
-        .wait_for("m-2 received", |e| {
-            e["message"] == "event received" && e["id"] == "m-2"
-        })
-        .await;
+    let draining = consumer.in_flight(hello("m-2")).await;
     consumer.service.terminate();
     consumer.service.wait_for_message("draining").await;
     let page = consumer.scrape().await;
@@ -613,7 +582,10 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
     // The metrics server went with the process.
     let addr = consumer.metrics_addr().await;
-    let gone = reqwest::get(format!("http://{addr}/metrics")).await;
+    let gone = http_client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await;
     assert!(gone.is_err(), "{gone:?}");
 }
 

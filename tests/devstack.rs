@@ -157,18 +157,8 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
 
     let c = sidecar.counts(QUEUE).await;
     assert_eq!((c.produced, c.active), (2, 2), "{c:?}");
-    let response = sidecar
-        .http
-        .get(sidecar.url("/devstack/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    );
     // OpenMetrics, labels escaped: a strict scraper must take the page.
-    let page = support::exposition::parse(&response.text().await.unwrap());
+    let page = sidecar.metrics().await;
     for (series, value) in [
         (
             r#"devstack_queue_produced_total{queue="message-queue"}"#,
@@ -600,18 +590,11 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
             .collect();
         assert_eq!(traces, [trace_id; 3], "{warning}");
     }
-    let metrics = sidecar
-        .http
-        .get(sidecar.url("/devstack/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let page = support::exposition::parse(&metrics);
     assert_eq!(
-        page.get(r#"devstack_queue_messages{queue="message-queue",state="dead_lettered"}"#),
+        sidecar
+            .metrics()
+            .await
+            .get(r#"devstack_queue_messages{queue="message-queue",state="dead_lettered"}"#),
         2.0
     );
 

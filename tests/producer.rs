@@ -9,7 +9,7 @@ use bindings::{proto::ProduceRequest, trace_context};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    TRACEPARENT, WAIT,
+    TRACEPARENT, WAIT, http_client,
     port::{ClosedPort, free_port},
     process::{Service, help, run_to_end},
     producer::{BIN, Producer, batch},
@@ -726,8 +726,7 @@ async fn port_and_dapr_grpc_port_become_working_endpoints() {
     );
     assert_eq!(service.addr().await.port(), port);
 
-    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let response = http
+    let response = http_client()
         .post(format!("http://127.0.0.1:{port}/MessageProducer"))
         .json(&json!({"count": 2, "intervalMilliseconds": 0}))
         .send()

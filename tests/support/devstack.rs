@@ -12,6 +12,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{
     WAIT,
+    exposition::{self, Exposition},
+    http_client,
     process::{Service, event_addr},
 };
 
@@ -73,7 +75,7 @@ impl Devstack {
             service,
             grpc_addr: event_addr(listening, "grpc_addr"),
             http_addr: event_addr(listening, "http_addr"),
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            http: http_client(),
         }
     }
 
@@ -112,6 +114,11 @@ impl Devstack {
             request = request.header(API_TOKEN_METADATA, token);
         }
         request.send().await.expect("the sidecar answers")
+    }
+
+    /// Its `GET /devstack/metrics`, scraped as Prometheus would.
+    pub async fn metrics(&self) -> Exposition {
+        exposition::scrape(&self.http, &self.url("/devstack/metrics")).await
     }
 
     /// A channel to the runtime gRPC API.

@@ -22,6 +22,14 @@ pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba90
 /// The trace id in [`TRACEPARENT`], as the binaries log it.
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
+/// An HTTP client whose every request is bounded by [`WAIT`].
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// `request` with a `traceparent`, as a traced caller sends it.
 pub fn traced<T>(request: impl IntoRequest<T>, traceparent: &str) -> Request<T> {
     let mut request = request.into_request();

@@ -7,7 +7,11 @@ use bindings::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{WAIT, process::Service};
+use super::{
+    exposition::{self, Exposition},
+    http_client,
+    process::Service,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_producer");
 
@@ -37,7 +41,7 @@ impl Producer {
         Self {
             service,
             base: format!("http://{addr}"),
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            http: http_client(),
         }
     }
 
@@ -116,17 +120,8 @@ impl Producer {
         self.service.stop().await;
     }
 
-    /// The producer's `/metrics`, parsed.
-    pub async fn metrics(&self) -> super::exposition::Exposition {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        super::exposition::parse(&text)
+    /// The producer's `/metrics`, scraped as Prometheus would.
+    pub async fn metrics(&self) -> Exposition {
+        exposition::scrape(&self.http, &self.url("/metrics")).await
     }
 }
