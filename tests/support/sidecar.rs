@@ -19,7 +19,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
-use super::{app::headers, port::ClosedPort};
+use super::{app::headers, port::ClosedPort, wait_count};
 
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
@@ -154,14 +154,7 @@ impl FakeSidecar {
 
     /// Waits, at most [`super::WAIT`], until `n` calls have been accepted.
     pub async fn wait_for_calls(&self, n: usize) {
-        let mut accepted = self.recorder.accepted.subscribe();
-        let reached =
-            tokio::time::timeout(super::WAIT, accepted.wait_for(|&count| count >= n)).await;
-        assert!(
-            reached.is_ok(),
-            "the sidecar got {} calls, expected {n}",
-            self.calls().len()
-        );
+        wait_count(&self.recorder.accepted, n, "calls the sidecar accepted").await;
     }
 
     /// Every call received, failed ones included.
