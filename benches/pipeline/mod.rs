@@ -216,6 +216,15 @@ fn processed(events: &[Value]) -> anyhow::Result<u64> {
         .context("the consumer's log does not end with a `stopped` event")
 }
 
+/// `GET url`, a success with a JSON body.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
+    let response = http.get(url).send().await?.error_for_status()?;
+    Ok(response.json().await?)
+}
+
 /// `POST /MessageProducer {"count": m, "intervalMilliseconds": 0}`; returns its duration.
 async fn produce(http: &reqwest::Client, producer: SocketAddr, m: u32) -> anyhow::Result<Duration> {
     let start = Instant::now();
@@ -565,14 +574,7 @@ impl Rig {
     }
 
     async fn null_counts(&self) -> anyhow::Result<null::Counts> {
-        Ok(self
-            .http
-            .get(format!("http://{}/counts", self.null.http))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &format!("http://{}/counts", self.null.http)).await
     }
 
     /// Records the peak RSS of rows 2, 3 and 4, stops everything, and checks each consumer of
@@ -613,14 +615,7 @@ struct Counts {
 
 impl Stack {
     async fn status(&self) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(&self.status_url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &self.status_url).await
     }
 
     async fn counts(&self) -> anyhow::Result<Counts> {
