@@ -11,13 +11,6 @@ pub fn terminate(pid: u32) -> std::io::Result<()> {
     signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM).map_err(std::io::Error::from)
 }
 
-/// Whether process `pid` still exists (signal 0 checks without sending anything).
-#[cfg(unix)]
-pub fn is_running(pid: u32) -> bool {
-    use nix::{sys::signal, unistd::Pid};
-    i32::try_from(pid).is_ok_and(|pid| signal::kill(Pid::from_raw(pid), None).is_ok())
-}
-
 /// Returns a token that is cancelled when the process is asked to stop. Must be called inside
 /// a Tokio runtime; a second signal does not kill the process, the drain limits do.
 pub fn on_signal() -> CancellationToken {

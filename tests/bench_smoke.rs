@@ -25,15 +25,7 @@ fn main() -> ExitCode {
     // `run` fails when a stage loses or duplicates a message, or a binary misbehaves.
     let report = pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &|_| {})
         .unwrap_or_else(|e| panic!("the benchmark failed: {e:#}"));
-    for (row, runs) in [
-        ("transport", &report.transport),
-        ("producer", &report.producer),
-        ("consumer", &report.consumer),
-        ("consumer, RUST_LOG=warn", &report.consumer_quiet),
-        ("null app", &report.null_app),
-        ("end to end", &report.end_to_end),
-        ("original", &report.original),
-    ] {
+    for (row, runs) in report.rows() {
         assert_eq!(runs.len(), 1, "{row}: one sample per round");
         let rate = runs[0].rate;
         assert!(rate.is_finite() && rate > 0.0, "{row}: {rate}");

@@ -16,7 +16,9 @@ use serde_json::Value;
 use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::{BIN, Consumer, parse_line},
+    http_client,
     process::{help, run_to_end},
+    traced, with_token,
 };
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -38,16 +40,6 @@ fn event(binding: &str, data: &[u8], metadata: &[(&str, &str)]) -> Request<Bindi
 
 fn hello(id: &str) -> Request<BindingEventRequest> {
     event("message-queue", br#"{"text":"Hello World"}"#, &[("id", id)])
-}
-
-fn with_token(
-    mut request: Request<BindingEventRequest>,
-    token: &str,
-) -> Request<BindingEventRequest> {
-    request
-        .metadata_mut()
-        .insert("dapr-api-token", token.parse().expect("ASCII token"));
-    request
 }
 
 fn assert_code(result: Result<(), Status>, code: Code, what: &str) -> Status {
@@ -138,15 +130,12 @@ async fn good_event_is_processed_and_logs_the_original_line() {
     let mut consumer = Consumer::start(&[("WORK_DURATION", "100ms")]).await;
     let started = Utc::now().naive_utc();
 
-    let mut request = event(
+    let request = event(
         "message-queue",
         br#"{"text":"Hello World","extra":true}"#,
         &[("id", "msg-1"), ("MessageId", "ignored")],
     );
-    request
-        .metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
-    consumer.send(request).await.unwrap();
+    consumer.send(traced(request, TRACEPARENT)).await.unwrap();
 
     let logged = consumer.line_for("msg-1").await;
     let message = logged["message"].as_str().unwrap();
@@ -375,14 +364,7 @@ async fn max_concurrency_one_processes_events_one_after_the_other() {
 #[tokio::test]
 async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
     let mut consumer = Consumer::start(&[("WORK_DURATION", "10s"), DEBUG_LOG]).await;
-    let mut callback = consumer.callback();
-    let in_flight = tokio::spawn(async move { callback.on_binding_event(hello("drain-1")).await });
-    consumer
-        .service
-        .wait_for("drain-1 received", |e| {
-            e["message"] == "event received" && e["id"] == "drain-1"
-        })
-        .await;
+    let in_flight = consumer.in_flight(hello("drain-1")).await;
 
     consumer.service.terminate();
     let draining = consumer.service.wait_for_message("draining").await;
@@ -437,21 +419,10 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
         DEBUG_LOG,
     ])
     .await;
-    let events: Vec<_> = ["slow-1", "slow-2"]
-        .into_iter()
-        .map(|id| {
-            let mut callback = consumer.callback();
-            tokio::spawn(async move { callback.on_binding_event(hello(id)).await })
-        })
-        .collect();
-    for id in ["slow-1", "slow-2"] {
-        consumer
-            .service
-            .wait_for(&format!("{id} received"), |e| {
-                e["message"] == "event received" && e["id"] == id
-            })
-            .await;
-    }
+    let events = [
+        consumer.in_flight(hello("slow-1")).await,
+        consumer.in_flight(hello("slow-2")).await,
+    ];
 
     consumer.service.terminate();
     assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
@@ -482,20 +453,18 @@ async fn drain_timeout_bounds_shutdown_with_events_still_running() {
 #[tokio::test]
 async fn every_log_event_of_an_event_carries_its_ids() {
     let mut consumer = Consumer::start(&[("APP_API_TOKEN", "s3cret"), DEBUG_LOG]).await;
-    let traced = |mut request: Request<BindingEventRequest>| {
-        request
-            .metadata_mut()
-            .insert("traceparent", TRACEPARENT.parse().unwrap());
-        request
-    };
     consumer
-        .send(with_token(traced(hello("tr-ok")), "s3cret"))
+        .send(with_token(traced(hello("tr-ok"), TRACEPARENT), "s3cret"))
         .await
         .unwrap();
     let bad = event("message-queue", b"{", &[("id", "tr-bad")]);
-    let result = consumer.send(with_token(traced(bad), "s3cret")).await;
+    let result = consumer
+        .send(with_token(traced(bad, TRACEPARENT), "s3cret"))
+        .await;
     assert_code(result, Code::InvalidArgument, "bad payload");
-    let result = consumer.send(traced(hello("tr-unauthenticated"))).await;
+    let result = consumer
+        .send(traced(hello("tr-unauthenticated"), TRACEPARENT))
+        .await;
     assert_code(result, Code::Unauthenticated, "no token");
 
     consumer.line_for("tr-ok").await;
@@ -544,14 +513,7 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(page.types["consumer_event_processing_seconds"], "histogram");
 
     // A good event is in flight while it works, then processed.
-    let mut callback = consumer.callback();
-    let first = tokio::spawn(async move { callback.on_binding_event(hello("m-1")).await });
-    consumer
-        .service
-        .wait_for("m-1 received", |e| {
-            e["message"] == "event received" && e["id"] == "m-1"
-        })
-        .await;
+    let first = consumer.in_flight(hello("m-1")).await;
     let page = consumer.scrape().await;
     assert!(!first.is_finished(), "m-1 ended before the scrape");
     assert_eq!(page.get(IN_FLIGHT), 1.0);
@@ -598,14 +560,7 @@ async fn metrics_follow_the_events_and_the_drain() {
     );
 
     // While an event drains: draining is 1, it is still in flight, a new event is refused.
-    let mut callback = consumer.callback();
-    let draining = tokio::spawn(async move { callback.on_binding_event(hello("m-2")).await });
-    consumer
-        .service
-        .wait_for("m-2 received", |e| {
-            e["message"] == "event received" && e["id"] == "m-2"
-        })
-        .await;
+    let draining = consumer.in_flight(hello("m-2")).await;
     consumer.service.terminate();
     consumer.service.wait_for_message("draining").await;
     let page = consumer.scrape().await;
@@ -627,7 +582,10 @@ async fn metrics_follow_the_events_and_the_drain() {
     assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
     // The metrics server went with the process.
     let addr = consumer.metrics_addr().await;
-    let gone = reqwest::get(format!("http://{addr}/metrics")).await;
+    let gone = http_client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await;
     assert!(gone.is_err(), "{gone:?}");
 }
 

@@ -23,50 +23,41 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     app::{Behaviour, Delivery, FakeApp},
     consumer::{Consumer, is_original_line},
-    devstack::{self, Devstack, counts},
+    devstack::{self, ASPNET_BODY, Devstack, counts},
     port::ClosedPort,
-    process::{Service, run_to_end},
+    process::{Service, event_addr, help, is_running, run_to_end},
     producer::Producer,
+    traced, with_token,
 };
 use tonic::{Code, Request};
 
 const QUEUE: &str = "message-queue";
+/// Every port devstack binds, 0: each part reports the address it chose, in its log and status.
+const EPHEMERAL: [(&str, &str); 5] = [
+    ("PORT", "0"),
+    ("APP_PORT", "0"),
+    ("METRICS_PORT", "0"),
+    ("DAPR_GRPC_PORT", "0"),
+    ("DAPR_HTTP_PORT", "0"),
+];
 /// The original sample's payload, byte for byte.
 const HELLO: &[u8] = br#"{"text":"Hello World"}"#;
-/// What the original ASP.NET producer POSTed to daprd's `/v1.0/bindings/message-queue`.
-const ASPNET_BODY: &str = r#"{"data":{"text":"Hello World"},"operation":"create"}"#;
 
 fn id_of(event: &Value) -> String {
     event["id"].as_str().expect("event has an id").to_owned()
 }
 
 fn invoke(name: &str, operation: &str, token: Option<&str>) -> Request<InvokeBindingRequest> {
-    let mut request = Request::new(InvokeBindingRequest {
+    let request = Request::new(InvokeBindingRequest {
         name: name.to_owned(),
         data: HELLO.to_vec(),
         metadata: HashMap::new(),
         operation: operation.to_owned(),
     });
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("dapr-api-token", token.parse().unwrap());
+    match token {
+        Some(token) => with_token(request, token),
+        None => request,
     }
-    request
-}
-
-/// `POST /v1.0/bindings/{name}` on the sidecar's HTTP port with a raw body; returns the status.
-async fn post_binding(sidecar: &Devstack, name: &str, body: &str) -> StatusCode {
-    sidecar
-        .http
-        .post(sidecar.url(&format!("/v1.0/bindings/{name}")))
-        // What .NET's HttpClient.PostAsJsonAsync sends.
-        .header("content-type", "application/json; charset=utf-8")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("the sidecar answers")
-        .status()
 }
 
 /// A consumer app's entry in the status, by address; `Null` until the sidecar registered it.
@@ -127,15 +118,15 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(wording), "{status:?}");
     }
-    let mut get_state = Request::new(GetStateRequest {
+    let get_state = GetStateRequest {
         store_name: "statestore".to_owned(),
         key: "k".to_owned(),
         ..Default::default()
-    });
-    get_state
-        .metadata_mut()
-        .insert("dapr-api-token", "s3cret".parse().unwrap());
-    let status = client.get_state(get_state).await.unwrap_err();
+    };
+    let status = client
+        .get_state(with_token(get_state, "s3cret"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert_eq!(
         sidecar.counts(QUEUE).await.produced,
@@ -149,30 +140,21 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
         assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
     }
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     let response = sidecar
-        .http
-        .post(sidecar.url("/v1.0/bindings/message-queue"))
-        .header("dapr-api-token", "s3cret")
-        .body(ASPNET_BODY)
-        .send()
-        .await
-        .unwrap();
+        .post_binding(QUEUE, ASPNET_BODY, Some("s3cret"))
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     for (name, body, expected) in [
         (QUEUE, "{", StatusCode::BAD_REQUEST),
         ("nope", ASPNET_BODY, StatusCode::INTERNAL_SERVER_ERROR),
     ] {
-        let response = sidecar
-            .http
-            .post(sidecar.url(&format!("/v1.0/bindings/{name}")))
-            .header("dapr-api-token", "s3cret")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = sidecar.post_binding(name, body, Some("s3cret")).await;
         assert_eq!(response.status(), expected, "{name} {body}");
         let error: Value = response.json().await.unwrap();
         assert!(
@@ -183,18 +165,8 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
 
     let c = sidecar.counts(QUEUE).await;
     assert_eq!((c.produced, c.active), (2, 2), "{c:?}");
-    let response = sidecar
-        .http
-        .get(sidecar.url("/devstack/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    );
     // OpenMetrics, labels escaped: a strict scraper must take the page.
-    let page = support::exposition::parse(&response.text().await.unwrap());
+    let page = sidecar.metrics().await;
     for (series, value) in [
         (
             r#"devstack_queue_produced_total{queue="message-queue"}"#,
@@ -227,7 +199,10 @@ async fn original_aspnet_post_reaches_the_real_consumer() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -276,18 +251,18 @@ async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_tok
     );
 
     let mut client = sidecar.dapr_client().await;
-    let mut traced = invoke(QUEUE, "create", None);
-    traced
-        .metadata_mut()
-        .insert("traceparent", TRACEPARENT.parse().unwrap());
-    client.invoke_binding(traced).await.unwrap();
+    let request = traced(invoke(QUEUE, "create", None), TRACEPARENT);
+    client.invoke_binding(request).await.unwrap();
     // A binding the app did not list: never delivered to it.
     client
         .invoke_binding(invoke("other", "create", None))
         .await
         .unwrap();
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -373,7 +348,10 @@ async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
         })
         .await;
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
 
@@ -402,7 +380,10 @@ async fn unhealthy_app_gets_no_deliveries_until_it_is_healthy() {
         })
         .await;
     assert_eq!(
-        post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+        sidecar
+            .post_binding(QUEUE, ASPNET_BODY, None)
+            .await
+            .status(),
         StatusCode::NO_CONTENT
     );
     let seen = app.health_calls();
@@ -500,7 +481,10 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     loop {
         assert!(sent < 10, "the victim never got a message");
         assert_eq!(
-            post_binding(&sidecar, QUEUE, ASPNET_BODY).await,
+            sidecar
+                .post_binding(QUEUE, ASPNET_BODY, None)
+                .await
+                .status(),
             StatusCode::NO_CONTENT
         );
         sent += 1;
@@ -564,7 +548,7 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
         r#"{"data":{"nottext":1},"operation":"create"}"#,
     ] {
         assert_eq!(
-            post_binding(&sidecar, QUEUE, body).await,
+            sidecar.post_binding(QUEUE, body, None).await.status(),
             StatusCode::NO_CONTENT
         );
     }
@@ -614,18 +598,11 @@ async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_c
             .collect();
         assert_eq!(traces, [trace_id; 3], "{warning}");
     }
-    let metrics = sidecar
-        .http
-        .get(sidecar.url("/devstack/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let page = support::exposition::parse(&metrics);
     assert_eq!(
-        page.get(r#"devstack_queue_messages{queue="message-queue",state="dead_lettered"}"#),
+        sidecar
+            .metrics()
+            .await
+            .get(r#"devstack_queue_messages{queue="message-queue",state="dead_lettered"}"#),
         2.0
     );
 
@@ -905,10 +882,7 @@ async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
 
 #[tokio::test]
 async fn help_documents_the_settings_and_bad_values_exit_2() {
-    let (code, help) =
-        run_to_end(devstack::BIN, &["--help"], &[("DAPR_API_TOKEN", "s3cret")]).await;
-    assert_eq!(code, Some(0), "{help}");
-    for name in [
+    let settings = [
         "CONSUMERS",
         "PORT",
         "APP_PORT",
@@ -926,12 +900,8 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "APP_API_TOKEN",
         "RUST_LOG",
         "LOG_FORMAT",
-    ] {
-        assert!(
-            help.contains(&format!("[env: {name}")),
-            "--help lacks {name}:\n{help}"
-        );
-    }
+    ];
+    let help = help(devstack::BIN, &[("DAPR_API_TOKEN", "s3cret")], &settings).await;
     for text in ["sidecar", "Azure Service Bus", "WORK_DURATION"] {
         assert!(help.contains(text), "--help lacks {text:?}:\n{help}");
     }
@@ -953,7 +923,6 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
 
     // Should a value be accepted by mistake, the sidecar would serve on free ports until
     // run_to_end's bound, and the test would fail there.
-    let free = [("DAPR_GRPC_PORT", "0"), ("DAPR_HTTP_PORT", "0")];
     for (args, env, expected) in [
         (
             &["sidecar", "--app", "nonsense"][..],
@@ -980,7 +949,7 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         ),
         (&["--consumers", "0"], None, "--consumers"),
     ] {
-        let mut all = free.to_vec();
+        let mut all = EPHEMERAL.to_vec();
         all.extend(env);
         let (code, output) = run_to_end(devstack::BIN, args, &all).await;
         assert_eq!(code, Some(2), "{args:?}: {output}");
@@ -1019,31 +988,19 @@ async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
 
 #[tokio::test]
 async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
-    // Every port 0: the stack reports what each part bound, in its log and its status.
-    let env = [
-        ("PORT", "0"),
-        ("APP_PORT", "0"),
-        ("METRICS_PORT", "0"),
-        ("DAPR_GRPC_PORT", "0"),
-        ("DAPR_HTTP_PORT", "0"),
-        ("CONSUMERS", "2"),
-        // Passes through to the consumers, as the README says.
-        ("WORK_DURATION", "300ms"),
-    ];
+    let mut env = EPHEMERAL.to_vec();
+    // WORK_DURATION passes through to the consumers, as the README says.
+    env.extend([("CONSUMERS", "2"), ("WORK_DURATION", "300ms")]);
     // Service::spawn sets LOG_FORMAT=json, which every part inherits: each line is `label | {json}`.
     let mut service = Service::spawn(devstack::BIN, &env);
     let listening = part_event(&mut service, "sidecar", "sidecar listening").await;
-    let (grpc_addr, http_addr) = devstack::sidecar_addrs(&listening);
-    let mut stack = Devstack::attach(service, grpc_addr, http_addr);
+    let mut stack = Devstack::attach(service, &listening);
     stack
         .service
         .wait_for_line("the banner", |l| l.contains("Local stack is up"))
         .await;
-    let port = part_event(&mut stack.service, "producer", "listening").await["addr"]
-        .as_str()
-        .and_then(|a| a.parse::<SocketAddr>().ok())
-        .expect("the producer's listening event has addr")
-        .port();
+    let listening = part_event(&mut stack.service, "producer", "listening").await;
+    let port = event_addr(&listening, "addr").port();
     let curl = format!("localhost:{port}/MessageProducer");
     stack
         .service
@@ -1054,7 +1011,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     // the status shows.
     let mut apps = HashSet::new();
     for part in ["consumer-1", "consumer-2"] {
-        let bound = part_event(&mut stack.service, part, "listening").await["addr"].clone();
+        let listening = part_event(&mut stack.service, part, "listening").await;
         let added = stack
             .service
             .wait_for_lines(&format!("{part} added"), |lines| {
@@ -1063,8 +1020,8 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                     .find(|e| e["message"] == "delivering to consumer" && e["part"] == part)
             })
             .await;
-        assert_eq!(added["app"], bound, "{part}");
-        let addr: SocketAddr = bound.as_str().unwrap().parse().unwrap();
+        assert_eq!(added["app"], listening["addr"], "{part}");
+        let addr = event_addr(&listening, "addr");
         assert_ne!(addr.port(), 0);
         assert_eq!(
             consumer_status(&stack.status().await, addr)["healthy"],
@@ -1146,7 +1103,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
                 .any(|e| e["message"] == "stopped"),
             "{part} did not log its own stop"
         );
-        let alive = bindings::shutdown::is_running(*pid);
+        let alive = is_running(*pid);
         assert!(!alive, "{part} (pid {pid}) still runs");
     }
 }
@@ -1155,15 +1112,8 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
 /// where the parts on port 0 are (it lets that one event through).
 #[tokio::test]
 async fn up_learns_the_addresses_from_text_logs_under_a_warn_filter() {
-    let env = [
-        ("LOG_FORMAT", "text"),
-        ("RUST_LOG", "warn,devstack=info"),
-        ("PORT", "0"),
-        ("APP_PORT", "0"),
-        ("METRICS_PORT", "0"),
-        ("DAPR_GRPC_PORT", "0"),
-        ("DAPR_HTTP_PORT", "0"),
-    ];
+    let mut env = EPHEMERAL.to_vec();
+    env.extend([("LOG_FORMAT", "text"), ("RUST_LOG", "warn,devstack=info")]);
     let mut service = Service::spawn(devstack::BIN, &env);
     let bound = service
         .wait_for_line("the consumer's listening line", |l| {

@@ -18,6 +18,11 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::Deserialize;
 use serde_json::Value;
 
+// Only the process harness of `tests/support`: these tests start no server.
+#[allow(dead_code)]
+#[path = "support/process.rs"]
+mod process;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Dapr's default for `dapr.io/graceful-shutdown-seconds`.
@@ -548,16 +553,15 @@ impl Defaults {
             "consumer" => env!("CARGO_BIN_EXE_consumer"),
             other => panic!("no binary {other}"),
         };
-        // No inherited environment: `--help` must show the code's defaults, not this shell's.
-        let output = Command::new(exe)
-            .arg("--help")
-            .env_clear()
-            .output()
-            .unwrap_or_else(|e| panic!("running {bin} --help: {e}"));
-        assert!(output.status.success(), "{bin} --help failed");
+        // The harness's clean environment: `--help` shows the code's defaults, not this shell's.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let help = runtime.block_on(process::help(exe, &[], &[]));
         Self {
             bin,
-            by_env: parse_help(&String::from_utf8_lossy(&output.stdout)),
+            by_env: parse_help(&help),
         }
     }
 

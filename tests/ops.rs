@@ -5,15 +5,14 @@ mod support;
 
 use std::time::Duration;
 
-use bindings::proto::ProduceRequest;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::{
     WAIT,
     consumer::Consumer,
-    devstack::Devstack,
+    devstack::{ASPNET_BODY, Devstack},
     process::Service,
-    producer::Producer,
+    producer::{Producer, batch},
     sidecar::{Behaviour, FakeSidecar},
 };
 use tokio::task::JoinSet;
@@ -98,30 +97,17 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
 #[tokio::test]
 async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let addr = sidecar.addr;
     let mut env = QUICK_RETRIES.to_vec();
     env.push(("SIDECAR_RETRIES", "8"));
     let producer = Producer::start(&sidecar.port(), &env).await;
 
-    let url = producer.url("/MessageProducer");
-    let http = producer.http.clone();
-    let batch = tokio::spawn(async move {
-        let response = http
-            .post(url)
-            .json(&json!({"count": 40, "intervalMilliseconds": 20}))
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status(),
-            response.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
+    let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 20})));
     sidecar.wait_for_calls(5).await;
-    let before = sidecar.stop().await.len();
-    let sidecar = FakeSidecar::start_on(addr, Behaviour::default()).await;
+    let (calls, port) = sidecar.stop_holding_port().await;
+    let before = calls.len();
+    let sidecar = FakeSidecar::start_at(port, Behaviour::default());
 
-    let (status, body) = batch.await.unwrap();
+    let (status, body) = running.await.unwrap();
     let accepted = (before + sidecar.calls().len()) as u64;
     match status {
         StatusCode::OK => assert_eq!(body, json!({"sent": 40})),
@@ -144,16 +130,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
     let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "1")]).await;
 
     // One slow, paced batch holds the only place.
-    let url = producer.url("/MessageProducer");
-    let http = producer.http.clone();
-    let running = tokio::spawn(async move {
-        http.post(url)
-            .json(&json!({"count": 40, "intervalMilliseconds": 25}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 25})));
     sidecar.wait_for_calls(1).await;
     let metrics = producer.metrics().await;
     assert_eq!(metrics.sum("producer_batches_in_progress", &[]), 1.0);
@@ -165,11 +142,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
         "{body}"
     );
     let mut client = producer.client().await;
-    let request = ProduceRequest {
-        count: 1,
-        interval_milliseconds: 0,
-        text: None,
-    };
+    let request = batch(1, 0);
     assert_eq!(
         client.produce(request.clone()).await.unwrap_err().code(),
         Code::ResourceExhausted
@@ -179,7 +152,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
         Code::ResourceExhausted
     );
 
-    assert_eq!(running.await.unwrap(), StatusCode::OK);
+    assert_eq!(running.await.unwrap().0, StatusCode::OK);
     let metrics = producer.metrics().await;
     assert_eq!(metrics.sum("producer_batches_refused_total", &[]), 3.0);
     assert_eq!(metrics.sum("producer_batches_in_progress", &[]), 0.0);
@@ -201,27 +174,10 @@ async fn metrics_count_requests_by_route_and_method_and_parse() {
     producer.get("/healthz").await;
     producer.get("/no/such/path").await;
     let mut client = producer.client().await;
-    client
-        .produce(ProduceRequest {
-            count: 1,
-            interval_milliseconds: 0,
-            text: None,
-        })
-        .await
-        .unwrap();
-    let bad = ProduceRequest {
-        count: 0,
-        interval_milliseconds: 0,
-        text: None,
-    };
+    client.produce(batch(1, 0)).await.unwrap();
+    let bad = batch(0, 0);
     client.produce(bad).await.unwrap_err();
-    let stream = client
-        .produce_stream(ProduceRequest {
-            count: 2,
-            interval_milliseconds: 0,
-            text: None,
-        })
-        .await;
+    let stream = client.produce_stream(batch(2, 0)).await;
     let _: Vec<_> = stream.unwrap().into_inner().collect().await;
 
     let m = producer.metrics().await;
@@ -278,28 +234,17 @@ async fn load_50_rest_clients_and_10_grpc_streams_account_for_every_message() {
 
     let mut clients = JoinSet::new();
     for _ in 0..REST_CLIENTS {
-        let (http, url) = (producer.http.clone(), producer.url("/MessageProducer"));
+        let post = producer.post(json!({"count": COUNT}));
         clients.spawn(async move {
-            let response = http
-                .post(url)
-                .json(&json!({"count": COUNT}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            response.json::<serde_json::Value>().await.unwrap()["sent"]
-                .as_u64()
-                .unwrap()
+            let (status, body) = post.await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["sent"].as_u64().unwrap()
         });
     }
     for _ in 0..STREAMS {
         let mut client = producer.client().await;
         clients.spawn(async move {
-            let request = ProduceRequest {
-                count: COUNT,
-                interval_milliseconds: 0,
-                text: None,
-            };
+            let request = batch(COUNT, 0);
             let stream = client.produce_stream(request).await.unwrap().into_inner();
             let reports: Vec<_> = stream.map(|r| r.unwrap().sent).collect().await;
             assert_eq!(reports.len() as u32, COUNT, "one report per message");
@@ -381,15 +326,10 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
         let sidecar = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
         sidecar.wait_consumers(2).await;
 
-        let (http, url) = (
-            sidecar.http.clone(),
-            sidecar.url("/v1.0/bindings/message-queue"),
-        );
-        let response = http
-            .post(url)
-            .json(&json!({"data": {"text": "Hello World"}, "operation": "create"}))
-            .send();
-        assert_eq!(response.await.unwrap().status(), StatusCode::NO_CONTENT);
+        let response = sidecar
+            .post_binding("message-queue", ASPNET_BODY, None)
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
         let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
         let (busy, other) = if busy == 0 {
@@ -423,37 +363,18 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
     }
 }
 
-/// `devstack sidecar` on a given gRPC port, so a restarted one comes back where the producer dials;
-/// it logs each message it takes (`message enqueued`).
-async fn devstack_sidecar_on(grpc_port: u16) -> Devstack {
-    let port = grpc_port.to_string();
-    let args = ["sidecar", "--grpc-port", &port, "--http-port", "0"];
-    let env = [("RUST_LOG", "info,devstack::runtime=debug")];
-    let mut service = Service::spawn_with_args(support::devstack::BIN, &args, &env);
-    let event = service.wait_for_message("sidecar listening").await;
-    let (grpc_addr, http_addr) = support::devstack::sidecar_addrs(&event);
-    Devstack::attach(service, grpc_addr, http_addr)
-}
-
 #[tokio::test]
 async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_in_flight() {
-    let mut first = devstack_sidecar_on(0).await;
+    // Each sidecar logs every message it takes (`message enqueued`).
+    let log = [("RUST_LOG", "info,devstack::runtime=debug")];
+    let mut first = Devstack::start(&[], &log).await;
     let port = first.grpc_addr.port();
     let mut env = QUICK_RETRIES.to_vec();
     env.push(("SIDECAR_RETRIES", "10"));
     let producer = Producer::start(&first.grpc_port(), &env).await;
 
     // Paced: one call in flight at a time, so a kill catches at most one.
-    let url = producer.url("/MessageProducer");
-    let http = producer.http.clone();
-    let batch = tokio::spawn(async move {
-        let body = json!({"count": 40, "intervalMilliseconds": 20});
-        let response = http.post(url).json(&body).send().await.unwrap();
-        (
-            response.status(),
-            response.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
+    let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 20})));
     first
         .wait_status("5 messages", |s| {
             support::devstack::counts(s, "message-queue").produced >= 5
@@ -465,7 +386,8 @@ async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_
         None,
         "killed by a signal"
     );
-    let second = devstack_sidecar_on(port).await;
+    // Where the producer dials: the restarted sidecar must come back on the same port.
+    let second = Devstack::start_on(port, &[], &log).await;
     // What the killed one took: it logs each message after queueing it and before answering.
     let before = first
         .service
@@ -476,7 +398,7 @@ async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_
         .count() as u64;
     assert!(before >= 5, "{before}");
 
-    let (status, body) = batch.await.unwrap();
+    let (status, body) = running.await.unwrap();
     let sent = body["sent"].as_u64().unwrap();
     match status {
         StatusCode::OK => assert_eq!(sent, 40),

@@ -43,16 +43,23 @@ where
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut started = 0;
-    loop {
-        while started < messages && in_flight.len() < concurrency.max(1) as usize {
-            in_flight.push(call());
-            started += 1;
+    // One bound for the whole run: a timer per call would add to the client's measured cost.
+    let limit = super::run_limit(messages);
+    let run = async {
+        loop {
+            while started < messages && in_flight.len() < concurrency.max(1) as usize {
+                in_flight.push(call());
+                started += 1;
+            }
+            match in_flight.next().await {
+                None => return Ok(start.elapsed()),
+                Some(result) => result.context("a call failed")?,
+            }
         }
-        match in_flight.next().await {
-            None => return Ok(start.elapsed()),
-            Some(result) => result.context("a call failed")?,
-        }
-    }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .with_context(|| format!("{messages} calls did not end within {limit:?}"))?
 }
 
 /// `InvokeBinding` as the producer sends it: name, `create`, the message.
@@ -101,7 +108,8 @@ pub async fn binding_event(
 /// The original producer's loop: for each message a new HTTP client, so a new connection, and a
 /// JSON POST to daprd's HTTP binding API over HTTP/1.1, awaited before the next. The body is the
 /// original's, `{"data":{"text":"Hello World"}}`. The original's URL named `localhost`; an IP
-/// address here leaves name resolution out, which only makes the original look faster.
+/// address here leaves name resolution out, which only makes the original look faster. Each
+/// request is bounded in time, as .NET's `HttpClient` bounds it (100 s by default).
 pub async fn original(addr: SocketAddr, messages: u32) -> anyhow::Result<Duration> {
     let url = format!("http://{addr}/v1.0/bindings/{BINDING}");
     let body = serde_json::json!({ "data": { "text": "Hello World" } });
@@ -109,6 +117,7 @@ pub async fn original(addr: SocketAddr, messages: u32) -> anyhow::Result<Duratio
     for _ in 0..messages {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
+            .timeout(super::WAIT)
             .build()?;
         client
             .post(&url)

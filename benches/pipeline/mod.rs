@@ -36,7 +36,7 @@ pub use report::{Footprint, Report, Sample};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use process::{Service, cpu_time};
+use process::{Service, cpu_time, event_addr};
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -78,6 +78,10 @@ impl Binaries {
 
 /// Longest the bench waits for a stack to come up or a queue to empty.
 const WAIT: Duration = Duration::from_secs(60);
+/// Longest a run of `m` messages may take: [`WAIT`], and a second more per thousand messages.
+fn run_limit(m: u32) -> Duration {
+    WAIT + Duration::from_secs(u64::from(m) / 1_000)
+}
 /// How often the sidecar's status is read while waiting for the last completion.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -98,11 +102,11 @@ pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::R
         .enable_all()
         .build()?;
     // On a worker thread, as the producer's batches run: a future polled by `block_on` runs on
-    // the calling thread, and each of its calls would hop to the workers and back (4 µs of CPU
-    // per call more than the producer spends).
+    // the calling thread, and each of its calls would hop to the workers and back, a cost the
+    // producer does not pay.
     let (sizes, bins) = (sizes.clone(), bins.clone());
     let (steps, mut step) = tokio::sync::mpsc::unbounded_channel();
-    let bench = runtime.spawn(async move { Bench::new(&sizes, &bins, steps).run().await });
+    let bench = runtime.spawn(async move { Bench::new(&sizes, &bins, steps)?.run().await });
     runtime.block_on(async {
         while let Some(message) = step.recv().await {
             progress(&message);
@@ -147,13 +151,6 @@ fn consumer_env(concurrency: u32, log: &str) -> Vec<(&'static str, String)> {
 async fn start(bin: &Path, args: &[&str], env: &[(&str, String)], ready: &str) -> (Service, Value) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Service::measured(bin, args, &env, ready).await
-}
-
-fn addr(event: &Value, field: &str) -> anyhow::Result<SocketAddr> {
-    event[field]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no address {field:?} in {event}"))
 }
 
 /// A process whose CPU time is counted: this one (the clients) or a child.
@@ -219,12 +216,22 @@ fn processed(events: &[Value]) -> anyhow::Result<u64> {
         .context("the consumer's log does not end with a `stopped` event")
 }
 
+/// `GET url`, a success with a JSON body.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
+    let response = http.get(url).send().await?.error_for_status()?;
+    Ok(response.json().await?)
+}
+
 /// `POST /MessageProducer {"count": m, "intervalMilliseconds": 0}`; returns its duration.
 async fn produce(http: &reqwest::Client, producer: SocketAddr, m: u32) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let response = http
         .post(format!("http://{producer}/MessageProducer"))
         .json(&json!({ "count": m, "intervalMilliseconds": 0 }))
+        .timeout(run_limit(m))
         .send()
         .await?;
     let elapsed = start.elapsed();
@@ -242,13 +249,13 @@ impl<'a> Bench<'a> {
         sizes: &'a Sizes,
         bins: &'a Binaries,
         progress: tokio::sync::mpsc::UnboundedSender<String>,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
             sizes,
             bins,
             progress,
-            http: reqwest::Client::new(),
-        }
+            http: reqwest::Client::builder().timeout(WAIT).build()?,
+        })
     }
 
     /// Reports progress to `run`'s caller.
@@ -321,7 +328,7 @@ impl<'a> Bench<'a> {
         let begun = Instant::now();
         let env = producer_env(self.sizes, sidecar);
         let (service, event) = start(&self.bins.producer, &[], &env, "listening").await;
-        let addr = addr(&event, "addr")?;
+        let addr = event_addr(&event, "addr");
         let url = format!("http://{addr}/readyz");
         loop {
             let response = self.http.get(&url).send().await?;
@@ -349,12 +356,12 @@ impl<'a> Bench<'a> {
         let begun = Instant::now();
         let env = consumer_env(concurrency, log);
         let (service, event) = start(&self.bins.consumer, &[], &env, "listening").await;
-        let addr = addr(&event, "addr")?;
+        let addr = event_addr(&event, "addr");
         let mut health = HealthClient::new(load::channel(addr).await?);
         loop {
-            let status = health
-                .check(HealthCheckRequest::default())
-                .await?
+            let check = health.check(HealthCheckRequest::default());
+            let status = tokio::time::timeout(WAIT, check)
+                .await??
                 .into_inner()
                 .status;
             if status == ServingStatus::Serving as i32 {
@@ -395,8 +402,9 @@ impl<'a> Bench<'a> {
             args.extend(["--app", app]);
         }
         let (devstack, event) = start(&self.bins.devstack, &args, &[], "sidecar listening").await;
-        let status_url = format!("http://{}/devstack/status", addr(&event, "http_addr")?);
-        let (_, producer, producer_addr) = self.start_producer(addr(&event, "grpc_addr")?).await?;
+        let status_url = format!("http://{}/devstack/status", event_addr(&event, "http_addr"));
+        let (_, producer, producer_addr) =
+            self.start_producer(event_addr(&event, "grpc_addr")).await?;
         let stack = Stack {
             consumers,
             devstack,
@@ -566,14 +574,7 @@ impl Rig {
     }
 
     async fn null_counts(&self) -> anyhow::Result<null::Counts> {
-        Ok(self
-            .http
-            .get(format!("http://{}/counts", self.null.http))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &format!("http://{}/counts", self.null.http)).await
     }
 
     /// Records the peak RSS of rows 2, 3 and 4, stops everything, and checks each consumer of
@@ -614,14 +615,7 @@ struct Counts {
 
 impl Stack {
     async fn status(&self) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(&self.status_url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        get_json(&self.http, &self.status_url).await
     }
 
     async fn counts(&self) -> anyhow::Result<Counts> {
@@ -660,7 +654,7 @@ impl Stack {
                 );
                 return Ok(elapsed);
             }
-            if start.elapsed() > WAIT + Duration::from_secs(u64::from(m) / 1_000) {
+            if start.elapsed() > run_limit(m) {
                 bail!(
                     "(4): {} of {m} messages completed in time",
                     now.completed - before.completed

@@ -439,7 +439,8 @@ impl Report {
         out
     }
 
-    fn rows(&self) -> [(&'static str, &Runs); 7] {
+    /// Each row's runs, by the row's id in the table.
+    pub fn rows(&self) -> [(&'static str, &Runs); 7] {
         [
             ("1", &self.transport),
             ("2", &self.producer),

@@ -19,11 +19,11 @@ use bindings::dapr_v1::{
     app_callback_server::{AppCallback, AppCallbackServer},
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::port::ClosedPort;
+use super::{port::ClosedPort, wait_count};
 
 /// How the fake app answers.
 #[derive(Debug, Clone)]
@@ -217,21 +217,12 @@ pub struct FakeApp {
 impl FakeApp {
     /// Starts on an ephemeral port; healthy from the start.
     pub async fn start(behaviour: Behaviour) -> Self {
-        Self::start_on(([127, 0, 0, 1], 0).into(), behaviour).await
-    }
-
-    /// Starts on `addr`.
-    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("binding the fake app");
-        Self::serve(listener, behaviour)
+        Self::start_at(ClosedPort::new(), behaviour)
     }
 
     /// Starts on a port the sidecar was told of before: connections were refused until now.
     pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
-        Self::serve(port.listen(), behaviour)
-    }
-
-    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
+        let listener = port.listen();
         let addr = listener.local_addr().unwrap();
         let health_check = behaviour.health_check;
         let recorder = Arc::new(Recorder {
@@ -282,24 +273,12 @@ impl FakeApp {
     /// Waits, at most [`super::WAIT`], until the sidecar has called AppCallbackHealthCheck `n`
     /// times in all.
     pub async fn wait_for_health_calls(&self, n: u64) {
-        let mut calls = self.recorder.health_calls.subscribe();
-        let reached = tokio::time::timeout(super::WAIT, calls.wait_for(|&c| c >= n)).await;
-        assert!(
-            reached.is_ok(),
-            "the app got {} health checks, expected {n}",
-            self.health_calls()
-        );
+        wait_count(&self.recorder.health_calls, n, "health checks the app got").await;
     }
 
     /// Waits, at most [`super::WAIT`], until `n` binding events are in flight at once.
     pub async fn wait_in_flight(&self, n: usize) {
-        let mut in_flight = self.recorder.in_flight.subscribe();
-        let reached = tokio::time::timeout(super::WAIT, in_flight.wait_for(|&c| c >= n)).await;
-        assert!(
-            reached.is_ok(),
-            "the app holds {} binding events, expected {n}",
-            *self.recorder.in_flight.borrow()
-        );
+        wait_count(&self.recorder.in_flight, n, "binding events the app holds").await;
     }
 
     /// The most binding events the app ever held at once.
@@ -314,13 +293,7 @@ impl FakeApp {
 
     /// Waits, at most [`super::WAIT`], until `n` binding events have arrived; returns them all.
     pub async fn wait_for_deliveries(&self, n: usize) -> Vec<Delivery> {
-        let mut received = self.recorder.received.subscribe();
-        let reached = tokio::time::timeout(super::WAIT, received.wait_for(|&c| c >= n)).await;
-        assert!(
-            reached.is_ok(),
-            "the app got {} binding events, expected {n}",
-            self.deliveries().len()
-        );
+        wait_count(&self.recorder.received, n, "binding events the app got").await;
         self.deliveries()
     }
 

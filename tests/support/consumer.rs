@@ -9,8 +9,9 @@ use bindings::dapr_v1::{
 };
 use chrono::NaiveDateTime;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 use tonic::{
-    Request, Status,
+    Request, Response, Status,
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{
@@ -20,7 +21,8 @@ use tonic_health::pb::{
 use super::{
     WAIT,
     exposition::{self, Exposition},
-    process::Service,
+    http_client,
+    process::{Service, event_addr},
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_consumer");
@@ -57,6 +59,24 @@ impl Consumer {
         AppCallbackClient::new(self.channel.clone())
     }
 
+    /// Sends `request` (with an `id` in its metadata) in the background and waits until the
+    /// consumer has received it, by its `event received` debug event (`RUST_LOG` must enable
+    /// it): the event is then in flight. The task ends with the consumer's answer.
+    pub async fn in_flight(
+        &mut self,
+        request: Request<BindingEventRequest>,
+    ) -> JoinHandle<Result<Response<BindingEventResponse>, Status>> {
+        let id = request.get_ref().metadata["id"].clone();
+        let mut callback = self.callback();
+        let call = tokio::spawn(async move { callback.on_binding_event(request).await });
+        self.service
+            .wait_for(&format!("{id} received"), |e| {
+                e["message"] == "event received" && e["id"] == id.as_str()
+            })
+            .await;
+        call
+    }
+
     /// Dapr's `AppCallbackHealthCheck`.
     pub async fn health_check(&self) -> Result<(), Status> {
         AppCallbackHealthCheckClient::new(self.channel.clone())
@@ -85,29 +105,14 @@ impl Consumer {
 
     /// The address of its metrics server, from its `metrics listening` event.
     pub async fn metrics_addr(&mut self) -> SocketAddr {
-        self.service.wait_for_message("metrics listening").await["addr"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("metrics listening event has addr")
+        let event = self.service.wait_for_message("metrics listening").await;
+        event_addr(&event, "addr")
     }
 
-    /// Scrapes `GET /metrics` as Prometheus would, checks the response is a valid OpenMetrics
-    /// exposition, and returns it.
+    /// Its `GET /metrics`, scraped as Prometheus would.
     pub async fn scrape(&mut self) -> Exposition {
-        let addr = self.metrics_addr().await;
-        let response = reqwest::Client::new()
-            .get(format!("http://{addr}/metrics"))
-            .timeout(WAIT)
-            .send()
-            .await
-            .expect("GET /metrics");
-        assert_eq!(response.status(), reqwest::StatusCode::OK);
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert_eq!(
-            content_type,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-        );
-        exposition::parse(&response.text().await.expect("a text body"))
+        let url = format!("http://{}/metrics", self.metrics_addr().await);
+        exposition::scrape(&http_client(), &url).await
     }
 
     /// Waits for the original sample's line for the event with this id.

@@ -1,17 +1,25 @@
 //! Runs `devstack sidecar` (devstack's sidecar, which stands in for daprd and the queue) on
-//! ephemeral loopback ports, reads its two addresses from its `sidecar listening` event, and reads
-//! its queue status with a bounded poll, checking the queue invariant on every read.
+//! loopback ports, reads its two addresses from its `sidecar listening` event, posts to its HTTP
+//! binding API, and reads its queue status with a bounded poll, checking the queue invariant on
+//! every read.
 
 use std::{net::SocketAddr, time::Duration};
 
-use bindings::dapr_v1::dapr_client::DaprClient;
+use bindings::{api_token::API_TOKEN_METADATA, dapr_v1::dapr_client::DaprClient};
 use serde::Deserialize;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{WAIT, process::Service};
+use super::{
+    WAIT,
+    exposition::{self, Exposition},
+    http_client,
+    process::{Service, event_addr},
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_devstack");
+/// What the original ASP.NET producer POSTed to daprd's `/v1.0/bindings/message-queue`.
+pub const ASPNET_BODY: &str = r#"{"data":{"text":"Hello World"},"operation":"create"}"#;
 /// Most status reads one wait makes; with [`POLL_PACING`] this spans about [`WAIT`].
 const MAX_POLLS: u32 = 400;
 /// Pause between two status reads. Only paces the poll: what ends a wait is the status itself.
@@ -43,40 +51,31 @@ pub struct Devstack {
     pub http: reqwest::Client,
 }
 
-/// The sidecar's two addresses, from its `sidecar listening` event.
-pub fn sidecar_addrs(event: &Value) -> (SocketAddr, SocketAddr) {
-    let addr = |field: &str| -> SocketAddr {
-        event[field]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("sidecar listening event has {field}: {event}"))
-    };
-    (addr("grpc_addr"), addr("http_addr"))
-}
-
 impl Devstack {
     /// Starts `devstack sidecar` on ephemeral ports with `args` after the ports.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut all = vec!["sidecar", "--grpc-port", "0", "--http-port", "0"];
+        Self::start_on(0, args, env).await
+    }
+
+    /// Like [`start`](Self::start), with the gRPC API on `grpc_port`: a sidecar restarted there
+    /// comes back where the producer dials.
+    pub async fn start_on(grpc_port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let grpc_port = grpc_port.to_string();
+        let mut all = vec!["sidecar", "--grpc-port", &grpc_port, "--http-port", "0"];
         all.extend_from_slice(args);
         let mut service = Service::spawn_with_args(BIN, &all, env);
         let event = service.wait_for_message("sidecar listening").await;
-        let (grpc_addr, http_addr) = sidecar_addrs(&event);
-        Self {
-            service,
-            grpc_addr,
-            http_addr,
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
-        }
+        Self::attach(service, &event)
     }
 
-    /// Wraps a sidecar started some other way (inside `devstack up`), to read its status.
-    pub fn attach(service: Service, grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+    /// Wraps a sidecar started some other way (inside `devstack up`), at the addresses its
+    /// `sidecar listening` event gives.
+    pub fn attach(service: Service, listening: &Value) -> Self {
         Self {
             service,
-            grpc_addr,
-            http_addr,
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            grpc_addr: event_addr(listening, "grpc_addr"),
+            http_addr: event_addr(listening, "http_addr"),
+            http: http_client(),
         }
     }
 
@@ -96,6 +95,30 @@ impl Devstack {
     /// An HTTP URL on the sidecar's HTTP port.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)
+    }
+
+    /// `POST /v1.0/bindings/{name}` on the HTTP port with a raw body, as .NET's
+    /// `HttpClient.PostAsJsonAsync` sends it, with daprd's API token if given.
+    pub async fn post_binding(
+        &self,
+        name: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1.0/bindings/{name}")))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body.to_owned());
+        if let Some(token) = token {
+            request = request.header(API_TOKEN_METADATA, token);
+        }
+        request.send().await.expect("the sidecar answers")
+    }
+
+    /// Its `GET /devstack/metrics`, scraped as Prometheus would.
+    pub async fn metrics(&self) -> Exposition {
+        exposition::scrape(&self.http, &self.url("/devstack/metrics")).await
     }
 
     /// A channel to the runtime gRPC API.

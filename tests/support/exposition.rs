@@ -51,6 +51,23 @@ struct Family {
     has_samples: bool,
 }
 
+/// `GET url` as Prometheus scrapes it: asserts 200, the OpenMetrics content type (written out
+/// here, the independent check of what the binaries send) and a page [`parse`] accepts.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Exposition {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .expect("the metrics page answers");
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "{url}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        "{url}"
+    );
+    parse(&response.text().await.expect("a text body"))
+}
+
 /// Parses `text`, panicking with the offending line on anything a strict scraper would reject:
 /// a sample that is not `name{labels} value`, a value that is not a float, a label that is not
 /// `name="escaped value"`, a metric without HELP and TYPE before its samples, a family split in

@@ -12,9 +12,52 @@ pub mod process;
 pub mod producer;
 pub mod sidecar;
 
+use std::fmt::Debug;
+
+use bindings::{api_token::API_TOKEN_METADATA, trace_context};
+use tokio::sync::watch;
+use tonic::{IntoRequest, Request};
+
 pub use process::WAIT;
 
 /// A valid W3C `traceparent` (the specification's example), sampled.
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// The trace id in [`TRACEPARENT`], as the binaries log it.
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Waits, at most [`WAIT`], until the count `counter` holds reaches `n`; panics saying `what`
+/// it counts otherwise.
+pub async fn wait_count<T: PartialOrd + Debug>(counter: &watch::Sender<T>, n: T, what: &str) {
+    let mut count = counter.subscribe();
+    // `is_ok` lets go of the value `wait_for` holds before it is read again.
+    let reached = tokio::time::timeout(WAIT, count.wait_for(|c| *c >= n))
+        .await
+        .is_ok();
+    assert!(reached, "{what}: {:?}, expected {n:?}", *counter.borrow());
+}
+
+/// An HTTP client whose every request is bounded by [`WAIT`].
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `request` with a `traceparent`, as a traced caller sends it.
+pub fn traced<T>(request: impl IntoRequest<T>, traceparent: &str) -> Request<T> {
+    let mut request = request.into_request();
+    let value = traceparent.parse().expect("an ASCII traceparent");
+    request
+        .metadata_mut()
+        .insert(trace_context::TRACEPARENT, value);
+    request
+}
+
+/// `request` with Dapr's API token, as daprd sends it to the app and an SDK to daprd.
+pub fn with_token<T>(request: impl IntoRequest<T>, token: &str) -> Request<T> {
+    let mut request = request.into_request();
+    let value = token.parse().expect("an ASCII token");
+    request.metadata_mut().insert(API_TOKEN_METADATA, value);
+    request
+}

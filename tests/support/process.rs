@@ -2,9 +2,9 @@
 //! and waits, bounded, for its log events: the `listening` event carries the bound address, the
 //! readiness signal. Also reads a process's memory and CPU time from `/proc`.
 //!
-//! The pipeline benchmark includes this file too (`benches/pipeline/mod.rs`), measuring its
-//! children with [`Service::measured`]: their output is then read in large chunks, a few hundred
-//! a second, and only its tail kept. A reader woken by every line would charge the consumer with
+//! The manifest tests include this file alone, for `--help`. The pipeline benchmark includes it
+//! too (`benches/pipeline/mod.rs`), measuring its children with [`Service::measured`]: their
+//! output is then read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every line would charge the consumer with
 //! those wake-ups, and a benchmark's worth of lines would fill the memory.
 
 use std::{
@@ -150,11 +150,7 @@ impl Service {
 
     /// The address from the `listening` event.
     pub async fn addr(&mut self) -> SocketAddr {
-        let event = self.wait_for_message("listening").await;
-        event["addr"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("listening event has addr")
+        event_addr(&self.wait_for_message("listening").await, "addr")
     }
 
     /// Every JSON log event so far (of the tail, when measured).
@@ -298,6 +294,20 @@ impl Service {
             .expect("waiting for the process");
         status.code()
     }
+}
+
+/// The address a log event carries in `field` (`addr`, `grpc_addr`, ...); panics without one.
+pub fn event_addr(event: &Value, field: &str) -> SocketAddr {
+    event[field]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address {field:?} in {event}"))
+}
+
+/// Whether process `pid` still exists (signal 0 checks without sending anything).
+pub fn is_running(pid: u32) -> bool {
+    use nix::{sys::signal, unistd::Pid};
+    i32::try_from(pid).is_ok_and(|pid| signal::kill(Pid::from_raw(pid), None).is_ok())
 }
 
 /// Runs `bin` to completion with `args`, bounded in time; returns (exit code, stdout + stderr).

@@ -1,12 +1,28 @@
 //! The real `producer` binary on an ephemeral loopback port, with an HTTP and a gRPC client.
 
-use bindings::proto::{ProduceRequest, producer_client::ProducerClient};
+use bindings::{
+    proto::{ProduceRequest, producer_client::ProducerClient},
+    trace_context::TRACEPARENT,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{WAIT, process::Service};
+use super::{
+    exposition::{self, Exposition},
+    http_client,
+    process::Service,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_producer");
+
+/// A gRPC `ProduceRequest` of `count` messages of the default text, `interval_ms` apart.
+pub fn batch(count: u32, interval_ms: u32) -> ProduceRequest {
+    ProduceRequest {
+        count,
+        interval_milliseconds: interval_ms,
+        text: None,
+    }
+}
 
 /// A producer on an ephemeral port, talking to the sidecar on `sidecar_port`.
 pub struct Producer {
@@ -25,7 +41,7 @@ impl Producer {
         Self {
             service,
             base: format!("http://{addr}"),
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+            http: http_client(),
         }
     }
 
@@ -34,51 +50,55 @@ impl Producer {
         format!("{}{path}", self.base)
     }
 
-    /// POSTs a raw body with a content type; returns status and JSON body.
-    pub async fn post_raw(&self, content_type: Option<&str>, body: &str) -> (StatusCode, Value) {
+    /// `POST /MessageProducer` with `headers` and a raw `body`; answers the status and the JSON
+    /// body. The future owns what it needs: a test may spawn it and act while the batch runs.
+    pub fn post_raw(
+        &self,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> impl Future<Output = (StatusCode, Value)> + Send + use<> {
         let mut request = self
             .http
             .post(self.url("/MessageProducer"))
             .body(body.to_owned());
-        if let Some(ct) = content_type {
-            request = request.header("content-type", ct);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("producer answers");
-        let status = response.status();
-        (status, response.json().await.expect("JSON body"))
+        async move {
+            let response = request.send().await.expect("the producer answers");
+            let status = response.status();
+            (status, response.json().await.expect("a JSON body"))
+        }
     }
 
-    pub async fn post(&self, body: Value) -> (StatusCode, Value) {
-        self.post_raw(Some("application/json"), &body.to_string())
-            .await
+    /// [`post_raw`](Self::post_raw) of a JSON `body`, with `headers`.
+    pub fn post_with(
+        &self,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> impl Future<Output = (StatusCode, Value)> + Send + use<> {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.post_raw(&all, &body.to_string())
+    }
+
+    /// [`post_raw`](Self::post_raw) of a JSON `body`.
+    pub fn post(&self, body: Value) -> impl Future<Output = (StatusCode, Value)> + Send + use<> {
+        self.post_with(&[], body)
     }
 
     /// `POST /MessageProducer` of `count` messages, unpaced, with a `traceparent` if given;
     /// asserts `{"sent": count}`.
     pub async fn send(&self, count: u32, traceparent: Option<&str>) {
-        let mut request = self
-            .http
-            .post(self.url("/MessageProducer"))
-            .json(&json!({"count": count, "intervalMilliseconds": 0}));
-        if let Some(traceparent) = traceparent {
-            request = request.header("traceparent", traceparent);
-        }
-        let response = request.send().await.expect("producer answers");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.json::<Value>().await.expect("JSON body"),
-            json!({ "sent": count })
-        );
+        let headers: Vec<_> = traceparent.map(|t| (TRACEPARENT, t)).into_iter().collect();
+        let body = json!({"count": count, "intervalMilliseconds": 0});
+        let answer = self.post_with(&headers, body).await;
+        assert_eq!(answer, (StatusCode::OK, json!({ "sent": count })));
     }
 
     /// `producer.v1.Producer/Produce` of `count` messages, unpaced; asserts all were sent.
     pub async fn produce(&self, count: u32) {
-        let request = ProduceRequest {
-            count,
-            interval_milliseconds: 0,
-            text: None,
-        };
-        let reply = self.client().await.produce(request).await;
+        let reply = self.client().await.produce(batch(count, 0)).await;
         assert_eq!(reply.expect("Produce succeeds").into_inner().sent, count);
     }
 
@@ -100,17 +120,8 @@ impl Producer {
         self.service.stop().await;
     }
 
-    /// The producer's `/metrics`, parsed.
-    pub async fn metrics(&self) -> super::exposition::Exposition {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        super::exposition::parse(&text)
+    /// The producer's `/metrics`, scraped as Prometheus would.
+    pub async fn metrics(&self) -> Exposition {
+        exposition::scrape(&self.http, &self.url("/metrics")).await
     }
 }

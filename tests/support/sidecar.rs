@@ -15,11 +15,11 @@ use bindings::{
     dapr_runtime::{BindingHandler, DaprRuntimeServer},
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
-use super::{app::headers, port::ClosedPort};
+use super::{app::headers, port::ClosedPort, wait_count};
 
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
@@ -115,23 +115,12 @@ pub struct FakeSidecar {
 impl FakeSidecar {
     /// Starts on an ephemeral port.
     pub async fn start(behaviour: Behaviour) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour).await
-    }
-
-    /// Starts on a given address (to come back on the same port after a stop).
-    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("binding the fake sidecar");
-        Self::serve(listener, behaviour)
+        Self::start_at(ClosedPort::new(), behaviour)
     }
 
     /// Starts on a port a producer was told of before: connections were refused until now.
     pub fn start_at(port: ClosedPort, behaviour: Behaviour) -> Self {
-        Self::serve(port.listen(), behaviour)
-    }
-
-    fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
+        let listener = port.listen();
         let addr = listener.local_addr().unwrap();
         let recorder = Arc::new(Recorder {
             behaviour,
@@ -165,14 +154,7 @@ impl FakeSidecar {
 
     /// Waits, at most [`super::WAIT`], until `n` calls have been accepted.
     pub async fn wait_for_calls(&self, n: usize) {
-        let mut accepted = self.recorder.accepted.subscribe();
-        let reached =
-            tokio::time::timeout(super::WAIT, accepted.wait_for(|&count| count >= n)).await;
-        assert!(
-            reached.is_ok(),
-            "the sidecar got {} calls, expected {n}",
-            self.calls().len()
-        );
+        wait_count(&self.recorder.accepted, n, "calls the sidecar accepted").await;
     }
 
     /// Every call received, failed ones included.
@@ -183,6 +165,14 @@ impl FakeSidecar {
     /// Most calls that were in progress at once.
     pub fn max_in_flight(&self) -> usize {
         self.recorder.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving but keeps the port, to [`start_at`](Self::start_at) it again where the
+    /// producer still dials; connections are refused there meanwhile. Returns every call it
+    /// accepted, and the port.
+    pub async fn stop_holding_port(self) -> (Vec<Call>, ClosedPort) {
+        let port = ClosedPort::hold(self.addr);
+        (self.stop().await, port)
     }
 
     /// Stops serving, waits for the server to end, and returns every call it accepted.
