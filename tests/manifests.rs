@@ -39,6 +39,7 @@ fn every_kustomization_renders_the_whole_pair() {
         "deploy/base",
         "deploy/overlays/workload-identity",
         "deploy/overlays/local-rabbitmq",
+        "deploy/overlays/public",
     ] {
         assert!(
             roots.contains(expected),
@@ -193,7 +194,6 @@ fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
         }
 
         let service = render.one("Service", "producer");
-        assert_eq!(service["spec"]["type"], "LoadBalancer");
         let pod_labels = &render.app("producer")["spec"]["template"]["metadata"]["labels"];
         for (key, value) in service["spec"]["selector"].as_object().unwrap() {
             assert_eq!(
@@ -209,6 +209,184 @@ fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
         );
         assert_eq!(service_ports[0]["port"], 80);
         assert_eq!(resolve(&service_ports[0]["targetPort"]), port);
+    }
+}
+
+#[test]
+fn the_producer_is_reachable_from_outside_only_with_its_token() {
+    let mut public_renders = 0;
+    for render in renders() {
+        let label = &render.label;
+        let exposed: Vec<&str> = render
+            .all("Service")
+            .filter(|s| {
+                matches!(
+                    s["spec"]["type"].as_str(),
+                    Some("LoadBalancer" | "NodePort")
+                )
+            })
+            .map(|s| str_at(s, "/metadata/name"))
+            .chain(render.all("Ingress").map(|i| str_at(i, "/metadata/name")))
+            .collect();
+        let service = render.one("Service", "producer");
+        if label == "deploy/overlays/public" {
+            assert_eq!(service["spec"]["type"], "LoadBalancer", "{label}");
+        } else {
+            // Not public: ClusterIP (the default when unset), reached with kubectl port-forward.
+            assert!(
+                exposed.is_empty(),
+                "{label}: only overlays/public may expose anything, not {exposed:?}"
+            );
+            assert!(
+                service["spec"]["type"].is_null() || service["spec"]["type"] == "ClusterIP",
+                "{label}: the producer's Service must be ClusterIP"
+            );
+        }
+        if exposed.is_empty() {
+            continue;
+        }
+        public_renders += 1;
+        assert_eq!(
+            secret_env(render.app_container("producer"), "PRODUCER_API_TOKEN"),
+            Some(("producer-api-token", "token")),
+            "{label}: exposes {exposed:?}, so the producer needs PRODUCER_API_TOKEN from the \
+             Secret producer-api-token (key `token`)"
+        );
+    }
+    assert_eq!(
+        public_renders, 1,
+        "overlays/public is the one public render"
+    );
+}
+
+#[test]
+fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    // The variables the binaries read: a rename on either side fails here.
+    assert!(producer.reads("DAPR_API_TOKEN"), "producer --help");
+    assert!(consumer.reads("APP_API_TOKEN"), "consumer --help");
+    for render in renders() {
+        let label = &render.label;
+        for app in ["producer", "consumer"] {
+            assert_eq!(
+                render.annotation(app, "dapr.io/api-token-secret"),
+                "dapr-api-token",
+                "{label}: {app}'s daprd must require Dapr's API token"
+            );
+        }
+        // The injector gives daprd the Secret's `token` key; the app maps the same one itself.
+        let api = render.annotation("producer", "dapr.io/api-token-secret");
+        assert_eq!(
+            secret_env(render.app_container("producer"), "DAPR_API_TOKEN"),
+            Some((api, "token")),
+            "{label}: the producer must present the token its daprd requires"
+        );
+        let app = render.annotation("consumer", "dapr.io/app-token-secret");
+        assert_eq!(app, "dapr-app-token", "{label}");
+        assert_eq!(
+            secret_env(render.app_container("consumer"), "APP_API_TOKEN"),
+            Some((app, "token")),
+            "{label}: the consumer must check the token its daprd presents"
+        );
+        // daprd never calls the producer (no app channel), so no app token for it.
+        assert!(
+            render
+                .annotations("producer")
+                .get("dapr.io/app-token-secret")
+                .is_none(),
+            "{label}: the producer has no app channel for an app token"
+        );
+    }
+}
+
+#[test]
+fn network_policies_let_in_only_the_producers_port_and_the_consumers_scrape() {
+    let producer = Defaults::of("producer");
+    let consumer = Defaults::of("consumer");
+    for render in renders() {
+        let label = &render.label;
+        let pods: Vec<(&str, &Value)> = render
+            .all("Deployment")
+            .map(|d| {
+                (
+                    str_at(d, "/metadata/name"),
+                    &d["spec"]["template"]["metadata"]["labels"],
+                )
+            })
+            .collect();
+        // app -> the ports its policies let in, resolved against its container's ports.
+        let mut allowed: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+        for policy in render.all("NetworkPolicy") {
+            let name = str_at(policy, "/metadata/name");
+            let selector = policy["spec"]["podSelector"]["matchLabels"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{label}: NetworkPolicy {name} has no matchLabels"));
+            let selected: Vec<&str> = pods
+                .iter()
+                .filter(|(_, labels)| selector.iter().all(|(k, v)| &labels[k] == v))
+                .map(|(app, _)| *app)
+                .collect();
+            assert!(
+                !selected.is_empty(),
+                "{label}: NetworkPolicy {name} selects no Deployment's pods"
+            );
+            // Egress stays open: Service Bus, Entra ID and the Dapr control plane.
+            assert_eq!(
+                policy["spec"]["policyTypes"],
+                serde_json::json!(["Ingress"]),
+                "{label}: NetworkPolicy {name} must restrict ingress only"
+            );
+            for app in selected {
+                let ports = container_ports(render.app_container(app));
+                let entry = allowed.entry(app).or_default();
+                for rule in array(&policy["spec"]["ingress"]) {
+                    let rule_ports = array(&rule["ports"]);
+                    assert!(
+                        !rule_ports.is_empty(),
+                        "{label}: NetworkPolicy {name} has a rule for every port"
+                    );
+                    for port in rule_ports {
+                        assert_eq!(port["protocol"], "TCP", "{label}: {name}");
+                        entry.insert(match &port["port"] {
+                            Value::String(named) => *ports.get(named).unwrap_or_else(|| {
+                                panic!("{label}: {name} names port {named}, which {app} lacks")
+                            }),
+                            number => {
+                                let number = number.as_u64().expect("a port");
+                                assert!(
+                                    ports.values().any(|p| *p == number),
+                                    "{label}: {name} lets in {number}, which {app} lacks"
+                                );
+                                number
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        let port_of = |app: &str, defaults: &Defaults, env: &str| -> u64 {
+            effective(render.app_container(app), defaults, env)
+                .parse()
+                .unwrap()
+        };
+        let scrape: u64 = render
+            .annotation("consumer", "prometheus.io/port")
+            .parse()
+            .unwrap();
+        assert_eq!(scrape, port_of("consumer", &consumer, "METRICS_PORT"));
+        assert_eq!(
+            allowed.get("consumer"),
+            Some(&BTreeSet::from([scrape])),
+            "{label}: the consumer takes only the metrics scrape from the network, not its \
+             gRPC port {} (daprd calls it over loopback)",
+            port_of("consumer", &consumer, "APP_PORT")
+        );
+        assert_eq!(
+            allowed.get("producer"),
+            Some(&BTreeSet::from([port_of("producer", &producer, "PORT")])),
+            "{label}: the producer takes its one port from the network"
+        );
     }
 }
 
@@ -278,11 +456,17 @@ fn keda_scales_the_consumer_on_the_components_queue() {
 }
 
 #[test]
-fn every_secret_reference_resolves_to_a_key_the_manifests_define() {
+fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_creates() {
+    let created = guide_created_secrets();
     let mut checked = 0;
     let mut unresolved = Vec::new();
     for render in renders() {
-        let mut secrets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        // What the guide creates with kubectl (tokens and keys never committed), then what the
+        // render itself defines.
+        let mut secrets: BTreeMap<&str, BTreeSet<&str>> = created
+            .iter()
+            .map(|(name, keys)| (name.as_str(), keys.iter().map(String::as_str).collect()))
+            .collect();
         for secret in render.all("Secret") {
             let keys = secrets.entry(str_at(secret, "/metadata/name")).or_default();
             for field in ["data", "stringData"] {
@@ -340,6 +524,48 @@ fn every_secret_reference_resolves_to_a_key_the_manifests_define() {
     assert!(unresolved.is_empty(), "unresolved: {unresolved:#?}");
     // The base alone has two (the component's key and KEDA's): this test checks something.
     assert!(checked >= 2, "only {checked} secret references found");
+}
+
+#[test]
+fn the_guide_creates_every_token_secret_from_a_generated_value() {
+    let created = guide_created_secrets();
+    for name in ["dapr-api-token", "dapr-app-token", "producer-api-token"] {
+        assert!(
+            created.get(name).is_some_and(|keys| keys.contains("token")),
+            "deploy/README.md never creates the Secret {name} with the key `token`: {created:?}"
+        );
+    }
+    // A token typed into the guide would be everyone's token: each value is generated, by
+    // `openssl rand` in place or in a variable the guide fills from it.
+    let guide = guide_commands();
+    let mut tokens = 0;
+    for command in guide
+        .iter()
+        .filter(|c| c.contains("-token --from-literal=token="))
+    {
+        tokens += 1;
+        let value = command
+            .split("--from-literal=token=")
+            .nth(1)
+            .unwrap_or_default()
+            .trim_start_matches('"');
+        let generated = value.starts_with("$(openssl rand ")
+            || value.strip_prefix('$').is_some_and(|rest| {
+                let variable: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                !variable.is_empty()
+                    && guide
+                        .iter()
+                        .any(|c| c.starts_with(&format!("{variable}=$(openssl rand ")))
+            });
+        assert!(generated, "a token that is not generated: {command}");
+    }
+    assert!(
+        tokens >= 3,
+        "only {tokens} token Secrets created in the guide"
+    );
 }
 
 #[test]
@@ -544,6 +770,7 @@ fn the_dockerfile_builds_binaries_cargo_declares() {
 struct Defaults {
     bin: &'static str,
     by_env: BTreeMap<String, String>,
+    help: String,
 }
 
 impl Defaults {
@@ -562,7 +789,13 @@ impl Defaults {
         Self {
             bin,
             by_env: parse_help(&help),
+            help,
         }
+    }
+
+    /// Whether the binary reads the variable `env` (with or without a default).
+    fn reads(&self, env: &str) -> bool {
+        self.help.contains(&format!("[env: {env}"))
     }
 
     fn get(&self, env: &str) -> &str {
@@ -781,6 +1014,15 @@ fn container_ports(container: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// The Secret and key a container's variable `name` is read from, if it is read from one.
+fn secret_env<'a>(container: &'a Value, name: &str) -> Option<(&'a str, &'a str)> {
+    array(&container["env"])
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e.pointer("/valueFrom/secretKeyRef"))
+        .map(|r| (str_at(r, "/name"), str_at(r, "/key")))
+}
+
 /// A component metadata item's literal value.
 fn component_value<'a>(component: &'a Value, name: &str) -> &'a str {
     array(&component["spec"]["metadata"])
@@ -937,6 +1179,62 @@ fn holds_a_bare_key(text: &str) -> bool {
         }
     }
     false
+}
+
+/// The shell commands in deploy/README.md's `sh` blocks, continuation lines joined and comments
+/// dropped.
+fn guide_commands() -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut current = String::new();
+    for line in read("deploy/README.md").lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_sh = trimmed == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let code = trimmed.split(" #").next().unwrap_or_default();
+        if code.starts_with('#') {
+            continue;
+        }
+        match code.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head.trim());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(code);
+                if !current.trim().is_empty() {
+                    commands.push(current.trim().to_owned());
+                }
+                current.clear();
+            }
+        }
+    }
+    commands
+}
+
+/// The Secrets deploy/README.md creates with `kubectl create secret generic NAME
+/// --from-literal=KEY=...`, by name, with their keys.
+fn guide_created_secrets() -> BTreeMap<String, BTreeSet<String>> {
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for command in guide_commands() {
+        let Some(rest) = command.split("kubectl create secret generic ").nth(1) else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let name = words.next().expect("a Secret name").to_owned();
+        let keys = secrets.entry(name).or_default();
+        for word in words {
+            if let Some(literal) = word.strip_prefix("--from-literal=") {
+                keys.insert(literal.split('=').next().unwrap().to_owned());
+            }
+        }
+    }
+    secrets
 }
 
 /// `[[bin]]` names in Cargo.toml.
