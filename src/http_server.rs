@@ -356,9 +356,8 @@ async fn connection(
             metrics.close(limit, peer);
             // A graceful close waits for the client's part (HTTP/2 GOAWAY); bounded here, as
             // this client already went silent once.
-            if let Ok(result) = tokio::time::timeout(limits.header_read_timeout, conn).await {
-                ended(result, peer, &metrics);
-            }
+            // Counted once: hyper may report the same header timeout on its way out.
+            let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
         }
     }
     metrics.open.dec();
