@@ -163,15 +163,19 @@ pub enum Limit {
     BodyTimeout,
     /// An HTTP/2 keep-alive ping not answered in time.
     KeepaliveTimeout,
+    /// HTTP/2 closed with `ENHANCE_YOUR_CALM`: too many streams reset (rapid reset) or another
+    /// flood h2 guards against.
+    Http2Flood,
 }
 
 impl Limit {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::MaxConnections,
         Self::HeaderTimeout,
         Self::IdleTimeout,
         Self::BodyTimeout,
         Self::KeepaliveTimeout,
+        Self::Http2Flood,
     ];
 
     /// The label value.
@@ -182,6 +186,7 @@ impl Limit {
             Self::IdleTimeout => "idle_timeout",
             Self::BodyTimeout => "body_timeout",
             Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::Http2Flood => "http2_flood",
         }
     }
 }
@@ -320,6 +325,8 @@ async fn connection(
 ) {
     metrics.open.inc();
     let (in_flight, mut requests) = watch::channel(0_usize);
+    // Unread until the end: whether the connection ever had a request.
+    let served = in_flight.subscribe();
     let in_flight = Arc::new(in_flight);
     let (body_timeout, body_metrics) = (limits.body_timeout, metrics.clone());
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
@@ -342,7 +349,7 @@ async fn connection(
     let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let limit = tokio::select! {
         result = conn.as_mut() => {
-            ended(result, peer, &metrics);
+            ended(result, peer, &metrics, &served);
             metrics.open.dec();
             return;
         }
@@ -351,7 +358,10 @@ async fn connection(
     };
     conn.as_mut().graceful_shutdown();
     match limit {
-        None => ended(conn.await, peer, &metrics),
+        None => {
+            let result = conn.as_mut().await;
+            ended(result, peer, &metrics, &served);
+        }
         Some(limit) => {
             metrics.close(limit, peer);
             // A graceful close waits for the client's part (HTTP/2 GOAWAY); bounded here, as
@@ -381,14 +391,37 @@ async fn idle(requests: &mut watch::Receiver<usize>, limits: &HttpLimits) -> Lim
 }
 
 /// Counts a connection's end when hyper closed it for a limit.
-fn ended(result: Result<(), BoxError>, peer: SocketAddr, metrics: &ConnectionMetrics) {
+fn ended(
+    result: Result<(), BoxError>,
+    peer: SocketAddr,
+    metrics: &ConnectionMetrics,
+    served: &watch::Receiver<usize>,
+) {
     let Err(error) = result else { return };
-    match error.downcast_ref::<hyper::Error>() {
-        // hyper's only server-side timeout on HTTP/1 is the header read timeout.
-        Some(e) if e.is_timeout() => metrics.close(Limit::HeaderTimeout, peer),
-        Some(e) if is_keepalive_timeout(e) => metrics.close(Limit::KeepaliveTimeout, peer),
-        _ => debug!(%peer, %error, "HTTP connection ended with an error"),
+    let Some(e) = error.downcast_ref::<hyper::Error>() else {
+        return debug!(%peer, %error, "HTTP connection ended with an error");
+    };
+    if e.is_timeout() {
+        // hyper's only server-side timeout is HTTP/1's header read timeout, which it also runs
+        // between requests: after a first request, that is a keep-alive connection gone idle.
+        let limit = match served.has_changed() {
+            Ok(true) => Limit::IdleTimeout,
+            _ => Limit::HeaderTimeout,
+        };
+        metrics.close(limit, peer);
+    } else if is_keepalive_timeout(e) {
+        metrics.close(Limit::KeepaliveTimeout, peer);
+    } else if h2_reason(e) == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+        metrics.close(Limit::Http2Flood, peer);
+    } else {
+        debug!(%peer, %error, "HTTP connection ended with an error");
     }
+}
+
+/// The HTTP/2 error code hyper's error carries, if any.
+fn h2_reason(error: &hyper::Error) -> Option<h2::Reason> {
+    let source = std::error::Error::source(error)?;
+    source.downcast_ref::<h2::Error>()?.reason()
 }
 
 /// hyper does not expose its HTTP/2 keep-alive error's type; its message is all there is.

@@ -630,3 +630,22 @@ async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
     producer.stop().await;
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_closes_its_connection_and_others_go_on() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[]).await;
+
+    // 1000 streams opened and reset in one burst, against the default of 20 pending resets.
+    let goaway = slow_client::rapid_reset(producer.addr(), 1_000).await;
+    assert_eq!(goaway, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM");
+
+    assert_eq!(producer.get("/healthz").await, StatusCode::OK);
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "http2_flood"),
+        1.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
+}

@@ -133,3 +133,57 @@ pub fn closed_total(metrics: &Exposition, prefix: &str, limit: &str) -> f64 {
         "{prefix}_http_connections_closed_total{{limit=\"{limit}\"}}"
     ))
 }
+
+/// HTTP/2's connection preface, then an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len())
+        .expect("a small frame")
+        .to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The CVE-2023-44487 pattern in one write: h2c, then `streams` requests (`GET /`), each reset
+/// (`RST_STREAM` `CANCEL`) right after it was opened. Answers the error code of the server's
+/// `GOAWAY`, if it sent one before closing.
+pub async fn rapid_reset(addr: SocketAddr, streams: u32) -> Option<u32> {
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const GOAWAY: u8 = 0x7;
+    const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+    const CANCEL: [u8; 4] = 8_u32.to_be_bytes();
+    // HPACK static table entries: :method GET, :scheme http, :path /.
+    const GET_SLASH: [u8; 3] = [0x82, 0x86, 0x84];
+
+    let mut burst = H2_PREFACE.to_vec();
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        burst.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, id, &GET_SLASH));
+        burst.extend(h2_frame(RST_STREAM, 0, id, &CANCEL));
+    }
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    // The server may close before it has read it all.
+    let _ = stream.write_all(&burst).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection is still open after {WAIT:?}");
+
+    let mut frames = received.as_slice();
+    while frames.len() >= 9 {
+        let length =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        let Some(payload) = frames.get(9..9 + length) else {
+            break;
+        };
+        if frames[3] == GOAWAY && payload.len() >= 8 {
+            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        frames = &frames[9 + length..];
+    }
+    None
+}
