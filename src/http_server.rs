@@ -240,11 +240,6 @@ impl ConnectionMetrics {
         );
     }
 
-    /// How many connections `limit` has closed so far.
-    pub fn closed(&self, limit: Limit) -> u64 {
-        self.closed.get_or_create(&LimitLabels { limit }).get()
-    }
-
     fn close(&self, limit: Limit, peer: SocketAddr) {
         self.closed.get_or_create(&LimitLabels { limit }).inc();
         debug!(%peer, limit = limit.as_str(), "HTTP connection closed by a limit");
@@ -260,8 +255,17 @@ pub async fn serve(
     metrics: ConnectionMetrics,
     shutdown: CancellationToken,
 ) {
-    let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.get()));
+    let port = Arc::new(Port {
+        builder: limits.builder(),
+        router,
+        limits,
+        metrics,
+        shutdown,
+    });
+    let Port {
+        metrics, shutdown, ..
+    } = &*port;
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -270,7 +274,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    accept_failed(error, &shutdown).await;
+                    accept_failed(error, shutdown).await;
                     continue;
                 }
             },
@@ -282,15 +286,7 @@ pub async fn serve(
             continue;
         };
         net::nodelay(&stream);
-        connections.spawn(connection(
-            stream,
-            peer,
-            router.clone(),
-            Arc::clone(&limits),
-            metrics.clone(),
-            shutdown.clone(),
-            slot,
-        ));
+        connections.spawn(connection(Arc::clone(&port), stream, peer, slot));
     }
     drop(listener);
     connections.close();
@@ -314,21 +310,34 @@ async fn accept_failed(error: std::io::Error, shutdown: &CancellationToken) {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// What every connection of a port shares.
+struct Port {
+    builder: auto::Builder<TokioExecutor>,
     router: Router,
-    limits: Arc<HttpLimits>,
+    limits: HttpLimits,
     metrics: ConnectionMetrics,
     shutdown: CancellationToken,
+}
+
+async fn connection(
+    port: Arc<Port>,
+    stream: TcpStream,
+    peer: SocketAddr,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Port {
+        builder,
+        router,
+        limits,
+        metrics,
+        shutdown,
+    } = &*port;
     metrics.open.inc();
-    let (in_flight, mut requests) = watch::channel(0_usize);
-    // Unread until the end: whether the connection ever had a request.
+    let (in_flight, mut requests) = watch::channel(Requests::default());
     let served = in_flight.subscribe();
     let in_flight = Arc::new(in_flight);
-    let (body_timeout, body_metrics) = (limits.body_timeout, metrics.clone());
+    let (router, body_timeout, body_metrics) =
+        (router.clone(), limits.body_timeout, metrics.clone());
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let guard = InFlight::start(Arc::clone(&in_flight));
         let body = Deadline::new(body_timeout, body_metrics.clone(), peer);
@@ -345,47 +354,61 @@ async fn connection(
             }))
         }
     });
-    let builder = limits.builder();
     let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let limit = tokio::select! {
         result = conn.as_mut() => {
-            ended(result, peer, &metrics, &served);
+            ended(result, peer, metrics, &served);
             metrics.open.dec();
             return;
         }
         () = shutdown.cancelled() => None,
-        limit = idle(&mut requests, &limits) => Some(limit),
+        limit = idle(&mut requests, limits) => Some(limit),
     };
     conn.as_mut().graceful_shutdown();
     match limit {
         None => {
             let result = conn.as_mut().await;
-            ended(result, peer, &metrics, &served);
+            ended(result, peer, metrics, &served);
         }
         Some(limit) => {
             metrics.close(limit, peer);
             // A graceful close waits for the client's part (HTTP/2 GOAWAY); bounded here, as
-            // this client already went silent once.
-            // Counted once: hyper may report the same header timeout on its way out.
+            // this client already went silent once. Not counted again if hyper reports the same
+            // header timeout on its way out.
             let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
         }
     }
     metrics.open.dec();
 }
 
+/// A connection's requests so far.
+#[derive(Debug, Default)]
+struct Requests {
+    started: u64,
+    in_progress: usize,
+}
+
 /// Resolves when the connection has had no request in progress for its limit: the header
 /// timeout until its first request, the idle timeout after.
-async fn idle(requests: &mut watch::Receiver<usize>, limits: &HttpLimits) -> Limit {
-    let (mut limit, mut wait) = (Limit::HeaderTimeout, limits.header_read_timeout);
+async fn idle(requests: &mut watch::Receiver<Requests>, limits: &HttpLimits) -> Limit {
     loop {
         // The sender lives as long as the connection, which this runs beside.
-        if requests.wait_for(|n| *n == 0).await.is_err() {
+        let Ok(started) = requests
+            .wait_for(|r| r.in_progress == 0)
+            .await
+            .map(|now| now.started)
+        else {
             return pending().await;
-        }
+        };
+        // Requests may have come and gone before this first ran: the count tells.
+        let (limit, wait) = match started {
+            0 => (Limit::HeaderTimeout, limits.header_read_timeout),
+            _ => (Limit::IdleTimeout, limits.idle_timeout),
+        };
         match tokio::time::timeout(wait, requests.changed()).await {
             Err(_) => return limit,
             Ok(Err(_)) => return pending().await,
-            Ok(Ok(())) => (limit, wait) = (Limit::IdleTimeout, limits.idle_timeout),
+            Ok(Ok(())) => {}
         }
     }
 }
@@ -395,7 +418,7 @@ fn ended(
     result: Result<(), BoxError>,
     peer: SocketAddr,
     metrics: &ConnectionMetrics,
-    served: &watch::Receiver<usize>,
+    served: &watch::Receiver<Requests>,
 ) {
     let Err(error) = result else { return };
     let Some(e) = error.downcast_ref::<hyper::Error>() else {
@@ -404,9 +427,9 @@ fn ended(
     if e.is_timeout() {
         // hyper's only server-side timeout is HTTP/1's header read timeout, which it also runs
         // between requests: after a first request, that is a keep-alive connection gone idle.
-        let limit = match served.has_changed() {
-            Ok(true) => Limit::IdleTimeout,
-            _ => Limit::HeaderTimeout,
+        let limit = match served.borrow().started {
+            0 => Limit::HeaderTimeout,
+            _ => Limit::IdleTimeout,
         };
         metrics.close(limit, peer);
     } else if is_keepalive_timeout(e) {
@@ -437,18 +460,21 @@ fn is_keepalive_timeout(error: &hyper::Error) -> bool {
 }
 
 /// One request in progress on a connection, until dropped.
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<watch::Sender<Requests>>);
 
 impl InFlight {
-    fn start(requests: Arc<watch::Sender<usize>>) -> Self {
-        requests.send_modify(|n| *n += 1);
+    fn start(requests: Arc<watch::Sender<Requests>>) -> Self {
+        requests.send_modify(|r| {
+            r.started += 1;
+            r.in_progress += 1;
+        });
         Self(requests)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.0.send_modify(|r| r.in_progress -= 1);
     }
 }
 
