@@ -599,6 +599,60 @@ mod tests {
         }
     }
 
+    /// Shutdown stops accepting, yet a request in progress finishes and is answered before
+    /// `serve` returns.
+    #[tokio::test]
+    async fn shutdown_drains_a_request_in_progress() {
+        use tokio::{
+            io::{AsyncReadExt, AsyncWriteExt},
+            sync::oneshot,
+        };
+
+        let (entered_tx, entered) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let slots = Arc::new(std::sync::Mutex::new(Some((entered_tx, released))));
+        let handler = move || {
+            let (entered, released) = slots.lock().unwrap().take().expect("one request");
+            async move {
+                entered.send(()).unwrap();
+                released.await.unwrap();
+                "done"
+            }
+        };
+        let router = Router::new().route("/", axum::routing::get(handler));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            parse(&[]).unwrap(),
+            ConnectionMetrics::default(),
+            shutdown.clone(),
+        ));
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        entered.await.unwrap();
+        shutdown.cancel();
+        // Refused from now on; the request in progress holds `serve` open.
+        tokio::task::yield_now().await;
+        assert!(!server.is_finished());
+        release.send(()).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns once the connection closed")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    }
+
     #[test]
     fn metrics_start_at_zero_for_every_limit() {
         let metrics = ConnectionMetrics::default();
