@@ -7,7 +7,7 @@ use bindings::telemetry::LogArgs;
 use clap::Parser;
 
 use crate::callback::Settings;
-use bindings::{api_token::ApiToken, cli::non_empty};
+use bindings::{api_token::ApiToken, cli::non_empty, http_server::HttpLimits};
 
 /// Dapr input-binding consumer: daprd delivers each queue message to it over gRPC (AppCallback).
 #[derive(Debug, Clone, Parser)]
@@ -55,6 +55,10 @@ pub struct Config {
     /// Unset or empty: events are accepted without one, as daprd then sends none.
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
     pub app_api_token: Option<ApiToken>,
+
+    /// Limits of the metrics port (HTTP); the HTTP/2 ones apply to the gRPC port too.
+    #[command(flatten)]
+    pub http: HttpLimits,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -145,6 +149,9 @@ mod tests {
             "MAX_CONCURRENCY",
             "DRAIN_TIMEOUT",
             "APP_API_TOKEN",
+            "HTTP_HEADER_READ_TIMEOUT",
+            "HTTP_MAX_CONNECTIONS",
+            "HTTP2_MAX_CONCURRENT_STREAMS",
             "RUST_LOG",
             "LOG_FORMAT",
         ] {

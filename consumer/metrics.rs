@@ -11,7 +11,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use bindings::{net, openmetrics};
+use bindings::{
+    http_server::{self, ConnectionMetrics, HttpLimits},
+    openmetrics,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -100,6 +103,8 @@ pub struct Metrics {
     processing: Histogram,
     in_flight: Gauge,
     draining: Gauge,
+    /// The metrics port's connections, and those closed by the HTTP limits.
+    pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -159,6 +164,8 @@ impl Metrics {
             };
             failed.get_or_create(&labels).inc_by(0);
         }
+        let connections = ConnectionMetrics::default();
+        connections.register(registry.sub_registry_with_prefix("consumer"));
         Self {
             registry,
             binding: binding.to_owned(),
@@ -170,6 +177,7 @@ impl Metrics {
             processing,
             in_flight,
             draining,
+            connections,
         }
     }
 
@@ -256,20 +264,20 @@ fn other_binding() -> BindingLabels {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// Serves `GET /metrics` on `listener`, within `limits`, until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("reading the metrics listener's address")?;
     info!(addr = %addr, "metrics listening");
-    axum::serve(net::http_listener(listener), router(metrics))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("metrics server failed")
+    let connections = metrics.connections.clone();
+    http_server::serve(listener, router(metrics), limits, connections, shutdown).await;
+    Ok(())
 }
 
 fn router(metrics: Arc<Metrics>) -> Router {

@@ -79,12 +79,15 @@ pub async fn serve(
     let mut metrics_server = tokio::spawn(metrics::serve(
         metrics_listener,
         consumer.metrics(),
+        config.http.clone(),
         stop_metrics.clone(),
     ));
 
     let stop_server = CancellationToken::new();
     let mut server = tokio::spawn(
-        Server::builder()
+        config
+            .http
+            .tonic(Server::builder())
             .add_service(health_service)
             .add_service(AppCallbackServer::from_arc(Arc::clone(&consumer)))
             .add_service(AppCallbackHealthCheckServer::from_arc(Arc::clone(

@@ -9,6 +9,7 @@ use std::{
     },
 };
 
+use bindings::http_server::ConnectionMetrics;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text},
@@ -118,10 +119,15 @@ impl Broker {
         }
     }
 
-    /// The status as an OpenMetrics page: the counts are read once, at the scrape.
-    pub fn metrics(self: &Arc<Self>) -> Result<String, fmt::Error> {
+    /// The status as an OpenMetrics page, with the HTTP port's `connections`: the counts are
+    /// read once, at the scrape.
+    pub fn metrics(
+        self: &Arc<Self>,
+        connections: &ConnectionMetrics,
+    ) -> Result<String, fmt::Error> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Arc::clone(self)));
+        connections.register(registry.sub_registry_with_prefix("devstack"));
         let mut page = String::new();
         text::encode(&mut page, &registry)?;
         Ok(page)
@@ -191,7 +197,9 @@ mod tests {
             .queue("q")
             .expect("queue q")
             .send(b"x".to_vec(), Default::default(), None);
-        let page = broker.metrics().expect("encodes");
+        let page = broker
+            .metrics(&ConnectionMetrics::default())
+            .expect("encodes");
         for line in [
             "# TYPE devstack_queue_messages gauge",
             r#"devstack_queue_messages{queue="q",state="active"} 1"#,

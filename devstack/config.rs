@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
-use bindings::{api_token::ApiToken, backoff::Backoff, cli::positive_duration, telemetry::LogArgs};
+use bindings::{
+    api_token::ApiToken, backoff::Backoff, cli::positive_duration, http_server::HttpLimits,
+    telemetry::LogArgs,
+};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{delivery::AppTarget, queue::Settings};
@@ -125,6 +128,9 @@ pub struct SidecarArgs {
     /// Token sent to apps as `dapr-api-token` on OnBindingEvent, like daprd's APP_API_TOKEN.
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
     pub app_api_token: Option<ApiToken>,
+    /// Limits of the HTTP port; the HTTP/2 ones apply to the gRPC port too.
+    #[command(flatten)]
+    pub http: HttpLimits,
     #[command(flatten)]
     pub log: LogArgs,
 }

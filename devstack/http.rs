@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bindings::{openmetrics, trace_context::TraceParent};
+use bindings::{http_server::ConnectionMetrics, openmetrics, trace_context::TraceParent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::error;
@@ -22,6 +22,7 @@ use crate::{broker::Broker, runtime::Runtime};
 struct HttpState {
     runtime: Runtime,
     broker: Arc<Broker>,
+    connections: ConnectionMetrics,
 }
 
 /// daprd's output binding request body.
@@ -35,14 +36,19 @@ struct OutputBindingRequest {
     metadata: HashMap<String, String>,
 }
 
-pub fn router(runtime: Runtime, broker: Arc<Broker>) -> Router {
+/// The routes; `/devstack/metrics` includes the port's `connections`.
+pub fn router(runtime: Runtime, broker: Arc<Broker>, connections: ConnectionMetrics) -> Router {
     Router::new()
         .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
         .route("/v1.0/healthz/outbound", get(StatusCode::NO_CONTENT))
         .route("/v1.0/bindings/{name}", post(invoke_binding))
         .route("/devstack/status", get(status))
         .route("/devstack/metrics", get(metrics))
-        .with_state(HttpState { runtime, broker })
+        .with_state(HttpState {
+            runtime,
+            broker,
+            connections,
+        })
 }
 
 /// daprd's error body.
@@ -98,7 +104,7 @@ async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.broker.metrics() {
+    match state.broker.metrics(&state.connections) {
         Ok(page) => ([(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)], page).into_response(),
         Err(e) => {
             error!(error = %e, "encoding the metrics");

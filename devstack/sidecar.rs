@@ -4,7 +4,13 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use bindings::{api_token::ApiToken, dapr_runtime::DaprRuntimeServer, net};
+use bindings::{
+    api_token::ApiToken,
+    dapr_runtime::DaprRuntimeServer,
+    http_server::{self, ConnectionMetrics},
+    net,
+};
+use futures::FutureExt;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -84,7 +90,9 @@ impl Sidecar {
         let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
         let mut tasks = JoinSet::new();
 
-        let grpc_server = tonic::transport::Server::builder()
+        let grpc_server = args
+            .http
+            .tonic(tonic::transport::Server::builder())
             .add_service(DaprRuntimeServer::new(runtime.clone()))
             .serve_with_incoming_shutdown(
                 net::grpc_incoming(grpc),
@@ -92,12 +100,18 @@ impl Sidecar {
             );
         tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
 
-        let http_server = axum::serve(
-            net::http_listener(http),
-            http::router(runtime, Arc::clone(&broker)),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tasks.spawn(async move { http_server.await.context("serving the HTTP API") });
+        let connections = ConnectionMetrics::default();
+        let router = http::router(runtime, Arc::clone(&broker), connections.clone());
+        tasks.spawn(
+            http_server::serve(
+                http,
+                router,
+                args.http.clone(),
+                connections,
+                shutdown.clone(),
+            )
+            .map(Ok),
+        );
 
         tasks.spawn(log_status(
             Arc::clone(&broker),

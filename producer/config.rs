@@ -8,6 +8,7 @@ use bindings::{
     backoff::Backoff,
     cli::{non_empty, positive_duration},
     dapr_endpoint,
+    http_server::HttpLimits,
     telemetry::LogArgs,
 };
 use clap::Parser;
@@ -78,6 +79,9 @@ pub struct Config {
     /// calls still complete). Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    #[command(flatten)]
+    pub http: HttpLimits,
 
     #[command(flatten)]
     pub log: LogArgs,

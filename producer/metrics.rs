@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bindings::http_server::ConnectionMetrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -44,6 +45,8 @@ pub struct Metrics {
     batches_refused: Counter,
     http: Family<HttpLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
+    /// The port's connections, and those closed by the HTTP limits.
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,8 @@ impl Default for Metrics {
             "producer.v1 gRPC requests, by method and code",
             grpc.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
         Self {
             registry,
             messages,
@@ -97,6 +102,7 @@ impl Default for Metrics {
             batches_refused,
             http,
             grpc,
+            connections,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (producer, health, reflection) in one axum router, served over HTTP/1.1 and h2c, with a
 //! bounded graceful drain.
 
-use std::{convert::Infallible, future::IntoFuture, pin::pin, sync::Arc, time::Duration};
+use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -13,7 +13,7 @@ use axum::{
 };
 use bindings::{
     api_token::ApiToken,
-    net,
+    http_server,
     proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer},
     trace_context::TraceParent,
 };
@@ -82,14 +82,19 @@ pub async fn serve(
 
     let router = router(app.clone(), health_service)?;
     info!(%addr, binding = app.publisher.binding(), "listening");
-    let server = axum::serve(net::http_listener(listener), router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server = pin!(server.into_future());
+    let server = http_server::serve(
+        listener,
+        router,
+        config.http.clone(),
+        app.metrics.connections.clone(),
+        shutdown.clone(),
+    );
+    let mut server = pin!(server);
 
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => {}
-        result = &mut server => return result.context("serving"),
+        () = &mut server => anyhow::bail!("the server stopped before shutdown was requested"),
     }
     health
         .set_not_serving::<ProducerServer<ProducerService>>()
@@ -100,15 +105,20 @@ pub async fn serve(
     let drain_timeout = config.drain_timeout;
     info!(?drain_timeout, "draining requests in progress");
 
-    if let Ok(result) = tokio::time::timeout(drain_timeout, &mut server).await {
+    if tokio::time::timeout(drain_timeout, &mut server)
+        .await
+        .is_ok()
+    {
         info!("stopped");
-        return result.context("serving");
+        return Ok(());
     }
     warn!("drain timeout reached: stopping running batches");
     app.batches.stop().await;
-    match tokio::time::timeout(FINAL_GRACE, &mut server).await {
-        Ok(result) => result.context("serving")?,
-        Err(_) => warn!("connections still open after the final grace period; exiting anyway"),
+    if tokio::time::timeout(FINAL_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the final grace period; exiting anyway");
     }
     info!("stopped");
     Ok(())

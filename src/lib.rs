@@ -10,6 +10,7 @@
 //!   the benchmark's null sidecar.
 //! - [`backoff`]: exponential backoff with jitter, for retries and redeliveries.
 //! - [`api_token`]: Dapr's API tokens (`dapr-api-token`) and their check, in constant time.
+//! - [`http_server`]: how every HTTP port is served, with limits against slow and abusive clients.
 //! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
 //! - [`openmetrics`]: the content type of the `/metrics` answers.
 //! - [`cli`]: value parsers for settings the binaries share.
@@ -26,6 +27,7 @@ pub mod backoff;
 pub mod cli;
 pub mod dapr_endpoint;
 pub mod dapr_runtime;
+pub mod http_server;
 pub mod message;
 pub mod net;
 pub mod openmetrics;

@@ -22,6 +22,11 @@ pub fn http_listener(listener: TcpListener) -> HttpListener {
 }
 
 fn set_nodelay(stream: &mut TcpStream) {
+    nodelay(stream);
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection (for servers that accept by themselves).
+pub fn nodelay(stream: &TcpStream) {
     // Only fails on a connection already gone, which the server finds out by itself.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");

@@ -18,7 +18,7 @@ use support::{
     consumer::{BIN, Consumer, parse_line},
     http_client,
     process::{help, run_to_end},
-    traced, with_token,
+    slow_client, traced, with_token,
 };
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -604,4 +604,24 @@ async fn a_taken_metrics_port_stops_the_consumer_at_once() {
         output.contains(&format!("binding the metrics port 127.0.0.1:{port}")),
         "{output}"
     );
+}
+
+/// The metrics port is served with the shared HTTP limits: stalled scrapers are closed after the
+/// header timeout, counted, and a scrape still works.
+#[tokio::test]
+async fn stalled_connections_to_the_metrics_port_are_closed_and_counted() {
+    let timeout = std::time::Duration::from_millis(500);
+    let mut consumer = Consumer::start(&[("HTTP_HEADER_READ_TIMEOUT", "500ms")]).await;
+    let addr = consumer.metrics_addr().await;
+
+    let stalled = slow_client::stall(addr, 20).await;
+    let closed = slow_client::closed_after(stalled, WAIT).await;
+    slow_client::assert_closed_between(&closed, timeout, timeout + WAIT / 4);
+
+    let page = consumer.scrape().await;
+    assert_eq!(
+        slow_client::closed_total(&page, "consumer", "header_timeout"),
+        20.0
+    );
+    consumer.stop().await;
 }

@@ -27,7 +27,7 @@ use support::{
     port::ClosedPort,
     process::{Service, event_addr, help, is_running, run_to_end},
     producer::Producer,
-    traced, with_token,
+    slow_client, traced, with_token,
 };
 use tonic::{Code, Request};
 
@@ -896,6 +896,16 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "MAX_REDELIVERY_BACKOFF",
         "APP_HEALTH_INTERVAL",
         "STATUS_INTERVAL",
+        "HTTP_HEADER_READ_TIMEOUT",
+        "HTTP_BODY_TIMEOUT",
+        "HTTP_IDLE_TIMEOUT",
+        "HTTP_MAX_CONNECTIONS",
+        "HTTP2_KEEPALIVE_INTERVAL",
+        "HTTP2_KEEPALIVE_TIMEOUT",
+        "HTTP2_MAX_CONCURRENT_STREAMS",
+        "HTTP2_MAX_HEADER_LIST_SIZE",
+        "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+        "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
         "DAPR_API_TOKEN",
         "APP_API_TOKEN",
         "RUST_LOG",
@@ -1133,4 +1143,25 @@ async fn up_learns_the_addresses_from_text_logs_under_a_warn_filter() {
         .await;
     service.terminate();
     assert_eq!(service.exit_code(WAIT).await, Some(0));
+}
+
+/// The sidecar's HTTP port is served with the shared HTTP limits: stalled clients are closed
+/// after the header timeout, counted in `/devstack/metrics`, and requests still work.
+#[tokio::test]
+async fn stalled_connections_to_the_sidecar_http_port_are_closed_and_counted() {
+    let timeout = std::time::Duration::from_millis(500);
+    let sidecar = Devstack::start(&[], &[("HTTP_HEADER_READ_TIMEOUT", "500ms")]).await;
+
+    let stalled = slow_client::stall(sidecar.http_addr, 20).await;
+    let closed = slow_client::closed_after(stalled, WAIT).await;
+    slow_client::assert_closed_between(&closed, timeout, timeout + WAIT / 4);
+
+    let answer = sidecar.post_binding(QUEUE, ASPNET_BODY, None).await;
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    let page = sidecar.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&page, "devstack", "header_timeout"),
+        20.0
+    );
+    sidecar.stop().await;
 }

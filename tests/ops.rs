@@ -14,8 +14,12 @@ use support::{
     process::Service,
     producer::{Producer, batch},
     sidecar::{Behaviour, FakeSidecar},
+    slow_client,
 };
-use tokio::task::JoinSet;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    task::JoinSet,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -417,4 +421,231 @@ async fn devstack_sidecar_killed_and_restarted_mid_batch_loses_at_most_the_call_
 
     producer.stop().await;
     second.stop().await;
+}
+
+/// The header timeout of the slow-client tests: short, so they run fast.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+/// How late after its limit a connection may close, on a busy machine.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// A client sending `GET /healthz` every 20 ms until `stop`, on its own connections; answers how
+/// many it sent, every one of them answered 200.
+fn healthz_throughout(
+    producer: &Producer,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    let (http, url) = (support::http_client(), producer.url("/healthz"));
+    tokio::spawn(async move {
+        let mut sent = 0;
+        // Bounded: the tests stop it within seconds.
+        while !stop.is_cancelled() && sent < 10_000 {
+            let status = http.get(&url).send().await.map(|r| r.status());
+            assert_eq!(status.ok(), Some(StatusCode::OK), "request {sent} failed");
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_closed_after_the_header_timeout_while_requests_go_on() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(
+        &sidecar.port(),
+        &[
+            ("HTTP_HEADER_READ_TIMEOUT", "500ms"),
+            ("HTTP_MAX_CONNECTIONS", "600"),
+        ],
+    )
+    .await;
+    let before = producer.service.memory();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let normal = healthz_throughout(&producer, stop.clone());
+
+    let stalled = slow_client::stall(producer.addr(), 500).await;
+    let held = producer.service.memory();
+    let closed = slow_client::closed_after(stalled, WAIT).await;
+    slow_client::assert_closed_between(&closed, HEADER_TIMEOUT, HEADER_TIMEOUT + SLACK);
+    let after = producer.service.memory();
+    eprintln!(
+        "producer RSS: {} KiB before, {} KiB with 500 stalled connections, {} KiB after they \
+         were closed (peak {} KiB)",
+        before.rss_kib, held.rss_kib, after.rss_kib, after.peak_kib
+    );
+
+    stop.cancel();
+    let sent = normal.await.unwrap();
+    assert!(
+        sent >= 10,
+        "only {sent} normal requests while the stalled ones were held"
+    );
+    producer.send(3, None).await;
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "header_timeout"),
+        500.0
+    );
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "max_connections"),
+        0.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once_and_the_port_recovers() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(
+        &sidecar.port(),
+        &[
+            ("HTTP_HEADER_READ_TIMEOUT", "1s"),
+            ("HTTP_MAX_CONNECTIONS", "8"),
+        ],
+    )
+    .await;
+
+    let held = slow_client::stall(producer.addr(), 8).await;
+    let beyond = slow_client::stall(producer.addr(), 20).await;
+    // Closed well before the header timeout frees a slot.
+    let beyond = slow_client::closed_after(beyond, Duration::from_millis(900)).await;
+    slow_client::assert_closed_between(&beyond, Duration::ZERO, Duration::from_millis(900));
+    let held = slow_client::closed_after(held, WAIT).await;
+    slow_client::assert_closed_between(
+        &held,
+        Duration::from_secs(1),
+        Duration::from_secs(1) + SLACK,
+    );
+
+    assert_eq!(producer.get("/healthz").await, StatusCode::OK);
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "max_connections"),
+        20.0
+    );
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "header_timeout"),
+        8.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickling_body_is_cut_off_at_the_body_timeout() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[("HTTP_BODY_TIMEOUT", "500ms")]).await;
+
+    // One byte every 100 ms: a timeout on each read alone would never fire.
+    let (status, took) = slow_client::trickle_body(
+        producer.addr(),
+        "/MessageProducer",
+        1_000,
+        Duration::from_millis(100),
+    )
+    .await;
+    assert_eq!(status, Some(400), "after {took:?}");
+    assert!(
+        Duration::from_millis(500) <= took && took < Duration::from_millis(500) + SLACK,
+        "{took:?}"
+    );
+
+    producer.send(2, None).await;
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "body_timeout"),
+        1.0
+    );
+    assert_eq!(sidecar.calls().len(), 2, "the cut-off request sent nothing");
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(
+        &sidecar.port(),
+        &[
+            ("HTTP_IDLE_TIMEOUT", "500ms"),
+            ("HTTP_HEADER_READ_TIMEOUT", "10s"),
+        ],
+    )
+    .await;
+    let idle = Duration::from_millis(500);
+    // Before the header timeout, which hyper also runs while HTTP/1 waits for a next request.
+    let max = Duration::from_secs(10);
+
+    // HTTP/1.1 keep-alive: one request, then nothing.
+    let started = std::time::Instant::now();
+    let mut http1 = tokio::net::TcpStream::connect(producer.addr())
+        .await
+        .unwrap();
+    http1
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: producer\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, http1.read_to_end(&mut answer))
+        .await
+        .expect("closed")
+        .unwrap();
+    let lasted = started.elapsed();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        idle <= lasted && lasted < max,
+        "HTTP/1 connection lasted {lasted:?}"
+    );
+
+    // HTTP/2 (h2c, prior knowledge): one request, then nothing; the server sends GOAWAY.
+    let tcp = tokio::net::TcpStream::connect(producer.addr())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(producer.url("/healthz"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let _ = tokio::time::timeout(WAIT, connection)
+        .await
+        .expect("closed");
+    let lasted = started.elapsed();
+    assert!(
+        idle <= lasted && lasted < max,
+        "HTTP/2 connection lasted {lasted:?}"
+    );
+
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "idle_timeout"),
+        2.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_closes_its_connection_and_others_go_on() {
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    let producer = Producer::start(&sidecar.port(), &[]).await;
+
+    // 1000 streams opened and reset in one burst, against the default of 20 pending resets.
+    let goaway = slow_client::rapid_reset(producer.addr(), 1_000).await;
+    assert_eq!(goaway, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM");
+
+    assert_eq!(producer.get("/healthz").await, StatusCode::OK);
+    let m = producer.metrics().await;
+    assert_eq!(
+        slow_client::closed_total(&m, "producer", "http2_flood"),
+        1.0
+    );
+    producer.stop().await;
+    sidecar.stop().await;
 }

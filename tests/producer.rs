@@ -729,6 +729,16 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         "SIDECAR_RETRIES",
         "RETRY_BACKOFF",
         "MAX_RETRY_BACKOFF",
+        "HTTP_HEADER_READ_TIMEOUT",
+        "HTTP_BODY_TIMEOUT",
+        "HTTP_IDLE_TIMEOUT",
+        "HTTP_MAX_CONNECTIONS",
+        "HTTP2_KEEPALIVE_INTERVAL",
+        "HTTP2_KEEPALIVE_TIMEOUT",
+        "HTTP2_MAX_CONCURRENT_STREAMS",
+        "HTTP2_MAX_HEADER_LIST_SIZE",
+        "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+        "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
     ];
     help(BIN, &[], &settings).await;
 

@@ -1,6 +1,6 @@
 //! Shared test support: run the real binaries and read their JSON logs, drive a real producer or
 //! consumer, a fake Dapr sidecar, a fake consumer app, devstack (its sidecar alone or the whole
-//! stack), and loopback ports for servers that are not up yet.
+//! stack), loopback ports for servers that are not up yet, and slow clients.
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod app;
@@ -11,6 +11,7 @@ pub mod port;
 pub mod process;
 pub mod producer;
 pub mod sidecar;
+pub mod slow_client;
 
 use std::fmt::Debug;
 

@@ -45,6 +45,12 @@ impl Producer {
         }
     }
 
+    /// The producer's port.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let addr = self.base.strip_prefix("http://").expect("an http:// base");
+        addr.parse().expect("an IP address and port")
+    }
+
     /// A URL on the producer's port.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
