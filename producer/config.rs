@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
     pub dapr_api_token: Option<ApiToken>,
 
+    /// The producer's own token: when set, every caller must present it as `Authorization:
+    /// Bearer <token>` (gRPC: `authorization` metadata), except for health, readiness, metrics
+    /// and the API docs. Unset, anyone who reaches the port may send: keep it inside the cluster.
+    #[arg(long, env = "PRODUCER_API_TOKEN", hide_env_values = true, value_parser = ApiToken::bearer_from_config)]
+    pub producer_api_token: Option<ApiToken>,
+
     /// Largest `count` one request may ask for.
     #[arg(long, env = "MAX_COUNT", default_value_t = NonZeroU32::new(10_000).unwrap())]
     pub max_count: NonZeroU32,
