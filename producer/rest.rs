@@ -459,7 +459,10 @@ async fn readyz(State(app): State<App>) -> Result<&'static str, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::batch::Batch;
 
     /// What the extractor makes of a body sent with `content_type`.
     pub(super) fn extract(
@@ -483,6 +486,156 @@ mod tests {
         ] {
             let body = extract(Some(content_type), br#" {"count": 2}"#).unwrap();
             assert_eq!((body.count, body.interval_milliseconds), (2, 0));
+        }
+    }
+
+    fn document(max_count: u32, bearer: bool) -> serde_json::Value {
+        let contract = Contract {
+            max_count: NonZeroU32::new(max_count).unwrap(),
+            bearer,
+        };
+        serde_json::to_value(contract.openapi()).unwrap()
+    }
+
+    fn status_and_body(error: ApiError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = futures::executor::block_on(axum::body::to_bytes(body, usize::MAX)).unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_document_states_the_bounds_enforced() {
+        let doc = document(7, false);
+        let body = &doc["components"]["schemas"]["ProduceBody"]["properties"];
+        let range = |field: &str| {
+            (
+                body[field]["minimum"].clone(),
+                body[field]["maximum"].clone(),
+            )
+        };
+        assert_eq!(range("count"), (1.into(), 7.into()));
+        assert_eq!(range("intervalMilliseconds"), (0.into(), 60_000.into()));
+        assert_eq!(body["text"]["maxLength"], MAX_TEXT_CHARS);
+        let too_large = &doc["paths"]["/MessageProducer"]["post"]["responses"]["413"];
+        let description = too_large["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("{MAX_BODY_BYTES} bytes")),
+            "{description}"
+        );
+
+        // The very bounds the checks hold, at both ends.
+        let max = NonZeroU32::new(7).unwrap();
+        let text = |n: usize| Some("\u{1F600}".repeat(n));
+        assert!(Batch::validate(7, 60_000, text(MAX_TEXT_CHARS), max).is_ok());
+        assert!(Batch::validate(1, 0, None, max).is_ok());
+        for (count, interval, text) in [
+            (8, 0, None),
+            (0, 0, None),
+            (1, 60_001, None),
+            (1, -1, None),
+            (1, 0, text(MAX_TEXT_CHARS + 1)),
+        ] {
+            assert!(Batch::validate(count, interval, text, max).is_err());
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_and_401_are_documented_only_with_a_token() {
+        let doc = document(5, true);
+        let scheme = &doc["components"]["securitySchemes"]["bearer"];
+        assert_eq!(
+            (&scheme["type"], &scheme["scheme"]),
+            (&json!("http"), &json!("bearer"))
+        );
+        let produce = &doc["paths"]["/MessageProducer"]["post"];
+        assert_eq!(produce["security"], json!([{"bearer": []}]));
+        let unauthorized = &produce["responses"]["401"];
+        assert!(
+            unauthorized["headers"]["WWW-Authenticate"].is_object(),
+            "{unauthorized}"
+        );
+        assert!(doc.get("security").is_none(), "no global requirement");
+        for open in ["/healthz", "/readyz"] {
+            assert!(
+                doc["paths"][open]["get"].get("security").is_none(),
+                "{open}"
+            );
+        }
+
+        let doc = document(5, false);
+        assert!(doc["components"].get("securitySchemes").is_none(), "{doc}");
+        let produce = &doc["paths"]["/MessageProducer"]["post"];
+        assert!(produce.get("security").is_none(), "{produce}");
+        assert!(produce["responses"].get("401").is_none(), "{produce}");
+    }
+
+    #[test]
+    fn every_error_documented_is_the_error_body_returned() {
+        let doc = document(5, true);
+        let error_body = &doc["components"]["schemas"]["ErrorBody"];
+        assert_eq!(error_body["required"], json!(["error"]));
+        assert_eq!(error_body["properties"]["error"]["type"], "string");
+        let sent = &error_body["properties"]["sent"];
+        assert_eq!(
+            (&sent["type"], &sent["minimum"]),
+            (&json!("integer"), &json!(0))
+        );
+        let properties = error_body["properties"].as_object().unwrap();
+        assert_eq!(properties.len(), 2, "{error_body}");
+
+        // Every 4xx and 5xx of every operation is an ErrorBody.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if status.as_str() < "400" {
+                        continue;
+                    }
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+
+        // And what the errors of `POST /MessageProducer` answer is one, with a documented status.
+        let responses = &doc["paths"]["/MessageProducer"]["post"]["responses"];
+        let errors = [
+            ApiError::MissingBody,
+            ApiError::ContentType,
+            ApiError::TooLarge,
+            ApiError::NotAnObject,
+            ApiError::Invalid(InvalidBatch::Interval { got: -1 }),
+            ApiError::Unauthorized(BearerError::Mismatch),
+            ApiError::Batch(BatchError::Busy { limit: 64 }),
+            ApiError::Batch(BatchError::Stopped { sent: 2, count: 5 }),
+        ];
+        for error in errors {
+            let text = error.to_string();
+            let (status, headers, body) = status_and_body(error);
+            assert!(
+                responses.get(status.as_str()).is_some(),
+                "{status} undocumented"
+            );
+            assert_eq!(body["error"], text.as_str());
+            for (key, value) in body.as_object().unwrap() {
+                assert!(properties.contains_key(key), "{key} is not in ErrorBody");
+                if key == "sent" {
+                    assert!(value.is_u64(), "{body}");
+                }
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    headers[header::WWW_AUTHENTICATE],
+                    r#"Bearer error="invalid_token""#
+                );
+            }
         }
     }
 

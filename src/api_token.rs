@@ -3,7 +3,9 @@
 //! sidecar presents to its app. The producer's own token (`PRODUCER_API_TOKEN`) travels as
 //! `Authorization: Bearer <token>`, the same header over REST and as gRPC metadata.
 
-use std::fmt;
+use std::{ffi::OsStr, fmt};
+
+use clap::{Arg, Command, builder::TypedValueParser, error::ErrorKind};
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
@@ -120,6 +122,34 @@ impl ApiToken {
     /// Whether the request carries this token in its `dapr-api-token` metadata.
     pub fn authorizes(&self, metadata: &MetadataMap) -> bool {
         self.check(metadata.as_ref()).is_ok()
+    }
+}
+
+/// A clap value parser for a token that keeps the value out of its error: clap's own message
+/// quotes the invalid value, and a token that is wrong only by a trailing newline is still a
+/// secret. E.g. `value_parser = Secret(ApiToken::bearer_from_config)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Secret(pub fn(&str) -> Result<ApiToken, String>);
+
+impl TypedValueParser for Secret {
+    type Value = ApiToken;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<ApiToken, clap::Error> {
+        let reason = match value.to_str() {
+            Some(value) => match (self.0)(value) {
+                Ok(token) => return Ok(token),
+                Err(reason) => reason,
+            },
+            None => "must be visible ASCII".to_owned(),
+        };
+        let arg = arg.map_or_else(|| "the token".to_owned(), ToString::to_string);
+        let message = format!("invalid value (not shown) for '{arg}': {reason}\n");
+        Err(clap::Error::raw(ErrorKind::ValueValidation, message).with_cmd(cmd))
     }
 }
 
@@ -254,6 +284,25 @@ mod tests {
             r#"Bearer error="invalid_token""#
         );
         assert!(!BearerError::Mismatch.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn secret_parser_errors_do_not_quote_the_value() {
+        use clap::Parser;
+
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[arg(long, env = "T", value_parser = Secret(ApiToken::bearer_from_config))]
+            token: Option<ApiToken>,
+        }
+        let cli = Cli::try_parse_from(["cli", "--token", "s3cret"]).unwrap();
+        assert!(cli.token.unwrap().matches(b"s3cret"));
+        let error = Cli::try_parse_from(["cli", "--token", "s3cret\n"])
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("--token <TOKEN>"), "{error}");
+        assert!(error.contains("unset it"), "{error}");
     }
 
     #[test]
