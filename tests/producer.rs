@@ -506,13 +506,28 @@ async fn grpc_front_produces_streams_and_validates() {
     assert_eq!(sent, [(1, 3), (2, 3), (3, 3)]);
     assert_eq!(sidecar.calls()[4].data, br#"{"text":"hi"}"#);
 
-    for bad in [batch(0, 0), batch(51, 0), batch(1, 60_001)] {
+    // The REST limits, the text in characters too.
+    let text = |n: usize| ProduceRequest {
+        text: Some("\u{1F600}".repeat(n)),
+        ..batch(1, 0)
+    };
+    for bad in [batch(0, 0), batch(51, 0), batch(1, 60_001), text(16_385)] {
         let status = client.produce(bad.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
         let status = client.produce_stream(bad).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
     }
     assert_eq!(sidecar.calls().len(), 5);
+    assert_eq!(
+        client
+            .produce(text(16_384))
+            .await
+            .unwrap()
+            .into_inner()
+            .sent,
+        1
+    );
+    assert_eq!(sidecar.calls().len(), 6);
 
     producer.stop().await;
     sidecar.stop().await;
