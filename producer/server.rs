@@ -20,8 +20,7 @@ use bindings::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
-use tonic::server::NamedService;
+use tonic::{Code, server::NamedService};
 use tracing::{Instrument, info, warn};
 
 use crate::{
@@ -132,7 +131,9 @@ pub async fn serve(
 }
 
 /// The whole public surface: REST, then gRPC services by path, then JSON 404/405 for REST
-/// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced.
+/// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced. With
+/// PRODUCER_API_TOKEN, the API proper (`POST /MessageProducer`, `producer.v1.Producer`) takes
+/// only callers with the token; probes, metrics, the API docs, health and reflection stay open.
 pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
     let producer = ProducerService::new(app.batches.clone(), Arc::clone(&app.metrics));
     let metrics = Arc::clone(&app.metrics);
