@@ -21,8 +21,12 @@ use crate::{
 
 /// Longest pause one may ask for between two messages.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
-/// Longest message text, in bytes; Service Bus standard tier caps a whole message at 256 KiB.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest message text, in characters (Unicode code points), the unit JSON Schema's `maxLength`
+/// counts, so the OpenAPI document states the very limit enforced here. Service Bus standard tier
+/// caps a whole message at 256 KiB: the worst case, control characters escaped as `\u001f` in
+/// the message's JSON, is 6 bytes a character, 96 KiB here. Below 32 Ki characters, the
+/// contract test (`.ci/api-contract`) also sends texts of exactly this length.
+pub const MAX_TEXT_CHARS: usize = 16 * 1024;
 
 /// Why a batch request was refused before anything was sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,7 +35,7 @@ pub enum InvalidBatch {
     Count { got: i64, max: u32 },
     #[error("intervalMilliseconds must be between 0 and {}, got {got}", MAX_INTERVAL.as_millis())]
     Interval { got: i64 },
-    #[error("text must be at most {MAX_TEXT_BYTES} bytes, got {got}")]
+    #[error("text must be at most {MAX_TEXT_CHARS} characters, got {got}")]
     TextTooLong { got: usize },
 }
 
@@ -63,8 +67,9 @@ impl Batch {
             .filter(|i| *i <= MAX_INTERVAL)
             .ok_or(InvalidBatch::Interval { got: interval_ms })?;
         let text = text.unwrap_or_else(|| DEFAULT_TEXT.to_owned());
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(InvalidBatch::TextTooLong { got: text.len() });
+        let chars = text.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err(InvalidBatch::TextTooLong { got: chars });
         }
         Ok(Self {
             count,
@@ -399,11 +404,31 @@ mod tests {
                     .starts_with("intervalMilliseconds must be between 0 and 60000")
             );
         }
-        let err = Batch::validate(1, 0, Some("x".repeat(MAX_TEXT_BYTES + 1)), MAX).unwrap_err();
+        let err = Batch::validate(1, 0, Some("x".repeat(MAX_TEXT_CHARS + 1)), MAX).unwrap_err();
         assert_eq!(
             err,
             InvalidBatch::TextTooLong {
-                got: MAX_TEXT_BYTES + 1
+                got: MAX_TEXT_CHARS + 1
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "text must be at most 16384 characters, got 16385"
+        );
+    }
+
+    #[test]
+    fn text_is_limited_in_characters_not_bytes() {
+        // 4 bytes each in UTF-8: four times the limit in bytes, within it in characters.
+        let emoji = "\u{1F600}".repeat(MAX_TEXT_CHARS);
+        assert_eq!(emoji.len(), 4 * MAX_TEXT_CHARS);
+        let b = Batch::validate(1, 0, Some(emoji.clone()), MAX).unwrap();
+        assert_eq!(b.text, emoji);
+        let err = Batch::validate(1, 0, Some(emoji + "é"), MAX).unwrap_err();
+        assert_eq!(
+            err,
+            InvalidBatch::TextTooLong {
+                got: MAX_TEXT_CHARS + 1
             }
         );
     }

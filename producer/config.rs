@@ -4,7 +4,7 @@
 use std::{net::IpAddr, num::NonZeroU32, time::Duration};
 
 use bindings::{
-    api_token::ApiToken,
+    api_token::{ApiToken, Secret},
     backoff::Backoff,
     cli::{non_empty, positive_duration},
     dapr_endpoint,
@@ -42,8 +42,14 @@ pub struct Config {
     pub dapr_grpc_port: u16,
 
     /// Token sent as `dapr-api-token` metadata on every sidecar call, when the sidecar requires one.
-    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::from_config))]
     pub dapr_api_token: Option<ApiToken>,
+
+    /// The producer's own token: when set, every caller must present it as `Authorization:
+    /// Bearer <token>` (gRPC: `authorization` metadata), except for health, readiness, metrics
+    /// and the API docs. Unset, anyone who reaches the port may send: keep it inside the cluster.
+    #[arg(long, env = "PRODUCER_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::bearer_from_config))]
+    pub producer_api_token: Option<ApiToken>,
 
     /// Largest `count` one request may ask for.
     #[arg(long, env = "MAX_COUNT", default_value_t = NonZeroU32::new(10_000).unwrap())]
@@ -152,6 +158,28 @@ mod tests {
     }
 
     #[test]
+    fn producer_token_is_a_bearer_token_kept_out_of_debug_and_errors() {
+        let c = parse(&[]).unwrap();
+        assert!(c.producer_api_token.is_none());
+        let c = parse(&["--producer-api-token", "s3cret-T0ken"]).unwrap();
+        assert!(
+            c.producer_api_token
+                .as_ref()
+                .unwrap()
+                .matches(b"s3cret-T0ken")
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        for bad in ["", "s3cret\n", "s3cret token", "s3cret:x"] {
+            let err = parse(&["--producer-api-token", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--producer-api-token"), "{bad:?}: {err}");
+            assert!(err.contains("bearer token"), "{bad:?}: {err}");
+            assert!(bad.is_empty() || !err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn endpoint_overrides_port() {
         let c = parse(&["--dapr-grpc-port", "1", "--dapr-grpc-endpoint", "sidecar:7"]).unwrap();
         assert_eq!(c.sidecar_uri().to_string(), "http://sidecar:7/");
@@ -170,6 +198,7 @@ mod tests {
             (&["--sidecar-timeout", "soon"], "soon"),
             (&["--dapr-grpc-endpoint", "https://x"], "TLS"),
             (&["--dapr-api-token", "bad\ntoken"], "visible ASCII"),
+            (&["--producer-api-token", "bad token"], "bearer token"),
             (&["--log-format", "xml"], "xml"),
         ] {
             let err = parse(args).unwrap_err().to_string();

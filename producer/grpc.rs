@@ -8,7 +8,7 @@ use bindings::proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::UnboundedReceiverStream};
-use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue, server::NamedService};
 
 use crate::{
     batch::{BatchError, BatchRequest, Batches, InvalidBatch, ProduceError},
@@ -18,6 +18,20 @@ use crate::{
 
 /// Trailing metadata key carrying how many messages were sent before a batch failed.
 pub const SENT_METADATA: &str = "producer-sent";
+
+/// The methods of `producer.v1.Producer`, as the request metrics label them.
+const PRODUCE: &str = "Produce";
+const PRODUCE_STREAM: &str = "ProduceStream";
+
+/// The method a request path calls, if it is one of `producer.v1.Producer`'s, for the metrics
+/// of requests refused before they reach the service.
+pub fn method(path: &str) -> Option<&'static str> {
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(<ProducerServer<ProducerService> as NamedService>::NAME)?
+        .strip_prefix('/')?;
+    [PRODUCE, PRODUCE_STREAM].into_iter().find(|m| *m == method)
+}
 
 /// `producer.v1.Producer` over the shared [`Batches`].
 #[derive(Debug, Clone)]
@@ -59,7 +73,7 @@ impl Producer for ProducerService {
             .produce(batch_request(request))
             .await
             .map_err(Status::from);
-        self.count("Produce", &result);
+        self.count(PRODUCE, &result);
         Ok(Response::new(ProduceReply { sent: result? }))
     }
 
@@ -73,7 +87,7 @@ impl Producer for ProducerService {
             Ok(accepted) => accepted,
             Err(error) => {
                 let status = Status::from(error);
-                self.count::<()>("ProduceStream", &Err(status.clone()));
+                self.count::<()>(PRODUCE_STREAM, &Err(status.clone()));
                 return Err(status);
             }
         };
@@ -91,7 +105,7 @@ impl Producer for ProducerService {
             let result = tokio::select! {
                 result = run => result,
                 _ = tx.closed() => {
-                    metrics.grpc_request("ProduceStream", Code::Cancelled);
+                    metrics.grpc_request(PRODUCE_STREAM, Code::Cancelled);
                     return;
                 }
             };
@@ -104,7 +118,7 @@ impl Producer for ProducerService {
                     code
                 }
             };
-            metrics.grpc_request("ProduceStream", code);
+            metrics.grpc_request(PRODUCE_STREAM, code);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

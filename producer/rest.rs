@@ -1,5 +1,9 @@
 //! The REST front: `POST /MessageProducer` as in the original ASP.NET sample, health endpoints,
-//! and the OpenAPI document with an offline Swagger UI.
+//! and the OpenAPI document with an offline Swagger UI. The document is built at start from the
+//! configuration, so it states the bounds this server enforces and, with PRODUCER_API_TOKEN, the
+//! bearer token it requires.
+
+use std::{fmt, num::NonZeroU32};
 
 use axum::{
     Json, Router,
@@ -8,40 +12,97 @@ use axum::{
         DefaultBodyLimit, FromRequest, Request, State,
         rejection::{JsonDataError, JsonRejection, JsonSyntaxError},
     },
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bindings::openmetrics;
-use serde::{Deserialize, Serialize};
-use utoipa::{OpenApi, ToSchema};
+use bindings::{api_token::BearerError, openmetrics};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, Unexpected, Visitor},
+};
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::{
+        self, RefOr, Schema,
+        path::Operation,
+        schema::Object,
+        security::{Http, HttpAuthScheme, SecurityScheme},
+    },
+};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    batch::{BatchError, BatchRequest, InvalidBatch, ProduceError},
+    batch::{BatchError, BatchRequest, InvalidBatch, MAX_INTERVAL, MAX_TEXT_CHARS, ProduceError},
     publisher::{PublishError, Trace},
     server::App,
 };
 
-/// Largest request body accepted; the largest valid body is a 64 KiB text plus a few fields.
-pub const MAX_BODY_BYTES: usize = 80 * 1024;
+/// Largest request body accepted, in bytes. Any schema-valid body fits, however its client
+/// encodes the text: a character is at most 12 bytes of JSON (a code point outside the BMP
+/// escaped as two `\uXXXX`, as Python's `json.dumps` does), and the other fields and spaces
+/// take well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 200 * 1024;
+const _: () = assert!(MAX_BODY_BYTES >= 12 * MAX_TEXT_CHARS + 1024);
+
+/// The name of the bearer scheme in the OpenAPI document.
+const BEARER: &str = "bearer";
 
 /// The original sample's request body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"count": 1, "intervalMilliseconds": 0}))]
 pub struct ProduceBody {
-    /// Number of messages to send (1 up to the configured maximum, 10000 by default).
+    /// Number of messages to send, 1 up to the configured MAX_COUNT.
+    #[serde(deserialize_with = "json_integer")]
     #[schema(minimum = 1, example = 1)]
     count: i64,
-    /// Pause between two messages in milliseconds, 0 to 60000. 0 sends with bounded concurrency.
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 60000, example = 0)]
+    /// Pause between two messages in milliseconds. 0 sends with bounded concurrency.
+    #[serde(default, deserialize_with = "json_integer")]
+    #[schema(minimum = 0, example = 0)]
     interval_milliseconds: i64,
-    /// Message text; "Hello World" when absent.
+    /// Message text, at most the stated number of characters (Unicode code points, as
+    /// `maxLength` counts them); "Hello World" when absent or null.
     #[serde(default)]
-    #[schema(max_length = 65536, example = "Hello World")]
+    #[schema(example = "Hello World")]
     text: Option<String>,
+}
+
+/// An integer as JSON Schema has it: any number without a fractional part, `2.0` and `2e3`
+/// included, which generated clients and fuzzers send as readily as `2`. Fractions, and integers
+/// beyond `i64`, far outside every bound, are still refused.
+fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Integer;
+
+    impl Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<i64, E> {
+            // -2^63 and 2^63 are exact in f64: the integers in between convert without loss.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if value.fract() != 0.0 {
+                Err(E::invalid_type(Unexpected::Float(value), &self))
+            } else if (-LIMIT..LIMIT).contains(&value) {
+                Ok(value as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(value), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_i64(Integer)
 }
 
 /// Answer to a batch that was sent in full.
@@ -54,8 +115,12 @@ pub struct Sent {
 /// Every error body: what went wrong, and for batch failures how many messages went out first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     error: String,
+    /// Messages handed to the sidecar before the batch ended; only on batch failures (429, 502,
+    /// 503 and 504 of `POST /MessageProducer`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     sent: Option<u32>,
 }
 
@@ -88,6 +153,8 @@ pub enum ApiError {
     NotReady(PublishError),
     #[error("shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Unauthorized(BearerError),
 }
 
 impl ApiError {
@@ -109,6 +176,7 @@ impl ApiError {
             Self::Batch(BatchError::Stopped { .. }) | Self::NotReady(_) | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -133,14 +201,21 @@ impl IntoResponse for ApiError {
         if let Self::Body(_) = &self {
             tracing::warn!(%status, error = %self, "request failed");
         }
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: self.to_string(),
                 sent,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Self::Unauthorized(error) = self {
+            let challenge = HeaderValue::from_static(error.challenge());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
     }
 }
 
@@ -151,18 +226,114 @@ impl IntoResponse for ApiError {
         description = "Sends messages to a Dapr output binding (a queue)."
     ),
     paths(produce, healthz, readyz),
-    components(schemas(ProduceBody, Sent, ErrorBody))
+    components(schemas(ProduceBody, Sent, ErrorBody)),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
 
-/// The REST routes. Unknown paths answer 404 with a JSON error (the gRPC router adds its own).
-pub fn router(app: App) -> Router {
+/// The bearer scheme Swagger UI's Authorize button asks for; `POST /MessageProducer` requires
+/// it. [`Contract`] takes it out again when no token is configured.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut openapi::OpenApi) {
+        let scheme = Http::builder()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The producer's token (PRODUCER_API_TOKEN), sent as `Authorization: Bearer <token>`",
+            ))
+            .build();
+        let components = openapi.components.get_or_insert_default();
+        components.add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+    }
+}
+
+/// What the document states that types cannot: the bounds this server enforces, from the same
+/// constants and configuration as the checks, and whether a token is required.
+#[derive(Debug, Clone, Copy)]
+pub struct Contract {
+    /// MAX_COUNT: the largest `count`.
+    pub max_count: NonZeroU32,
+    /// Whether PRODUCER_API_TOKEN is set: the bearer scheme and 401 are documented only then.
+    pub bearer: bool,
+}
+
+impl Contract {
+    /// The OpenAPI document served at `/openapi.json`.
+    pub fn openapi(&self) -> openapi::OpenApi {
+        let mut doc = ApiDoc::openapi();
+        self.modify(&mut doc);
+        doc
+    }
+}
+
+impl Modify for Contract {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let max_interval = MAX_INTERVAL.as_millis() as u64;
+        property(doc, "ProduceBody", "count").maximum = Some(self.max_count.get().into());
+        property(doc, "ProduceBody", "intervalMilliseconds").maximum = Some(max_interval.into());
+        property(doc, "ProduceBody", "text").max_length = Some(MAX_TEXT_CHARS);
+
+        let produce = operation(doc, "/MessageProducer");
+        let too_large = format!("Body larger than {MAX_BODY_BYTES} bytes; nothing was sent");
+        response(produce, "413").description = too_large;
+        if !self.bearer {
+            produce.security = None;
+            produce.responses.responses.remove("401");
+            if let Some(components) = doc.components.as_mut() {
+                components.security_schemes.remove(BEARER);
+            }
+        }
+    }
+}
+
+/// A property of one of [`ApiDoc`]'s schemas; the derive makes each an inline object.
+fn property<'a>(doc: &'a mut openapi::OpenApi, schema: &str, name: &str) -> &'a mut Object {
+    let schemas = &mut doc
+        .components
+        .as_mut()
+        .expect("ApiDoc has components")
+        .schemas;
+    let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(schema) else {
+        panic!("ApiDoc has no object schema {schema}");
+    };
+    match object.properties.get_mut(name) {
+        Some(RefOr::T(Schema::Object(property))) => property,
+        _ => panic!("{schema} has no inline property {name}"),
+    }
+}
+
+/// The POST operation of one of [`ApiDoc`]'s paths.
+fn operation<'a>(doc: &'a mut openapi::OpenApi, path: &str) -> &'a mut Operation {
+    let item = doc.paths.paths.get_mut(path);
+    item.and_then(|item| item.post.as_mut())
+        .unwrap_or_else(|| panic!("ApiDoc has no POST {path}"))
+}
+
+/// One of an operation's documented responses.
+fn response<'a>(operation: &'a mut Operation, status: &str) -> &'a mut openapi::Response {
+    match operation.responses.responses.get_mut(status) {
+        Some(RefOr::T(response)) => response,
+        _ => panic!("no inline {status} response"),
+    }
+}
+
+/// The REST routes anyone may call, whatever PRODUCER_API_TOKEN says: probes, the metrics
+/// scrape and the API documents.
+pub fn open_router(app: App) -> Router {
+    let doc = app.contract.openapi();
     Router::new()
-        .route("/MessageProducer", post(produce))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
+        .with_state(app)
+}
+
+/// The REST API proper, which requires the token when one is configured.
+pub fn api_router(app: App) -> Router {
+    Router::new()
+        .route("/MessageProducer", post(produce))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -173,10 +344,13 @@ pub fn router(app: App) -> Router {
     path = "/MessageProducer",
     request_body = ProduceBody,
     params(("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to the sidecar")),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "All messages were handed to the sidecar", body = Sent),
         (status = 400, description = "Malformed JSON or missing body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 401, description = "No token, or a wrong one: send `Authorization: Bearer <token>`", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` for a wrong token"))),
+        (status = 413, description = "Body too large (the figure is set at start)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 429, description = "Too many batches in progress (MAX_BATCHES); nothing was sent", body = ErrorBody),
         (status = 422, description = "Wrong field types, unknown fields or values out of range", body = ErrorBody),
@@ -254,7 +428,11 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
 }
 
 /// Liveness: the process serves requests.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain"))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -264,7 +442,7 @@ async fn healthz() -> &'static str {
     get,
     path = "/readyz",
     responses(
-        (status = 200, description = "Ready"),
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
         (status = 503, description = "Sidecar not reachable, or shutting down", body = ErrorBody),
     )
 )]
@@ -281,7 +459,10 @@ async fn readyz(State(app): State<App>) -> Result<&'static str, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::batch::Batch;
 
     /// What the extractor makes of a body sent with `content_type`.
     pub(super) fn extract(
@@ -305,6 +486,200 @@ mod tests {
         ] {
             let body = extract(Some(content_type), br#" {"count": 2}"#).unwrap();
             assert_eq!((body.count, body.interval_milliseconds), (2, 0));
+        }
+    }
+
+    fn document(max_count: u32, bearer: bool) -> serde_json::Value {
+        let contract = Contract {
+            max_count: NonZeroU32::new(max_count).unwrap(),
+            bearer,
+        };
+        serde_json::to_value(contract.openapi()).unwrap()
+    }
+
+    fn status_and_body(error: ApiError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = futures::executor::block_on(axum::body::to_bytes(body, usize::MAX)).unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_document_states_the_bounds_enforced() {
+        let doc = document(7, false);
+        let body = &doc["components"]["schemas"]["ProduceBody"]["properties"];
+        let range = |field: &str| {
+            (
+                body[field]["minimum"].clone(),
+                body[field]["maximum"].clone(),
+            )
+        };
+        assert_eq!(range("count"), (1.into(), 7.into()));
+        assert_eq!(range("intervalMilliseconds"), (0.into(), 60_000.into()));
+        assert_eq!(body["text"]["maxLength"], MAX_TEXT_CHARS);
+        let too_large = &doc["paths"]["/MessageProducer"]["post"]["responses"]["413"];
+        let description = too_large["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("{MAX_BODY_BYTES} bytes")),
+            "{description}"
+        );
+
+        // The very bounds the checks hold, at both ends.
+        let max = NonZeroU32::new(7).unwrap();
+        let text = |n: usize| Some("\u{1F600}".repeat(n));
+        assert!(Batch::validate(7, 60_000, text(MAX_TEXT_CHARS), max).is_ok());
+        assert!(Batch::validate(1, 0, None, max).is_ok());
+        for (count, interval, text) in [
+            (8, 0, None),
+            (0, 0, None),
+            (1, 60_001, None),
+            (1, -1, None),
+            (1, 0, text(MAX_TEXT_CHARS + 1)),
+        ] {
+            assert!(Batch::validate(count, interval, text, max).is_err());
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_and_401_are_documented_only_with_a_token() {
+        let doc = document(5, true);
+        let scheme = &doc["components"]["securitySchemes"]["bearer"];
+        assert_eq!(
+            (&scheme["type"], &scheme["scheme"]),
+            (&json!("http"), &json!("bearer"))
+        );
+        let produce = &doc["paths"]["/MessageProducer"]["post"];
+        assert_eq!(produce["security"], json!([{"bearer": []}]));
+        let unauthorized = &produce["responses"]["401"];
+        assert!(
+            unauthorized["headers"]["WWW-Authenticate"].is_object(),
+            "{unauthorized}"
+        );
+        assert!(doc.get("security").is_none(), "no global requirement");
+        for open in ["/healthz", "/readyz"] {
+            assert!(
+                doc["paths"][open]["get"].get("security").is_none(),
+                "{open}"
+            );
+        }
+
+        let doc = document(5, false);
+        assert!(doc["components"].get("securitySchemes").is_none(), "{doc}");
+        let produce = &doc["paths"]["/MessageProducer"]["post"];
+        assert!(produce.get("security").is_none(), "{produce}");
+        assert!(produce["responses"].get("401").is_none(), "{produce}");
+    }
+
+    #[test]
+    fn every_error_documented_is_the_error_body_returned() {
+        let doc = document(5, true);
+        let error_body = &doc["components"]["schemas"]["ErrorBody"];
+        assert_eq!(error_body["required"], json!(["error"]));
+        assert_eq!(error_body["properties"]["error"]["type"], "string");
+        let sent = &error_body["properties"]["sent"];
+        assert_eq!(
+            (&sent["type"], &sent["minimum"]),
+            (&json!("integer"), &json!(0))
+        );
+        let properties = error_body["properties"].as_object().unwrap();
+        assert_eq!(properties.len(), 2, "{error_body}");
+
+        // Every 4xx and 5xx of every operation is an ErrorBody.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if status.as_str() < "400" {
+                        continue;
+                    }
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+
+        // And what the errors of `POST /MessageProducer` answer is one, with a documented status.
+        let responses = &doc["paths"]["/MessageProducer"]["post"]["responses"];
+        let errors = [
+            ApiError::MissingBody,
+            ApiError::ContentType,
+            ApiError::TooLarge,
+            ApiError::NotAnObject,
+            ApiError::Invalid(InvalidBatch::Interval { got: -1 }),
+            ApiError::Unauthorized(BearerError::Mismatch),
+            ApiError::Batch(BatchError::Busy { limit: 64 }),
+            ApiError::Batch(BatchError::Stopped { sent: 2, count: 5 }),
+        ];
+        for error in errors {
+            let text = error.to_string();
+            let (status, headers, body) = status_and_body(error);
+            assert!(
+                responses.get(status.as_str()).is_some(),
+                "{status} undocumented"
+            );
+            assert_eq!(body["error"], text.as_str());
+            for (key, value) in body.as_object().unwrap() {
+                assert!(properties.contains_key(key), "{key} is not in ErrorBody");
+                if key == "sent" {
+                    assert!(value.is_u64(), "{body}");
+                }
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    headers[header::WWW_AUTHENTICATE],
+                    r#"Bearer error="invalid_token""#
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn integers_are_json_schema_integers() {
+        let json = Some("application/json");
+        for (body, count, interval) in [
+            (r#"{"count": 2.0, "intervalMilliseconds": 341.0}"#, 2, 341),
+            (r#"{"count": 2e0, "intervalMilliseconds": -0.0}"#, 2, 0),
+            (r#"{"count": -9223372036854775808.0}"#, i64::MIN, 0),
+            (
+                r#"{"count": 3e2, "intervalMilliseconds": 6e4}"#,
+                300,
+                60_000,
+            ),
+        ] {
+            let body = extract(json, body.as_bytes()).unwrap();
+            assert_eq!((body.count, body.interval_milliseconds), (count, interval));
+        }
+        for (body, message) in [
+            (
+                r#"{"count": 1.5}"#,
+                "invalid type: floating point `1.5`, expected an integer",
+            ),
+            (
+                r#"{"count": 1e300}"#,
+                "invalid value: floating point `1e+300`, expected an integer",
+            ),
+            (
+                r#"{"count": 9223372036854775808.0}"#,
+                "invalid value: floating point",
+            ),
+            (
+                r#"{"count": 9223372036854775808}"#,
+                "invalid value: integer `9223372036854775808`",
+            ),
+            (
+                r#"{"count": 1, "intervalMilliseconds": 0.5}"#,
+                "invalid type: floating point `0.5`",
+            ),
+        ] {
+            let error = extract(json, body.as_bytes()).unwrap_err();
+            assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert!(error.to_string().contains(message), "{body}: {error}");
         }
     }
 

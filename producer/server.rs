@@ -7,8 +7,9 @@ use std::{convert::Infallible, pin::pin, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::{MatchedPath, State},
+    extract::{MatchedPath, Request, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use bindings::{
@@ -19,12 +20,16 @@ use bindings::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
+use tonic::{Code, server::NamedService};
 use tracing::{Instrument, info, warn};
 
 use crate::{
-    batch::Batches, config::Config, grpc::ProducerService, metrics::Metrics, publisher::Publisher,
-    rest,
+    batch::Batches,
+    config::Config,
+    grpc::{self, ProducerService},
+    metrics::Metrics,
+    publisher::Publisher,
+    rest::{self, ApiError, Contract},
 };
 
 /// After running batches are stopped, how long their last calls and responses may take.
@@ -39,6 +44,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: readiness then fails so no new traffic is routed here.
     pub shutdown: CancellationToken,
+    /// PRODUCER_API_TOKEN: when set, what every caller of the API proper must present.
+    pub api_token: Option<ApiToken>,
+    /// What `/openapi.json` states.
+    pub contract: Contract,
 }
 
 impl App {
@@ -56,11 +65,18 @@ impl App {
             Arc::clone(&metrics),
         );
         let batches = Batches::new(publisher.clone(), Arc::clone(&metrics), config.limits());
+        let api_token = config.producer_api_token.clone();
+        let contract = Contract {
+            max_count: config.max_count,
+            bearer: api_token.is_some(),
+        };
         Self {
             batches,
             publisher,
             metrics,
             shutdown,
+            api_token,
+            contract,
         }
     }
 }
@@ -125,7 +141,9 @@ pub async fn serve(
 }
 
 /// The whole public surface: REST, then gRPC services by path, then JSON 404/405 for REST
-/// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced.
+/// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced. With
+/// PRODUCER_API_TOKEN, the API proper (`POST /MessageProducer`, `producer.v1.Producer`) takes
+/// only callers with the token; probes, metrics, the API docs, health and reflection stay open.
 pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
     let producer = ProducerService::new(app.batches.clone(), Arc::clone(&app.metrics));
     let metrics = Arc::clone(&app.metrics);
@@ -142,12 +160,24 @@ pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
         .build_v1alpha()
         .context("building gRPC reflection")?;
 
-    let router = rest::router(app);
-    let router = grpc(router, producer);
-    let router = grpc(router, health);
-    let router = grpc(router, reflection_v1);
-    let router = grpc(router, reflection_v1alpha);
-    Ok(router
+    // The API proper behind the token, when one is configured; the open routes beside it.
+    let api = grpc(rest::api_router(app.clone()), producer);
+    let api = match app.api_token.clone() {
+        Some(token) => {
+            let gate = Gate {
+                token,
+                metrics: Arc::clone(&metrics),
+            };
+            api.layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        }
+        None => api,
+    };
+    let open = rest::open_router(app);
+    let open = grpc(open, health);
+    let open = grpc(open, reflection_v1);
+    let open = grpc(open, reflection_v1alpha);
+    Ok(open
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(metrics, observe)))
@@ -180,6 +210,31 @@ async fn observe(
         metrics.http_request(&route, response.status().as_u16());
     }
     response
+}
+
+/// PRODUCER_API_TOKEN's check, in front of the API proper (REST and gRPC alike).
+#[derive(Debug, Clone)]
+struct Gate {
+    token: ApiToken,
+    metrics: Arc<Metrics>,
+}
+
+/// Lets a request through with the token, or answers 401 (REST, with `WWW-Authenticate`) or
+/// UNAUTHENTICATED (gRPC), counted like any other answer and logged without the token.
+async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let Err(error) = gate.token.check_bearer(request.headers()) else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    let grpc = is_grpc(request.headers());
+    warn!(path, grpc, reason = %error, "request refused");
+    if !grpc {
+        return ApiError::Unauthorized(error).into_response();
+    }
+    if let Some(method) = grpc::method(path) {
+        gate.metrics.grpc_request(method, Code::Unauthenticated);
+    }
+    tonic::Status::unauthenticated(error.to_string()).into_http()
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -9,7 +9,8 @@
 //!   everything else UNIMPLEMENTED; served by devstack's sidecar, the tests' fake sidecar and
 //!   the benchmark's null sidecar.
 //! - [`backoff`]: exponential backoff with jitter, for retries and redeliveries.
-//! - [`api_token`]: Dapr's API tokens (`dapr-api-token`) and their check, in constant time.
+//! - [`api_token`]: shared-secret tokens and their checks, in constant time: Dapr's API tokens
+//!   (`dapr-api-token`) and the producer's own (`Authorization: Bearer`).
 //! - [`http_server`]: how every HTTP port is served, with limits against slow and abusive clients.
 //! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
 //! - [`openmetrics`]: the content type of the `/metrics` answers.

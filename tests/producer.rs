@@ -12,7 +12,7 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT, http_client,
     port::{ClosedPort, free_port},
     process::{Service, help, run_to_end},
-    producer::{BIN, Producer, batch},
+    producer::{BIN, Producer, batch, bearer},
     sidecar::{Behaviour, FakeSidecar},
     traced,
 };
@@ -287,13 +287,25 @@ async fn bad_input_gets_a_clear_4xx_and_sends_nothing() {
         );
     }
 
+    // The text is limited in characters, as the document states it; the body limit in bytes
+    // holds the longest text however it is written, even as escaped UTF-16 pairs, 12 bytes each.
+    let escaped = |n: usize| format!(r#"{{"count":1,"text":"{}"}}"#, r"\ud83d\ude00".repeat(n));
+    let (got, answer) = producer
+        .post_raw(&[("content-type", "application/json")], &escaped(16_385))
+        .await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        answer["error"],
+        "text must be at most 16384 characters, got 16385"
+    );
     let long_text = "x".repeat(70 * 1024);
     let (got, answer) = producer.post(json!({"count": 1, "text": long_text})).await;
     assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     // Answered before the body is read, so the server closes the connection: not one to reuse.
-    let huge = json!({"count": 1, "text": "x".repeat(200 * 1024)});
+    let huge = json!({"count": 1, "text": "x".repeat(300 * 1024)});
     let (got, answer) = producer.post_with(&[("connection", "close")], huge).await;
     assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["error"], "request body is larger than 204800 bytes");
 
     assert_eq!(
         producer.get("/MessageProducer").await,
@@ -311,7 +323,14 @@ async fn bad_input_gets_a_clear_4xx_and_sends_nothing() {
         .post(json!({"count": 1, "intervalMilliseconds": 60000}))
         .await;
     assert_eq!((got, answer), (StatusCode::OK, json!({"sent": 1})));
-    assert_eq!(sidecar.calls().len(), 6);
+    let (got, answer) = producer
+        .post_raw(&[("content-type", "application/json")], &escaped(16_384))
+        .await;
+    assert_eq!((got, answer), (StatusCode::OK, json!({"sent": 1})));
+    let calls = sidecar.calls();
+    assert_eq!(calls.len(), 7);
+    let sent: Value = serde_json::from_slice(&calls[6].data).unwrap();
+    assert_eq!(sent["text"], "\u{1F600}".repeat(16_384));
 
     producer.stop().await;
     sidecar.stop().await;
@@ -487,13 +506,28 @@ async fn grpc_front_produces_streams_and_validates() {
     assert_eq!(sent, [(1, 3), (2, 3), (3, 3)]);
     assert_eq!(sidecar.calls()[4].data, br#"{"text":"hi"}"#);
 
-    for bad in [batch(0, 0), batch(51, 0), batch(1, 60_001)] {
+    // The REST limits, the text in characters too.
+    let text = |n: usize| ProduceRequest {
+        text: Some("\u{1F600}".repeat(n)),
+        ..batch(1, 0)
+    };
+    for bad in [batch(0, 0), batch(51, 0), batch(1, 60_001), text(16_385)] {
         let status = client.produce(bad.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
         let status = client.produce_stream(bad).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
     }
     assert_eq!(sidecar.calls().len(), 5);
+    assert_eq!(
+        client
+            .produce(text(16_384))
+            .await
+            .unwrap()
+            .into_inner()
+            .sent,
+        1
+    );
+    assert_eq!(sidecar.calls().len(), 6);
 
     producer.stop().await;
     sidecar.stop().await;
@@ -586,6 +620,13 @@ async fn health_reflection_openapi_and_swagger_ui() {
     assert!(
         doc["paths"]["/MessageProducer"]["post"].is_object(),
         "{doc}"
+    );
+    // Without a token, no scheme to enter one in, and the default MAX_COUNT.
+    assert!(doc["components"].get("securitySchemes").is_none(), "{doc}");
+    let count = &doc["components"]["schemas"]["ProduceBody"]["properties"]["count"];
+    assert_eq!(
+        (&count["minimum"], &count["maximum"]),
+        (&json!(1), &json!(10_000))
     );
     let ui = producer
         .http
@@ -739,6 +780,7 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         "HTTP2_MAX_HEADER_LIST_SIZE",
         "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
         "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
+        "PRODUCER_API_TOKEN",
     ];
     help(BIN, &[], &settings).await;
 
@@ -788,4 +830,248 @@ async fn port_and_dapr_grpc_port_become_working_endpoints() {
 
     service.stop().await;
     sidecar.stop().await;
+}
+
+/// A token as an operator would make one (`openssl rand -base64 24`), never in any output.
+const TOKEN: &str = "pr0ducer+T0ken/xyz_~.-Az=";
+
+/// With PRODUCER_API_TOKEN set, the API proper takes only callers with the token, on both
+/// fronts: without one, with another scheme or a wrong token they get 401 / UNAUTHENTICATED,
+/// counted and logged (never the token), and nothing is sent. Probes, metrics and the API
+/// documents stay open, and the document tells Swagger UI to ask for the token.
+#[tokio::test]
+async fn the_token_guards_the_api_on_both_fronts_and_nothing_else() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let sidecar = FakeSidecar::start(Behaviour::default()).await;
+    // Debug logs too: whatever is logged about a request, the token is not.
+    let env = [
+        ("PRODUCER_API_TOKEN", TOKEN),
+        ("MAX_COUNT", "5"),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut producer = Producer::start(&sidecar.port(), &env).await;
+
+    let post = |authorization: Option<String>| {
+        let mut request = producer
+            .http
+            .post(producer.url("/MessageProducer"))
+            .json(&json!({"count": 1}));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap();
+            (status, challenge, body)
+        }
+    };
+    let invalid = r#"Bearer error="invalid_token""#;
+    let refused = [
+        (
+            None,
+            "Bearer",
+            "missing token: send `authorization: Bearer <token>`",
+        ),
+        (Some(format!("Basic {TOKEN}")), "Bearer", "missing token"),
+        (Some(TOKEN.to_owned()), "Bearer", "missing token"),
+        (
+            Some(bearer("wrong")),
+            invalid,
+            "invalid token: the bearer token does not match",
+        ),
+        (Some(bearer(&TOKEN[1..])), invalid, "invalid token"),
+        (
+            Some(format!("{} ", bearer(TOKEN)) + "x"),
+            invalid,
+            "invalid token",
+        ),
+    ];
+    for (authorization, challenge, error) in &refused {
+        let (status, got, body) = post(authorization.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}: {body}"
+        );
+        assert_eq!(got.as_deref(), Some(*challenge), "{authorization:?}");
+        assert!(body["error"].as_str().unwrap().starts_with(error), "{body}");
+        assert_eq!(body.as_object().unwrap().len(), 1, "an ErrorBody: {body}");
+    }
+    assert!(
+        sidecar.calls().is_empty(),
+        "nothing is sent without the token"
+    );
+    let (status, _, body) = post(Some(bearer(TOKEN))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"sent": 1})));
+    // The scheme is case-insensitive; the helpers send the token the same way.
+    let (status, _, _) = post(Some(format!("bearer {TOKEN}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    producer.send(2, None).await;
+    assert_eq!(sidecar.calls().len(), 4);
+
+    // gRPC, both methods, the same.
+    let mut client = producer.client().await;
+    let mut wrong = tonic::Request::new(batch(1, 0));
+    let value = bearer("wrong").parse().unwrap();
+    wrong.metadata_mut().insert("authorization", value);
+    for (request, message) in [
+        (tonic::Request::new(batch(1, 0)), "missing token"),
+        (wrong, "invalid token"),
+    ] {
+        let status = client.produce(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().starts_with(message), "{status:?}");
+    }
+    let status = client.produce_stream(batch(1, 0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        sidecar.calls().len(),
+        4,
+        "nothing is sent without the token"
+    );
+    let reply = client.produce(producer.authorized(batch(2, 0))).await;
+    assert_eq!(reply.unwrap().into_inner().sent, 2);
+    let stream = client
+        .produce_stream(producer.authorized(batch(1, 0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.collect::<Vec<_>>().await.len(), 1);
+    assert_eq!(sidecar.calls().len(), 7);
+
+    // Open without the token: probes, metrics, the documents, gRPC health and reflection.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/swagger-ui/",
+    ] {
+        assert_eq!(producer.get(path).await, StatusCode::OK, "{path}");
+    }
+    let mut health = HealthClient::new(producer.channel().await);
+    let service = "producer.v1.Producer".to_owned();
+    health.check(HealthCheckRequest { service }).await.unwrap();
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            producer.channel().await,
+        );
+    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .unwrap()
+        .into_inner();
+    answers.next().await.unwrap().unwrap();
+
+    // The document states the configured MAX_COUNT and the scheme Swagger UI asks for.
+    let doc: Value = producer
+        .http
+        .get(producer.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let count = &doc["components"]["schemas"]["ProduceBody"]["properties"]["count"];
+    assert_eq!(
+        (&count["minimum"], &count["maximum"]),
+        (&json!(1), &json!(5))
+    );
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&json!("http"), &json!("bearer"))
+    );
+    let produce = &doc["paths"]["/MessageProducer"]["post"];
+    assert_eq!(produce["security"], json!([{"bearer": []}]));
+    assert!(produce["responses"]["401"].is_object(), "{produce}");
+    assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+
+    // Refusals are counted as any other answer.
+    let metrics = producer.metrics().await;
+    let refusals = refused.len() as f64;
+    for (series, n) in [
+        (
+            r#"producer_http_requests_total{route="/MessageProducer",status="401"}"#,
+            refusals,
+        ),
+        (
+            r#"producer_http_requests_total{route="/MessageProducer",status="200"}"#,
+            3.0,
+        ),
+        (
+            r#"producer_grpc_requests_total{method="Produce",code="UNAUTHENTICATED"}"#,
+            2.0,
+        ),
+        (
+            r#"producer_grpc_requests_total{method="ProduceStream",code="UNAUTHENTICATED"}"#,
+            1.0,
+        ),
+        (
+            r#"producer_grpc_requests_total{method="Produce",code="OK"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(metrics.get(series), n, "{series}");
+    }
+
+    // Each refusal is a warning with its reason, and no line shows the token.
+    producer.service.terminate();
+    assert_eq!(producer.service.exit_code(WAIT).await, Some(0));
+    let events = producer.service.events_to_end().await;
+    let warnings: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["message"] == "request refused")
+        .collect();
+    assert_eq!(warnings.len(), refused.len() + 3, "{warnings:?}");
+    for warning in &warnings {
+        assert_eq!(warning["level"], "WARN", "{warning}");
+        assert!(
+            warning["reason"].as_str().unwrap().contains(" token"),
+            "{warning}"
+        );
+    }
+    let lines = producer.service.lines().await;
+    assert!(lines.len() > warnings.len());
+    let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(TOKEN)).collect();
+    assert!(leaks.is_empty(), "{leaks:?}");
+    sidecar.stop().await;
+}
+
+/// `--help` names PRODUCER_API_TOKEN but never shows its value, and a malformed token stops
+/// the producer at once with the reason, without quoting it.
+#[tokio::test]
+async fn help_and_config_errors_never_show_the_token() {
+    let env = [
+        ("PRODUCER_API_TOKEN", TOKEN),
+        ("DAPR_API_TOKEN", "dapr-T0ken"),
+    ];
+    let help = help(BIN, &env, &["PRODUCER_API_TOKEN", "DAPR_API_TOKEN"]).await;
+    assert!(
+        !help.contains(TOKEN) && !help.contains("dapr-T0ken"),
+        "{help}"
+    );
+
+    for bad in ["", "pr0ducer T0ken", "pr0ducer-T0ken\n"] {
+        let (code, output) = run_to_end(BIN, &[], &[("PRODUCER_API_TOKEN", bad)]).await;
+        assert_eq!(code, Some(2), "{bad:?}: {output}");
+        assert!(output.contains("PRODUCER_API_TOKEN"), "{output}");
+        assert!(output.contains("bearer token"), "{output}");
+        assert!(!output.contains("pr0ducer"), "{output}");
+    }
 }

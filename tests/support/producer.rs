@@ -4,8 +4,9 @@ use bindings::{
     proto::{ProduceRequest, producer_client::ProducerClient},
     trace_context::TRACEPARENT,
 };
-use reqwest::StatusCode;
+use reqwest::{StatusCode, header::AUTHORIZATION};
 use serde_json::{Value, json};
+use tonic::{IntoRequest, Request};
 
 use super::{
     exposition::{self, Exposition},
@@ -24,12 +25,19 @@ pub fn batch(count: u32, interval_ms: u32) -> ProduceRequest {
     }
 }
 
+/// `Bearer {token}`: the `authorization` value (REST header, gRPC metadata) carrying `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
 /// A producer on an ephemeral port, talking to the sidecar on `sidecar_port`.
 pub struct Producer {
     pub service: Service,
     /// `http://{addr}`: REST and gRPC share the port.
     pub base: String,
     pub http: reqwest::Client,
+    /// PRODUCER_API_TOKEN, which the helpers below then send.
+    pub token: Option<String>,
 }
 
 impl Producer {
@@ -38,10 +46,15 @@ impl Producer {
         all.extend_from_slice(env);
         let mut service = Service::spawn(BIN, &all);
         let addr = service.addr().await;
+        let token = env
+            .iter()
+            .find(|(name, _)| *name == "PRODUCER_API_TOKEN")
+            .map(|(_, token)| (*token).to_owned());
         Self {
             service,
             base: format!("http://{addr}"),
             http: http_client(),
+            token,
         }
     }
 
@@ -51,13 +64,24 @@ impl Producer {
         addr.parse().expect("an IP address and port")
     }
 
+    /// `request` with the producer's token, when it has one, as an authorized gRPC caller sends it.
+    pub fn authorized<T>(&self, request: impl IntoRequest<T>) -> Request<T> {
+        let mut request = request.into_request();
+        if let Some(token) = &self.token {
+            let value = bearer(token).parse().expect("an ASCII token");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
     /// A URL on the producer's port.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// `POST /MessageProducer` with `headers` and a raw `body`; answers the status and the JSON
-    /// body. The future owns what it needs: a test may spawn it and act while the batch runs.
+    /// `POST /MessageProducer` with `headers` and a raw `body`, and the producer's token if it has
+    /// one; answers the status and the JSON body.
+    /// The future owns what it needs: a test may spawn it and act while the batch runs.
     pub fn post_raw(
         &self,
         headers: &[(&str, &str)],
@@ -67,6 +91,9 @@ impl Producer {
             .http
             .post(self.url("/MessageProducer"))
             .body(body.to_owned());
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, bearer(token));
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -104,7 +131,8 @@ impl Producer {
 
     /// `producer.v1.Producer/Produce` of `count` messages, unpaced; asserts all were sent.
     pub async fn produce(&self, count: u32) {
-        let reply = self.client().await.produce(batch(count, 0)).await;
+        let request = self.authorized(batch(count, 0));
+        let reply = self.client().await.produce(request).await;
         assert_eq!(reply.expect("Produce succeeds").into_inner().sent, count);
     }
 
