@@ -7,7 +7,11 @@ use bindings::telemetry::LogArgs;
 use clap::Parser;
 
 use crate::callback::Settings;
-use bindings::{api_token::ApiToken, cli::non_empty, http_server::HttpLimits};
+use bindings::{
+    api_token::{ApiToken, Secret},
+    cli::non_empty,
+    http_server::HttpLimits,
+};
 
 /// Dapr input-binding consumer: daprd delivers each queue message to it over gRPC (AppCallback).
 #[derive(Debug, Clone, Parser)]
@@ -53,7 +57,7 @@ pub struct Config {
 
     /// Token daprd must send as `dapr-api-token` with each binding event (Dapr's app API token).
     /// Unset or empty: events are accepted without one, as daprd then sends none.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::from_config))]
     pub app_api_token: Option<ApiToken>,
 
     /// Limits of the metrics port (HTTP); the HTTP/2 ones apply to the gRPC port too.

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use bindings::{
-    api_token::ApiToken, backoff::Backoff, cli::positive_duration, http_server::HttpLimits,
+    api_token::{ApiToken, Secret},
+    backoff::Backoff,
+    cli::positive_duration,
+    http_server::HttpLimits,
     telemetry::LogArgs,
 };
 use clap::{Args, Parser, Subcommand};
@@ -123,10 +126,10 @@ pub struct SidecarArgs {
     #[arg(long, env = "STATUS_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub status_interval: Duration,
     /// Token producers must send as `dapr-api-token`, like daprd's DAPR_API_TOKEN.
-    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::from_config))]
     pub dapr_api_token: Option<ApiToken>,
     /// Token sent to apps as `dapr-api-token` on OnBindingEvent, like daprd's APP_API_TOKEN.
-    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = ApiToken::from_config)]
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::from_config))]
     pub app_api_token: Option<ApiToken>,
     /// Limits of the HTTP port; the HTTP/2 ones apply to the gRPC port too.
     #[command(flatten)]

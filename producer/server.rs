@@ -110,7 +110,15 @@ pub async fn serve(
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => {}
-        () = &mut server => anyhow::bail!("the server stopped before shutdown was requested"),
+        () = &mut server => {
+            // The server stops on the same token, and can see it cancelled within the poll
+            // that found the token not yet cancelled: then it has simply drained already.
+            if !shutdown.is_cancelled() {
+                anyhow::bail!("the server stopped before shutdown was requested");
+            }
+            info!("stopped");
+            return Ok(());
+        }
     }
     health
         .set_not_serving::<ProducerServer<ProducerService>>()

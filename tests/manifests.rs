@@ -257,6 +257,11 @@ fn the_producer_is_reachable_from_outside_only_with_its_token() {
         public_renders, 1,
         "overlays/public is the one public render"
     );
+    // The variable the producer reads: a rename on either side fails here.
+    assert!(
+        Defaults::of("producer").reads("PRODUCER_API_TOKEN"),
+        "producer --help"
+    );
 }
 
 #[test]
