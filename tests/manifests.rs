@@ -142,10 +142,14 @@ fn dapr_calls_the_consumer_on_its_port_and_never_the_producer() {
     );
     assert_eq!(app("consumer")["appProtocol"], "grpc");
     assert!(app("producer").get("appPort").is_none());
-    let resources = Path::new(ROOT).join(str_at(&run, "/common/resourcesPath"));
+    assert!(
+        run["common"].get("resourcesPath").is_none(),
+        "dapr.yaml: `resourcesPath` is deprecated, use the list `resourcesPaths`"
+    );
+    let resources = dapr_run_resources_dir(&run);
     assert!(
         resources.is_dir(),
-        "dapr.yaml's resourcesPath {resources:?}"
+        "dapr.yaml's resourcesPaths {resources:?}"
     );
 }
 
@@ -767,6 +771,52 @@ fn the_dockerfile_builds_binaries_cargo_declares() {
     }
 }
 
+#[test]
+fn the_dockerfile_builds_with_the_declared_rust_version() {
+    let declared = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version"))
+        .map(|v| {
+            v.trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"')
+                .to_owned()
+        })
+        .expect("Cargo.toml declares a rust-version");
+    let dockerfile = read("Dockerfile");
+    let arg = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ARG RUST_VERSION="))
+        .expect("the Dockerfile has ARG RUST_VERSION=");
+    assert_eq!(
+        arg, declared,
+        "the Dockerfile's toolchain must be Cargo.toml's rust-version"
+    );
+    assert!(
+        dockerfile.contains("cargo-chef:latest-rust-${RUST_VERSION}-slim-bookworm"),
+        "the chef stage must use RUST_VERSION"
+    );
+}
+
+#[test]
+fn dockerignore_patterns_have_no_trailing_slash() {
+    // `az acr build` ignores such a pattern (Azure/azure-cli#20413) and uploads target/.
+    let ignore = read(".dockerignore");
+    let slashed: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l.ends_with('/'))
+        .collect();
+    assert!(slashed.is_empty(), ".dockerignore: {slashed:?}");
+    for needed in ["target", ".git", "deploy", "**/*.env"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == needed),
+            ".dockerignore must exclude {needed}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binaries' defaults
 // ---------------------------------------------------------------------------------------------
@@ -1043,9 +1093,16 @@ fn dapr_run_file() -> Value {
     documents.remove(0)
 }
 
-/// The component `dapr run -f .` loads: the one Component in dapr.yaml's resourcesPath.
+/// The one directory in dapr.yaml's `common.resourcesPaths`.
+fn dapr_run_resources_dir(run: &Value) -> PathBuf {
+    let paths = array(&run["common"]["resourcesPaths"]);
+    assert_eq!(paths.len(), 1, "dapr.yaml: one directory in resourcesPaths");
+    Path::new(ROOT).join(paths[0].as_str().expect("a path"))
+}
+
+/// The component `dapr run -f .` loads: the one Component in dapr.yaml's resourcesPaths.
 fn dapr_run_component() -> Value {
-    let dir = Path::new(ROOT).join(str_at(&dapr_run_file(), "/common/resourcesPath"));
+    let dir = dapr_run_resources_dir(&dapr_run_file());
     let mut components: Vec<Value> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {dir:?}: {e}"))
         .map(|entry| entry.unwrap().path())
