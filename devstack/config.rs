@@ -97,6 +97,9 @@ impl SidecarOnlyArgs {
 /// The sidecar's own settings.
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
+    /// The app id the metadata API reports, like daprd's `--app-id`.
+    #[arg(long, env = "APP_ID", default_value = "devstack")]
+    pub app_id: String,
     /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "DAPR_GRPC_PORT", default_value_t = 50001)]
     pub grpc_port: u16,

@@ -1,5 +1,6 @@
-//! The HTTP side, like daprd's HTTP port: health endpoints, `POST /v1.0/bindings/{name}` (what the
-//! original ASP.NET producer called), and the sidecar's own queue status and metrics.
+//! The HTTP side, like daprd's HTTP port: health endpoints, the metadata API (`GET /v1.0/metadata`),
+//! `POST /v1.0/bindings/{name}` (what the original ASP.NET producer called), and the sidecar's own
+//! queue status and metrics.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,12 +17,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::error;
 
-use crate::{broker::Broker, runtime::Runtime};
+use crate::{
+    broker::Broker,
+    metadata::{self, Metadata},
+    runtime::Runtime,
+};
 
 #[derive(Debug, Clone)]
 struct HttpState {
     runtime: Runtime,
     broker: Arc<Broker>,
+    metadata: Arc<Metadata>,
     connections: ConnectionMetrics,
 }
 
@@ -37,16 +43,23 @@ struct OutputBindingRequest {
 }
 
 /// The routes; `/devstack/metrics` includes the port's `connections`.
-pub fn router(runtime: Runtime, broker: Arc<Broker>, connections: ConnectionMetrics) -> Router {
+pub fn router(
+    runtime: Runtime,
+    broker: Arc<Broker>,
+    metadata: Arc<Metadata>,
+    connections: ConnectionMetrics,
+) -> Router {
     Router::new()
         .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
         .route("/v1.0/healthz/outbound", get(StatusCode::NO_CONTENT))
+        .route("/v1.0/metadata", get(get_metadata))
         .route("/v1.0/bindings/{name}", post(invoke_binding))
         .route("/devstack/status", get(status))
         .route("/devstack/metrics", get(metrics))
         .with_state(HttpState {
             runtime,
             broker,
+            metadata,
             connections,
         })
 }
@@ -60,6 +73,23 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
+/// The token check and its answer are daprd's (`APITokenAuthMiddleware`): the metadata API is not
+/// one of the health routes it exempts.
+async fn get_metadata(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !state.metadata.authorize(&headers) {
+        return unauthorized();
+    }
+    Json(metadata::to_json(&state.metadata.response())).into_response()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "invalid api token" })),
+    )
+        .into_response()
+}
+
 async fn invoke_binding(
     State(state): State<HttpState>,
     Path(name): Path<String>,
@@ -67,11 +97,7 @@ async fn invoke_binding(
     body: Bytes,
 ) -> Response {
     if state.runtime.authorize(&headers).is_err() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "invalid api token" })),
-        )
-            .into_response();
+        return unauthorized();
     }
     let request: OutputBindingRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,

@@ -9,6 +9,7 @@ mod config;
 mod delivery;
 mod http;
 mod ids;
+mod metadata;
 mod queue;
 mod runtime;
 mod sidecar;

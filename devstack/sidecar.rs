@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use bindings::{
     api_token::ApiToken,
-    dapr_runtime::DaprRuntimeServer,
+    dapr_runtime::{DaprRuntimeServer, MetadataHandler},
     http_server::{self, ConnectionMetrics},
     net,
 };
@@ -20,6 +20,7 @@ use crate::{
     config::{SidecarArgs, SidecarOnlyArgs},
     delivery::{self, AppTarget, DeliverySettings},
     http,
+    metadata::Metadata,
     runtime::Runtime,
 };
 
@@ -70,6 +71,7 @@ pub struct Sidecar {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     broker: Arc<Broker>,
+    metadata: Arc<Metadata>,
     delivery: DeliverySettings,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -88,12 +90,21 @@ impl Sidecar {
 
         let broker = Broker::new(&args.bindings, args.queue_settings());
         let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
+        let metadata = Arc::new(Metadata::new(
+            args.app_id.clone(),
+            args.bindings.clone(),
+            args.app_health_interval,
+            args.dapr_api_token.clone(),
+        ));
         let mut tasks = JoinSet::new();
 
         let grpc_server = args
             .http
             .tonic(tonic::transport::Server::builder())
-            .add_service(DaprRuntimeServer::new(runtime.clone()))
+            .add_service(
+                DaprRuntimeServer::new(runtime.clone())
+                    .with_metadata(Arc::clone(&metadata) as Arc<dyn MetadataHandler>),
+            )
             .serve_with_incoming_shutdown(
                 net::grpc_incoming(grpc),
                 shutdown.clone().cancelled_owned(),
@@ -101,7 +112,12 @@ impl Sidecar {
         tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
 
         let connections = ConnectionMetrics::default();
-        let router = http::router(runtime, Arc::clone(&broker), connections.clone());
+        let router = http::router(
+            runtime,
+            Arc::clone(&broker),
+            Arc::clone(&metadata),
+            connections.clone(),
+        );
         tasks.spawn(
             http_server::serve(
                 http,
@@ -124,6 +140,7 @@ impl Sidecar {
             grpc_addr,
             http_addr,
             broker,
+            metadata,
             delivery: DeliverySettings {
                 app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
@@ -136,6 +153,8 @@ impl Sidecar {
 
     /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up).
     pub fn add_app(&mut self, target: AppTarget) {
+        self.metadata
+            .add_app(target.address, target.max_concurrency);
         let run = delivery::serve_app(
             Arc::clone(&self.broker),
             target,

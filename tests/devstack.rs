@@ -13,7 +13,7 @@ use std::{
 };
 
 use bindings::{
-    dapr_v1::{GetStateRequest, InvokeBindingRequest},
+    dapr_v1::{GetMetadataRequest, GetStateRequest, InvokeBindingRequest},
     trace_context::TraceParent,
 };
 use futures::StreamExt;
@@ -183,6 +183,109 @@ async fn dapr_client_invokes_the_binding_and_gets_daprds_errors() {
 
     drop(client);
     sidecar.stop().await;
+}
+
+/// What SDKs that wait on the metadata API read: daprd's JSON keys over HTTP, Dapr's protobuf
+/// fields over gRPC, both behind the API token as in daprd.
+#[tokio::test]
+async fn metadata_api_answers_as_daprd_over_http_and_grpc() {
+    let app = FakeApp::start(Behaviour::default()).await;
+    let sidecar = Devstack::for_apps(
+        &[app.addr],
+        &["--dapr-api-token", "s3cret", "--app-id", "orders"],
+        &[],
+    )
+    .await;
+    sidecar.wait_consumers(1).await;
+
+    let url = sidecar.url("/v1.0/metadata");
+    let refused = sidecar.http.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let response = sidecar
+        .http
+        .get(&url)
+        .header("dapr-api-token", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "actorRuntime",
+            "appConnectionProperties",
+            "components",
+            "extended",
+            "id",
+            "runtimeVersion"
+        ],
+        "{body}"
+    );
+    assert_eq!(body["id"], "orders");
+    assert!(
+        body["runtimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("devstack-")
+    );
+    assert_eq!(
+        body["components"],
+        json!([{
+            "name": QUEUE,
+            "type": "bindings.azure.servicebusqueues",
+            "version": "v1",
+            "capabilities": ["INPUT_BINDING", "OUTPUT_BINDING"],
+        }])
+    );
+    let app_connection = &body["appConnectionProperties"];
+    assert_eq!(app_connection["port"], app.addr.port());
+    assert_eq!(app_connection["protocol"], "grpc");
+    assert_eq!(app_connection["channelAddress"], "127.0.0.1");
+    assert_eq!(app_connection["health"]["healthProbeInterval"], "1s");
+
+    let mut client = sidecar.dapr_client().await;
+    let status = client
+        .get_metadata(GetMetadataRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let metadata = client
+        .get_metadata(with_token(GetMetadataRequest {}, "s3cret"))
+        .await
+        .expect("GetMetadata")
+        .into_inner();
+    assert_eq!(metadata.id, "orders");
+    assert_eq!(metadata.runtime_version, body["runtimeVersion"]);
+    assert!(metadata.enabled_features.is_empty());
+    let component = &metadata.registered_components[0];
+    assert_eq!(
+        (
+            component.name.as_str(),
+            component.r#type.as_str(),
+            component.version.as_str()
+        ),
+        (QUEUE, "bindings.azure.servicebusqueues", "v1")
+    );
+    let app_connection = metadata.app_connection_properties.unwrap();
+    assert_eq!(
+        (app_connection.port, app_connection.protocol.as_str()),
+        (i32::from(app.addr.port()), "grpc")
+    );
+    assert_eq!(
+        metadata.extended_metadata["daprRuntimeVersion"],
+        metadata.runtime_version
+    );
+
+    sidecar.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
