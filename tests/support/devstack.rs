@@ -60,8 +60,24 @@ impl Devstack {
     /// Like [`start`](Self::start), with the gRPC API on `grpc_port`: a sidecar restarted there
     /// comes back where the producer dials.
     pub async fn start_on(grpc_port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let grpc_port = grpc_port.to_string();
-        let mut all = vec!["sidecar", "--grpc-port", &grpc_port, "--http-port", "0"];
+        Self::start_at(grpc_port, 0, args, env).await
+    }
+
+    /// Like [`start`](Self::start), on both ports given: where a client started first dials.
+    pub async fn start_at(
+        grpc_port: u16,
+        http_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (grpc_port, http_port) = (grpc_port.to_string(), http_port.to_string());
+        let mut all = vec![
+            "sidecar",
+            "--grpc-port",
+            &grpc_port,
+            "--http-port",
+            &http_port,
+        ];
         all.extend_from_slice(args);
         let mut service = Service::spawn_with_args(BIN, &all, env);
         let event = service.wait_for_message("sidecar listening").await;

@@ -1,6 +1,7 @@
 //! Shared test support: run the real binaries and read their JSON logs, drive a real producer or
 //! consumer, a fake Dapr sidecar, a fake consumer app, devstack (its sidecar alone or the whole
-//! stack), loopback ports for servers that are not up yet, and slow clients.
+//! stack), loopback ports for servers that are not up yet, slow clients, and the official Dapr
+//! Python SDK with the scripts that use it.
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod app;
@@ -10,6 +11,7 @@ pub mod exposition;
 pub mod port;
 pub mod process;
 pub mod producer;
+pub mod python;
 pub mod sidecar;
 pub mod slow_client;
 
