@@ -103,8 +103,8 @@ pub struct SidecarArgs {
     /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "DAPR_GRPC_PORT", default_value_t = 50001)]
     pub grpc_port: u16,
-    /// HTTP port (health, `POST /v1.0/bindings/{name}`, queue status), on 127.0.0.1; 0 picks a
-    /// free port.
+    /// HTTP port (health, metadata, `POST /v1.0/bindings/{name}`, queue status), on 127.0.0.1;
+    /// 0 picks a free port.
     #[arg(long, env = "DAPR_HTTP_PORT", default_value_t = 3500)]
     pub http_port: u16,
     /// Input/output binding names served, each its own queue (comma-separated).

@@ -1,6 +1,6 @@
 //! The runtime side, the one producers call: `dapr.proto.runtime.v1.Dapr/InvokeBinding` with
 //! operation `create` enqueues a message, as daprd with a queue binding does. Every other Dapr
-//! method is UNIMPLEMENTED (see `bindings::dapr_runtime`).
+//! method but `GetMetadata` (`metadata.rs`) is UNIMPLEMENTED (see `bindings::dapr_runtime`).
 
 use std::{collections::HashMap, sync::Arc};
 
