@@ -2,9 +2,7 @@
 //! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
 //! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
 
-use std::{
-    collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use bindings::{
     api_token::API_TOKEN_METADATA,
@@ -14,7 +12,6 @@ use bindings::{
     },
     trace_context::TRACEPARENT,
 };
-use chrono::{DateTime, Utc};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -28,6 +25,7 @@ use crate::{
     broker::{AppStatus, Broker},
     ids,
     queue::{Abandoned, Lock, Message, Queue},
+    service_bus,
 };
 
 /// One consumer app to deliver to.
@@ -225,7 +223,7 @@ impl Worker {
         let mut request = Request::new(BindingEventRequest {
             name: self.queue.name().to_owned(),
             data: message.data.clone(),
-            metadata: event_metadata(message),
+            metadata: service_bus::event_metadata(&message.id, &message.envelope),
         });
         if let Ok(value) = ids::traceparent(&message.trace_id).parse() {
             request.metadata_mut().insert(TRACEPARENT, value);
@@ -276,21 +274,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Binding metadata as the Service Bus binding delivers it, plus `id`, and the sender's properties.
-fn event_metadata(message: &Message) -> HashMap<String, String> {
-    let mut metadata = message.properties.clone();
-    let enqueued: DateTime<Utc> = message.enqueued_at.into();
-    metadata.extend([
-        ("id".to_owned(), message.id.clone()),
-        ("MessageId".to_owned(), message.id.clone()),
-        (
-            "DeliveryCount".to_owned(),
-            message.delivery_count.to_string(),
-        ),
-        ("SequenceNumber".to_owned(), message.sequence.to_string()),
-        ("EnqueuedTimeUtc".to_owned(), enqueued.to_rfc3339()),
-    ]);
-    metadata
 }

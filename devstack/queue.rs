@@ -12,12 +12,14 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use bindings::backoff::Backoff;
 use serde::Serialize;
 use tokio::{sync::Notify, time::Instant};
+
+use crate::service_bus::Envelope;
 
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
@@ -37,12 +39,11 @@ pub struct Message {
     pub sequence: u64,
     pub id: String,
     pub data: Vec<u8>,
-    /// Application properties given on send; delivered as binding metadata.
-    pub properties: HashMap<String, String>,
+    /// Correlation id, subject and application properties given on send.
+    pub envelope: Envelope,
     /// The trace the message was produced in, or one of its own if it came untraced (32 hex
     /// digits): every delivery of it carries the same.
     pub trace_id: String,
-    pub enqueued_at: SystemTime,
     /// Deliveries so far, the current one included (1 on the first delivery).
     pub delivery_count: u32,
 }
@@ -141,24 +142,22 @@ impl Queue {
     }
 
     /// Enqueues a message; returns its id.
-    pub fn send(
-        &self,
-        data: Vec<u8>,
-        properties: HashMap<String, String>,
-        trace_id: Option<String>,
-    ) -> String {
+    pub fn send(&self, data: Vec<u8>, envelope: Envelope, trace_id: Option<String>) -> String {
         let mut state = self.state();
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let id = crate::ids::message_id();
+        // Service Bus keeps the sender's id; the sidecar gives one to a message sent without.
+        let id = envelope
+            .message_id
+            .clone()
+            .unwrap_or_else(crate::ids::message_id);
         state.ready.push_back(Message {
             sequence,
             id: id.clone(),
             data,
-            properties,
+            envelope,
             // A message sent untraced gets a trace of its own here, so its deliveries share one.
             trace_id: trace_id.unwrap_or_else(crate::ids::trace_id),
-            enqueued_at: SystemTime::now(),
             delivery_count: 0,
         });
         drop(state);
@@ -301,7 +300,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn complete_removes_the_message_once() {
         let q = Queue::new("q", SETTINGS);
-        let id = q.send(b"a".to_vec(), HashMap::new(), None);
+        let id = q.send(b"a".to_vec(), Envelope::default(), None);
         let lock = q.receive().await;
         assert_eq!(
             (lock.message.id.as_str(), lock.message.delivery_count),
@@ -329,7 +328,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn abandon_redelivers_with_backoff_then_dead_letters() {
         let q = Queue::new("q", SETTINGS);
-        q.send(b"poison".to_vec(), HashMap::new(), None);
+        q.send(b"poison".to_vec(), Envelope::default(), None);
 
         let first = q.receive().await;
         assert_eq!(
@@ -379,7 +378,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_lock_abandons_it() {
         let q = Queue::new("q", SETTINGS);
-        q.send(b"a".to_vec(), HashMap::new(), None);
+        q.send(b"a".to_vec(), Envelope::default(), None);
         drop(q.receive().await);
         assert_eq!(
             q.counts(),
@@ -401,8 +400,8 @@ mod tests {
             async move { q.receive().await.message.data.clone() }
         });
         tokio::task::yield_now().await;
-        q.send(b"1".to_vec(), HashMap::new(), None);
-        q.send(b"2".to_vec(), HashMap::new(), None);
+        q.send(b"1".to_vec(), Envelope::default(), None);
+        q.send(b"2".to_vec(), Envelope::default(), None);
         assert_eq!(waiting.await.unwrap(), b"1");
         assert_eq!(q.receive().await.message.data, b"2");
     }
@@ -421,7 +420,7 @@ mod tests {
         );
         const N: u64 = 2_000;
         for i in 0..N {
-            q.send(i.to_string().into_bytes(), HashMap::new(), None);
+            q.send(i.to_string().into_bytes(), Envelope::default(), None);
         }
         let workers: Vec<_> = (0..8)
             .map(|w| {
