@@ -5,7 +5,6 @@ use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use bindings::{
     api_token::{ApiToken, Secret},
-    backoff::Backoff,
     cli::positive_duration,
     http_server::HttpLimits,
     telemetry::LogArgs,
@@ -113,12 +112,12 @@ pub struct SidecarArgs {
     /// How long a consumer may hold a message before its lock expires (Service Bus default: 60s).
     #[arg(long, env = "LOCK_DURATION", default_value = "60s", value_parser = positive_duration)]
     pub lock_duration: Duration,
-    /// Wait before the first redelivery of an abandoned message; doubles per delivery.
-    #[arg(long, env = "REDELIVERY_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub redelivery_backoff: Duration,
-    /// Longest wait before a redelivery.
-    #[arg(long, env = "MAX_REDELIVERY_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub max_redelivery_backoff: Duration,
+    /// Failed deliveries handled per second, per app and binding, before the sidecar pauses
+    /// receiving: the Service Bus binding's `maxRetriableErrorsPerSec` (its default: 10; 0: no
+    /// limit). An abandoned message is available again at once, as in Service Bus; this is what
+    /// spaces out its redeliveries.
+    #[arg(long, env = "MAX_RETRIABLE_ERRORS_PER_SEC", default_value_t = 10)]
+    pub max_retriable_errors_per_sec: u32,
     /// How often each app's AppCallbackHealthCheck is called.
     #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub app_health_interval: Duration,
@@ -142,10 +141,6 @@ impl SidecarArgs {
     pub fn queue_settings(&self) -> Settings {
         Settings {
             max_delivery_count: self.max_delivery_count,
-            redelivery: Backoff {
-                base: self.redelivery_backoff,
-                max: self.max_redelivery_backoff.max(self.redelivery_backoff),
-            },
         }
     }
 }

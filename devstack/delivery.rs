@@ -25,6 +25,7 @@ use crate::{
     broker::{AppStatus, Broker},
     ids,
     queue::{Abandoned, Lock, Message, Queue},
+    rate_limit::RateLimiter,
     service_bus,
 };
 
@@ -44,6 +45,9 @@ pub struct DeliverySettings {
     pub health_interval: Duration,
     /// How long a delivery may take before its lock expires and the message is abandoned.
     pub lock_duration: Duration,
+    /// Failed deliveries per second, per app and binding, before the worker pauses (0: no
+    /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
+    pub max_retriable_errors_per_sec: u32,
 }
 
 /// Serves one app until `shutdown`; in-flight deliveries finish (bounded by the lock duration).
@@ -87,6 +91,9 @@ pub async fn serve_app(
         shutdown.clone(),
     ));
     for queue in queues {
+        // One limiter per binding of an app, as daprd has one subscription per binding.
+        let retriable_errors =
+            RateLimiter::new(settings.max_retriable_errors_per_sec).map(Arc::new);
         for _ in 0..target.max_concurrency {
             let worker = Worker {
                 queue: Arc::clone(&queue),
@@ -95,6 +102,7 @@ pub async fn serve_app(
                 healthy: health.tx.subscribe(),
                 health: Arc::clone(&health),
                 settings: settings.clone(),
+                retriable_errors: retriable_errors.clone(),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
@@ -191,6 +199,7 @@ struct Worker {
     healthy: watch::Receiver<bool>,
     health: Arc<Health>,
     settings: DeliverySettings,
+    retriable_errors: Option<Arc<RateLimiter>>,
 }
 
 impl Worker {
@@ -215,7 +224,16 @@ impl Worker {
                 tokio::time::timeout(self.settings.lock_duration, self.deliver(&lock.message))
                     .await;
             self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.settle(lock, result);
+            if !self.settle(lock, result)
+                && let Some(limiter) = &self.retriable_errors
+            {
+                // The abandoned message is available again at once; like the binding, this
+                // worker takes a retriable-error permit before it receives again.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(limiter.reserve()) => {}
+                }
+            }
         }
     }
 
@@ -240,18 +258,19 @@ impl Worker {
             .map(drop)
     }
 
+    /// Completes or abandons the message; true when it completed.
     fn settle(
         &self,
         lock: Lock,
         result: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>,
-    ) {
+    ) -> bool {
         let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
         let trace_id = lock.message.trace_id.clone();
         let reason = match result {
             Ok(Ok(())) => {
                 debug!(app = %self.app.address, id, trace_id, "message completed");
                 lock.complete();
-                return;
+                return true;
             }
             Ok(Err(status)) => {
                 if !answered(&status) {
@@ -266,12 +285,13 @@ impl Worker {
             ),
         };
         match lock.abandon(&reason) {
-            Abandoned::Redelivered { after } => {
-                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, ?after, "message abandoned; will be redelivered")
+            Abandoned::Redelivered => {
+                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
             }
             Abandoned::DeadLettered => {
                 warn!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
             }
         }
+        false
     }
 }

@@ -10,6 +10,7 @@ mod delivery;
 mod http;
 mod ids;
 mod queue;
+mod rate_limit;
 mod runtime;
 mod service_bus;
 mod sidecar;

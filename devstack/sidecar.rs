@@ -128,6 +128,7 @@ impl Sidecar {
                 app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
                 lock_duration: args.lock_duration,
+                max_retriable_errors_per_sec: args.max_retriable_errors_per_sec,
             },
             shutdown,
             tasks,

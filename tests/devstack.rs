@@ -544,12 +544,7 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     ])
     .await;
     let other = Consumer::start(&[]).await;
-    let mut sidecar = Devstack::for_apps(
-        &[victim.addr, other.addr],
-        &["--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar = Devstack::for_apps(&[victim.addr, other.addr], &[], &[]).await;
     sidecar.wait_consumers(2).await;
 
     // Send one message at a time until the victim holds one (the other completes the rest).
@@ -611,12 +606,8 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
 #[tokio::test]
 async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_complete() {
     let mut consumer = Consumer::start(&[]).await;
-    let mut sidecar = Devstack::for_apps(
-        &[consumer.addr],
-        &["--max-delivery-count", "3", "--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar =
+        Devstack::for_apps(&[consumer.addr], &["--max-delivery-count", "3"], &[]).await;
     let producer = Producer::start(&sidecar.grpc_port(), &[]).await;
 
     for body in [
@@ -772,12 +763,7 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
         ..Default::default()
     })
     .await;
-    let mut sidecar = Devstack::for_apps(
-        &[app.addr],
-        &["--lock-duration", "300ms", "--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar = Devstack::for_apps(&[app.addr], &["--lock-duration", "300ms"], &[]).await;
     sidecar.wait_consumers(1).await;
     let mut client = sidecar.dapr_client().await;
     client
@@ -804,6 +790,50 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
     assert_eq!(abandoned["delivery_count"], 1, "{abandoned}");
     assert!(!deliveries[0].metadata.contains_key("DeliveryCount"));
     assert_eq!(deliveries[0].metadata["id"], deliveries[1].metadata["id"]);
+
+    sidecar.stop().await;
+    app.stop().await;
+}
+
+/// As in production, an abandoned message is available again at once: what spaces out a poison
+/// message's deliveries is only the binding's retriable-error pacing (`maxRetriableErrorsPerSec`,
+/// 10 a second), so its 10 deliveries take about a second, not a growing backoff.
+#[tokio::test]
+async fn a_failing_message_is_redelivered_at_once_paced_only_as_the_binding_paces_errors() {
+    let app = FakeApp::start(Behaviour {
+        fail_every: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let sidecar = Devstack::for_apps(&[app.addr], &[], &[]).await;
+    sidecar.wait_consumers(1).await;
+    let mut client = sidecar.dapr_client().await;
+    let sent = Instant::now();
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    let status = sidecar
+        .wait_status("the message dead-lettered", |s| {
+            counts(s, QUEUE).dead_lettered == 1
+        })
+        .await;
+    let elapsed = sent.elapsed();
+    assert_eq!(
+        status["deadLetters"][QUEUE][0]["deliveryCount"], 10,
+        "{status}"
+    );
+    assert_eq!(app.deliveries().len(), 10);
+    // 9 permits 100 ms apart after the first failure: at least 0.8 s. The former backoff
+    // (100 ms doubling to 5 s) took over 15 s.
+    assert!(
+        elapsed >= std::time::Duration::from_millis(800),
+        "paced: {elapsed:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "no backoff: {elapsed:?}"
+    );
 
     sidecar.stop().await;
     app.stop().await;
@@ -861,12 +891,8 @@ async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
     // Each abandon is an info event; keep the sidecar's log to its start and warnings.
     let sidecar = Devstack::for_apps(
         &addrs,
-        &[
-            "--redelivery-backoff",
-            "5ms",
-            "--max-redelivery-backoff",
-            "50ms",
-        ],
+        // No retriable-error pacing: ~500 failures at 10/s per app would take seconds.
+        &["--max-retriable-errors-per-sec", "0"],
         &[("RUST_LOG", "info,devstack::delivery=warn")],
     )
     .await;
@@ -969,8 +995,7 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "BINDING_NAME",
         "MAX_DELIVERY_COUNT",
         "LOCK_DURATION",
-        "REDELIVERY_BACKOFF",
-        "MAX_REDELIVERY_BACKOFF",
+        "MAX_RETRIABLE_ERRORS_PER_SEC",
         "APP_HEALTH_INTERVAL",
         "STATUS_INTERVAL",
         "HTTP_HEADER_READ_TIMEOUT",
