@@ -1,7 +1,13 @@
 //! devstack configuration. The sidecar reuses daprd's variable names (DAPR_GRPC_PORT,
 //! DAPR_HTTP_PORT, DAPR_API_TOKEN, APP_API_TOKEN) so the same environment drives both.
 
-use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bindings::{
     api_token::{ApiToken, Secret},
@@ -10,8 +16,23 @@ use bindings::{
     telemetry::LogArgs,
 };
 use clap::{Args, Parser, Subcommand};
+use tracing::{info, warn};
 
-use crate::{delivery::AppTarget, queue::Settings};
+use crate::{
+    delivery::AppTarget,
+    queue::Settings,
+    resiliency::{self, RetryPolicy},
+};
+
+/// The Resiliency devstack reads unless told otherwise: the one deployed with the consumer, in the
+/// repository devstack was built from, so local and production retry alike.
+pub const DEFAULT_RESILIENCY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/resiliency.yaml");
+/// `--resiliency none`: no retry policy; a failed call abandons the message at once.
+pub const NO_RESILIENCY: &str = "none";
+/// The app id a Resiliency's `scopes` are matched against: the sidecar delivers as the
+/// consumer's daprd does (`dapr.io/app-id: consumer` in deploy/).
+const APP_ID: &str = "consumer";
 
 /// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
 /// the producer, on loopback.
@@ -118,6 +139,14 @@ pub struct SidecarArgs {
     /// spaces out its redeliveries.
     #[arg(long, env = "MAX_RETRIABLE_ERRORS_PER_SEC", default_value_t = 10)]
     pub max_retriable_errors_per_sec: u32,
+    /// A Dapr Resiliency file: each binding's inbound retry policy is applied to the app's
+    /// OnBindingEvent calls before the message is abandoned, as daprd applies it (scopes matched
+    /// against app id `consumer`). Defaults to deploy/base/resiliency.yaml of the repository
+    /// devstack was built from; if that file is gone (devstack run elsewhere) the sidecar warns
+    /// and retries nothing. `none`: no Resiliency. Inbound timeouts and circuit breakers are not
+    /// emulated: a file that sets them for a binding stops devstack at start.
+    #[arg(long, env = "RESILIENCY", default_value = DEFAULT_RESILIENCY)]
+    pub resiliency: PathBuf,
     /// How often each app's AppCallbackHealthCheck is called.
     #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub app_health_interval: Duration,
@@ -138,6 +167,23 @@ pub struct SidecarArgs {
 }
 
 impl SidecarArgs {
+    /// The inbound retry policy of each binding that has one, from `--resiliency`.
+    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+        let path = self.resiliency.as_path();
+        if path == Path::new(NO_RESILIENCY) {
+            return Ok(BTreeMap::new());
+        }
+        if path == Path::new(DEFAULT_RESILIENCY) && !path.exists() {
+            warn!(path = %path.display(), "no default Resiliency there; failed deliveries are abandoned without retries (see --resiliency)");
+            return Ok(BTreeMap::new());
+        }
+        let policies = resiliency::load(path, APP_ID, &self.bindings)?;
+        for (binding, policy) in &policies {
+            info!(binding, policy = policy.name, backoff = ?policy.backoff, max_retries = ?policy.max_retries, resiliency = %path.display(), "inbound retry policy");
+        }
+        Ok(policies)
+    }
+
     pub fn queue_settings(&self) -> Settings {
         Settings {
             max_delivery_count: self.max_delivery_count,

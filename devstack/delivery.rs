@@ -2,7 +2,9 @@
 //! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
 //! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
 
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::BTreeMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
+};
 
 use bindings::{
     api_token::API_TOKEN_METADATA,
@@ -26,6 +28,7 @@ use crate::{
     ids,
     queue::{Abandoned, Lock, Message, Queue},
     rate_limit::RateLimiter,
+    resiliency::RetryPolicy,
     service_bus,
 };
 
@@ -48,6 +51,8 @@ pub struct DeliverySettings {
     /// Failed deliveries per second, per app and binding, before the worker pauses (0: no
     /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
     pub max_retriable_errors_per_sec: u32,
+    /// Each binding's inbound retry policy, from a Dapr Resiliency.
+    pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
 }
 
 /// Serves one app until `shutdown`; in-flight deliveries finish (bounded by the lock duration).
@@ -103,6 +108,7 @@ pub async fn serve_app(
                 health: Arc::clone(&health),
                 settings: settings.clone(),
                 retriable_errors: retriable_errors.clone(),
+                retry: settings.retry_policies.get(queue.name()).cloned(),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
@@ -200,6 +206,7 @@ struct Worker {
     health: Arc<Health>,
     settings: DeliverySettings,
     retriable_errors: Option<Arc<RateLimiter>>,
+    retry: Option<RetryPolicy>,
 }
 
 impl Worker {
@@ -220,9 +227,11 @@ impl Worker {
                 _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
             };
             self.app.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.settings.lock_duration, self.deliver(&lock.message))
-                    .await;
+            let result = tokio::time::timeout(
+                self.settings.lock_duration,
+                self.deliver_retrying(&lock.message),
+            )
+            .await;
             self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
             if !self.settle(lock, result)
                 && let Some(limiter) = &self.retriable_errors
@@ -234,6 +243,26 @@ impl Worker {
                     _ = tokio::time::sleep_until(limiter.reserve()) => {}
                 }
             }
+        }
+    }
+
+    /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
+    /// resiliency runner does: every error counts (see `resiliency` on `matching`).
+    async fn deliver_retrying(&self, message: &Message) -> Result<(), tonic::Status> {
+        let Some(policy) = &self.retry else {
+            return self.deliver(message).await;
+        };
+        let mut retries = policy.retries();
+        loop {
+            let status = match self.deliver(message).await {
+                Ok(()) => return Ok(()),
+                Err(status) => status,
+            };
+            let Some(delay) = retries.next_delay() else {
+                return Err(status);
+            };
+            debug!(app = %self.app.address, id = message.id, policy = policy.name, code = ?status.code(), ?delay, "app call failed; retrying per the Resiliency");
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -11,6 +11,7 @@ mod http;
 mod ids;
 mod queue;
 mod rate_limit;
+mod resiliency;
 mod runtime;
 mod service_bus;
 mod sidecar;

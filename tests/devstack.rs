@@ -805,7 +805,7 @@ async fn a_failing_message_is_redelivered_at_once_paced_only_as_the_binding_pace
         ..Default::default()
     })
     .await;
-    let sidecar = Devstack::for_apps(&[app.addr], &[], &[]).await;
+    let sidecar = Devstack::for_apps(&[app.addr], &["--resiliency", "none"], &[]).await;
     sidecar.wait_consumers(1).await;
     let mut client = sidecar.dapr_client().await;
     let sent = Instant::now();
@@ -837,6 +837,98 @@ async fn a_failing_message_is_redelivered_at_once_paced_only_as_the_binding_pace
 
     sidecar.stop().await;
     app.stop().await;
+}
+
+/// The committed Resiliency (deploy/base/resiliency.yaml): its inbound retry policy's
+/// `maxRetries`, as the file says it.
+fn committed_max_retries() -> u64 {
+    let text = std::fs::read_to_string(COMMITTED_RESILIENCY).expect("the committed Resiliency");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let policy = doc["spec"]["targets"]["components"][QUEUE]["inbound"]["retry"]
+        .as_str()
+        .expect("an inbound retry for the binding");
+    doc["spec"]["policies"]["retries"][policy]["maxRetries"]
+        .as_u64()
+        .expect("a maxRetries")
+}
+
+const COMMITTED_RESILIENCY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/resiliency.yaml");
+
+/// The app's calls for one delivery of one message that always fails with `code`, under the
+/// committed Resiliency, and how long until it was dead-lettered.
+async fn calls_for_one_failing_delivery(code: Code) -> (usize, std::time::Duration) {
+    let app = FakeApp::start(Behaviour {
+        fail_every: Some(1),
+        fail_with: code,
+        ..Default::default()
+    })
+    .await;
+    let sidecar = Devstack::for_apps(
+        &[app.addr],
+        &[
+            "--resiliency",
+            COMMITTED_RESILIENCY,
+            "--max-delivery-count",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    sidecar.wait_consumers(1).await;
+    let mut client = sidecar.dapr_client().await;
+    let sent = Instant::now();
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    let status = sidecar
+        .wait_status("the message dead-lettered", |s| {
+            counts(s, QUEUE).dead_lettered == 1
+        })
+        .await;
+    let elapsed = sent.elapsed();
+    assert_eq!(
+        status["deadLetters"][QUEUE][0]["deliveryCount"], 1,
+        "{status}"
+    );
+    let calls = app.deliveries().len();
+    sidecar.stop().await;
+    app.stop().await;
+    (calls, elapsed)
+}
+
+/// With the committed Resiliency, an app answering UNAVAILABLE is called again per the policy
+/// (exponential, from 500 ms +-50%) within the one delivery, and only then is the message
+/// abandoned.
+#[tokio::test]
+async fn with_the_committed_resiliency_unavailable_is_retried_per_the_policy_before_the_abandon() {
+    let max_retries = committed_max_retries();
+    assert!(
+        (1..=5).contains(&max_retries),
+        "a few retries: {max_retries}"
+    );
+    let (calls, elapsed) = calls_for_one_failing_delivery(Code::Unavailable).await;
+    assert_eq!(
+        calls as u64,
+        1 + max_retries,
+        "the first call and every retry"
+    );
+    // The smallest exponential delays: 250 ms, 375 ms, 563 ms, ... (half of 500 ms * 1.5^n).
+    let least: f64 = (0..max_retries).map(|n| 0.25 * 1.5f64.powi(n as i32)).sum();
+    assert!(
+        elapsed.as_secs_f64() >= least,
+        "backed off: {elapsed:?} < {least}s"
+    );
+}
+
+/// As daprd does for a gRPC app, INVALID_ARGUMENT is retried too: daprd tests `matching` only
+/// against an HTTP app's status, and OnBindingEvent's gRPC error never reaches it (dapr/dapr
+/// pkg/runtime/processor/binding/send.go). Hence the committed policy's few retries.
+#[tokio::test]
+async fn with_the_committed_resiliency_invalid_argument_is_retried_too_as_daprd_does() {
+    let (calls, _) = calls_for_one_failing_delivery(Code::InvalidArgument).await;
+    assert_eq!(calls as u64, 1 + committed_max_retries());
 }
 
 /// Like daprd waiting for its app port, the sidecar asks an app that is not up yet for its
@@ -996,6 +1088,7 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "MAX_DELIVERY_COUNT",
         "LOCK_DURATION",
         "MAX_RETRIABLE_ERRORS_PER_SEC",
+        "RESILIENCY",
         "APP_HEALTH_INTERVAL",
         "STATUS_INTERVAL",
         "HTTP_HEADER_READ_TIMEOUT",
@@ -1067,6 +1160,41 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         assert_eq!(code, Some(2), "{args:?}: {output}");
         assert!(output.contains(expected), "{args:?}: {output}");
     }
+}
+
+/// A Resiliency file that is missing, or asks for what the sidecar does not emulate, stops it at
+/// start with a message naming the file or the field.
+#[tokio::test]
+async fn a_resiliency_the_sidecar_cannot_honour_stops_it_at_once() {
+    let path = std::env::temp_dir().join(format!(
+        "devstack-test-resiliency-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    timeouts:\n      quick: 1s\n  targets:\n    components:\n      message-queue:\n        inbound:\n          timeout: quick\n",
+    )
+    .unwrap();
+    let written = path.to_str().unwrap();
+    let missing = "/nonexistent/resiliency.yaml";
+    for (file, expected) in [
+        (
+            written,
+            "spec.targets.components.message-queue.inbound.timeout",
+        ),
+        (missing, missing),
+    ] {
+        let (code, output) = run_to_end(
+            devstack::BIN,
+            &["sidecar", "--resiliency", file],
+            &EPHEMERAL,
+        )
+        .await;
+        assert_eq!(code, Some(1), "{file}: {output}");
+        assert!(output.contains(expected), "{file}: {output}");
+        assert!(!output.contains("sidecar listening"), "{output}");
+    }
+    std::fs::remove_file(&path).unwrap();
 }
 
 // --- The one command ------------------------------------------------------------------------
