@@ -1,6 +1,9 @@
 //! The app side, the one that calls consumers, as daprd does: `ListInputBindings` once at start
 //! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
 //! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
+//! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
+//! abandoned (available again at once) and the worker takes a retriable-error permit before it
+//! receives again, as daprd's Service Bus binding does.
 
 use std::{
     collections::BTreeMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
