@@ -35,9 +35,9 @@ use crate::{
     work,
 };
 
-/// Binding-event metadata keys that may carry the broker's message id, in order of preference:
-/// a plain `id`, then Azure Service Bus's `MessageId`.
-const MESSAGE_ID_KEYS: [&str; 2] = ["id", "MessageId"];
+/// The binding-event metadata key of the broker's message id: daprd's Service Bus queue binding
+/// sends it as `id` (components-contrib `bindings/azure/servicebusqueues`), and no `MessageId`.
+const MESSAGE_ID_KEY: &str = "id";
 
 /// What the service needs from the configuration.
 #[derive(Debug, Clone)]
@@ -340,11 +340,10 @@ fn not_served(building_block: &str) -> Status {
 
 /// The broker's message id from a binding event's metadata, if any.
 fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
-    MESSAGE_ID_KEYS
-        .iter()
-        .filter_map(|key| metadata.get(*key))
+    metadata
+        .get(MESSAGE_ID_KEY)
         .map(String::as_str)
-        .find(|id| !id.is_empty())
+        .filter(|id| !id.is_empty())
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -423,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn message_id_prefers_id_then_service_bus_message_id() {
+    fn message_id_is_the_binding_id_only() {
         let map = |pairs: &[(&str, &str)]| {
             pairs
                 .iter()
@@ -434,11 +433,8 @@ mod tests {
             message_id(&map(&[("id", "a"), ("MessageId", "b")])),
             Some("a")
         );
-        assert_eq!(message_id(&map(&[("MessageId", "b")])), Some("b"));
-        assert_eq!(
-            message_id(&map(&[("id", ""), ("MessageId", "b")])),
-            Some("b")
-        );
+        assert_eq!(message_id(&map(&[("MessageId", "b")])), None);
+        assert_eq!(message_id(&map(&[("id", ""), ("MessageId", "b")])), None);
         assert_eq!(message_id(&map(&[("messageid", "c")])), None);
         assert_eq!(message_id(&map(&[])), None);
     }

@@ -177,20 +177,12 @@ impl Collector for Broker {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use bindings::backoff::Backoff;
-
     use super::*;
 
     #[test]
     fn metrics_are_openmetrics_with_escaped_labels() {
         let settings = Settings {
             max_delivery_count: 1,
-            redelivery: Backoff {
-                base: Duration::ZERO,
-                max: Duration::ZERO,
-            },
         };
         let broker = Broker::new(&["q".to_owned(), "a\"b\\c".to_owned()], settings);
         broker

@@ -1,18 +1,35 @@
 //! devstack configuration. The sidecar reuses daprd's variable names (DAPR_GRPC_PORT,
 //! DAPR_HTTP_PORT, DAPR_API_TOKEN, APP_API_TOKEN) so the same environment drives both.
 
-use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bindings::{
     api_token::{ApiToken, Secret},
-    backoff::Backoff,
     cli::positive_duration,
     http_server::HttpLimits,
     telemetry::LogArgs,
 };
 use clap::{Args, Parser, Subcommand};
+use tracing::{info, warn};
 
-use crate::{delivery::AppTarget, queue::Settings};
+use crate::{
+    delivery::AppTarget,
+    queue::Settings,
+    resiliency::{self, RetryPolicy},
+};
+
+/// The Resiliency devstack reads unless told otherwise: the one deployed with the consumer, in the
+/// repository devstack was built from, so local and production retry alike.
+pub const DEFAULT_RESILIENCY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/resiliency.yaml");
+/// `--resiliency none`: no retry policy; a failed call abandons the message at once.
+pub const NO_RESILIENCY: &str = "none";
 
 /// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
 /// the producer, on loopback.
@@ -97,8 +114,10 @@ impl SidecarOnlyArgs {
 /// The sidecar's own settings.
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
-    /// The app id the metadata API reports, like daprd's `--app-id`.
-    #[arg(long, env = "APP_ID", default_value = "devstack")]
+    /// The app id, like daprd's `--app-id`: the metadata API reports it, and a Resiliency's
+    /// `scopes` are matched against it. `consumer`, as deploy/ names the app the sidecar delivers
+    /// to (its daprd is the one this sidecar plays for binding events).
+    #[arg(long, env = "APP_ID", default_value = "consumer")]
     pub app_id: String,
     /// gRPC port of the runtime API (what producers call), on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "DAPR_GRPC_PORT", default_value_t = 50001)]
@@ -116,12 +135,20 @@ pub struct SidecarArgs {
     /// How long a consumer may hold a message before its lock expires (Service Bus default: 60s).
     #[arg(long, env = "LOCK_DURATION", default_value = "60s", value_parser = positive_duration)]
     pub lock_duration: Duration,
-    /// Wait before the first redelivery of an abandoned message; doubles per delivery.
-    #[arg(long, env = "REDELIVERY_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub redelivery_backoff: Duration,
-    /// Longest wait before a redelivery.
-    #[arg(long, env = "MAX_REDELIVERY_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub max_redelivery_backoff: Duration,
+    /// Failed deliveries handled per second, per app and binding, before the sidecar pauses
+    /// receiving: the Service Bus binding's `maxRetriableErrorsPerSec` (its default: 10; 0: no
+    /// limit). An abandoned message is available again at once, as in Service Bus; this is what
+    /// spaces out its redeliveries.
+    #[arg(long, env = "MAX_RETRIABLE_ERRORS_PER_SEC", default_value_t = 10)]
+    pub max_retriable_errors_per_sec: u32,
+    /// A Dapr Resiliency file: each binding's inbound retry policy is applied to the app's
+    /// OnBindingEvent calls before the message is abandoned, as daprd applies it (scopes matched
+    /// against app id `consumer`). Defaults to deploy/base/resiliency.yaml of the repository
+    /// devstack was built from; if that file is gone (devstack run elsewhere) the sidecar warns
+    /// and retries nothing. `none`: no Resiliency. Inbound timeouts and circuit breakers are not
+    /// emulated: a file that sets them for a binding stops devstack at start.
+    #[arg(long, env = "RESILIENCY", default_value = DEFAULT_RESILIENCY)]
+    pub resiliency: PathBuf,
     /// How often each app's AppCallbackHealthCheck is called.
     #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub app_health_interval: Duration,
@@ -142,13 +169,26 @@ pub struct SidecarArgs {
 }
 
 impl SidecarArgs {
+    /// The inbound retry policy of each binding that has one, from `--resiliency`.
+    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+        let path = self.resiliency.as_path();
+        if path == Path::new(NO_RESILIENCY) {
+            return Ok(BTreeMap::new());
+        }
+        if path == Path::new(DEFAULT_RESILIENCY) && !path.exists() {
+            warn!(path = %path.display(), "no default Resiliency there; failed deliveries are abandoned without retries (see --resiliency)");
+            return Ok(BTreeMap::new());
+        }
+        let policies = resiliency::load(path, &self.app_id, &self.bindings)?;
+        for (binding, policy) in &policies {
+            info!(binding, policy = policy.name, backoff = ?policy.backoff, max_retries = ?policy.max_retries, resiliency = %path.display(), "inbound retry policy");
+        }
+        Ok(policies)
+    }
+
     pub fn queue_settings(&self) -> Settings {
         Settings {
             max_delivery_count: self.max_delivery_count,
-            redelivery: Backoff {
-                base: self.redelivery_backoff,
-                max: self.max_redelivery_backoff.max(self.redelivery_backoff),
-            },
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The app side, the one that calls consumers, as daprd does: `ListInputBindings` once at start
 //! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
 //! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
+//! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
+//! abandoned (available again at once) and the worker takes a retriable-error permit before it
+//! receives again, as daprd's Service Bus binding does.
 
 use std::{
-    collections::HashMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
+    collections::BTreeMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
 };
 
 use bindings::{
@@ -14,7 +17,6 @@ use bindings::{
     },
     trace_context::TRACEPARENT,
 };
-use chrono::{DateTime, Utc};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -28,6 +30,9 @@ use crate::{
     broker::{AppStatus, Broker},
     ids,
     queue::{Abandoned, Lock, Message, Queue},
+    rate_limit::RateLimiter,
+    resiliency::RetryPolicy,
+    service_bus,
 };
 
 /// One consumer app to deliver to.
@@ -46,6 +51,11 @@ pub struct DeliverySettings {
     pub health_interval: Duration,
     /// How long a delivery may take before its lock expires and the message is abandoned.
     pub lock_duration: Duration,
+    /// Failed deliveries per second, per app and binding, before the worker pauses (0: no
+    /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
+    pub max_retriable_errors_per_sec: u32,
+    /// Each binding's inbound retry policy, from a Dapr Resiliency.
+    pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
 }
 
 /// Serves one app until `shutdown`; in-flight deliveries finish (bounded by the lock duration).
@@ -89,6 +99,9 @@ pub async fn serve_app(
         shutdown.clone(),
     ));
     for queue in queues {
+        // One limiter per binding of an app, as daprd has one subscription per binding.
+        let retriable_errors =
+            RateLimiter::new(settings.max_retriable_errors_per_sec).map(Arc::new);
         for _ in 0..target.max_concurrency {
             let worker = Worker {
                 queue: Arc::clone(&queue),
@@ -97,6 +110,8 @@ pub async fn serve_app(
                 healthy: health.tx.subscribe(),
                 health: Arc::clone(&health),
                 settings: settings.clone(),
+                retriable_errors: retriable_errors.clone(),
+                retry: settings.retry_policies.get(queue.name()).cloned(),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
@@ -193,6 +208,8 @@ struct Worker {
     healthy: watch::Receiver<bool>,
     health: Arc<Health>,
     settings: DeliverySettings,
+    retriable_errors: Option<Arc<RateLimiter>>,
+    retry: Option<RetryPolicy>,
 }
 
 impl Worker {
@@ -213,11 +230,42 @@ impl Worker {
                 _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
             };
             self.app.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result =
-                tokio::time::timeout(self.settings.lock_duration, self.deliver(&lock.message))
-                    .await;
+            let result = tokio::time::timeout(
+                self.settings.lock_duration,
+                self.deliver_retrying(&lock.message),
+            )
+            .await;
             self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.settle(lock, result);
+            if !self.settle(lock, result)
+                && let Some(limiter) = &self.retriable_errors
+            {
+                // The abandoned message is available again at once; like the binding, this
+                // worker takes a retriable-error permit before it receives again.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(limiter.reserve()) => {}
+                }
+            }
+        }
+    }
+
+    /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
+    /// resiliency runner does: every error counts (see `resiliency` on `matching`).
+    async fn deliver_retrying(&self, message: &Message) -> Result<(), tonic::Status> {
+        let Some(policy) = &self.retry else {
+            return self.deliver(message).await;
+        };
+        let mut retries = policy.retries();
+        loop {
+            let status = match self.deliver(message).await {
+                Ok(()) => return Ok(()),
+                Err(status) => status,
+            };
+            let Some(delay) = retries.next_delay() else {
+                return Err(status);
+            };
+            debug!(app = %self.app.address, id = message.id, policy = policy.name, code = ?status.code(), ?delay, "app call failed; retrying per the Resiliency");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -225,7 +273,7 @@ impl Worker {
         let mut request = Request::new(BindingEventRequest {
             name: self.queue.name().to_owned(),
             data: message.data.clone(),
-            metadata: event_metadata(message),
+            metadata: service_bus::event_metadata(&message.id, &message.envelope),
         });
         if let Ok(value) = ids::traceparent(&message.trace_id).parse() {
             request.metadata_mut().insert(TRACEPARENT, value);
@@ -242,18 +290,19 @@ impl Worker {
             .map(drop)
     }
 
+    /// Completes or abandons the message; true when it completed.
     fn settle(
         &self,
         lock: Lock,
         result: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>,
-    ) {
+    ) -> bool {
         let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
         let trace_id = lock.message.trace_id.clone();
         let reason = match result {
             Ok(Ok(())) => {
                 debug!(app = %self.app.address, id, trace_id, "message completed");
                 lock.complete();
-                return;
+                return true;
             }
             Ok(Err(status)) => {
                 if !answered(&status) {
@@ -268,29 +317,13 @@ impl Worker {
             ),
         };
         match lock.abandon(&reason) {
-            Abandoned::Redelivered { after } => {
-                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, ?after, "message abandoned; will be redelivered")
+            Abandoned::Redelivered => {
+                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
             }
             Abandoned::DeadLettered => {
                 warn!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
             }
         }
+        false
     }
-}
-
-/// Binding metadata as the Service Bus binding delivers it, plus `id`, and the sender's properties.
-fn event_metadata(message: &Message) -> HashMap<String, String> {
-    let mut metadata = message.properties.clone();
-    let enqueued: DateTime<Utc> = message.enqueued_at.into();
-    metadata.extend([
-        ("id".to_owned(), message.id.clone()),
-        ("MessageId".to_owned(), message.id.clone()),
-        (
-            "DeliveryCount".to_owned(),
-            message.delivery_count.to_string(),
-        ),
-        ("SequenceNumber".to_owned(), message.sequence.to_string()),
-        ("EnqueuedTimeUtc".to_owned(), enqueued.to_rfc3339()),
-    ]);
-    metadata
 }

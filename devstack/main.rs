@@ -11,7 +11,10 @@ mod http;
 mod ids;
 mod metadata;
 mod queue;
+mod rate_limit;
+mod resiliency;
 mod runtime;
+mod service_bus;
 mod sidecar;
 mod supervisor;
 

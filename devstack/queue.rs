@@ -1,23 +1,24 @@
 //! In-memory queues with Azure Service Bus peek-lock semantics: a receive locks a message; the
-//! holder completes it (gone) or abandons it (redelivered after a per-message backoff, with its
-//! delivery count up by one), and past the max delivery count it moves to the dead-letter list.
+//! holder completes it (gone) or abandons it (available again at once, at the head of the queue,
+//! with its delivery count up by one, as Service Bus does), and past the max delivery count it
+//! moves to the dead-letter list.
 //! A lock dropped without either (a consumer that vanished, a cancelled task) abandons it.
 //!
 //! Invariant: produced = active + locked + completed + dead-lettered. It holds by construction,
-//! not by a check: each message sent is in exactly one place (waiting in `ready`, or in `delayed`
-//! while it backs off; `locked`; or only counted, once completed or dead-lettered), every move
+//! not by a check: each message sent is in exactly one place (waiting in `ready`; `locked`; or
+//! only counted, once completed or dead-lettered), every move
 //! between them happens under the queue's one lock, and [`Queue::counts`] reads them all under
 //! it, so every snapshot adds up. The tests check it on every read.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime},
 };
 
-use bindings::backoff::Backoff;
 use serde::Serialize;
-use tokio::{sync::Notify, time::Instant};
+use tokio::sync::Notify;
+
+use crate::service_bus::Envelope;
 
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
@@ -27,8 +28,6 @@ const DEAD_LETTERS_KEPT: usize = 100;
 pub struct Settings {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).
     pub max_delivery_count: u32,
-    /// Wait before redelivering an abandoned message, by its delivery count.
-    pub redelivery: Backoff,
 }
 
 /// One message as stored.
@@ -37,12 +36,11 @@ pub struct Message {
     pub sequence: u64,
     pub id: String,
     pub data: Vec<u8>,
-    /// Application properties given on send; delivered as binding metadata.
-    pub properties: HashMap<String, String>,
+    /// Correlation id, subject and application properties given on send.
+    pub envelope: Envelope,
     /// The trace the message was produced in, or one of its own if it came untraced (32 hex
     /// digits): every delivery of it carries the same.
     pub trace_id: String,
-    pub enqueued_at: SystemTime,
     /// Deliveries so far, the current one included (1 on the first delivery).
     pub delivery_count: u32,
 }
@@ -63,7 +61,7 @@ pub struct DeadLetter {
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub produced: u64,
-    /// Waiting for delivery, including those backing off before redelivery.
+    /// Waiting for delivery, abandoned ones included.
     pub active: u64,
     pub locked: u64,
     pub completed: u64,
@@ -74,8 +72,6 @@ pub struct Counts {
 struct State {
     next_sequence: u64,
     ready: VecDeque<Message>,
-    /// Abandoned messages waiting out their backoff, by due time.
-    delayed: BTreeMap<(Instant, u64), Message>,
     locked: HashMap<u64, Message>,
     completed: u64,
     dead_lettered: u64,
@@ -84,7 +80,7 @@ struct State {
 
 impl State {
     fn counts(&self) -> Counts {
-        let active = (self.ready.len() + self.delayed.len()) as u64;
+        let active = self.ready.len() as u64;
         let locked = self.locked.len() as u64;
         Counts {
             produced: self.next_sequence,
@@ -92,15 +88,6 @@ impl State {
             locked,
             completed: self.completed,
             dead_lettered: self.dead_lettered,
-        }
-    }
-
-    fn promote_due(&mut self, now: Instant) {
-        while let Some(entry) = self.delayed.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            self.ready.push_back(entry.remove());
         }
     }
 }
@@ -117,7 +104,7 @@ pub struct Queue {
 /// What happened to an abandoned message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Abandoned {
-    Redelivered { after: Duration },
+    Redelivered,
     DeadLettered,
 }
 
@@ -141,24 +128,22 @@ impl Queue {
     }
 
     /// Enqueues a message; returns its id.
-    pub fn send(
-        &self,
-        data: Vec<u8>,
-        properties: HashMap<String, String>,
-        trace_id: Option<String>,
-    ) -> String {
+    pub fn send(&self, data: Vec<u8>, envelope: Envelope, trace_id: Option<String>) -> String {
         let mut state = self.state();
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let id = crate::ids::message_id();
+        // Service Bus keeps the sender's id; the sidecar gives one to a message sent without.
+        let id = envelope
+            .message_id
+            .clone()
+            .unwrap_or_else(crate::ids::message_id);
         state.ready.push_back(Message {
             sequence,
             id: id.clone(),
             data,
-            properties,
+            envelope,
             // A message sent untraced gets a trace of its own here, so its deliveries share one.
             trace_id: trace_id.unwrap_or_else(crate::ids::trace_id),
-            enqueued_at: SystemTime::now(),
             delivery_count: 0,
         });
         drop(state);
@@ -172,9 +157,8 @@ impl Queue {
             let notified = self.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let next_due = {
+            {
                 let mut state = self.state();
-                state.promote_due(Instant::now());
                 if let Some(mut message) = state.ready.pop_front() {
                     message.delivery_count += 1;
                     state.locked.insert(message.sequence, message.clone());
@@ -190,17 +174,8 @@ impl Queue {
                         settled: false,
                     };
                 }
-                state.delayed.first_key_value().map(|((due, _), _)| *due)
-            };
-            match next_due {
-                Some(due) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(due) => {}
-                    }
-                }
-                None => notified.await,
             }
+            notified.await;
         }
     }
 
@@ -229,14 +204,11 @@ impl Queue {
             });
             return Abandoned::DeadLettered;
         }
-        let after = self.settings.redelivery.delay(message.delivery_count);
-        state
-            .delayed
-            .insert((Instant::now() + after, sequence), message);
+        // Service Bus keeps an abandoned message's place (its sequence number): it is next.
+        state.ready.push_front(message);
         drop(state);
-        // A receiver waiting with no due time must learn of the new one.
         self.available.notify_one();
-        Abandoned::Redelivered { after }
+        Abandoned::Redelivered
     }
 
     pub fn counts(&self) -> Counts {
@@ -284,10 +256,6 @@ mod tests {
 
     const SETTINGS: Settings = Settings {
         max_delivery_count: 3,
-        redelivery: Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(250),
-        },
     };
 
     fn holds(counts: Counts) {
@@ -301,7 +269,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn complete_removes_the_message_once() {
         let q = Queue::new("q", SETTINGS);
-        let id = q.send(b"a".to_vec(), HashMap::new(), None);
+        let id = q.send(b"a".to_vec(), Envelope::default(), None);
         let lock = q.receive().await;
         assert_eq!(
             (lock.message.id.as_str(), lock.message.delivery_count),
@@ -327,31 +295,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn abandon_redelivers_with_backoff_then_dead_letters() {
+    async fn abandon_redelivers_at_once_ahead_of_the_rest_then_dead_letters() {
         let q = Queue::new("q", SETTINGS);
-        q.send(b"poison".to_vec(), HashMap::new(), None);
+        q.send(b"poison".to_vec(), Envelope::default(), None);
+        q.send(b"next".to_vec(), Envelope::default(), None);
 
         let first = q.receive().await;
-        assert_eq!(
-            first.abandon("bad"),
-            Abandoned::Redelivered {
-                after: Duration::from_millis(100)
-            }
-        );
+        assert_eq!(first.abandon("bad"), Abandoned::Redelivered);
         holds(q.counts());
-        let before = Instant::now();
+        let before = tokio::time::Instant::now();
         let second = q.receive().await;
-        assert!(
-            Instant::now() - before >= Duration::from_millis(100),
-            "backs off"
-        );
-        assert_eq!(second.message.delivery_count, 2);
+        assert_eq!(tokio::time::Instant::now(), before, "no backoff");
         assert_eq!(
-            second.abandon("bad"),
-            Abandoned::Redelivered {
-                after: Duration::from_millis(200)
-            }
+            (
+                second.message.data.as_slice(),
+                second.message.delivery_count
+            ),
+            (&b"poison"[..], 2),
+            "it keeps its place"
         );
+        assert_eq!(second.abandon("bad"), Abandoned::Redelivered);
         let third = q.receive().await;
         assert_eq!(third.message.delivery_count, 3);
         assert_eq!(third.abandon("still bad"), Abandoned::DeadLettered);
@@ -360,7 +323,8 @@ mod tests {
         assert_eq!(
             counts,
             Counts {
-                produced: 1,
+                produced: 2,
+                active: 1,
                 dead_lettered: 1,
                 ..Default::default()
             }
@@ -379,7 +343,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_lock_abandons_it() {
         let q = Queue::new("q", SETTINGS);
-        q.send(b"a".to_vec(), HashMap::new(), None);
+        q.send(b"a".to_vec(), Envelope::default(), None);
         drop(q.receive().await);
         assert_eq!(
             q.counts(),
@@ -398,11 +362,17 @@ mod tests {
         let q = Queue::new("q", SETTINGS);
         let waiting = tokio::spawn({
             let q = Arc::clone(&q);
-            async move { q.receive().await.message.data.clone() }
+            async move {
+                let lock = q.receive().await;
+                let data = lock.message.data.clone();
+                // Settled: a dropped lock would put "1" back at the head.
+                lock.complete();
+                data
+            }
         });
         tokio::task::yield_now().await;
-        q.send(b"1".to_vec(), HashMap::new(), None);
-        q.send(b"2".to_vec(), HashMap::new(), None);
+        q.send(b"1".to_vec(), Envelope::default(), None);
+        q.send(b"2".to_vec(), Envelope::default(), None);
         assert_eq!(waiting.await.unwrap(), b"1");
         assert_eq!(q.receive().await.message.data, b"2");
     }
@@ -413,15 +383,11 @@ mod tests {
             "q",
             Settings {
                 max_delivery_count: 5,
-                redelivery: Backoff {
-                    base: Duration::ZERO,
-                    max: Duration::ZERO,
-                },
             },
         );
         const N: u64 = 2_000;
         for i in 0..N {
-            q.send(i.to_string().into_bytes(), HashMap::new(), None);
+            q.send(i.to_string().into_bytes(), Envelope::default(), None);
         }
         let workers: Vec<_> = (0..8)
             .map(|w| {
@@ -429,8 +395,11 @@ mod tests {
                 tokio::spawn(async move {
                     let mut done = Vec::new();
                     for turn in 0u64.. {
-                        let Ok(lock) =
-                            tokio::time::timeout(Duration::from_millis(200), q.receive()).await
+                        let Ok(lock) = tokio::time::timeout(
+                            std::time::Duration::from_millis(200),
+                            q.receive(),
+                        )
+                        .await
                         else {
                             break; // drained
                         };

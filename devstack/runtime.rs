@@ -9,12 +9,12 @@ use bindings::{
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
     message::OPERATION_CREATE,
-    trace_context::TraceParent,
+    trace_context::{TRACEPARENT, TraceParent},
 };
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::broker::Broker;
+use crate::{broker::Broker, ids, service_bus::Envelope};
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,12 +48,13 @@ impl Runtime {
     }
 
     /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
+    /// `metadata` maps onto the message as the Service Bus binding maps it.
     pub fn invoke(
         &self,
         binding: &str,
         operation: &str,
         data: Vec<u8>,
-        properties: HashMap<String, String>,
+        mut metadata: HashMap<String, String>,
         trace: Option<TraceParent>,
     ) -> Result<String, InvokeError> {
         let queue = self
@@ -66,8 +67,13 @@ impl Runtime {
                 operation: operation.to_owned(),
             });
         }
-        let trace_id = trace.map(|tp| tp.trace_id().to_owned());
-        let id = queue.send(data, properties, trace_id);
+        // A message sent untraced gets a trace of its own here, so its deliveries share one.
+        let trace_id = trace.map_or_else(ids::trace_id, |tp| tp.trace_id().to_owned());
+        // daprd adds its span's `traceparent` to an output binding's metadata, where the Service
+        // Bus binding makes it an application property: consumers find it in the event metadata.
+        metadata.insert(TRACEPARENT.to_owned(), ids::traceparent(&trace_id));
+        let envelope = Envelope::from_invoke_metadata(metadata);
+        let id = queue.send(data, envelope, Some(trace_id));
         debug!(binding, id, "message enqueued");
         Ok(id)
     }

@@ -88,6 +88,7 @@ impl Sidecar {
         let Listeners { grpc, http } = listeners;
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
 
+        let retry_policies = args.retry_policies()?;
         let broker = Broker::new(&args.bindings, args.queue_settings());
         let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
         let metadata = Arc::new(Metadata::new(
@@ -145,6 +146,8 @@ impl Sidecar {
                 app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
                 lock_duration: args.lock_duration,
+                max_retriable_errors_per_sec: args.max_retriable_errors_per_sec,
+                retry_policies: Arc::new(retry_policies),
             },
             shutdown,
             tasks,

@@ -153,21 +153,22 @@ async fn good_event_is_processed_and_logs_the_original_line() {
     assert_eq!(logged["trace_id"], TRACE_ID, "{logged}");
     assert!(logged["duration_ms"].as_u64().unwrap() >= 100, "{logged}");
 
-    // Service Bus's MessageId is the fallback id; no traceparent, no trace_id field.
-    let service_bus = event(
+    // Only `id` is the message id (daprd sends no `MessageId`); no traceparent, no trace_id field.
+    let no_id = event(
         "message-queue",
-        br#"{"text":"from Service Bus"}"#,
+        br#"{"text":"without an id"}"#,
         &[("MessageId", "sb-7")],
     );
-    consumer.send(service_bus).await.unwrap();
-    let logged = consumer.line_for("sb-7").await;
-    assert!(
-        logged["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("from Service Bus -- Received at: "),
-        "{logged}"
-    );
+    consumer.send(no_id).await.unwrap();
+    let logged = consumer
+        .service
+        .wait_for("the line of the event without an id", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("without an id -- Received at: "))
+        })
+        .await;
+    assert!(logged.get("id").is_none(), "{logged}");
     assert!(logged.get("trace_id").is_none(), "{logged}");
 
     let stopped = consumer.stop().await;

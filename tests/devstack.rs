@@ -378,11 +378,18 @@ async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_tok
         assert_eq!(d.data, HELLO, "exactly the original's bytes");
         let id = d.metadata.get("id").expect("metadata id");
         assert!(!id.is_empty());
-        assert_eq!(d.metadata.get("MessageId"), Some(id));
+        // Exactly what daprd's Service Bus queue binding sends for a message sent with no
+        // metadata: `id`, and the `traceparent` daprd added to the output binding's metadata
+        // (an application property). No DeliveryCount, MessageId, SequenceNumber, ...
+        let keys: HashSet<&str> = d.metadata.keys().map(String::as_str).collect();
         assert_eq!(
-            d.metadata.get("DeliveryCount").map(String::as_str),
-            Some("1")
+            keys,
+            HashSet::from(["id", "traceparent"]),
+            "{:?}",
+            d.metadata
         );
+        let property = TraceParent::parse(&d.metadata["traceparent"]).expect("W3C traceparent");
+        assert_eq!(property.trace_id(), trace_id(d), "the message's own trace");
         assert_eq!(
             d.headers.get("dapr-api-token").map(String::as_str),
             Some("app-s3cret")
@@ -404,6 +411,75 @@ async fn app_callback_server_gets_the_bindings_call_event_metadata_trace_and_tok
     );
 
     drop(client);
+    sidecar.stop().await;
+    app.stop().await;
+}
+
+/// InvokeBinding metadata reaches the consumer as the Service Bus binding carries it, over gRPC
+/// and HTTP: `id`/`correlationID`/`Label` set the message's own fields, Service Bus system keys
+/// are not delivered, empty values are dropped, and every other key arrives as an application
+/// property, key and value query-escaped.
+#[tokio::test]
+async fn invoke_binding_metadata_reaches_the_app_as_the_service_bus_binding_maps_it() {
+    let app = FakeApp::start(Behaviour::default()).await;
+    let sidecar = Devstack::for_apps(&[app.addr], &[], &[]).await;
+    sidecar.wait_consumers(1).await;
+
+    let mut request = invoke(QUEUE, "create", None);
+    request.get_mut().metadata = [
+        ("id", "order-1"),
+        ("correlationID", "corr-1"),
+        ("Label", "greeting"),
+        ("SessionId", "session"),
+        ("ttlInSeconds", "60"),
+        ("empty", ""),
+        ("tenant id", "a&b é"),
+        ("DeliveryCount", "99"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut client = sidecar.dapr_client().await;
+    client.invoke_binding(request).await.unwrap();
+    let body = r#"{"data":{"text":"Hello World"},"operation":"create",
+        "metadata":{"MessageId":"order-2","CorrelationId":"corr-2","label":"a property","k":"v/w"}}"#;
+    assert_eq!(
+        sidecar.post_binding(QUEUE, body, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let deliveries = app.wait_for_deliveries(2).await;
+    let mut grpc = deliveries[0].metadata.clone();
+    let mut http = deliveries[1].metadata.clone();
+    assert!(grpc.remove("traceparent").is_some() && http.remove("traceparent").is_some());
+    let expected = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        grpc,
+        expected(&[
+            ("id", "order-1"),
+            ("correlationID", "corr-1"),
+            ("label", "greeting"),
+            ("tenant+id", "a%26b+%C3%A9"),
+            // Not a Service Bus key on the way out: an application property like any other.
+            ("DeliveryCount", "99"),
+        ])
+    );
+    assert_eq!(
+        http,
+        expected(&[
+            ("id", "order-2"),
+            ("correlationID", "corr-2"),
+            // `label` (lower case) is no system key on the way out; the property arrives as is.
+            ("label", "a+property"),
+            ("k", "v%2Fw"),
+        ])
+    );
+
     sidecar.stop().await;
     app.stop().await;
 }
@@ -571,12 +647,7 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
     ])
     .await;
     let other = Consumer::start(&[]).await;
-    let mut sidecar = Devstack::for_apps(
-        &[victim.addr, other.addr],
-        &["--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar = Devstack::for_apps(&[victim.addr, other.addr], &[], &[]).await;
     sidecar.wait_consumers(2).await;
 
     // Send one message at a time until the victim holds one (the other completes the rest).
@@ -638,12 +709,8 @@ async fn killed_consumer_message_is_redelivered_to_another_and_completed_once() 
 #[tokio::test]
 async fn poison_payloads_are_dead_lettered_after_max_deliveries_and_the_others_complete() {
     let mut consumer = Consumer::start(&[]).await;
-    let mut sidecar = Devstack::for_apps(
-        &[consumer.addr],
-        &["--max-delivery-count", "3", "--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar =
+        Devstack::for_apps(&[consumer.addr], &["--max-delivery-count", "3"], &[]).await;
     let producer = Producer::start(&sidecar.grpc_port(), &[]).await;
 
     for body in [
@@ -799,12 +866,7 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
         ..Default::default()
     })
     .await;
-    let mut sidecar = Devstack::for_apps(
-        &[app.addr],
-        &["--lock-duration", "300ms", "--redelivery-backoff", "10ms"],
-        &[],
-    )
-    .await;
+    let mut sidecar = Devstack::for_apps(&[app.addr], &["--lock-duration", "300ms"], &[]).await;
     sidecar.wait_consumers(1).await;
     let mut client = sidecar.dapr_client().await;
     client
@@ -827,17 +889,149 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
     open.send_replace(true);
     let c = sidecar.wait_completed(QUEUE, 1).await;
     assert_eq!((c.completed, c.dead_lettered), (1, 0), "{c:?}");
-    // (A slow machine may let the second lock run out too: a third delivery is fine.)
-    let counts: Vec<&str> = deliveries
-        .iter()
-        .take(2)
-        .map(|d| d.metadata["DeliveryCount"].as_str())
-        .collect();
-    assert_eq!(counts, ["1", "2"]);
+    // The delivery count is in the sidecar's log, not the event (daprd's binding sends none).
+    assert_eq!(abandoned["delivery_count"], 1, "{abandoned}");
+    assert!(!deliveries[0].metadata.contains_key("DeliveryCount"));
     assert_eq!(deliveries[0].metadata["id"], deliveries[1].metadata["id"]);
 
     sidecar.stop().await;
     app.stop().await;
+}
+
+/// As in production, an abandoned message is available again at once: what spaces out a poison
+/// message's deliveries is only the binding's retriable-error pacing (`maxRetriableErrorsPerSec`,
+/// 10 a second), so its 10 deliveries take about a second, not a growing backoff.
+#[tokio::test]
+async fn a_failing_message_is_redelivered_at_once_paced_only_as_the_binding_paces_errors() {
+    let app = FakeApp::start(Behaviour {
+        fail_every: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let sidecar = Devstack::for_apps(&[app.addr], &["--resiliency", "none"], &[]).await;
+    sidecar.wait_consumers(1).await;
+    let mut client = sidecar.dapr_client().await;
+    let sent = Instant::now();
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    let status = sidecar
+        .wait_status("the message dead-lettered", |s| {
+            counts(s, QUEUE).dead_lettered == 1
+        })
+        .await;
+    let elapsed = sent.elapsed();
+    assert_eq!(
+        status["deadLetters"][QUEUE][0]["deliveryCount"], 10,
+        "{status}"
+    );
+    assert_eq!(app.deliveries().len(), 10);
+    // 9 permits 100 ms apart after the first failure: at least 0.8 s. The former backoff
+    // (100 ms doubling to 5 s) took over 15 s.
+    assert!(
+        elapsed >= std::time::Duration::from_millis(800),
+        "paced: {elapsed:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "no backoff: {elapsed:?}"
+    );
+
+    sidecar.stop().await;
+    app.stop().await;
+}
+
+/// The committed Resiliency (deploy/base/resiliency.yaml): its inbound retry policy's
+/// `maxRetries`, as the file says it.
+fn committed_max_retries() -> u64 {
+    let text = std::fs::read_to_string(COMMITTED_RESILIENCY).expect("the committed Resiliency");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    let policy = doc["spec"]["targets"]["components"][QUEUE]["inbound"]["retry"]
+        .as_str()
+        .expect("an inbound retry for the binding");
+    doc["spec"]["policies"]["retries"][policy]["maxRetries"]
+        .as_u64()
+        .expect("a maxRetries")
+}
+
+const COMMITTED_RESILIENCY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/resiliency.yaml");
+
+/// The app's calls for one delivery of one message that always fails with `code`, under the
+/// committed Resiliency, and how long until it was dead-lettered.
+async fn calls_for_one_failing_delivery(code: Code) -> (usize, std::time::Duration) {
+    let app = FakeApp::start(Behaviour {
+        fail_every: Some(1),
+        fail_with: code,
+        ..Default::default()
+    })
+    .await;
+    let sidecar = Devstack::for_apps(
+        &[app.addr],
+        &[
+            "--resiliency",
+            COMMITTED_RESILIENCY,
+            "--max-delivery-count",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    sidecar.wait_consumers(1).await;
+    let mut client = sidecar.dapr_client().await;
+    let sent = Instant::now();
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    let status = sidecar
+        .wait_status("the message dead-lettered", |s| {
+            counts(s, QUEUE).dead_lettered == 1
+        })
+        .await;
+    let elapsed = sent.elapsed();
+    assert_eq!(
+        status["deadLetters"][QUEUE][0]["deliveryCount"], 1,
+        "{status}"
+    );
+    let calls = app.deliveries().len();
+    sidecar.stop().await;
+    app.stop().await;
+    (calls, elapsed)
+}
+
+/// With the committed Resiliency, an app answering UNAVAILABLE is called again per the policy
+/// (exponential, from 500 ms +-50%) within the one delivery, and only then is the message
+/// abandoned.
+#[tokio::test]
+async fn with_the_committed_resiliency_unavailable_is_retried_per_the_policy_before_the_abandon() {
+    let max_retries = committed_max_retries();
+    assert!(
+        (1..=5).contains(&max_retries),
+        "a few retries: {max_retries}"
+    );
+    let (calls, elapsed) = calls_for_one_failing_delivery(Code::Unavailable).await;
+    assert_eq!(
+        calls as u64,
+        1 + max_retries,
+        "the first call and every retry"
+    );
+    // The smallest exponential delays: 250 ms, 375 ms, 563 ms, ... (half of 500 ms * 1.5^n).
+    let least: f64 = (0..max_retries).map(|n| 0.25 * 1.5f64.powi(n as i32)).sum();
+    assert!(
+        elapsed.as_secs_f64() >= least,
+        "backed off: {elapsed:?} < {least}s"
+    );
+}
+
+/// As daprd does for a gRPC app, INVALID_ARGUMENT is retried too: daprd tests `matching` only
+/// against an HTTP app's status, and OnBindingEvent's gRPC error never reaches it (dapr/dapr
+/// pkg/runtime/processor/binding/send.go). Hence the committed policy's few retries.
+#[tokio::test]
+async fn with_the_committed_resiliency_invalid_argument_is_retried_too_as_daprd_does() {
+    let (calls, _) = calls_for_one_failing_delivery(Code::InvalidArgument).await;
+    assert_eq!(calls as u64, 1 + committed_max_retries());
 }
 
 /// Like daprd waiting for its app port, the sidecar asks an app that is not up yet for its
@@ -892,12 +1086,8 @@ async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
     // Each abandon is an info event; keep the sidecar's log to its start and warnings.
     let sidecar = Devstack::for_apps(
         &addrs,
-        &[
-            "--redelivery-backoff",
-            "5ms",
-            "--max-redelivery-backoff",
-            "50ms",
-        ],
+        // No retriable-error pacing: ~500 failures at 10/s per app would take seconds.
+        &["--max-retriable-errors-per-sec", "0"],
         &[("RUST_LOG", "info,devstack::delivery=warn")],
     )
     .await;
@@ -949,11 +1139,16 @@ async fn load_nothing_lost_or_completed_twice_with_ten_percent_failures() {
         assert_eq!(ok.len(), 1, "{id} answered OK {} times", ok.len());
         let failed = deliveries.len() - 1;
         injected += failed;
-        assert_eq!(
-            ok[0].metadata["DeliveryCount"],
-            (failed + 1).to_string(),
-            "{id}: the delivery count counts the failed deliveries"
+        // The event carries no delivery count (daprd's binding sends none); every delivery of
+        // an id carries the same `id` and `traceparent`, and nothing else.
+        assert!(
+            failed < 10,
+            "{id}: {failed} failures, yet not dead-lettered"
         );
+        for d in deliveries {
+            assert_eq!(d.metadata, ok[0].metadata, "{id}: the same event metadata");
+        }
+        assert_eq!(ok[0].metadata.len(), 2, "{id}: {:?}", ok[0].metadata);
         assert!(texts.insert(ok[0].data.clone()), "payload completed twice");
     }
     assert_eq!(by_id.len() as u64, c.completed, "OK'd ids == completed");
@@ -995,8 +1190,8 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "BINDING_NAME",
         "MAX_DELIVERY_COUNT",
         "LOCK_DURATION",
-        "REDELIVERY_BACKOFF",
-        "MAX_REDELIVERY_BACKOFF",
+        "MAX_RETRIABLE_ERRORS_PER_SEC",
+        "RESILIENCY",
         "APP_HEALTH_INTERVAL",
         "STATUS_INTERVAL",
         "HTTP_HEADER_READ_TIMEOUT",
@@ -1068,6 +1263,41 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         assert_eq!(code, Some(2), "{args:?}: {output}");
         assert!(output.contains(expected), "{args:?}: {output}");
     }
+}
+
+/// A Resiliency file that is missing, or asks for what the sidecar does not emulate, stops it at
+/// start with a message naming the file or the field.
+#[tokio::test]
+async fn a_resiliency_the_sidecar_cannot_honour_stops_it_at_once() {
+    let path = std::env::temp_dir().join(format!(
+        "devstack-test-resiliency-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    timeouts:\n      quick: 1s\n  targets:\n    components:\n      message-queue:\n        inbound:\n          timeout: quick\n",
+    )
+    .unwrap();
+    let written = path.to_str().unwrap();
+    let missing = "/nonexistent/resiliency.yaml";
+    for (file, expected) in [
+        (
+            written,
+            "spec.targets.components.message-queue.inbound.timeout",
+        ),
+        (missing, missing),
+    ] {
+        let (code, output) = run_to_end(
+            devstack::BIN,
+            &["sidecar", "--resiliency", file],
+            &EPHEMERAL,
+        )
+        .await;
+        assert_eq!(code, Some(1), "{file}: {output}");
+        assert!(output.contains(expected), "{file}: {output}");
+        assert!(!output.contains("sidecar listening"), "{output}");
+    }
+    std::fs::remove_file(&path).unwrap();
 }
 
 // --- The one command ------------------------------------------------------------------------

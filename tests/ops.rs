@@ -327,7 +327,7 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
         ];
         let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
         let addrs = [first.addr, second.addr];
-        let sidecar = Devstack::for_apps(&addrs, &["--redelivery-backoff=10ms"], &[]).await;
+        let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
         sidecar.wait_consumers(2).await;
 
         let response = sidecar

@@ -21,7 +21,7 @@ use bindings::dapr_v1::{
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::{port::ClosedPort, wait_count};
 
@@ -30,8 +30,10 @@ use super::{port::ClosedPort, wait_count};
 pub struct Behaviour {
     /// What ListInputBindings answers.
     pub bindings: Vec<String>,
-    /// Fail every `n`th binding event (counted per app) with INTERNAL.
+    /// Fail every `n`th binding event (counted per app) with `fail_with`.
     pub fail_every: Option<u64>,
+    /// The code of an injected failure.
+    pub fail_with: Code,
     /// Serve AppCallbackHealthCheck (answering as [`FakeApp::set_healthy`] says); when false,
     /// the sidecar gets UNIMPLEMENTED, which daprd treats as healthy.
     pub health_check: bool,
@@ -46,6 +48,7 @@ impl Default for Behaviour {
         Self {
             bindings: vec!["message-queue".to_owned()],
             fail_every: None,
+            fail_with: Code::Internal,
             health_check: false,
             list_fails: false,
             gate: None,
@@ -138,7 +141,7 @@ impl AppCallback for Recorder {
         if ok {
             Ok(Response::new(BindingEventResponse::default()))
         } else {
-            Err(Status::internal("injected failure"))
+            Err(Status::new(self.behaviour.fail_with, "injected failure"))
         }
     }
 

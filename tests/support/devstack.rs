@@ -59,6 +59,9 @@ impl Devstack {
 
     /// Like [`start`](Self::start), with the gRPC API on `grpc_port`: a sidecar restarted there
     /// comes back where the producer dials.
+    ///
+    /// No Resiliency unless the test gives one (`--resiliency PATH`, or RESILIENCY in `env`):
+    /// these tests are about the queue and the delivery, where a failed call abandons at once.
     pub async fn start_on(grpc_port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_at(grpc_port, 0, args, env).await
     }
@@ -79,7 +82,9 @@ impl Devstack {
             &http_port,
         ];
         all.extend_from_slice(args);
-        let mut service = Service::spawn_with_args(BIN, &all, env);
+        let mut env_all = vec![("RESILIENCY", "none")];
+        env_all.extend_from_slice(env);
+        let mut service = Service::spawn_with_args(BIN, &all, &env_all);
         let event = service.wait_for_message("sidecar listening").await;
         Self::attach(service, &event)
     }
