@@ -70,6 +70,11 @@ impl Broker {
         })
     }
 
+    /// The bindings served, each its own queue.
+    pub fn names(&self) -> Vec<String> {
+        self.queues.keys().cloned().collect()
+    }
+
     pub fn queue(&self, binding: &str) -> Option<&Arc<Queue>> {
         self.queues.get(binding)
     }

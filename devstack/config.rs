@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
 use crate::{
-    delivery::AppTarget,
+    delivery::{AppProtocol, AppTarget},
     queue::Settings,
     resiliency::{self, RetryPolicy},
 };
@@ -82,7 +82,9 @@ pub struct UpArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SidecarOnlyArgs {
-    /// A consumer app's gRPC address, `HOST:PORT` or `HOST:PORT=CONCURRENCY`; repeat for several.
+    /// A consumer app: `HOST:PORT` or `HOST:PORT=CONCURRENCY` for a gRPC app, the same after
+    /// `http://` (e.g. `http://127.0.0.1:5000`) for an HTTP app (daprd's `--app-protocol http`);
+    /// repeat for several.
     #[arg(long = "app", env = "DEVSTACK_APPS", value_delimiter = ',', value_parser = parse_app)]
     pub apps: Vec<AppSpec>,
     /// Default events in flight per app, when an `--app` gives none.
@@ -95,6 +97,7 @@ pub struct SidecarOnlyArgs {
 /// An `--app` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppSpec {
+    pub protocol: AppProtocol,
     pub address: SocketAddr,
     pub max_concurrency: Option<NonZeroUsize>,
 }
@@ -104,6 +107,7 @@ impl SidecarOnlyArgs {
         self.apps
             .iter()
             .map(|app| AppTarget {
+                protocol: app.protocol,
                 address: app.address,
                 max_concurrency: app.max_concurrency.unwrap_or(self.max_concurrency).get(),
             })
@@ -198,8 +202,18 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
         Some((address, n)) => (address, Some(n)),
         None => (value, None),
     };
+    let address = address.trim();
+    // A bare address keeps meaning gRPC, as before HTTP apps; only `http://` opts in.
+    let (protocol, address) = match address.split_once("://") {
+        None => (AppProtocol::Grpc, address),
+        Some(("http", address)) => (AppProtocol::Http, address),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{scheme}:// is not an app protocol (HOST:PORT for gRPC, http://HOST:PORT for HTTP)"
+            ));
+        }
+    };
     let address = address
-        .trim()
         .parse()
         .map_err(|_| format!("{address:?} is not HOST:PORT (an IP address and a port)"))?;
     let max_concurrency = concurrency
@@ -210,6 +224,7 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
         })
         .transpose()?;
     Ok(AppSpec {
+        protocol,
         address,
         max_concurrency,
     })
@@ -270,12 +285,30 @@ mod tests {
         assert_eq!(
             targets[0],
             AppTarget {
+                protocol: AppProtocol::Grpc,
                 address: "127.0.0.1:1".parse().unwrap(),
                 max_concurrency: 1
             }
         );
         assert_eq!(targets[1].max_concurrency, 4);
+        assert_eq!(targets[1].protocol, AppProtocol::Grpc);
         assert_eq!(args.sidecar.bindings, ["a", "b"]);
+    }
+
+    #[test]
+    fn http_scheme_means_an_http_app() {
+        let cli = parse(&["sidecar", "--app", "http://127.0.0.1:3000=2"]).unwrap();
+        let Some(Command::Sidecar(args)) = cli.command else {
+            panic!("sidecar")
+        };
+        assert_eq!(
+            args.targets(),
+            [AppTarget {
+                protocol: AppProtocol::Http,
+                address: "127.0.0.1:3000".parse().unwrap(),
+                max_concurrency: 2
+            }]
+        );
     }
 
     #[test]
@@ -284,6 +317,11 @@ mod tests {
             (&["--consumers", "0"][..], "0"),
             (&["sidecar", "--app", "localhost"], "HOST:PORT"),
             (&["sidecar", "--app", "127.0.0.1:1=0"], "concurrency"),
+            (
+                &["sidecar", "--app", "https://127.0.0.1:1"],
+                "https:// is not",
+            ),
+            (&["sidecar", "--app", "http://localhost:1"], "HOST:PORT"),
             (&["sidecar", "--bindings", "a b"], "binding name"),
             (&["sidecar", "--max-delivery-count", "0"], "0"),
             (&["sidecar", "--lock-duration", "0s"], "greater than 0"),

@@ -1,6 +1,8 @@
-//! The app side, the one that calls consumers, as daprd does: `ListInputBindings` once at start
-//! (retried until the app is up), `AppCallbackHealthCheck` polled, and `OnBindingEvent` for each
-//! locked message of a listed binding, with at most `max_concurrency` in flight per app and binding.
+//! The app side, the one that calls consumers, as daprd does. A gRPC app: `ListInputBindings`
+//! once at start (retried until the app is up), `AppCallbackHealthCheck` polled, and
+//! `OnBindingEvent` for each locked message of a listed binding. An HTTP app (`http_app`): the
+//! same steps as daprd's HTTP app channel takes them. At most `max_concurrency` in flight per app
+//! and binding.
 //! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
 //! abandoned (available again at once) and the worker takes a retriable-error permit before it
 //! receives again, as daprd's Service Bus binding does.
@@ -28,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     broker::{AppStatus, Broker},
+    http_app::HttpApp,
     ids,
     queue::{Abandoned, Lock, Message, Queue},
     rate_limit::RateLimiter,
@@ -35,9 +38,30 @@ use crate::{
     service_bus,
 };
 
+/// How the sidecar talks to an app: daprd's `--app-protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// The AppCallback gRPC service (`--app-protocol grpc`), as our consumer serves it.
+    #[default]
+    Grpc,
+    /// Plain HTTP/1.1 (`--app-protocol http`, daprd's default): `POST /<binding-name>`.
+    Http,
+}
+
+impl AppProtocol {
+    /// The name daprd gives it, as the metadata API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
 /// One consumer app to deliver to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppTarget {
+    pub protocol: AppProtocol,
     pub address: SocketAddr,
     /// Events in flight at once per binding; Service Bus's default is 1.
     pub max_concurrency: usize,
@@ -46,7 +70,8 @@ pub struct AppTarget {
 /// Delivery behaviour shared by every app.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
-    /// Sent as `dapr-api-token` on OnBindingEvent, as daprd sends APP_API_TOKEN.
+    /// Sent as `dapr-api-token` with each event (gRPC metadata or HTTP header), as daprd sends
+    /// APP_API_TOKEN.
     pub app_api_token: Option<MetadataValue<Ascii>>,
     pub health_interval: Duration,
     /// How long a delivery may take before its lock expires and the message is abandoned.
@@ -66,13 +91,27 @@ pub async fn serve_app(
     shutdown: CancellationToken,
 ) {
     let status = broker.register_app(target.address.to_string(), target.max_concurrency);
-    let channel = Endpoint::from_shared(format!("http://{}", target.address))
-        .expect("a socket address is a valid URI")
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let app = match target.protocol {
+        AppProtocol::Grpc => AppClient::Grpc(
+            Endpoint::from_shared(format!("http://{}", target.address))
+                .expect("a socket address is a valid URI")
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ),
+        AppProtocol::Http => match HttpApp::new(target.address, settings.lock_duration) {
+            Ok(app) => AppClient::Http(app),
+            Err(error) => {
+                warn!(app = %target.address, %error, "cannot build an HTTP client; delivering nothing to this app");
+                return;
+            }
+        },
+    };
 
-    let Some(listed) = list_bindings(&channel, target.address, &shutdown).await else {
+    let Some(listed) = app
+        .subscribed_bindings(broker.names(), target.address, &shutdown)
+        .await
+    else {
         return;
     };
     let mut queues = Vec::new();
@@ -85,7 +124,7 @@ pub async fn serve_app(
         }
     }
     *status.bindings.lock().expect("bindings lock") = Some(listed.clone());
-    info!(app = %target.address, bindings = ?listed, "app listed its input bindings");
+    info!(app = %target.address, protocol = target.protocol.as_str(), bindings = ?listed, "app listed its input bindings");
 
     let health = Arc::new(Health {
         app: Arc::clone(&status),
@@ -93,7 +132,7 @@ pub async fn serve_app(
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(watch_health(
-        channel.clone(),
+        app.clone(),
         Arc::clone(&health),
         settings.health_interval,
         shutdown.clone(),
@@ -105,7 +144,7 @@ pub async fn serve_app(
         for _ in 0..target.max_concurrency {
             let worker = Worker {
                 queue: Arc::clone(&queue),
-                client: AppCallbackClient::new(channel.clone()),
+                client: app.clone(),
                 app: Arc::clone(&status),
                 healthy: health.tx.subscribe(),
                 health: Arc::clone(&health),
@@ -119,34 +158,142 @@ pub async fn serve_app(
     tasks.join_all().await;
 }
 
-/// Calls ListInputBindings until the app answers, like daprd waiting for its app at start.
-async fn list_bindings(
-    channel: &Channel,
-    app: SocketAddr,
-    shutdown: &CancellationToken,
-) -> Option<Vec<String>> {
-    let mut client = AppCallbackClient::new(channel.clone());
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let mut request = Request::new(());
-        request.set_timeout(Duration::from_secs(3));
-        match client.list_input_bindings(request).await {
-            Ok(response) => return Some(response.into_inner().bindings),
-            // Not up yet (or not answering): wait for it, as daprd waits for its app port.
-            Err(status) if !answered(&status) => {
-                debug!(%app, error = %status.message(), "app not answering ListInputBindings yet")
+/// An app's channel, over the protocol it speaks.
+#[derive(Clone)]
+enum AppClient {
+    Grpc(Channel),
+    Http(HttpApp),
+}
+
+/// Why a call to the app failed.
+#[derive(Debug)]
+pub struct CallError {
+    /// Whether the app itself answered (with an error), rather than not being there to take
+    /// the call (refused, reset, timed out, draining): only the latter makes it unhealthy.
+    pub answered: bool,
+    pub reason: String,
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            answered: answered(&status),
+            reason: format!("app answered {:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+impl AppClient {
+    /// Which of `bindings` the app takes, asking until the app answers, as daprd waits for its
+    /// app at start; `None` on shutdown.
+    async fn subscribed_bindings(
+        &self,
+        bindings: Vec<String>,
+        app: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<String>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let listed = match self {
+                Self::Grpc(channel) => list_bindings(channel, app).await,
+                Self::Http(http) => http.subscribed_bindings(&bindings).await,
+            };
+            if let Some(listed) = listed {
+                return Some(listed);
             }
-            // daprd takes an error answer as "no bindings"; so does the sidecar.
-            Err(status) => {
-                warn!(%app, code = ?status.code(), error = %status.message(), "ListInputBindings failed; delivering no bindings to this app");
-                return Some(Vec::new());
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One health probe: true when the app may take events.
+    async fn healthy(&self, interval: Duration) -> bool {
+        match self {
+            Self::Grpc(channel) => {
+                let mut request = Request::new(());
+                request.set_timeout(interval.max(Duration::from_millis(500)));
+                match AppCallbackHealthCheckClient::new(channel.clone())
+                    .health_check(request)
+                    .await
+                {
+                    Ok(_) => true,
+                    // No health check: healthy, as daprd without app health checks treats it.
+                    Err(status) => status.code() == Code::Unimplemented,
+                }
+            }
+            Self::Http(http) => http.healthy(interval.max(Duration::from_millis(500))).await,
+        }
+    }
+
+    /// Sends one binding event.
+    async fn deliver(
+        &self,
+        binding: &str,
+        message: &Message,
+        settings: &DeliverySettings,
+    ) -> Result<(), CallError> {
+        let metadata = service_bus::event_metadata(&message.id, &message.envelope);
+        let traceparent = ids::traceparent(&message.trace_id);
+        match self {
+            Self::Grpc(channel) => {
+                let mut request = Request::new(BindingEventRequest {
+                    name: binding.to_owned(),
+                    data: message.data.clone(),
+                    metadata,
+                });
+                if let Ok(value) = traceparent.parse() {
+                    request.metadata_mut().insert(TRACEPARENT, value);
+                }
+                if let Some(token) = &settings.app_api_token {
+                    request
+                        .metadata_mut()
+                        .insert(API_TOKEN_METADATA, token.clone());
+                }
+                AppCallbackClient::new(channel.clone())
+                    .on_binding_event(request)
+                    .await
+                    .map(drop)
+                    .map_err(CallError::from)
+            }
+            Self::Http(http) => {
+                http.deliver(
+                    binding,
+                    message.data.clone(),
+                    &metadata,
+                    &traceparent,
+                    settings
+                        .app_api_token
+                        .as_ref()
+                        .map(|token| token.as_bytes()),
+                )
+                .await
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+    }
+}
+
+/// One ListInputBindings; `None` while the app is not answering.
+async fn list_bindings(channel: &Channel, app: SocketAddr) -> Option<Vec<String>> {
+    let mut request = Request::new(());
+    request.set_timeout(Duration::from_secs(3));
+    match AppCallbackClient::new(channel.clone())
+        .list_input_bindings(request)
+        .await
+    {
+        Ok(response) => Some(response.into_inner().bindings),
+        // Not up yet (or not answering): wait for it, as daprd waits for its app port.
+        Err(status) if !answered(&status) => {
+            debug!(%app, error = %status.message(), "app not answering ListInputBindings yet");
+            None
         }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        // daprd takes an error answer as "no bindings"; so does the sidecar.
+        Err(status) => {
+            warn!(%app, code = ?status.code(), error = %status.message(), "ListInputBindings failed; delivering no bindings to this app");
+            Some(Vec::new())
+        }
     }
 }
 
@@ -176,34 +323,26 @@ fn answered(status: &tonic::Status) -> bool {
     )
 }
 
-/// Polls AppCallbackHealthCheck. An app that does not implement it counts as healthy, as daprd
-/// without app health checks would treat it.
+/// Polls the app's health (see [`AppClient::healthy`]).
 async fn watch_health(
-    channel: Channel,
+    app: AppClient,
     health: Arc<Health>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut client = AppCallbackHealthCheckClient::new(channel);
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let mut request = Request::new(());
-        request.set_timeout(interval.max(Duration::from_millis(500)));
-        let healthy = match client.health_check(request).await {
-            Ok(_) => true,
-            Err(status) => status.code() == Code::Unimplemented,
-        };
-        health.set(healthy);
+        health.set(app.healthy(interval).await);
     }
 }
 
 struct Worker {
     queue: Arc<Queue>,
-    client: AppCallbackClient<Channel>,
+    client: AppClient,
     app: Arc<AppStatus>,
     healthy: watch::Receiver<bool>,
     health: Arc<Health>,
@@ -251,50 +390,35 @@ impl Worker {
 
     /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
     /// resiliency runner does: every error counts (see `resiliency` on `matching`).
-    async fn deliver_retrying(&self, message: &Message) -> Result<(), tonic::Status> {
+    async fn deliver_retrying(&self, message: &Message) -> Result<(), CallError> {
         let Some(policy) = &self.retry else {
             return self.deliver(message).await;
         };
         let mut retries = policy.retries();
         loop {
-            let status = match self.deliver(message).await {
+            let error = match self.deliver(message).await {
                 Ok(()) => return Ok(()),
-                Err(status) => status,
+                Err(error) => error,
             };
             let Some(delay) = retries.next_delay() else {
-                return Err(status);
+                return Err(error);
             };
-            debug!(app = %self.app.address, id = message.id, policy = policy.name, code = ?status.code(), ?delay, "app call failed; retrying per the Resiliency");
+            debug!(app = %self.app.address, id = message.id, policy = policy.name, reason = error.reason, ?delay, "app call failed; retrying per the Resiliency");
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn deliver(&self, message: &Message) -> Result<(), tonic::Status> {
-        let mut request = Request::new(BindingEventRequest {
-            name: self.queue.name().to_owned(),
-            data: message.data.clone(),
-            metadata: service_bus::event_metadata(&message.id, &message.envelope),
-        });
-        if let Ok(value) = ids::traceparent(&message.trace_id).parse() {
-            request.metadata_mut().insert(TRACEPARENT, value);
-        }
-        if let Some(token) = &self.settings.app_api_token {
-            request
-                .metadata_mut()
-                .insert(API_TOKEN_METADATA, token.clone());
-        }
+    async fn deliver(&self, message: &Message) -> Result<(), CallError> {
         self.client
-            .clone()
-            .on_binding_event(request)
+            .deliver(self.queue.name(), message, &self.settings)
             .await
-            .map(drop)
     }
 
     /// Completes or abandons the message; true when it completed.
     fn settle(
         &self,
         lock: Lock,
-        result: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>,
+        result: Result<Result<(), CallError>, tokio::time::error::Elapsed>,
     ) -> bool {
         let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
         let trace_id = lock.message.trace_id.clone();
@@ -304,12 +428,12 @@ impl Worker {
                 lock.complete();
                 return true;
             }
-            Ok(Err(status)) => {
-                if !answered(&status) {
+            Ok(Err(error)) => {
+                if !error.answered {
                     // The app is gone or draining: stop delivering until its health check passes.
                     self.health.set(false);
                 }
-                format!("app answered {:?}: {}", status.code(), status.message())
+                error.reason
             }
             Err(_) => format!(
                 "no answer within the lock duration ({:?})",

@@ -8,6 +8,7 @@ mod broker;
 mod config;
 mod delivery;
 mod http;
+mod http_app;
 mod ids;
 mod metadata;
 mod queue;

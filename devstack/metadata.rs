@@ -17,6 +17,8 @@ use bindings::{
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
+use crate::{delivery::AppProtocol, http_app::HEALTH_CHECK_PATH};
+
 /// The component type each binding stands in for, as in `deploy/base/binding-deployment.yaml`.
 pub const COMPONENT_TYPE: &str = "bindings.azure.servicebusqueues";
 /// The component's `spec.version`.
@@ -40,7 +42,7 @@ pub struct Metadata {
     api_token: Option<ApiToken>,
     /// The first app delivered to: daprd has one app, devstack's sidecar may have several
     /// competing consumers, and reports the first as daprd would report its only one.
-    app: Mutex<Option<(SocketAddr, usize)>>,
+    app: Mutex<Option<(AppProtocol, SocketAddr, usize)>>,
 }
 
 impl Metadata {
@@ -59,10 +61,10 @@ impl Metadata {
         }
     }
 
-    /// Records an app the sidecar delivers to (over gRPC); the first one is reported.
-    pub fn add_app(&self, address: SocketAddr, max_concurrency: usize) {
+    /// Records an app the sidecar delivers to; the first one is reported.
+    pub fn add_app(&self, protocol: AppProtocol, address: SocketAddr, max_concurrency: usize) {
         let mut app = self.app.lock().unwrap_or_else(|e| e.into_inner());
-        app.get_or_insert((address, max_concurrency));
+        app.get_or_insert((protocol, address, max_concurrency));
     }
 
     /// Checks the `dapr-api-token`, which daprd requires on the metadata API too.
@@ -77,15 +79,18 @@ impl Metadata {
         let version = runtime_version();
         let app = *self.app.lock().unwrap_or_else(|e| e.into_inner());
         let app_connection = match app {
-            Some((address, max_concurrency)) => AppConnectionProperties {
+            Some((protocol, address, max_concurrency)) => AppConnectionProperties {
                 port: address.port().into(),
-                protocol: "grpc".to_owned(),
+                protocol: protocol.as_str().to_owned(),
                 channel_address: address.ip().to_string(),
                 max_concurrency: i32::try_from(max_concurrency).unwrap_or(i32::MAX),
-                // The sidecar always probes its apps (AppCallbackHealthCheck), one failure
-                // marking an app unhealthy; a gRPC app has no health check path.
+                // The sidecar always probes its apps (AppCallbackHealthCheck, or GET /healthz
+                // for an HTTP app), one failure marking an app unhealthy.
                 health: Some(AppConnectionHealthProperties {
-                    health_check_path: String::new(),
+                    health_check_path: match protocol {
+                        AppProtocol::Grpc => String::new(),
+                        AppProtocol::Http => HEALTH_CHECK_PATH.to_owned(),
+                    },
                     health_probe_interval: go_duration(self.health_interval),
                     health_probe_timeout: go_duration(
                         self.health_interval.max(Duration::from_millis(500)),
@@ -270,8 +275,8 @@ mod tests {
             before["appConnectionProperties"],
             json!({ "protocol": "http", "channelAddress": "127.0.0.1" })
         );
-        metadata.add_app("127.0.0.1:50051".parse().unwrap(), 4);
-        metadata.add_app("127.0.0.1:50052".parse().unwrap(), 1);
+        metadata.add_app(AppProtocol::Grpc, "127.0.0.1:50051".parse().unwrap(), 4);
+        metadata.add_app(AppProtocol::Http, "127.0.0.1:50052".parse().unwrap(), 1);
         let version = format!("devstack-{}", env!("CARGO_PKG_VERSION"));
         assert_eq!(
             to_json(&metadata.response()),

@@ -157,7 +157,7 @@ impl Sidecar {
     /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up).
     pub fn add_app(&mut self, target: AppTarget) {
         self.metadata
-            .add_app(target.address, target.max_concurrency);
+            .add_app(target.protocol, target.address, target.max_concurrency);
         let run = delivery::serve_app(
             Arc::clone(&self.broker),
             target,

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::UpArgs,
-    delivery::AppTarget,
+    delivery::{AppProtocol, AppTarget},
     sidecar::{Listeners, Sidecar},
 };
 
@@ -194,6 +194,7 @@ fn log_listening(command: &mut Command, args: &UpArgs, target: &str) {
 fn add_app(sidecar: &mut Sidecar, label: &str, address: SocketAddr, args: &UpArgs) {
     info!(part = %label, app = %address, "delivering to consumer");
     sidecar.add_app(AppTarget {
+        protocol: AppProtocol::Grpc,
         address,
         max_concurrency: args.max_concurrency.get(),
     });

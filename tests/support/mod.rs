@@ -1,5 +1,5 @@
 //! Shared test support: run the real binaries and read their JSON logs, drive a real producer or
-//! consumer, a fake Dapr sidecar, a fake consumer app, devstack (its sidecar alone or the whole
+//! consumer, a fake Dapr sidecar, fake consumer apps (gRPC and HTTP), devstack (its sidecar alone or the whole
 //! stack), loopback ports for servers that are not up yet, slow clients, and the official Dapr
 //! Python SDK with the scripts that use it.
 #![allow(dead_code)] // each test crate uses a different part
@@ -8,6 +8,7 @@ pub mod app;
 pub mod consumer;
 pub mod devstack;
 pub mod exposition;
+pub mod http_app;
 pub mod port;
 pub mod process;
 pub mod producer;
