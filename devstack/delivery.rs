@@ -171,6 +171,8 @@ pub struct CallError {
     /// Whether the app itself answered (with an error), rather than not being there to take
     /// the call (refused, reset, timed out, draining): only the latter makes it unhealthy.
     pub answered: bool,
+    /// An HTTP app's status code, which a Resiliency's `matching.httpStatusCodes` tests.
+    pub http_status: Option<u16>,
     pub reason: String,
 }
 
@@ -178,6 +180,7 @@ impl From<tonic::Status> for CallError {
     fn from(status: tonic::Status) -> Self {
         Self {
             answered: answered(&status),
+            http_status: None,
             reason: format!("app answered {:?}: {}", status.code(), status.message()),
         }
     }
@@ -389,7 +392,8 @@ impl Worker {
     }
 
     /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
-    /// resiliency runner does: every error counts (see `resiliency` on `matching`).
+    /// resiliency runner does: every error counts but an HTTP status the policy's `matching`
+    /// leaves out (see `resiliency`).
     async fn deliver_retrying(&self, message: &Message) -> Result<(), CallError> {
         let Some(policy) = &self.retry else {
             return self.deliver(message).await;
@@ -400,6 +404,12 @@ impl Worker {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
+            if error
+                .http_status
+                .is_some_and(|status| !policy.retries_http_status(status))
+            {
+                return Err(error);
+            }
             let Some(delay) = retries.next_delay() else {
                 return Err(error);
             };

@@ -127,6 +127,7 @@ impl HttpApp {
             .await
             .map_err(|error| CallError {
                 answered: false,
+                http_status: None,
                 reason: format!("app did not answer: {error}"),
             })?;
         let status = response.status();
@@ -138,6 +139,7 @@ impl HttpApp {
         let body = String::from_utf8_lossy(&body[..body.len().min(REASON_BODY_LIMIT)]).into_owned();
         Err(CallError {
             answered: true,
+            http_status: Some(status.as_u16()),
             reason: format!("app answered HTTP {status}: {body}"),
         })
     }

@@ -7,11 +7,13 @@
 //! start, naming the field; the rest of the file (apps, actors, outbound policies: the sidecar's
 //! output side never fails) is read and not used.
 //!
-//! `matching` is read and checked, as daprd does, but not applied: daprd's OnBindingEvent call
-//! to a gRPC app returns the plain gRPC error, not the `CodeError` that `matching` is tested
-//! against, so every failed call is retried, INVALID_ARGUMENT included.
+//! `matching` is read and checked, as daprd does. Only `httpStatusCodes` ever applies: daprd's
+//! OnBindingEvent call to a gRPC app returns the plain gRPC error, not the `CodeError` that
+//! `matching` is tested against, so every failed call is retried, INVALID_ARGUMENT included; an
+//! HTTP app's non-2xx answer is a `CodeError`, retried only if `httpStatusCodes` is empty or
+//! lists it (a failed connection is retried regardless).
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, ops::RangeInclusive, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -120,9 +122,21 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     /// Retries after the first call; `None`: no limit (`maxRetries: -1`, the default).
     pub max_retries: Option<u64>,
+    /// `matching.httpStatusCodes`; `None` (empty or absent): every status is retried.
+    pub http_status_codes: Option<Vec<RangeInclusive<i32>>>,
 }
 
 impl RetryPolicy {
+    /// Whether an HTTP app's answer with `status` is retried (dapr/dapr `pkg/resiliency/retry.go`
+    /// `mustRetryStatusCode`).
+    pub fn retries_http_status(&self, status: u16) -> bool {
+        self.http_status_codes.as_ref().is_none_or(|ranges| {
+            ranges
+                .iter()
+                .any(|range| range.contains(&i32::from(status)))
+        })
+    }
+
     /// The delays of one run of calls, from its first failure on.
     pub fn retries(&self) -> Retries<'_> {
         Retries {
@@ -295,19 +309,30 @@ fn retry_policy(name: &str, spec: &RetrySpec) -> anyhow::Result<RetryPolicy> {
             u64::try_from(n).with_context(|| format!("maxRetries: {n} is neither -1 nor >= 0"))?,
         ),
     };
+    let mut http_status_codes = None;
     if let Some(matching) = &spec.matching {
-        codes(&matching.http_status_codes, 100..=599).context("matching.httpStatusCodes")?;
+        http_status_codes =
+            codes(&matching.http_status_codes, 100..=599).context("matching.httpStatusCodes")?;
         codes(&matching.grpc_status_codes, 0..=16).context("matching.gRPCStatusCodes")?;
     }
     Ok(RetryPolicy {
         name: name.to_owned(),
         backoff,
         max_retries,
+        http_status_codes,
     })
 }
 
-/// Checks a `matching` list as daprd parses it: comma-separated codes or `start-end` ranges.
-fn codes(patterns: &str, valid: std::ops::RangeInclusive<i32>) -> anyhow::Result<()> {
+/// Parses a `matching` list as daprd does: comma-separated codes or `start-end` ranges; `None`
+/// for an empty list (which matches every code).
+fn codes(
+    patterns: &str,
+    valid: RangeInclusive<i32>,
+) -> anyhow::Result<Option<Vec<RangeInclusive<i32>>>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut ranges = Vec::new();
     for pattern in patterns.split(',').filter(|p| !p.is_empty()) {
         let mut bounds = pattern.split('-');
         let (start, end) = match (bounds.next(), bounds.next(), bounds.next()) {
@@ -324,11 +349,13 @@ fn codes(patterns: &str, valid: std::ops::RangeInclusive<i32>) -> anyhow::Result
             }
             Ok(code)
         };
-        if parse(start)? > parse(end)? {
+        let (start, end) = (parse(start)?, parse(end)?);
+        if start > end {
             bail!("{pattern:?}: start above end");
         }
+        ranges.push(start..=end);
     }
-    Ok(())
+    Ok(Some(ranges))
 }
 
 #[cfg(test)]
@@ -372,6 +399,7 @@ mod tests {
                 name: "r".into(),
                 backoff: Backoff::Constant(Duration::from_secs(5)),
                 max_retries: None,
+                http_status_codes: None,
             }
         );
     }
@@ -389,6 +417,30 @@ mod tests {
         )
         .unwrap();
         assert!(policies.is_empty());
+    }
+
+    #[test]
+    fn http_status_matching_selects_what_an_http_app_answer_retries() {
+        let policies = with(
+            "spec:\n  policies:\n    retries:\n      r: {matching: {httpStatusCodes: \"429,502-504\"}}\n  targets:\n    components:\n      message-queue:\n        inbound:\n          retry: r\n",
+        )
+        .unwrap();
+        let policy = &policies["message-queue"];
+        for (status, retried) in [
+            (429, true),
+            (503, true),
+            (504, true),
+            (500, false),
+            (400, false),
+        ] {
+            assert_eq!(policy.retries_http_status(status), retried, "{status}");
+        }
+        // No matching, or an empty list: every status is retried, as in daprd.
+        let policies = with(
+            "spec:\n  policies:\n    retries:\n      r: {matching: {gRPCStatusCodes: \"14\"}}\n  targets:\n    components:\n      message-queue:\n        inbound:\n          retry: r\n",
+        )
+        .unwrap();
+        assert!(policies["message-queue"].retries_http_status(400));
     }
 
     #[test]
@@ -444,6 +496,7 @@ mod tests {
             name: "c".into(),
             backoff: Backoff::Constant(Duration::from_millis(200)),
             max_retries: Some(2),
+            http_status_codes: None,
         };
         let mut retries = constant.retries();
         let delays: Vec<_> = std::iter::from_fn(|| retries.next_delay()).collect();
@@ -455,6 +508,7 @@ mod tests {
                 max_interval: Duration::from_secs(1),
             },
             max_retries: Some(5),
+            http_status_codes: None,
         };
         let mut retries = exponential.retries();
         let delays: Vec<_> = std::iter::from_fn(|| retries.next_delay()).collect();
@@ -474,6 +528,7 @@ mod tests {
             name: "u".into(),
             backoff: Backoff::Constant(Duration::from_secs(60)),
             max_retries: None,
+            http_status_codes: None,
         };
         let mut retries = unlimited.retries();
         assert_eq!(

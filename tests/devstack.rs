@@ -745,6 +745,61 @@ async fn unhealthy_http_app_gets_no_deliveries_until_its_healthz_passes() {
     app.stop().await;
 }
 
+/// A Resiliency's `matching.httpStatusCodes` applies to an HTTP app's answers, as in daprd: a
+/// listed status is retried per the policy within the delivery, any other abandons at once.
+#[tokio::test]
+async fn http_app_answers_are_retried_as_the_resiliency_matching_says() {
+    let path = std::env::temp_dir().join(format!(
+        "devstack-test-http-matching-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      busy:\n        policy: constant\n        duration: 10ms\n        maxRetries: 2\n        matching:\n          httpStatusCodes: \"503\"\n  targets:\n    components:\n      message-queue:\n        inbound:\n          retry: busy\n",
+    )
+    .unwrap();
+    let resiliency = path.to_str().unwrap();
+    for (status, calls) in [
+        (StatusCode::SERVICE_UNAVAILABLE, 3),
+        (StatusCode::INTERNAL_SERVER_ERROR, 1),
+    ] {
+        let app = HttpApp::start(HttpBehaviour {
+            fail_body: Some("Hello".to_owned()),
+            fail_with: status,
+            ..Default::default()
+        })
+        .await;
+        let sidecar = Devstack::start(
+            &[
+                &app.app_arg(),
+                "--resiliency",
+                resiliency,
+                "--max-delivery-count",
+                "1",
+            ],
+            &[],
+        )
+        .await;
+        sidecar.wait_consumers(1).await;
+        assert_eq!(
+            sidecar
+                .post_binding(QUEUE, ASPNET_BODY, None)
+                .await
+                .status(),
+            StatusCode::NO_CONTENT
+        );
+        sidecar
+            .wait_status("the message dead-lettered", |s| {
+                counts(s, QUEUE).dead_lettered == 1
+            })
+            .await;
+        assert_eq!(app.deliveries().len(), calls, "{status}");
+        sidecar.stop().await;
+        app.stop().await;
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
 // --- End to end with the real binaries --------------------------------------------------------
 
 #[tokio::test]

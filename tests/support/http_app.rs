@@ -31,8 +31,10 @@ use super::wait_count;
 pub struct HttpBehaviour {
     /// The bindings it has a `POST /<binding>` route for.
     pub bindings: Vec<String>,
-    /// Answer 500 to every event whose body contains this.
+    /// Answer `fail_with` to every event whose body contains this.
     pub fail_body: Option<String>,
+    /// The status of an injected failure.
+    pub fail_with: StatusCode,
 }
 
 impl Default for HttpBehaviour {
@@ -40,6 +42,7 @@ impl Default for HttpBehaviour {
         Self {
             bindings: vec!["message-queue".to_owned()],
             fail_body: None,
+            fail_with: StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -51,7 +54,7 @@ pub struct HttpDelivery {
     pub body: Vec<u8>,
     /// Lower-case names.
     pub headers: HashMap<String, String>,
-    /// Whether the app answered 200 (the sidecar then completes the message).
+    /// Whether the app answered 200 (the sidecar then completes the message), not `fail_with`.
     pub ok: bool,
 }
 
@@ -195,7 +198,7 @@ async fn event(
     recorder.deliveries.lock().unwrap().push(delivery);
     recorder.received.send_modify(|n| *n += 1);
     if fails {
-        StatusCode::INTERNAL_SERVER_ERROR
+        recorder.behaviour.fail_with
     } else {
         StatusCode::OK
     }
