@@ -35,8 +35,8 @@ pub const NO_RESILIENCY: &str = "none";
 /// the producer, on loopback.
 ///
 /// With no subcommand, starts everything (`up`). The sidecar speaks Dapr's real gRPC protocol on
-/// both sides; it is a development tool, not a broker: in production the queue is Azure Service
-/// Bus behind daprd.
+/// both sides, and drives HTTP apps as daprd does (`sidecar --app http://HOST:PORT`); it is a
+/// development tool, not a broker: in production the queue is Azure Service Bus behind daprd.
 ///
 /// The consumers and the producer inherit this environment, so their own settings (e.g.
 /// WORK_DURATION, DRAIN_TIMEOUT, LOG_FORMAT) pass through; see `consumer --help`.
@@ -153,7 +153,8 @@ pub struct SidecarArgs {
     /// emulated: a file that sets them for a binding stops devstack at start.
     #[arg(long, env = "RESILIENCY", default_value = DEFAULT_RESILIENCY)]
     pub resiliency: PathBuf,
-    /// How often each app's AppCallbackHealthCheck is called.
+    /// How often each app's health is probed: AppCallbackHealthCheck, or an HTTP app's
+    /// `GET /healthz`.
     #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
     pub app_health_interval: Duration,
     /// How often the queue status is logged (when it changed).
