@@ -303,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn an_http_app_is_reported_with_its_health_check_path() {
+        let metadata = metadata();
+        metadata.add_app(AppProtocol::Http, "127.0.0.1:5000".parse().unwrap(), 1);
+        let app = &to_json(&metadata.response())["appConnectionProperties"];
+        assert_eq!(app["protocol"], "http");
+        assert_eq!(app["port"], 5000);
+        assert_eq!(app["health"]["healthCheckPath"], "/healthz");
+    }
+
+    #[test]
     fn protobuf_fields_say_what_the_sidecar_is() {
         let response = metadata().response();
         assert_eq!(response.id, "devstack");
