@@ -17,7 +17,7 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::{BIN, Consumer, parse_line},
     http_client,
-    process::{help, run_to_end},
+    process::{HTTP_LIMITS, help, run_to_end},
     slow_client, traced, with_token,
 };
 use tonic::{Code, Request, Status};
@@ -66,7 +66,12 @@ async fn help_documents_every_setting_and_hides_the_token() {
         "RUST_LOG",
         "LOG_FORMAT",
     ];
-    let help = help(BIN, &[("APP_API_TOKEN", "s3cret")], &settings).await;
+    let help = help(
+        BIN,
+        &[("APP_API_TOKEN", "s3cret")],
+        &[&settings[..], HTTP_LIMITS].concat(),
+    )
+    .await;
     assert!(help.contains("terminationGracePeriodSeconds"), "{help}");
     assert!(!help.contains("s3cret"), "--help shows the token:\n{help}");
 }

@@ -26,7 +26,7 @@ use support::{
     devstack::{self, ASPNET_BODY, Devstack, counts},
     http_app::{HttpApp, HttpBehaviour},
     port::ClosedPort,
-    process::{Service, event_addr, help, is_running, run_to_end},
+    process::{HTTP_LIMITS, Service, event_addr, help, is_running, run_to_end},
     producer::Producer,
     slow_client, traced, with_token,
 };
@@ -1418,22 +1418,17 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "RESILIENCY",
         "APP_HEALTH_INTERVAL",
         "STATUS_INTERVAL",
-        "HTTP_HEADER_READ_TIMEOUT",
-        "HTTP_BODY_TIMEOUT",
-        "HTTP_IDLE_TIMEOUT",
-        "HTTP_MAX_CONNECTIONS",
-        "HTTP2_KEEPALIVE_INTERVAL",
-        "HTTP2_KEEPALIVE_TIMEOUT",
-        "HTTP2_MAX_CONCURRENT_STREAMS",
-        "HTTP2_MAX_HEADER_LIST_SIZE",
-        "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
-        "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
         "DAPR_API_TOKEN",
         "APP_API_TOKEN",
         "RUST_LOG",
         "LOG_FORMAT",
     ];
-    let help = help(devstack::BIN, &[("DAPR_API_TOKEN", "s3cret")], &settings).await;
+    let help = help(
+        devstack::BIN,
+        &[("DAPR_API_TOKEN", "s3cret")],
+        &[&settings[..], HTTP_LIMITS].concat(),
+    )
+    .await;
     for text in ["sidecar", "Azure Service Bus", "WORK_DURATION"] {
         assert!(help.contains(text), "--help lacks {text:?}:\n{help}");
     }

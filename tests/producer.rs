@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use support::{
     TRACE_ID, TRACEPARENT, WAIT, http_client,
     port::{ClosedPort, free_port},
-    process::{Service, help, run_to_end},
+    process::{HTTP_LIMITS, Service, help, run_to_end},
     producer::{BIN, Producer, batch, bearer},
     sidecar::{Behaviour, FakeSidecar},
     traced,
@@ -770,19 +770,9 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         "SIDECAR_RETRIES",
         "RETRY_BACKOFF",
         "MAX_RETRY_BACKOFF",
-        "HTTP_HEADER_READ_TIMEOUT",
-        "HTTP_BODY_TIMEOUT",
-        "HTTP_IDLE_TIMEOUT",
-        "HTTP_MAX_CONNECTIONS",
-        "HTTP2_KEEPALIVE_INTERVAL",
-        "HTTP2_KEEPALIVE_TIMEOUT",
-        "HTTP2_MAX_CONCURRENT_STREAMS",
-        "HTTP2_MAX_HEADER_LIST_SIZE",
-        "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
-        "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
         "PRODUCER_API_TOKEN",
     ];
-    help(BIN, &[], &settings).await;
+    help(BIN, &[], &[&settings[..], HTTP_LIMITS].concat()).await;
 
     for (env, reason) in [
         (("MAX_COUNT", "0"), "MAX_COUNT"),

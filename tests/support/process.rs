@@ -325,6 +325,21 @@ pub async fn run_to_end(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Opti
     (output.status.code(), text)
 }
 
+/// The settings of `bindings::http_server::HttpLimits`, which every binary serving HTTP reads
+/// (the producer's port, the consumer's metrics port, devstack's sidecar).
+pub const HTTP_LIMITS: &[&str] = &[
+    "HTTP_HEADER_READ_TIMEOUT",
+    "HTTP_BODY_TIMEOUT",
+    "HTTP_IDLE_TIMEOUT",
+    "HTTP_MAX_CONNECTIONS",
+    "HTTP2_KEEPALIVE_INTERVAL",
+    "HTTP2_KEEPALIVE_TIMEOUT",
+    "HTTP2_MAX_CONCURRENT_STREAMS",
+    "HTTP2_MAX_HEADER_LIST_SIZE",
+    "HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+    "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
+];
+
 /// Runs `bin --help` with `env`; asserts it exits 0 and documents each of `settings` as an
 /// environment variable (`[env: NAME`); returns the help.
 pub async fn help(bin: &str, env: &[(&str, &str)], settings: &[&str]) -> String {
