@@ -1122,6 +1122,23 @@ async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redeliver
     app.stop().await;
 }
 
+/// Sends one message through the sidecar's gRPC API and waits until it is dead-lettered; returns
+/// the status then, and how long that took from the send.
+async fn send_one_until_dead_lettered(sidecar: &Devstack) -> (Value, std::time::Duration) {
+    let mut client = sidecar.dapr_client().await;
+    let sent = Instant::now();
+    client
+        .invoke_binding(invoke(QUEUE, "create", None))
+        .await
+        .unwrap();
+    let status = sidecar
+        .wait_status("the message dead-lettered", |s| {
+            counts(s, QUEUE).dead_lettered == 1
+        })
+        .await;
+    (status, sent.elapsed())
+}
+
 /// As in production, an abandoned message is available again at once: what spaces out a poison
 /// message's deliveries is only the binding's retriable-error pacing (`maxRetriableErrorsPerSec`,
 /// 10 a second), so its 10 deliveries take about a second, not a growing backoff.
@@ -1134,18 +1151,7 @@ async fn a_failing_message_is_redelivered_at_once_paced_only_as_the_binding_pace
     .await;
     let sidecar = Devstack::for_apps(&[app.addr], &["--resiliency", "none"], &[]).await;
     sidecar.wait_consumers(1).await;
-    let mut client = sidecar.dapr_client().await;
-    let sent = Instant::now();
-    client
-        .invoke_binding(invoke(QUEUE, "create", None))
-        .await
-        .unwrap();
-    let status = sidecar
-        .wait_status("the message dead-lettered", |s| {
-            counts(s, QUEUE).dead_lettered == 1
-        })
-        .await;
-    let elapsed = sent.elapsed();
+    let (status, elapsed) = send_one_until_dead_lettered(&sidecar).await;
     assert_eq!(
         status["deadLetters"][QUEUE][0]["deliveryCount"], 10,
         "{status}"
@@ -1203,18 +1209,7 @@ async fn calls_for_one_failing_delivery(code: Code) -> (usize, std::time::Durati
     )
     .await;
     sidecar.wait_consumers(1).await;
-    let mut client = sidecar.dapr_client().await;
-    let sent = Instant::now();
-    client
-        .invoke_binding(invoke(QUEUE, "create", None))
-        .await
-        .unwrap();
-    let status = sidecar
-        .wait_status("the message dead-lettered", |s| {
-            counts(s, QUEUE).dead_lettered == 1
-        })
-        .await;
-    let elapsed = sent.elapsed();
+    let (status, elapsed) = send_one_until_dead_lettered(&sidecar).await;
     assert_eq!(
         status["deadLetters"][QUEUE][0]["deliveryCount"], 1,
         "{status}"

@@ -608,15 +608,7 @@ async fn health_reflection_openapi_and_swagger_ui() {
         "{names:?}"
     );
 
-    let doc: Value = producer
-        .http
-        .get(producer.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = producer.get_json("/openapi.json").await;
     assert!(
         doc["paths"]["/MessageProducer"]["post"].is_object(),
         "{doc}"
@@ -968,15 +960,7 @@ async fn the_token_guards_the_api_on_both_fronts_and_nothing_else() {
     answers.next().await.unwrap().unwrap();
 
     // The document states the configured MAX_COUNT and the scheme Swagger UI asks for.
-    let doc: Value = producer
-        .http
-        .get(producer.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = producer.get_json("/openapi.json").await;
     let count = &doc["components"]["schemas"]["ProduceBody"]["properties"]["count"];
     assert_eq!(
         (&count["minimum"], &count["maximum"]),

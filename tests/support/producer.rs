@@ -140,6 +140,17 @@ impl Producer {
         self.http.get(self.url(path)).send().await.unwrap().status()
     }
 
+    /// `GET path`, read as JSON (the OpenAPI document, say).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         let endpoint = tonic::transport::Endpoint::from_shared(self.base.clone()).unwrap();
         endpoint.connect().await.expect("gRPC connects")
