@@ -19,11 +19,10 @@ use bindings::dapr_v1::{
     app_callback_server::{AppCallback, AppCallbackServer},
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
-use tokio::{sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
-use super::{port::ClosedPort, wait_count};
+use super::{Served, port::ClosedPort, wait_count};
 
 /// How the fake app answers.
 #[derive(Debug, Clone)]
@@ -213,8 +212,7 @@ impl AppCallbackHealthCheck for Recorder {
 pub struct FakeApp {
     pub addr: SocketAddr,
     recorder: Arc<Recorder>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    server: Served,
 }
 
 impl FakeApp {
@@ -239,22 +237,22 @@ impl FakeApp {
             in_flight: watch::channel(0).0,
             peak_in_flight: AtomicUsize::new(0),
         });
-        let shutdown = CancellationToken::new();
         let health =
             health_check.then(|| AppCallbackHealthCheckServer::from_arc(Arc::clone(&recorder)));
-        let server = tonic::transport::Server::builder()
-            .add_service(AppCallbackServer::from_arc(Arc::clone(&recorder)))
-            .add_optional_service(health)
-            .serve_with_incoming_shutdown(
-                bindings::net::grpc_incoming(listener),
-                shutdown.clone().cancelled_owned(),
-            );
-        let task = tokio::spawn(async move { server.await.expect("fake app serves") });
+        let app = AppCallbackServer::from_arc(Arc::clone(&recorder));
+        let server = Served::spawn("fake app", |shutdown| {
+            tonic::transport::Server::builder()
+                .add_service(app)
+                .add_optional_service(health)
+                .serve_with_incoming_shutdown(
+                    bindings::net::grpc_incoming(listener),
+                    shutdown.cancelled_owned(),
+                )
+        });
         Self {
             addr,
             recorder,
-            shutdown,
-            task,
+            server,
         }
     }
 
@@ -302,10 +300,6 @@ impl FakeApp {
 
     /// Stops serving and waits for the server to end.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(super::WAIT, self.task)
-            .await
-            .expect("fake app stops")
-            .unwrap();
+        self.server.stop("fake app").await;
     }
 }

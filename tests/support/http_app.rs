@@ -21,10 +21,9 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use tokio::{net::TcpListener, sync::watch};
 
-use super::wait_count;
+use super::{Served, wait_count};
 
 /// How the fake HTTP app answers.
 #[derive(Debug, Clone)]
@@ -73,8 +72,7 @@ struct Recorder {
 pub struct HttpApp {
     pub addr: SocketAddr,
     recorder: Arc<Recorder>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    server: Served,
 }
 
 impl HttpApp {
@@ -100,15 +98,15 @@ impl HttpApp {
                 record,
             ))
             .with_state(Arc::clone(&recorder));
-        let shutdown = CancellationToken::new();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let task = tokio::spawn(async move { server.await.expect("fake HTTP app serves") });
+        let server = Served::spawn("fake HTTP app", |shutdown| {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .into_future()
+        });
         Self {
             addr,
             recorder,
-            shutdown,
-            task,
+            server,
         }
     }
 
@@ -150,11 +148,7 @@ impl HttpApp {
 
     /// Stops serving and waits for the server to end.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(super::WAIT, self.task)
-            .await
-            .expect("fake HTTP app stops")
-            .unwrap();
+        self.server.stop("fake HTTP app").await;
     }
 }
 

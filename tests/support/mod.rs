@@ -65,3 +65,41 @@ pub fn with_token<T>(request: impl IntoRequest<T>, token: &str) -> Request<T> {
     request.metadata_mut().insert(API_TOKEN_METADATA, value);
     request
 }
+
+/// A fake's server task in this process: stopped by cancelling its token, then awaited, bounded by
+/// [`WAIT`].
+pub struct Served {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Spawns the server that `serve` builds from the token it must stop on; `what` names it in
+    /// a failure.
+    pub fn spawn<F, E>(
+        what: &'static str,
+        serve: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Debug,
+    {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = serve(shutdown.clone());
+        let task = tokio::spawn(async move {
+            server
+                .await
+                .unwrap_or_else(|e| panic!("{what} serves: {e:?}"))
+        });
+        Self { shutdown, task }
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(self, what: &str) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} stops"))
+            .unwrap();
+    }
+}

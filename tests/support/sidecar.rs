@@ -15,11 +15,10 @@ use bindings::{
     dapr_runtime::{BindingHandler, DaprRuntimeServer},
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
 };
-use tokio::{sync::watch, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
-use super::{app::headers, port::ClosedPort, wait_count};
+use super::{Served, app::headers, port::ClosedPort, wait_count};
 
 /// One recorded `InvokeBinding`.
 #[derive(Debug, Clone)]
@@ -108,8 +107,7 @@ impl Recorder {
 pub struct FakeSidecar {
     pub addr: SocketAddr,
     recorder: Arc<Recorder>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    server: Served,
 }
 
 impl FakeSidecar {
@@ -126,19 +124,19 @@ impl FakeSidecar {
             behaviour,
             ..Default::default()
         });
-        let shutdown = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
-            .add_service(DaprRuntimeServer::from_arc(Arc::clone(&recorder)))
-            .serve_with_incoming_shutdown(
-                bindings::net::grpc_incoming(listener),
-                shutdown.clone().cancelled_owned(),
-            );
-        let task = tokio::spawn(async move { server.await.expect("fake sidecar serves") });
+        let service = DaprRuntimeServer::from_arc(Arc::clone(&recorder));
+        let server = Served::spawn("fake sidecar", |shutdown| {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    bindings::net::grpc_incoming(listener),
+                    shutdown.cancelled_owned(),
+                )
+        });
         Self {
             addr,
             recorder,
-            shutdown,
-            task,
+            server,
         }
     }
 
@@ -177,11 +175,7 @@ impl FakeSidecar {
 
     /// Stops serving, waits for the server to end, and returns every call it accepted.
     pub async fn stop(self) -> Vec<Call> {
-        self.shutdown.cancel();
-        tokio::time::timeout(super::WAIT, self.task)
-            .await
-            .expect("fake sidecar stops")
-            .unwrap();
+        self.server.stop("fake sidecar").await;
         self.recorder.calls.lock().unwrap().clone()
     }
 }
