@@ -15,7 +15,7 @@ mod queue;
 mod rate_limit;
 mod resiliency;
 mod runtime;
-// Wired into `up` by the replicas runtime.
+// The rules' bodies come with the rules branch; until then some of their types are unused.
 #[allow(dead_code)]
 mod scaling;
 mod service_bus;

@@ -6,9 +6,15 @@
 //! Deployment's replica count, and return the change to make. The runtime (`replicas`,
 //! `controller`) runs them on the clock and turns their decisions into processes.
 
+pub mod clock;
+pub mod controller;
 pub mod hpa;
 pub mod keda;
+pub mod replicas;
 pub mod spec;
+
+pub use clock::rfc3339;
+pub use controller::ScalingStatus;
 
 use std::fmt;
 
