@@ -5,7 +5,10 @@
 //! running after terminationGracePeriodSeconds. A victim's in-flight messages finish, or are
 //! abandoned (its lock dropped) and redelivered: none is lost.
 
-use std::{cmp::Ordering, net::SocketAddr, process::ExitStatus, time::Duration};
+use std::{
+    cmp::Ordering, net::SocketAddr, process::ExitStatus, sync::atomic::Ordering as AtomicOrdering,
+    time::Duration,
+};
 
 use tokio::{
     process::{Child, Command},
@@ -194,14 +197,17 @@ impl ReplicaSet {
         let replica = &mut self.replicas[i];
         replica.terminating = true;
         let at = Instant::now();
+        let mut in_flight = 0;
         if let Some(app) = &replica.app {
             app.stop_delivery();
             *app.status.terminating.lock().expect("terminating lock") = Some(Terminating {
                 at: self.clock.wall_at(at),
                 kill_at: self.clock.wall_at(at + grace),
             });
+            in_flight = app.status.in_flight.load(AtomicOrdering::Relaxed);
         }
-        info!(part = %replica.label, grace = ?grace, "scaling in: delivery stopped, sending SIGTERM");
+        // What it has in flight finishes within the grace period, or is redelivered.
+        info!(part = %replica.label, in_flight, ?grace, "scaling in: delivery stopped, sending SIGTERM");
         let _ = replica.stop.send(Some(grace));
     }
 
