@@ -662,6 +662,13 @@ fn nonzero(f: &Field<'_>, v: f64) -> anyhow::Result<f64> {
     if v == 0.0 {
         return Err(f.error("0 must be greater than 0 (the HPA's averageValue)"));
     }
+    // KEDA hands the HPA int64(value * 1000) milli-units (scaler.go: GetMetricTargetMili): below
+    // 0.001 that is 0, which the HPA refuses.
+    if ((v * 1000.0) as i64) < 1 {
+        return Err(f.error(format!(
+            "{v} is below 0.001, which KEDA passes to the HPA as a target of 0"
+        )));
+    }
     Ok(v)
 }
 
@@ -1343,6 +1350,13 @@ spec:
                 "queueName: orders\n        mode: QueueLength\n        value: lots\n"
             )),
             "spec.triggers[0].metadata.value: \"lots\" is not a number"
+        );
+        assert_eq!(
+            error(&RABBIT.replace(
+                "queueName: orders\n",
+                "queueName: orders\n        mode: QueueLength\n        value: \"0.0004\"\n"
+            )),
+            "spec.triggers[0].metadata.value: 0.0004 is below 0.001, which KEDA passes to the HPA as a target of 0"
         );
         assert_eq!(
             error(&RABBIT.replace(
