@@ -241,15 +241,18 @@ impl<'a> Field<'a> {
         }))
     }
 
+    /// The field `key` where it is missing, for an error that names it.
+    fn absent(&self, key: &str) -> Field<'a> {
+        Field {
+            file: self.file,
+            path: self.child_path(key),
+            value: &Value::Null,
+        }
+    }
+
     fn require(&self, key: &str) -> anyhow::Result<Field<'a>> {
-        self.get(key)?.ok_or_else(|| {
-            Field {
-                file: self.file,
-                path: self.child_path(key),
-                value: &Value::Null,
-            }
-            .error("is required")
-        })
+        self.get(key)?
+            .ok_or_else(|| self.absent(key).error("is required"))
     }
 
     /// Rejects keys outside `known`: kubectl refuses unknown fields (strict field validation),
@@ -258,14 +261,9 @@ impl<'a> Field<'a> {
         for key in self.mapping()?.keys() {
             let name = key.as_str().unwrap_or_default();
             if !known.contains(&name) {
-                let field = Field {
-                    file: self.file,
-                    path: self.child_path(&yaml_key(key)),
-                    value: &Value::Null,
-                };
-                return Err(
-                    field.error(format!("unknown field (known here: {})", known.join(", ")))
-                );
+                return Err(self
+                    .absent(&yaml_key(key))
+                    .error(format!("unknown field (known here: {})", known.join(", "))));
             }
         }
         Ok(())
@@ -281,12 +279,11 @@ impl<'a> Field<'a> {
     /// An `int32` field (every count and period of a ScaledObject and an HPA behavior).
     fn int(&self) -> anyhow::Result<i64> {
         match self.value {
-            Value::Number(n) => n
-                .as_i64()
-                .filter(|n| i32::try_from(*n).is_ok())
-                .ok_or_else(|| {
-                    self.error(format!("{n} is not a whole number of at most 2147483647"))
-                }),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) if i32::try_from(i).is_ok() => Ok(i),
+                Some(i) => Err(self.error(format!("{i} does not fit in an int32"))),
+                None => Err(self.error(format!("{n} is not a whole number"))),
+            },
             other => Err(self.error(format!("must be a whole number, not {}", describe(other)))),
         }
     }
@@ -364,7 +361,12 @@ fn parse_scaled_object(root: &Field<'_>) -> anyhow::Result<ScalingSpec> {
         "fallback",
     ])?;
 
-    let target_ref = spec.require("scaleTargetRef")?;
+    // A kustomize patch (an overlay's scaling.yaml) has no scaleTargetRef: say what is wanted.
+    let target_ref = spec.get("scaleTargetRef")?.ok_or_else(|| {
+        spec.absent("scaleTargetRef").error(
+            "is required (devstack reads a whole ScaledObject, not a kustomize patch of one)",
+        )
+    })?;
     target_ref.only(&["name", "apiVersion", "kind", "envSourceContainerName"])?;
     let target = target_ref.require("name")?.str()?.to_owned();
     // KEDA scales any resource with a scale subresource; devstack runs a Deployment's pods, and a
@@ -404,11 +406,7 @@ fn parse_scaled_object(root: &Field<'_>) -> anyhow::Result<ScalingSpec> {
     };
     // scaledobject_types.go: CheckReplicaCountBoundsAreValid.
     if min > max {
-        let at = max_field.unwrap_or_else(|| Field {
-            file: root.file,
-            path: spec.child_path("maxReplicaCount"),
-            value: &Value::Null,
-        });
+        let at = max_field.unwrap_or_else(|| spec.absent("maxReplicaCount"));
         return Err(at.error(format!("{max} is less than minReplicaCount {min}")));
     }
     let polling = match spec.get("pollingInterval")? {
@@ -499,12 +497,7 @@ fn parse_triggers(spec: &Field<'_>) -> anyhow::Result<Trigger> {
     // the API server refuses `messageCount: 5` unquoted; so does devstack, rather than diverge.
     for (key, value) in metadata.mapping()? {
         if !value.is_string() {
-            let field = Field {
-                file: metadata.file,
-                path: metadata.child_path(&yaml_key(key)),
-                value,
-            };
-            return Err(field.error(format!(
+            return Err(metadata.absent(&yaml_key(key)).error(format!(
                 "must be a string (quote it), not {}",
                 describe(value)
             )));
@@ -591,11 +584,9 @@ fn rabbitmq_trigger(metadata: &Field<'_>) -> anyhow::Result<Trigger> {
                 )));
             }
             let Some(v) = v else {
-                return Err(metadata_missing(
-                    metadata,
-                    "value",
-                    "is required with mode: QueueLength",
-                ));
+                return Err(metadata
+                    .absent("value")
+                    .error("is required with mode: QueueLength"));
             };
             nonzero(v, value_of(v)?)?
         }
@@ -670,15 +661,6 @@ fn nonzero(f: &Field<'_>, v: f64) -> anyhow::Result<f64> {
         )));
     }
     Ok(v)
-}
-
-fn metadata_missing(metadata: &Field<'_>, key: &str, message: &str) -> anyhow::Error {
-    Field {
-        file: metadata.file,
-        path: metadata.child_path(key),
-        value: &Value::Null,
-    }
-    .error(message)
 }
 
 fn parse_i64(f: &Field<'_>) -> anyhow::Result<i64> {
@@ -894,13 +876,21 @@ fn grace_period_of(scaled_object: &Path, name: &str) -> anyhow::Result<Duration>
             if !is_it {
                 continue;
             }
+            // A Deployment patch (an overlay's) may leave the pod template out: the field is
+            // absent then, as it is from a template that does not set it.
             let root = Field::root(file, doc);
-            let grace = match root
-                .require("spec")?
-                .require("template")?
-                .require("spec")?
-                .get("terminationGracePeriodSeconds")?
-            {
+            let mut pod_spec = Some(root);
+            for key in ["spec", "template", "spec"] {
+                pod_spec = match pod_spec {
+                    Some(f) => f.get(key)?,
+                    None => None,
+                };
+            }
+            let field = match pod_spec {
+                Some(f) => f.get("terminationGracePeriodSeconds")?,
+                None => None,
+            };
+            let grace = match field {
                 Some(f) => seconds_of(f.int_in(0, i64::MAX, "must be 0 or more (seconds)")?),
                 None => DEFAULT_TERMINATION_GRACE_PERIOD,
             };
@@ -1225,6 +1215,36 @@ spec:
     }
 
     #[test]
+    fn the_rabbitmq_overlays_trigger_loads_once_made_a_whole_scaled_object() {
+        let overlay = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/overlays/local-rabbitmq/scaling.yaml"),
+        )
+        .expect("read the overlay's patch");
+        assert_eq!(
+            error(&overlay),
+            "spec.scaleTargetRef: is required (devstack reads a whole ScaledObject, not a kustomize patch of one)"
+        );
+        let whole = overlay.replacen(
+            "spec:\n",
+            "spec:\n  scaleTargetRef:\n    name: consumer\n",
+            1,
+        );
+        let spec = load(&whole).expect("loads");
+        assert_eq!(
+            spec.trigger,
+            Trigger {
+                kind: TriggerKind::Rabbitmq {
+                    exclude_unacknowledged: false
+                },
+                queue_name: "msgqueue".into(),
+                target: 5.0,
+                activation: 0.0,
+            }
+        );
+    }
+
+    #[test]
     fn the_grace_period_comes_from_the_deployment_beside_it() {
         let dir = Dir::new();
         let so = dir.write("scaling.yaml", MINIMAL);
@@ -1258,6 +1278,26 @@ spec:
         let so = dir.write("scaling.yaml", MINIMAL);
         let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: consumer\nspec:\n  template:\n    spec:\n      containers: []\n";
         dir.write("a.yaml", deployment);
+        assert_eq!(
+            ScalingSpec::load(&so)
+                .expect("loads")
+                .termination_grace_period,
+            Duration::from_secs(30)
+        );
+        // An overlay's patch of the Deployment without a pod template does not count as a value.
+        dir.write(
+            "patch.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: consumer\nspec:\n  replicas: 2\n",
+        );
+        let message = ScalingSpec::load(&so)
+            .expect_err("two Deployments named consumer")
+            .to_string();
+        assert!(message.contains("several Deployments"), "{message}");
+        std::fs::remove_file(dir.0.join("patch.yaml")).expect("remove");
+        dir.write(
+            "a.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: consumer\nspec:\n  replicas: 2\n",
+        );
         assert_eq!(
             ScalingSpec::load(&so)
                 .expect("loads")
@@ -1375,7 +1415,11 @@ spec:
         );
         assert_eq!(
             error(&with_spec("  cooldownPeriod: 1.5\n")),
-            "spec.cooldownPeriod: 1.5 is not a whole number of at most 2147483647"
+            "spec.cooldownPeriod: 1.5 is not a whole number"
+        );
+        assert_eq!(
+            error(&with_spec("  maxReplicaCount: 3000000000\n")),
+            "spec.maxReplicaCount: 3000000000 does not fit in an int32"
         );
         assert_eq!(
             error(&with_metadata("        messageCount: 5\n")),
