@@ -15,8 +15,6 @@ mod queue;
 mod rate_limit;
 mod resiliency;
 mod runtime;
-// The rules' bodies come with the rules branch; until then some of their types are unused.
-#[allow(dead_code)]
 mod scaling;
 mod service_bus;
 mod sidecar;
