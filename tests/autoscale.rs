@@ -607,3 +607,76 @@ async fn fixed_consumers_show_their_label_and_state() {
     }
     stack.stop().await;
 }
+
+/// The committed ScaledObject with `minReplicaCount` raised: the Deployment at rest.
+fn at_rest(min: u32) -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/base/consumer-scaling.yaml"
+    ))
+    .unwrap()
+    .replace("minReplicaCount: 0", &format!("minReplicaCount: {min}"))
+}
+
+/// `minReplicaCount` consumers run from the start, scaled by nobody while the queue is empty; the
+/// stack stops them on SIGTERM as it stops everything, each exiting 0.
+#[tokio::test]
+async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
+    let text = at_rest(2);
+    let manifests = Manifests::new("rest", &[("scaling.yaml", &text)]);
+    let path = manifests.path("scaling.yaml");
+    let stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
+    let status = stack
+        .devstack
+        .wait_status("two consumers ready", |s| s["scaling"]["ready"] == 2)
+        .await;
+    assert_eq!(status["scaling"]["replicas"], 2, "{status}");
+    assert_eq!(steps(&status), [], "no change at rest");
+    let output = stack.stop().await;
+    for part in ["consumer-1", "consumer-2"] {
+        assert_eq!(
+            stopped_status(&output, part).as_deref(),
+            Some("exit status: 0"),
+            "{part}"
+        );
+    }
+    assert!(scaled_in(&output).is_empty());
+}
+
+/// A consumer that exits without being scaled in stops the stack, as any part that stops on its
+/// own does.
+#[tokio::test]
+async fn a_replica_that_dies_on_its_own_stops_the_stack() {
+    let text = at_rest(1);
+    let manifests = Manifests::new("dies", &[("scaling.yaml", &text)]);
+    let path = manifests.path("scaling.yaml");
+    let mut stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
+    stack
+        .devstack
+        .wait_status("one consumer ready", |s| s["scaling"]["ready"] == 1)
+        .await;
+    let started = stack
+        .devstack
+        .service
+        .wait_for_lines("consumer-1 started", |lines| {
+            part_events(lines, "sidecar")
+                .into_iter()
+                .find(|e| e["message"] == "started" && e["part"] == "consumer-1")
+        })
+        .await;
+    let pid = i32::try_from(started["pid"].as_u64().unwrap()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let service = &mut stack.devstack.service;
+    assert_eq!(service.exit_code(WAIT).await, Some(1));
+    let stopped = part_event(
+        service,
+        "sidecar",
+        "a part stopped on its own; stopping the stack",
+    )
+    .await;
+    assert_eq!(stopped["part"], "consumer-1", "{stopped}");
+}

@@ -324,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn the_trigger_reads_the_one_binding_or_the_one_named_as_its_queue() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/base/consumer-scaling.yaml"
+        );
+        let spec = ScalingSpec::load(std::path::Path::new(path)).expect("the committed one");
+        assert_eq!(spec.trigger.queue_name, "msgqueue");
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            binding_for(&spec, &names(&["message-queue"])).unwrap(),
+            "message-queue"
+        );
+        assert_eq!(
+            binding_for(&spec, &names(&["a", "msgqueue"])).unwrap(),
+            "msgqueue"
+        );
+        let error = binding_for(&spec, &names(&["a", "b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("queueName") && error.contains("a, b"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn ticks_keep_their_cadence_and_skip_missed_ones() {
         let s = Duration::from_secs;
         assert_eq!(next_tick(s(0), s(10), s(3)), s(10));
