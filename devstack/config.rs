@@ -69,8 +69,9 @@ pub struct UpArgs {
     #[arg(long, env = "CONSUMERS", default_value = "1")]
     pub consumers: NonZeroUsize,
     /// Run the consumers as the replicas of a Deployment that KEDA and the HPA scale, from this
-    /// ScaledObject (and the Deployment beside it, for terminationGracePeriodSeconds): 0 to
-    /// maxReplicaCount consumers, each on a free port, as the queue fills and empties. Without
+    /// ScaledObject (and the Deployment beside it, for terminationGracePeriodSeconds):
+    /// minReplicaCount to maxReplicaCount consumers as the queue fills and empties, each on free
+    /// ports (APP_PORT and METRICS_PORT do not apply), shown in /devstack/status. Without
     /// PATH, deploy/base/consumer-scaling.yaml of the repository devstack was built from. A
     /// ScaledObject devstack cannot honour stops it at start. Not with --consumers.
     #[arg(
@@ -86,7 +87,13 @@ pub struct UpArgs {
     /// initialCooldownPeriod, the HPA's 15 s sync, stabilisation windows, policy periods), e.g.
     /// 0.1 to watch a minute's scaling in 6 s with the same decisions. The consumers' own
     /// settings (WORK_DURATION, drain) and terminationGracePeriodSeconds are not scaled.
-    #[arg(long, env = "TIME_SCALE", default_value_t = 1.0, value_parser = time_scale)]
+    #[arg(
+        long,
+        env = "TIME_SCALE",
+        default_value_t = 1.0,
+        value_parser = time_scale,
+        requires = "autoscale"
+    )]
     pub time_scale: f64,
     /// The producer's port (REST and gRPC); 0 picks a free port, shown in the banner.
     #[arg(long, env = "PORT", default_value_t = 8080)]
@@ -377,6 +384,7 @@ mod tests {
             (&["--time-scale", "inf"], "positive number"),
             (&["--time-scale", "NaN"], "positive number"),
             (&["--autoscale", "--consumers", "2"], "cannot be used with"),
+            (&["--time-scale", "0.1"], "--autoscale"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(reason), "{args:?}: {err}");

@@ -231,7 +231,9 @@ impl ReplicaSet {
                     // Scaled in before it was up: the sidecar never delivers to it.
                     return Ok(());
                 }
-                let address = address?;
+                let address = address.inspect_err(|e| {
+                    error!(part = %replica.label, error = %e, "stopping the stack");
+                })?;
                 replica.app = Some(supervisor::add_app(
                     sidecar,
                     &replica.label,
