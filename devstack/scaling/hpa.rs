@@ -53,8 +53,8 @@ pub struct Hpa {
     scale_down_events: Vec<ScaleEvent>,
 }
 
-/// `until` minus `window`, or `None` when the window reaches back before the controller started
-/// (then no record is older than the cutoff).
+/// `now` minus `window`, or `None` when the window reaches back before the controller started
+/// (then no record is before the cutoff, and every record is after it).
 fn cutoff(now: Duration, window: Duration) -> Option<Duration> {
     now.checked_sub(window)
 }
@@ -97,14 +97,18 @@ impl Hpa {
             }]
         });
 
-        let mut proposal = None;
-        let mut recommendation = None;
-        let mut limit = None;
-        let (desired, reason) = if current == 0 {
+        if current == 0 {
             // shouldComputeMetricsForZeroReplicas: with HPAScaleToZero off (alpha, off by default)
             // "scaling is disabled since the replica count of the target is zero"; KEDA does 0 -> 1.
             return None;
-        } else if current > self.max {
+        }
+
+        let mut proposal = None;
+        let mut recommendation = None;
+        let mut limit = None;
+        // reconcileAutoscaler: outside [minReplicas, maxReplicas] the count is brought back
+        // without reading the metric (and without recording a recommendation).
+        let (desired, reason) = if current > self.max {
             (
                 self.max,
                 format!("replicas {current} above maxReplicas {}", self.max),
@@ -119,6 +123,8 @@ impl Hpa {
             let (desired, stabilised, cap, rest) = match &self.behavior {
                 None => self.normalize_legacy(now, current, proposed),
                 Some(behavior) => {
+                    // A copy, as the normalisation updates the records beside it; a few policies
+                    // every 15 s.
                     let behavior = behavior.clone();
                     self.normalize_with_behavior(now, current, proposed, &behavior)
                 }
