@@ -818,4 +818,52 @@ mod tests {
         assert_eq!(hpa.sync(s(0), 70, 10), None, "70/50 = 1.4 is within 1.5");
         assert_eq!(hpa.sync(s(15), 80, 10).map(|d| d.to), Some(16));
     }
+
+    proptest::proptest! {
+        /// Whatever the queue does, the legacy path stays within [max(min, 1), max], never steps
+        /// up past max(2 * current, 4), and never reports a change that is none.
+        #[test]
+        fn the_legacy_path_stays_in_bounds_and_under_its_cap(
+            min in 0u32..4,
+            extra in 0u32..20,
+            metrics in proptest::collection::vec(0u64..500, 1..60),
+        ) {
+            let max = min.max(1) + extra;
+            let mut hpa = Hpa::new(&spec(min, max, None));
+            let mut replicas = min.max(1);
+            for (i, metric) in metrics.into_iter().enumerate() {
+                if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {
+                    proptest::prop_assert_ne!(d.from, d.to);
+                    proptest::prop_assert!(d.to >= min.max(1) && d.to <= max, "{d:?}");
+                    if d.to > d.from {
+                        proptest::prop_assert!(d.to <= (2 * d.from).max(4), "{d:?}");
+                    }
+                    replicas = d.to;
+                }
+            }
+        }
+
+        /// With Kubernetes' default behavior, a 15 s sync adds at most max(4, current) pods
+        /// (Pods 4 or Percent 100 per 15 s), and every count stays within [max(min, 1), max].
+        #[test]
+        fn the_default_behavior_stays_in_bounds_and_under_its_rate(
+            min in 0u32..4,
+            extra in 0u32..40,
+            metrics in proptest::collection::vec(0u64..1000, 1..60),
+        ) {
+            let max = min.max(1) + extra;
+            let mut hpa = Hpa::new(&spec(min, max, Some(default_behavior())));
+            let mut replicas = min.max(1);
+            for (i, metric) in metrics.into_iter().enumerate() {
+                if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {
+                    proptest::prop_assert_ne!(d.from, d.to);
+                    proptest::prop_assert!(d.to >= min.max(1) && d.to <= max, "{d:?}");
+                    if d.to > d.from {
+                        proptest::prop_assert!(d.to - d.from <= d.from.max(4), "{d:?}");
+                    }
+                    replicas = d.to;
+                }
+            }
+        }
+    }
 }
