@@ -53,8 +53,8 @@ pub struct Hpa {
     scale_down_events: Vec<ScaleEvent>,
 }
 
-/// `until` minus `window`, or `None` when the window reaches back before the controller started
-/// (then no record is older than the cutoff).
+/// `now` minus `window`, or `None` when the window reaches back before the controller started
+/// (then no record is before the cutoff, and every record is after it).
 fn cutoff(now: Duration, window: Duration) -> Option<Duration> {
     now.checked_sub(window)
 }
@@ -97,14 +97,18 @@ impl Hpa {
             }]
         });
 
-        let mut proposal = None;
-        let mut recommendation = None;
-        let mut limit = None;
-        let (desired, reason) = if current == 0 {
+        if current == 0 {
             // shouldComputeMetricsForZeroReplicas: with HPAScaleToZero off (alpha, off by default)
             // "scaling is disabled since the replica count of the target is zero"; KEDA does 0 -> 1.
             return None;
-        } else if current > self.max {
+        }
+
+        let mut proposal = None;
+        let mut recommendation = None;
+        let mut limit = None;
+        // reconcileAutoscaler: outside [minReplicas, maxReplicas] the count is brought back
+        // without reading the metric (and without recording a recommendation).
+        let (desired, reason) = if current > self.max {
             (
                 self.max,
                 format!("replicas {current} above maxReplicas {}", self.max),
@@ -119,6 +123,8 @@ impl Hpa {
             let (desired, stabilised, cap, rest) = match &self.behavior {
                 None => self.normalize_legacy(now, current, proposed),
                 Some(behavior) => {
+                    // A copy, as the normalisation updates the records beside it; a few policies
+                    // every 15 s.
                     let behavior = behavior.clone();
                     self.normalize_with_behavior(now, current, proposed, &behavior)
                 }
@@ -811,5 +817,53 @@ mod tests {
         let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
         assert_eq!(hpa.sync(s(0), 70, 10), None, "70/50 = 1.4 is within 1.5");
         assert_eq!(hpa.sync(s(15), 80, 10).map(|d| d.to), Some(16));
+    }
+
+    proptest::proptest! {
+        /// Whatever the queue does, the legacy path stays within [max(min, 1), max], never steps
+        /// up past max(2 * current, 4), and never reports a change that is none.
+        #[test]
+        fn the_legacy_path_stays_in_bounds_and_under_its_cap(
+            min in 0u32..4,
+            extra in 0u32..20,
+            metrics in proptest::collection::vec(0u64..500, 1..60),
+        ) {
+            let max = min.max(1) + extra;
+            let mut hpa = Hpa::new(&spec(min, max, None));
+            let mut replicas = min.max(1);
+            for (i, metric) in metrics.into_iter().enumerate() {
+                if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {
+                    proptest::prop_assert_ne!(d.from, d.to);
+                    proptest::prop_assert!(d.to >= min.max(1) && d.to <= max, "{d:?}");
+                    if d.to > d.from {
+                        proptest::prop_assert!(d.to <= (2 * d.from).max(4), "{d:?}");
+                    }
+                    replicas = d.to;
+                }
+            }
+        }
+
+        /// With Kubernetes' default behavior, a 15 s sync adds at most max(4, current) pods
+        /// (Pods 4 or Percent 100 per 15 s), and every count stays within [max(min, 1), max].
+        #[test]
+        fn the_default_behavior_stays_in_bounds_and_under_its_rate(
+            min in 0u32..4,
+            extra in 0u32..40,
+            metrics in proptest::collection::vec(0u64..1000, 1..60),
+        ) {
+            let max = min.max(1) + extra;
+            let mut hpa = Hpa::new(&spec(min, max, Some(default_behavior())));
+            let mut replicas = min.max(1);
+            for (i, metric) in metrics.into_iter().enumerate() {
+                if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {
+                    proptest::prop_assert_ne!(d.from, d.to);
+                    proptest::prop_assert!(d.to >= min.max(1) && d.to <= max, "{d:?}");
+                    if d.to > d.from {
+                        proptest::prop_assert!(d.to - d.from <= d.from.max(4), "{d:?}");
+                    }
+                    replicas = d.to;
+                }
+            }
+        }
     }
 }

@@ -119,7 +119,9 @@ impl Keda {
     /// start + initialCooldownPeriod when never active); `None` when that does not apply.
     ///
     /// It does not apply while the trigger is active, nor with minReplicaCount above 0 (KEDA
-    /// never scales to 0 then). The scale to 0 happens at the first poll strictly after this time.
+    /// never scales to 0 then). The scale to 0 happens at the first poll strictly after this time,
+    /// if there are replicas then; the time is given whatever the count, as KEDA's own
+    /// `lastActiveTime` is.
     pub fn cooldown_ends(&self) -> Option<Duration> {
         if self.active || self.spec.min_replica_count > 0 {
             return None;
