@@ -5,7 +5,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -17,6 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::queue::{Counts, DeadLetter, Queue, Settings};
 
@@ -25,6 +26,31 @@ use crate::queue::{Counts, DeadLetter, Queue, Settings};
 pub struct Broker {
     queues: BTreeMap<String, Arc<Queue>>,
     apps: Mutex<Vec<Arc<AppStatus>>>,
+    changes: Changes,
+}
+
+/// Wakes whoever watches the status (the dashboard's event stream) after anything in it changed.
+/// A watch, not a channel: a burst of changes is one wake-up, and nothing queues up when nobody
+/// reads, so the queue's hot path pays one uncontended store per change.
+#[derive(Debug, Clone)]
+pub struct Changes(Arc<watch::Sender<()>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(())))
+    }
+}
+
+impl Changes {
+    /// Something in the status changed.
+    pub fn notify(&self) {
+        self.0.send_replace(());
+    }
+
+    /// A receiver whose `changed()` resolves after the next [`notify`](Self::notify).
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.0.subscribe()
+    }
 }
 
 /// Live state of one consumer app, as the delivery side sees it.
@@ -36,6 +62,34 @@ pub struct AppStatus {
     pub bindings: Mutex<Option<Vec<String>>>,
     pub healthy: AtomicBool,
     pub in_flight: AtomicUsize,
+    /// Deliveries the app answered OK.
+    pub processed: AtomicU64,
+    /// Deliveries that failed (an error answer, or none), each counted once when its message
+    /// was abandoned, after the Resiliency's retries.
+    pub failed: AtomicU64,
+    changes: Changes,
+}
+
+impl AppStatus {
+    /// Something about this app changed that the status shows.
+    pub fn changed(&self) {
+        self.changes.notify();
+    }
+
+    /// A delivery to the app began.
+    pub fn delivery_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.changed();
+    }
+
+    /// A delivery ended: `ok` when the app answered OK. Counted before the message is settled,
+    /// so a status that shows the message completed shows it processed too.
+    pub fn delivery_ended(&self, ok: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = if ok { &self.processed } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed();
+    }
 }
 
 /// JSON status: counts per queue, consumers, recent dead letters.
@@ -56,18 +110,36 @@ pub struct ConsumerStatus {
     pub healthy: bool,
     pub in_flight: usize,
     pub max_concurrency: usize,
+    pub processed: u64,
+    pub failed: u64,
 }
 
 impl Broker {
     pub fn new(bindings: &[String], settings: Settings) -> Arc<Self> {
+        let changes = Changes::default();
         let queues = bindings
             .iter()
-            .map(|name| (name.clone(), Queue::new(name.clone(), settings)))
+            .map(|name| {
+                let queue = Queue::watched(name.clone(), settings, changes.clone());
+                (name.clone(), queue)
+            })
             .collect();
         Arc::new(Self {
             queues,
             apps: Mutex::default(),
+            changes,
         })
+    }
+
+    /// Wakes the status's watchers: anything that changes what [`status`](Self::status) shows
+    /// calls it (the queues and the apps do on their own).
+    pub fn notify(&self) {
+        self.changes.notify();
+    }
+
+    /// Resolves `changed()` after each [`notify`](Self::notify), bursts coalesced.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     /// The bindings served, each its own queue.
@@ -86,8 +158,12 @@ impl Broker {
             bindings: Mutex::new(None),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            changes: self.changes.clone(),
         });
         self.apps.lock().expect("apps lock").push(Arc::clone(&app));
+        self.notify();
         app
     }
 
@@ -103,6 +179,8 @@ impl Broker {
                 healthy: app.healthy.load(Ordering::Relaxed),
                 in_flight: app.in_flight.load(Ordering::Relaxed),
                 max_concurrency: app.max_concurrency,
+                processed: app.processed.load(Ordering::Relaxed),
+                failed: app.failed.load(Ordering::Relaxed),
             })
             .collect();
         Status {
