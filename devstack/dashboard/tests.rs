@@ -177,7 +177,7 @@ async fn app_changes_are_sent_too_with_the_processed_and_failed_counts() {
     let mut client = Client::connect(&dashboard).await;
     assert_eq!(client.status().await["consumers"], serde_json::json!([]));
 
-    let app = broker.register_app("127.0.0.1:1".to_owned(), 1);
+    let app = broker.register_app("consumer-1".to_owned(), "127.0.0.1:1".to_owned(), 1);
     app.delivery_started();
     app.delivery_ended(true);
     app.delivery_started();
