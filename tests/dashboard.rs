@@ -63,6 +63,11 @@ fn sum(cells: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the DOM read's `field` is the number `n`.
+fn shows(dom: &Value, field: &str, n: u64) -> bool {
+    dom[field].as_str().and_then(|t| t.parse::<u64>().ok()) == Some(n)
+}
+
 fn status_sum(status: &Value, field: &str) -> u64 {
     status["consumers"]
         .as_array()
@@ -70,6 +75,58 @@ fn status_sum(status: &Value, field: &str) -> u64 {
         .iter()
         .filter_map(|c| c[field].as_u64())
         .sum()
+}
+
+/// Reads `/devstack/status` and the DOM back to back until they agree (at most [`WAIT`]): the
+/// queue's totals and the consumers' processed and failed counts. Returns the DOM read.
+async fn agreed(stack: &Devstack, browser: &mut Browser) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = (Value::Null, Value::Null);
+    while tokio::time::Instant::now() < deadline {
+        let status = stack.status().await;
+        let dom = browser.eval(READ_DOM).await;
+        let c = counts(&status, QUEUE);
+        if shows(&dom, "produced", c.produced)
+            && shows(&dom, "completed", c.completed)
+            && shows(&dom, "deadLettered", c.dead_lettered)
+            && sum(&dom["processed"]) == status_sum(&status, "processed")
+            && sum(&dom["failed"]) == status_sum(&status, "failed")
+        {
+            return dom;
+        }
+        last = (status, dom);
+        browser.next_frame().await;
+    }
+    panic!(
+        "the page never agreed with /devstack/status; last status {}, page {}",
+        last.0, last.1
+    );
+}
+
+/// The README's picture, the whole page at 1280 pixels wide, written to `path` (relative to the
+/// repository). With `--autoscale`, taken once the first scale-in has begun, so the chart shows
+/// the replicas going up and coming down.
+async fn readme_screenshot(stack: &Devstack, browser: &mut Browser, path: &str) {
+    if stack.status().await.get("scaling").is_some() {
+        let status = stack
+            .wait_status("a scale-in", |s| {
+                s["scaling"]["events"].as_array().is_some_and(|events| {
+                    events.iter().any(|e| e["to"].as_u64() < e["from"].as_u64())
+                })
+            })
+            .await;
+        let replicas = status["scaling"]["replicas"].to_string();
+        browser
+            .wait_for(
+                "the scale-in",
+                "document.getElementById('replicas').textContent",
+                |v| v.as_str() == Some(replicas.as_str()),
+            )
+            .await;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    browser.screenshot_full(&path).await;
+    println!("saved the README's screenshot to {}", path.display());
 }
 
 fn scratch() -> PathBuf {
@@ -105,11 +162,14 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
     let mut env = EPHEMERAL.to_vec();
     // A poison message is dead-lettered after 3 deliveries, each abandoned at once.
     env.extend([
-        ("CONSUMERS", "2"),
         ("WORK_DURATION", "200ms"),
         ("MAX_DELIVERY_COUNT", "3"),
         ("RESILIENCY", "none"),
     ]);
+    // Two competing consumers, unless the scaler decides how many.
+    if !args.contains(&"--autoscale") {
+        env.push(("CONSUMERS", "2"));
+    }
     let mut service = Service::spawn_with_args(devstack::BIN, &args, &env);
     let listening = part_event(&mut service, "sidecar", "sidecar listening").await;
     let mut stack = Devstack::attach(service, &listening);
@@ -178,20 +238,11 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
             c.completed == 30 && c.dead_lettered == 1 && c.settled()
         })
         .await;
-    let (processed, failed) = (
-        status_sum(&status, "processed"),
-        status_sum(&status, "failed"),
+    assert!(
+        status_sum(&status, "processed") >= 30 && status_sum(&status, "failed") >= 3,
+        "{status}"
     );
-    assert!(processed >= 30 && failed >= 3, "{status}");
-    let dom = browser
-        .wait_for("the numbers of /devstack/status", READ_DOM, |dom| {
-            dom["produced"] == "31"
-                && dom["completed"] == "30"
-                && dom["deadLettered"] == "1"
-                && sum(&dom["processed"]) == processed
-                && sum(&dom["failed"]) == failed
-        })
-        .await;
+    let dom = agreed(&stack, &mut browser).await;
     let bodies = dom["deadBodies"].as_array().expect("dead letter bodies");
     assert_eq!(bodies.len(), 1, "{dom}");
     assert!(
@@ -201,18 +252,17 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
             .contains("poison sent from the dashboard"),
         "{dom}"
     );
-    let completed_in_status = counts(&stack.status().await, QUEUE).completed;
-    assert_eq!(dom["completed"], completed_in_status.to_string());
+    assert_eq!(
+        (&dom["produced"], &dom["completed"], &dom["deadLettered"]),
+        (&json!("31"), &json!("30"), &json!("1"))
+    );
 
     let shot = scratch().join("dashboard.png");
     browser.screenshot(&shot).await;
-    if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {
-        // Relative to the repository, where `cargo test` is run.
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-        browser.screenshot(&path).await;
-        println!("saved the dashboard's screenshot to {}", path.display());
-    }
     println!("screenshot: {}", shot.display());
+    if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {
+        readme_screenshot(&stack, &mut browser, &path).await;
+    }
 
     // A narrow window: one column, nothing wider than the window.
     browser.resize(NARROW, 900).await;

@@ -215,11 +215,16 @@ impl Browser {
             if pred(&last) {
                 return last;
             }
-            // One animation frame: the page renders what it received before the next look.
-            self.eval("new Promise(r => requestAnimationFrame(() => setTimeout(r, 50)))")
-                .await;
+            self.next_frame().await;
         }
         panic!("the page never showed {what}; last {expression} = {last}");
+    }
+
+    /// Returns after the page's next animation frame (and 50 ms): it has rendered what it had
+    /// received. Paces a look at the DOM; never what a test waits on.
+    pub async fn next_frame(&mut self) {
+        self.eval("new Promise(r => requestAnimationFrame(() => setTimeout(() => r(true), 50)))")
+            .await;
     }
 
     /// The page's viewport size, as a phone or a narrow window has it.
@@ -231,11 +236,26 @@ impl Browser {
         .await;
     }
 
-    /// A PNG of the page as rendered, written to `path`.
+    /// A PNG of the viewport as rendered, written to `path`.
     pub async fn screenshot(&mut self, path: &Path) {
-        let shot = self
-            .call("Page.captureScreenshot", json!({ "format": "png" }))
+        self.capture(path, json!({ "format": "png" })).await;
+    }
+
+    /// A PNG of the whole page, however tall, at the viewport's width, written to `path`.
+    pub async fn screenshot_full(&mut self, path: &Path) {
+        let size = self
+            .eval("[document.documentElement.clientWidth, document.documentElement.scrollHeight]")
             .await;
+        let clip = json!({ "x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1 });
+        self.capture(
+            path,
+            json!({ "format": "png", "captureBeyondViewport": true, "clip": clip }),
+        )
+        .await;
+    }
+
+    async fn capture(&mut self, path: &Path, params: Value) {
+        let shot = self.call("Page.captureScreenshot", params).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
             .expect("screenshot is base64");

@@ -5,6 +5,7 @@
 
 (function () {
   const WINDOW_SECONDS = 600;
+  const EVENTS_LISTED = 12;
   const $ = (id) => document.getElementById(id);
 
   /** Samples of the last ten minutes, one a second: {t (s), active, locked, dead, completed, rate, replicas...}. */
@@ -224,7 +225,11 @@
     $("metric").textContent = scaling.metric ?? "–";
     $("cooldown").dataset.endsAt = scaling.cooldownEndsAt || "";
     const events = scaling.events || [];
-    const rows = [...events].reverse().map((e) => {
+    // The newest few; every one is marked on the chart, and all are in /devstack/status.
+    const shown = events.slice(-EVENTS_LISTED).reverse();
+    $("events-heading").textContent =
+      events.length > EVENTS_LISTED ? `Scaling events (the last ${EVENTS_LISTED} of ${events.length})` : "Scaling events";
+    const rows = shown.map((e) => {
       const row = document.createElement("tr");
       cell(row, timeOf(e.at));
       cell(row, e.by);
@@ -239,7 +244,7 @@
 
   function timeOf(rfc3339) {
     const d = new Date(rfc3339);
-    return isNaN(d) ? String(rfc3339) : d.toLocaleTimeString();
+    return isNaN(d) ? String(rfc3339) : d.toLocaleTimeString([], { hour12: false });
   }
 
   function secondsUntil(rfc3339) {
