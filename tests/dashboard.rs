@@ -104,26 +104,28 @@ async fn agreed(stack: &Devstack, browser: &mut Browser) -> Value {
 }
 
 /// The README's picture, the whole page at 1280 pixels wide, written to `path` (relative to the
-/// repository). With `--autoscale`, taken once the first scale-in has begun, so the chart shows
-/// the replicas going up and coming down.
-async fn readme_screenshot(stack: &Devstack, browser: &mut Browser, path: &str) {
-    if stack.status().await.get("scaling").is_some() {
-        let status = stack
-            .wait_status("a scale-in", |s| {
-                s["scaling"]["events"].as_array().is_some_and(|events| {
-                    events.iter().any(|e| e["to"].as_u64() < e["from"].as_u64())
-                })
-            })
-            .await;
-        let replicas = status["scaling"]["replicas"].to_string();
-        browser
-            .wait_for(
-                "the scale-in",
-                "document.getElementById('replicas').textContent",
-                |v| v.as_str() == Some(replicas.as_str()),
-            )
-            .await;
-    }
+/// repository): the original's 50 messages, sent from the page's form, taken while consumers
+/// work on them (with `--autoscale`, once the scaler is at 4 replicas or more).
+async fn readme_screenshot(browser: &mut Browser, path: &str) {
+    browser
+        .eval(
+            "document.getElementById('count').value = '50';
+             document.getElementById('interval').value = '0';
+             document.getElementById('text').value = '';
+             document.querySelector('#produce button[type=submit]').click(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "consumers busy on the 50 messages",
+            "[document.getElementById('locked').textContent, document.getElementById('scaling').hidden, document.getElementById('replicas').textContent]",
+            |v| {
+                let number = |i: usize| v[i].as_str().and_then(|t| t.parse::<u64>().ok());
+                number(0).is_some_and(|locked| locked > 0)
+                    && (v[1] == true || number(2).is_some_and(|replicas| replicas >= 4))
+            },
+        )
+        .await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     browser.screenshot_full(&path).await;
     println!("saved the README's screenshot to {}", path.display());
@@ -161,8 +163,11 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
     let args: Vec<&str> = extra.split_whitespace().collect();
     let mut env = EPHEMERAL.to_vec();
     // A poison message is dead-lettered after 3 deliveries, each abandoned at once.
+    let screenshot = std::env::var("DASHBOARD_SCREENSHOT").ok();
+    // For the README's picture, work long enough for the scaling to show.
+    let work = if screenshot.is_some() { "1s" } else { "200ms" };
     env.extend([
-        ("WORK_DURATION", "200ms"),
+        ("WORK_DURATION", work),
         ("MAX_DELIVERY_COUNT", "3"),
         ("RESILIENCY", "none"),
     ]);
@@ -260,8 +265,8 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
     let shot = scratch().join("dashboard.png");
     browser.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
-    if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {
-        readme_screenshot(&stack, &mut browser, &path).await;
+    if let Some(path) = screenshot {
+        readme_screenshot(&mut browser, &path).await;
     }
 
     // A narrow window: one column, nothing wider than the window.

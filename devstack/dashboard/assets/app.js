@@ -112,6 +112,18 @@
     renderDeadLetters(status.deadLetters || {});
     renderCountdowns();
     if (samples.length === 0) sample(Date.now() / 1000);
+    scheduleDraw();
+  }
+
+  // At most one redraw a frame, however many statuses arrive.
+  let drawPending = false;
+  function scheduleDraw() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => {
+      drawPending = false;
+      drawChart();
+    });
   }
 
   function sample(t) {
@@ -293,7 +305,7 @@
     ];
     if (withScaling) {
       series.push(
-        { label: "desired replicas", stroke: COLORS.replicas, width: 2, scale: "replicas", paths: uPlot.paths.stepped({ align: 1 }) },
+        { label: "desired replicas", stroke: COLORS.replicas, width: 3, scale: "replicas", dash: [8, 4], paths: uPlot.paths.stepped({ align: 1 }) },
         { label: "ready", stroke: COLORS.ready, width: 2, scale: "replicas", paths: uPlot.paths.stepped({ align: 1 }) },
         { label: "terminating", stroke: COLORS.terminating, width: 1, scale: "replicas", dash: [2, 2], paths: uPlot.paths.stepped({ align: 1 }) },
       );
@@ -318,15 +330,33 @@
   }
 
   function chartData(withScaling) {
+    // The samples, then the latest status as it is now, so the chart's right edge is never
+    // behind the numbers above it.
+    const points = samples.slice();
+    if (latest && points.length && !stopped) {
+      const previous = points[points.length - 1];
+      const scaling = latest.status.scaling;
+      const now = Math.max(previous.t, Date.now() / 1000);
+      points.push({
+        t: now,
+        active: latest.totals.active,
+        locked: latest.totals.locked,
+        dead: latest.totals.deadLettered,
+        rate: previous.rate,
+        replicas: scaling ? scaling.replicas : null,
+        ready: scaling ? scaling.ready : null,
+        terminating: scaling ? scaling.terminating : null,
+      });
+    }
     const data = [
-      samples.map((s) => s.t),
-      samples.map((s) => s.active),
-      samples.map((s) => s.locked),
-      samples.map((s) => s.dead),
-      samples.map((s) => s.rate),
+      points.map((s) => s.t),
+      points.map((s) => s.active),
+      points.map((s) => s.locked),
+      points.map((s) => s.dead),
+      points.map((s) => s.rate),
     ];
     if (withScaling) {
-      data.push(samples.map((s) => s.replicas), samples.map((s) => s.ready), samples.map((s) => s.terminating));
+      data.push(points.map((s) => s.replicas), points.map((s) => s.ready), points.map((s) => s.terminating));
     }
     return data;
   }
