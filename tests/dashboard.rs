@@ -152,7 +152,10 @@ async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
 #[tokio::test]
 async fn the_page_shows_the_live_stack_in_a_real_browser() {
     let Some(chromium) = browser::find() else {
-        println!(
+        // Straight to stderr, past the test harness's capture: a skip is seen, not silent.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED the_page_shows_the_live_stack_in_a_real_browser: no Chromium on PATH (nor \
              $CHROMIUM). Install it ({}) to run it; REQUIRE_BROWSER=1 makes this a failure.",
             browser::INSTALL
