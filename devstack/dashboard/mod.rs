@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, ChangesReceiver};
 
 /// The least time between two `status` events: at most ten a second, whatever the queue does.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
@@ -140,7 +140,7 @@ impl Dashboard {
         async move { self.run(&mut changes).await }
     }
 
-    async fn run(&self, changes: &mut watch::Receiver<()>) {
+    async fn run(&self, changes: &mut ChangesReceiver) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
