@@ -5,7 +5,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::Serialize;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     queue::{Counts, DeadLetter, Queue, Settings},
@@ -32,6 +32,68 @@ pub struct Broker {
     apps: Mutex<Vec<Arc<AppStatus>>>,
     /// With `--autoscale`: what the scaling controller last published.
     scaling: Mutex<Option<ScalingStatus>>,
+    changes: Changes,
+}
+
+/// Wakes whoever watches the status (the dashboard's event stream) after anything in it changed.
+/// A watch, not a channel: a burst of changes is one wake-up, and nothing queues up when nobody
+/// reads. While a wake-up is pending (its watcher has not looked yet), a change costs the queue's
+/// hot path one atomic swap: the watcher will see that change too when it looks.
+#[derive(Debug, Clone)]
+pub struct Changes(Arc<ChangesShared>);
+
+#[derive(Debug)]
+struct ChangesShared {
+    tx: watch::Sender<()>,
+    pending: AtomicBool,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(Arc::new(ChangesShared {
+            tx: watch::Sender::new(()),
+            pending: AtomicBool::new(false),
+        }))
+    }
+}
+
+impl Changes {
+    /// Something in the status changed. Call it after the change, outside any lock.
+    pub fn notify(&self) {
+        if !self.0.pending.swap(true, Ordering::AcqRel) {
+            self.0.tx.send_replace(());
+        }
+    }
+
+    /// A watcher: its [`changed`](ChangesReceiver::changed) resolves after the next
+    /// [`notify`](Self::notify).
+    pub fn subscribe(&self) -> ChangesReceiver {
+        let rx = self.0.tx.subscribe();
+        // Changes before now are not this watcher's; the next one must wake it.
+        self.0.pending.store(false, Ordering::Release);
+        ChangesReceiver {
+            rx,
+            changes: self.clone(),
+        }
+    }
+}
+
+/// One watcher of [`Changes`].
+#[derive(Debug)]
+pub struct ChangesReceiver {
+    rx: watch::Receiver<()>,
+    changes: Changes,
+}
+
+impl ChangesReceiver {
+    /// Waits for a change. Read the status after it returns: every change since the last
+    /// wake-up is in it.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.rx.changed().await?;
+        // Before the status is read: a change from now on wakes the watcher again.
+        self.changes.0.pending.store(false, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// Live state of one consumer app, as the delivery side sees it.
@@ -46,11 +108,39 @@ pub struct AppStatus {
     pub bindings: Mutex<Option<Vec<String>>>,
     pub healthy: AtomicBool,
     pub in_flight: AtomicUsize,
+    /// Deliveries the app answered OK.
+    pub processed: AtomicU64,
+    /// Deliveries that failed (an error answer, or none), each counted once when its message
+    /// was abandoned, after the Resiliency's retries.
+    pub failed: AtomicU64,
     /// Since when it has been ready (healthy, its bindings listed); `None` while not ready.
     /// Scaling in removes the most recently ready first, as the ReplicaSet controller does.
     pub ready_since: Mutex<Option<Instant>>,
     /// Set when it was picked to scale in: delivery stopped, SIGTERM sent.
     pub terminating: Mutex<Option<Terminating>>,
+    changes: Changes,
+}
+
+impl AppStatus {
+    /// Something about this app changed that the status shows.
+    pub fn changed(&self) {
+        self.changes.notify();
+    }
+
+    /// A delivery to the app began.
+    pub fn delivery_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.changed();
+    }
+
+    /// A delivery ended: `ok` when the app answered OK. Counted before the message is settled,
+    /// so a status that shows the message completed shows it processed too.
+    pub fn delivery_ended(&self, ok: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let counter = if ok { &self.processed } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed();
+    }
 }
 
 /// When a scaled-in replica got SIGTERM, and when it is killed if still running.
@@ -120,19 +210,37 @@ pub struct ConsumerStatus {
     pub healthy: bool,
     pub in_flight: usize,
     pub max_concurrency: usize,
+    pub processed: u64,
+    pub failed: u64,
 }
 
 impl Broker {
     pub fn new(bindings: &[String], settings: Settings) -> Arc<Self> {
+        let changes = Changes::default();
         let queues = bindings
             .iter()
-            .map(|name| (name.clone(), Queue::new(name.clone(), settings)))
+            .map(|name| {
+                let queue = Queue::watched(name.clone(), settings, changes.clone());
+                (name.clone(), queue)
+            })
             .collect();
         Arc::new(Self {
             queues,
             apps: Mutex::default(),
+            changes,
             scaling: Mutex::default(),
         })
+    }
+
+    /// Wakes the status's watchers: anything that changes what [`status`](Self::status) shows
+    /// calls it (the queues and the apps do on their own).
+    pub fn notify(&self) {
+        self.changes.notify();
+    }
+
+    /// Resolves `changed()` after each [`notify`](Self::notify), bursts coalesced.
+    pub fn subscribe(&self) -> ChangesReceiver {
+        self.changes.subscribe()
     }
 
     /// The bindings served, each its own queue.
@@ -157,10 +265,14 @@ impl Broker {
             bindings: Mutex::new(None),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            changes: self.changes.clone(),
             ready_since: Mutex::new(None),
             terminating: Mutex::new(None),
         });
         self.apps.lock().expect("apps lock").push(Arc::clone(&app));
+        self.notify();
         app
     }
 
@@ -170,11 +282,13 @@ impl Broker {
             .lock()
             .expect("apps lock")
             .retain(|a| !Arc::ptr_eq(a, app));
+        self.notify();
     }
 
     /// Publishes the scaling controller's state, shown by the status and the metrics.
     pub fn set_scaling(&self, status: ScalingStatus) {
         *self.scaling.lock().expect("scaling lock") = Some(status);
+        self.notify();
     }
 
     pub fn status(&self) -> Status {
@@ -195,6 +309,8 @@ impl Broker {
                     healthy: app.healthy.load(Ordering::Relaxed),
                     in_flight: app.in_flight.load(Ordering::Relaxed),
                     max_concurrency: app.max_concurrency,
+                    processed: app.processed.load(Ordering::Relaxed),
+                    failed: app.failed.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -311,6 +427,32 @@ impl Collector for Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_wake_a_watcher_once_per_burst_and_never_miss_one() {
+        let quiet = std::time::Duration::from_secs(1);
+        let changes = Changes::default();
+        // A change nobody watched does not hold back the first watcher's wake-ups.
+        changes.notify();
+        let mut watcher = changes.subscribe();
+        assert!(
+            tokio::time::timeout(quiet, watcher.changed())
+                .await
+                .is_err()
+        );
+        changes.notify();
+        changes.notify();
+        watcher.changed().await.expect("woken");
+        assert!(
+            tokio::time::timeout(quiet, watcher.changed())
+                .await
+                .is_err(),
+            "a burst is one wake-up"
+        );
+        // Once it has looked, the next change wakes it again.
+        changes.notify();
+        watcher.changed().await.expect("woken again");
+    }
 
     #[test]
     fn metrics_are_openmetrics_with_escaped_labels() {

@@ -7,9 +7,7 @@
 //! abandoned (available again at once) and the worker takes a retriable-error permit before it
 //! receives again, as daprd's Service Bus binding does.
 
-use std::{
-    collections::BTreeMap, net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use bindings::{
     api_token::API_TOKEN_METADATA,
@@ -126,6 +124,7 @@ pub async fn serve_app(
         }
     }
     *status.bindings.lock().expect("bindings lock") = Some(listed.clone());
+    status.changed();
     info!(app = %target.address, protocol = target.protocol.as_str(), bindings = ?listed, "app listed its input bindings");
 
     let health = Arc::new(Health {
@@ -312,6 +311,7 @@ impl Health {
     fn set(&self, now: bool) {
         if self.app.set_healthy(now) {
             info!(app = %self.app.address, healthy = now, "app health changed");
+            self.app.changed();
         }
         self.tx
             .send_if_modified(|h| std::mem::replace(h, now) != now);
@@ -376,13 +376,13 @@ impl Worker {
                 // to waiting for its health. (receive() takes a lock only when it returns.)
                 _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
             };
-            self.app.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.app.delivery_started();
             let result = tokio::time::timeout(
                 self.settings.lock_duration,
                 self.deliver_retrying(&lock.message),
             )
             .await;
-            self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.app.delivery_ended(matches!(result, Ok(Ok(()))));
             if !self.settle(lock, result)
                 && let Some(limiter) = &self.retriable_errors
             {

@@ -1,6 +1,6 @@
 //! The HTTP side, like daprd's HTTP port: health endpoints, the metadata API (`GET /v1.0/metadata`),
 //! `POST /v1.0/bindings/{name}` (what the original ASP.NET producer called), and the sidecar's own
-//! queue status and metrics.
+//! queue status, metrics and live dashboard (`dashboard`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -19,6 +19,7 @@ use tracing::error;
 
 use crate::{
     broker::Broker,
+    dashboard::{self, Dashboard},
     metadata::{self, Metadata},
     runtime::Runtime,
 };
@@ -48,6 +49,7 @@ pub fn router(
     broker: Arc<Broker>,
     metadata: Arc<Metadata>,
     connections: ConnectionMetrics,
+    dashboard: Arc<Dashboard>,
 ) -> Router {
     Router::new()
         .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
@@ -62,6 +64,7 @@ pub fn router(
             metadata,
             connections,
         })
+        .merge(dashboard::router(dashboard))
 }
 
 /// daprd's error body.

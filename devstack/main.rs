@@ -6,6 +6,7 @@
 
 mod broker;
 mod config;
+mod dashboard;
 mod delivery;
 mod http;
 mod http_app;

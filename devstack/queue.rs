@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::service_bus::Envelope;
+use crate::{broker::Changes, service_bus::Envelope};
 
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
@@ -99,6 +99,8 @@ pub struct Queue {
     settings: Settings,
     state: Mutex<State>,
     available: Notify,
+    /// Told after every move between states, after the lock is released.
+    changes: Changes,
 }
 
 /// What happened to an abandoned message.
@@ -109,12 +111,19 @@ pub enum Abandoned {
 }
 
 impl Queue {
+    #[cfg(test)]
     pub fn new(name: impl Into<String>, settings: Settings) -> Arc<Self> {
+        Self::watched(name, settings, Changes::default())
+    }
+
+    /// A queue that tells `changes` after each send, receive, complete and abandon.
+    pub fn watched(name: impl Into<String>, settings: Settings, changes: Changes) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             settings,
             state: Mutex::default(),
             available: Notify::new(),
+            changes,
         })
     }
 
@@ -148,6 +157,7 @@ impl Queue {
         });
         drop(state);
         self.available.notify_one();
+        self.changes.notify();
         id
     }
 
@@ -164,6 +174,7 @@ impl Queue {
                     state.locked.insert(message.sequence, message.clone());
                     let more = !state.ready.is_empty();
                     drop(state);
+                    self.changes.notify();
                     if more {
                         // Pass the wake-up on: a single notify_one may have covered several sends.
                         self.available.notify_one();
@@ -184,6 +195,8 @@ impl Queue {
         if state.locked.remove(&sequence).is_some() {
             state.completed += 1;
         }
+        drop(state);
+        self.changes.notify();
     }
 
     fn abandon(&self, sequence: u64, reason: &str) -> Abandoned {
@@ -202,12 +215,15 @@ impl Queue {
                 reason: reason.to_owned(),
                 data: String::from_utf8_lossy(&message.data).into_owned(),
             });
+            drop(state);
+            self.changes.notify();
             return Abandoned::DeadLettered;
         }
         // Service Bus keeps an abandoned message's place (its sequence number): it is next.
         state.ready.push_front(message);
         drop(state);
         self.available.notify_one();
+        self.changes.notify();
         Abandoned::Redelivered
     }
 

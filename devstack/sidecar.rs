@@ -18,6 +18,7 @@ use tracing::info;
 use crate::{
     broker::{AppStatus, Broker},
     config::{SidecarArgs, SidecarOnlyArgs},
+    dashboard::Dashboard,
     delivery::{self, AppTarget, DeliverySettings},
     http,
     metadata::Metadata,
@@ -71,6 +72,8 @@ pub async fn serve(
 pub struct Sidecar {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The page on the HTTP port; told the producer's address once devstack knows it.
+    pub dashboard: Arc<Dashboard>,
     broker: Arc<Broker>,
     metadata: Arc<Metadata>,
     delivery: DeliverySettings,
@@ -113,12 +116,15 @@ impl Sidecar {
             );
         tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
 
+        let dashboard = Dashboard::new(Arc::clone(&broker), shutdown.clone());
+        tasks.spawn(Arc::clone(&dashboard).publish().map(Ok));
         let connections = ConnectionMetrics::default();
         let router = http::router(
             runtime,
             Arc::clone(&broker),
             Arc::clone(&metadata),
             connections.clone(),
+            Arc::clone(&dashboard),
         );
         tasks.spawn(
             http_server::serve(
@@ -141,6 +147,7 @@ impl Sidecar {
         Ok(Self {
             grpc_addr,
             http_addr,
+            dashboard,
             broker,
             metadata,
             delivery: DeliverySettings {

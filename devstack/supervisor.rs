@@ -203,6 +203,9 @@ async fn run(
         port = learned => port.inspect_err(|e| error!(error = %e, "stopping the stack"))?,
         _ = signal.cancelled() => return Ok(()),
     };
+    sidecar
+        .dashboard
+        .set_producer(([127, 0, 0, 1], port).into());
     tokio::select! {
         ready = producer_ready(port) => match ready {
             Ok(()) => print_banner(port, sidecar.http_addr.port(), stack),
@@ -468,6 +471,7 @@ Local stack is up. Try:
   grpcurl -plaintext -d '{{"count":5,"interval_milliseconds":200}}' localhost:{port} producer.v1.Producer/ProduceStream
   curl localhost:{http_port}/devstack/status
   open http://localhost:{port}/swagger-ui/
+  open http://localhost:{http_port}/devstack/   (the live dashboard)
 
 Metrics: localhost:{port}/metrics (producer), {consumer_metrics} (consumer), localhost:{http_port}/devstack/metrics (queue)
 {scaling}

@@ -204,6 +204,7 @@ impl ReplicaSet {
                 at: self.clock.wall_at(at),
                 kill_at: self.clock.wall_at(at + grace),
             });
+            app.status.changed();
             in_flight = app.status.in_flight.load(AtomicOrdering::Relaxed);
         }
         // What it has in flight finishes within the grace period, or is redelivered.

@@ -1,10 +1,11 @@
-//! Shared test support: run the real binaries and read their JSON logs, drive a real producer or
+//! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive a real producer or
 //! consumer, a fake Dapr sidecar, fake consumer apps (gRPC and HTTP), devstack (its sidecar alone or the whole
 //! stack), loopback ports for servers that are not up yet, slow clients, and the official Dapr
 //! Python SDK with the scripts that use it.
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod app;
+pub mod browser;
 pub mod consumer;
 pub mod devstack;
 pub mod exposition;
