@@ -48,6 +48,9 @@ pub fn command(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> C
         .env("METRICS_PORT", "0")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
+        // Its own process group, so dropping it also kills what it started: a devstack killed
+        // mid-test by a failing assertion would otherwise leave its producer and consumers running.
+        .process_group(0)
         .kill_on_drop(true);
     command
 }
@@ -60,6 +63,17 @@ pub struct Service {
     output: Arc<Mutex<Output>>,
     /// Bytes read so far; closed once stdout has.
     seen: watch::Receiver<usize>,
+}
+
+impl Drop for Service {
+    /// SIGKILL to the whole group: the process (if `kill_on_drop` has not got it yet) and every
+    /// child it started. Nothing can reuse the group's id while one of them lives.
+    fn drop(&mut self) {
+        use nix::{sys::signal, unistd::Pid};
+        if let Ok(pgid) = i32::try_from(self.pid) {
+            let _ = signal::killpg(Pid::from_raw(pgid), signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// A process's memory, in KiB, from `/proc/PID/status`.
