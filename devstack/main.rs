@@ -20,6 +20,7 @@ mod runtime;
 mod scaling;
 mod service_bus;
 mod sidecar;
+mod spans;
 mod supervisor;
 
 use bindings::{shutdown, telemetry};

@@ -162,6 +162,16 @@ impl TraceContext {
     }
 }
 
+impl From<TraceParent> for TraceContext {
+    /// A `traceparent` received without its `tracestate`.
+    fn from(traceparent: TraceParent) -> Self {
+        Self {
+            traceparent,
+            tracestate: None,
+        }
+    }
+}
+
 /// Parents `span`, an exported span (see [`otel_span!`]), on `remote`, the context a caller sent.
 /// Without one, `span` starts a trace.
 pub fn set_remote_parent(span: &tracing::Span, remote: Option<&TraceContext>) {

@@ -14,6 +14,7 @@ use serde_json::json;
 use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::Consumer,
+    devstack::Devstack,
     otlp::{Behaviour, Receiver, Span},
     port::ClosedPort,
     producer::{Producer, batch},
@@ -381,5 +382,64 @@ async fn without_an_endpoint_nothing_is_exported_and_the_traceparent_is_forwarde
     producer.stop().await;
     assert_eq!(receiver.connections(), 0);
     sidecar.stop().await;
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn through_devstack_one_trace_runs_from_the_post_to_the_consumer() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let env = exporting_to(&receiver);
+    let consumer = Consumer::start(&env).await;
+    let stack = Devstack::for_apps(&[consumer.addr], &[], &env).await;
+    let producer = Producer::start(&stack.grpc_port(), &env).await;
+    producer.send(1, Some(TRACEPARENT)).await;
+
+    let spans = receiver
+        .wait_for("the spans of all three", |spans| {
+            let services: Vec<_> = spans.iter().map(|s| (&*s.service, &*s.name)).collect();
+            [
+                ("producer", "POST /MessageProducer"),
+                ("producer", INVOKE_BINDING),
+                ("devstack-sidecar", "send message-queue"),
+                ("devstack-sidecar", ON_BINDING_EVENT),
+                ("consumer", ON_BINDING_EVENT),
+            ]
+            .iter()
+            .all(|wanted| services.contains(wanted))
+        })
+        .await;
+    let one = |service: &str, name: &str| {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .collect();
+        assert_eq!(found.len(), 1, "{service} {name}: {spans:#?}");
+        found[0]
+    };
+    let server = one("producer", "POST /MessageProducer");
+    let client = one("producer", INVOKE_BINDING);
+    let send = one("devstack-sidecar", "send message-queue");
+    let delivery = one("devstack-sidecar", ON_BINDING_EVENT);
+    let event = one("consumer", ON_BINDING_EVENT);
+    // One trace, each span the child of the one before.
+    let chain = [server, client, send, delivery, event];
+    for span in chain {
+        assert_eq!(span.trace_id, TRACE_ID, "{span:#?}");
+    }
+    assert_eq!(server.parent_span_id, CALLER_SPAN);
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].parent_span_id, pair[0].span_id, "{pair:#?}");
+    }
+    assert_eq!(send.kind, SpanKind::Producer);
+    assert_eq!(send.attribute("messaging.operation.type"), "send");
+    assert_eq!(delivery.kind, SpanKind::Client);
+    let id = delivery.attribute("messaging.message.id");
+    assert_eq!(send.attribute("messaging.message.id"), id);
+    assert_eq!(event.attribute("messaging.message.id"), id);
+    assert_eq!(delivery.status_code, STATUS_OK);
+
+    producer.stop().await;
+    stack.stop().await;
+    consumer.stop().await;
     receiver.stop().await;
 }
