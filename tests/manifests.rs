@@ -310,6 +310,49 @@ fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() {
 }
 
 #[test]
+fn both_sidecars_and_both_apps_export_spans_to_one_collector() {
+    for bin in ["producer", "consumer"] {
+        assert!(
+            Defaults::of(bin).reads("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{bin} --help"
+        );
+    }
+    for render in renders() {
+        let label = &render.label;
+        for app in ["producer", "consumer"] {
+            let name = render.annotation(app, "dapr.io/config");
+            let config = render
+                .all("Configuration")
+                .find(|c| c["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{label}: {app}'s dapr.io/config {name} is not here"));
+            let tracing = &config["spec"]["tracing"];
+            let rate: f64 = str_at(tracing, "/samplingRate")
+                .parse()
+                .unwrap_or_else(|e| panic!("{label}: samplingRate: {e}"));
+            assert!((0.0..=1.0).contains(&rate) && rate > 0.0, "{label}: {rate}");
+            let otel = &tracing["otel"];
+            assert_eq!(str_at(otel, "/protocol"), "grpc", "{label}");
+            // daprd's gRPC exporter takes HOST:PORT; the apps' takes a URL, http:// as daprd's
+            // is not secure.
+            let address = str_at(otel, "/endpointAddress");
+            assert!(!address.contains("://"), "{label}: {address}");
+            assert_eq!(otel["isSecure"], false, "{label}");
+            let container = render.app_container(app);
+            let endpoint = array(&container["env"])
+                .iter()
+                .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_else(|| panic!("{label}: {app} sets no OTEL_EXPORTER_OTLP_ENDPOINT"));
+            assert_eq!(
+                endpoint,
+                format!("http://{address}"),
+                "{label}: {app} must export where its daprd does"
+            );
+        }
+    }
+}
+
+#[test]
 fn network_policies_let_in_only_the_producers_port_and_the_consumers_scrape() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
