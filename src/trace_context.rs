@@ -370,6 +370,46 @@ mod tests {
     }
 
     #[test]
+    fn a_received_context_becomes_a_remote_parent_and_back() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, VALID.parse().unwrap());
+        headers.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
+        let received = TraceContext::from_headers(&headers).unwrap();
+        let parent = received.to_otel();
+        let span = parent.span();
+        let context = span.span_context();
+        assert!(context.is_remote() && context.is_sampled());
+        assert_eq!(
+            format!("{:032x}", context.trace_id()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(format!("{:016x}", context.span_id()), "00f067aa0ba902b7");
+        // What a call made in a span with that context would send: the same fields.
+        assert_eq!(TraceContext::from_span_context(context), Some(received));
+        assert_eq!(
+            trace_id_of(&parent).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of(&opentelemetry::Context::new()), None);
+        assert_eq!(
+            TraceContext::from_span_context(&SpanContext::empty_context()),
+            None
+        );
+    }
+
+    #[test]
+    fn nothing_is_opened_or_sent_of_our_own_when_nothing_is_exported() {
+        // No exporter in unit tests: the macro opens nothing, and calls forward what came.
+        assert!(!exporting());
+        let span = crate::otel_span!("name", "server", rpc.system = "grpc");
+        assert!(span.is_none());
+        assert_eq!(ids(&span), None);
+        let received = TraceContext::from(TraceParent::parse(VALID).unwrap());
+        assert_eq!(outgoing(&span, Some(&received)), Some(received));
+        assert_eq!(outgoing(&span, None), None);
+    }
+
+    #[test]
     fn accepts_future_versions_with_extra_fields() {
         let tp = TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what")
             .unwrap();
