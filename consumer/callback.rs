@@ -264,14 +264,10 @@ impl AppCallback for Consumer {
         let id = message_id(&event.metadata);
         let span = event_span(&event.name, id);
         trace_context::set_remote_parent(&span, received.as_ref());
-        let (trace_id, span_id) = match trace_context::ids(&span) {
-            Some((trace_id, span_id)) => (Some(trace_id), Some(span_id)),
-            None => (
-                received
-                    .as_ref()
-                    .map(|r| r.traceparent().trace_id().to_owned()),
-                None,
-            ),
+        let ids = trace_context::ids(&span);
+        let (trace_id, span_id) = match &ids {
+            Some((trace_id, span_id)) => (Some(trace_id.as_str()), Some(span_id.as_str())),
+            None => (received.as_ref().map(|r| r.traceparent().trace_id()), None),
         };
         // Every log event of this event carries its binding, message id and trace id.
         let logged = bindings::context_span!(

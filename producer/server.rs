@@ -205,10 +205,8 @@ async fn observe(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
     let received = TraceContext::from_headers(request.headers());
-    let span = server_span(grpc, &method, &route, &path);
+    let span = server_span(grpc, request.method(), &route, request.uri().path());
     trace_context::set_remote_parent(&span, received.as_ref());
     // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
     // carries its trace id; its batch's span repeats it for batches that outlive the request.
@@ -238,6 +236,9 @@ async fn observe(
 
 /// The exported span of one request: `rpc.*` attributes for gRPC, `http.*` ones for REST.
 fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing::Span {
+    if !trace_context::exporting() {
+        return tracing::Span::none();
+    }
     if grpc {
         // `/package.Service/Method`, named `package.Service/Method` as the conventions say.
         let name = path.trim_start_matches('/');
