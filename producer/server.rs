@@ -234,9 +234,18 @@ async fn observe(
     response
 }
 
+/// Routes whose requests get no span: probes and scrapes, which come every few seconds, each a
+/// trace of its own that would bury the requests worth tracing.
+const UNTRACED: [&str; 4] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/grpc.health.v1.Health/{*method}",
+];
+
 /// The exported span of one request: `rpc.*` attributes for gRPC, `http.*` ones for REST.
 fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing::Span {
-    if !trace_context::exporting() {
+    if !trace_context::exporting() || UNTRACED.contains(&route) {
         return tracing::Span::none();
     }
     if grpc {

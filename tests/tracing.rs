@@ -14,14 +14,16 @@ use serde_json::json;
 use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::Consumer,
-    devstack::Devstack,
+    devstack::{self, Devstack},
     otlp::{Behaviour, Receiver, Span},
     port::ClosedPort,
+    process::{Service, event_addr},
     producer::{Producer, batch},
     sidecar::{self, FakeSidecar},
     traced,
 };
 use tonic::{Code, Request};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// The span id in [`TRACEPARENT`]: the caller's span.
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -68,6 +70,14 @@ async fn a_traced_post_makes_a_server_span_and_a_client_span_per_message() {
     let mut env = exporting_to(&receiver);
     env.push(("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"));
     let producer = Producer::start(&sidecar.port(), &env).await;
+    // Probes and scrapes are not traced: only the POST below is.
+    assert!(producer.get("/healthz").await.is_success());
+    assert!(producer.get("/metrics").await.is_success());
+    let mut health = HealthClient::new(producer.channel().await);
+    health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("gRPC health answers");
 
     let body = json!({"count": 3, "intervalMilliseconds": 0});
     let headers = [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)];
@@ -81,6 +91,7 @@ async fn a_traced_post_makes_a_server_span_and_a_client_span_per_message() {
         })
         .await;
     let server = named(&spans, "POST /MessageProducer")[0];
+    assert_eq!(spans.len(), 4, "{spans:#?}");
     assert_eq!(server.service, "producer");
     assert_eq!(server.resource["deployment.environment"], "test");
     assert_eq!(server.kind, SpanKind::Server);
@@ -441,5 +452,54 @@ async fn through_devstack_one_trace_runs_from_the_post_to_the_consumer() {
     producer.stop().await;
     stack.stop().await;
     consumer.stop().await;
+    receiver.stop().await;
+}
+
+/// `devstack up` passes its environment on: one endpoint makes all three export, each under its
+/// own name.
+#[tokio::test]
+async fn one_endpoint_given_to_devstack_up_reaches_all_three() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let mut env = exporting_to(&receiver);
+    env.extend([
+        ("PORT", "0"),
+        ("APP_PORT", "0"),
+        ("METRICS_PORT", "0"),
+        ("DAPR_GRPC_PORT", "0"),
+        ("DAPR_HTTP_PORT", "0"),
+        ("WORK_DURATION", "0s"),
+    ]);
+    let mut stack = Service::spawn(devstack::BIN, &env);
+    let line = stack
+        .wait_for_line("the producer listening", |line| {
+            line.starts_with("producer") && line.contains(r#""message":"listening""#)
+        })
+        .await;
+    let (_, json) = line.split_once(" | ").expect("a labelled line");
+    let listening: serde_json::Value = serde_json::from_str(json).expect("a JSON event");
+    let producer = event_addr(&listening, "addr");
+    let answer = support::http_client()
+        .post(format!("http://{producer}/MessageProducer"))
+        .json(&json!({"count": 1, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .expect("the producer answers");
+    assert!(answer.status().is_success(), "{}", answer.status());
+
+    let spans = receiver
+        .wait_for(
+            "spans of the producer, the sidecar and the consumer",
+            |spans| {
+                ["producer", "devstack-sidecar", "consumer"]
+                    .iter()
+                    .all(|service| spans.iter().any(|s| s.service == *service))
+            },
+        )
+        .await;
+    // Without a traceparent the producer starts the trace, and the others join it; devstack's
+    // polls of the producer's /readyz make none.
+    let trace = &named(&spans, "POST /MessageProducer")[0].trace_id;
+    assert!(spans.iter().all(|s| &s.trace_id == trace), "{spans:#?}");
+    stack.stop().await;
     receiver.stop().await;
 }
