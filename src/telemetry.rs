@@ -120,11 +120,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still queued, giving up after `limit`: a collector that is down or
     /// slow never holds the exit up for longer.
     pub async fn shutdown(self, limit: Duration) {
