@@ -19,7 +19,7 @@ use bindings::{
         app_callback_health_check_server::AppCallbackHealthCheck, app_callback_server::AppCallback,
     },
     message::{DecodeError, Message},
-    trace_context::TraceParent,
+    trace_context::{self, TraceContext},
 };
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use tokio::{
@@ -38,6 +38,9 @@ use crate::{
 /// The binding-event metadata key of the broker's message id: daprd's Service Bus queue binding
 /// sends it as `id` (components-contrib `bindings/azure/servicebusqueues`), and no `MessageId`.
 const MESSAGE_ID_KEY: &str = "id";
+
+/// The gRPC path daprd calls with each input binding event.
+const ON_BINDING_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent";
 
 /// What the service needs from the configuration.
 #[derive(Debug, Clone)]
@@ -256,16 +259,31 @@ impl AppCallback for Consumer {
     ) -> Result<Response<BindingEventResponse>, Status> {
         // Taken before the draining check, so a drain that starts meanwhile still waits for us.
         let _in_flight = self.in_flight.token();
-        let trace = TraceParent::from_metadata(request.metadata());
+        let received = TraceContext::from_metadata(request.metadata());
         let event = request.get_ref();
+        let id = message_id(&event.metadata);
+        let span = event_span(&event.name, id);
+        trace_context::set_remote_parent(&span, received.as_ref());
+        let ids = trace_context::ids(&span);
+        let (trace_id, span_id) = match &ids {
+            Some((trace_id, span_id)) => (Some(trace_id.as_str()), Some(span_id.as_str())),
+            None => (received.as_ref().map(|r| r.traceparent().trace_id()), None),
+        };
         // Every log event of this event carries its binding, message id and trace id.
-        let span = bindings::context_span!(
+        let logged = bindings::context_span!(
             "binding_event",
             binding = %event.name,
-            id = message_id(&event.metadata),
-            trace_id = trace.as_ref().map(TraceParent::trace_id),
+            id,
+            trace_id,
+            span_id,
         );
-        self.handle(request).instrument(span).await
+        let result = self
+            .handle(request)
+            .instrument(logged)
+            .instrument(span.clone())
+            .await;
+        end_event_span(&span, &result);
+        result
     }
 
     /// Answered at once: daprd asks once at start-up, with a 3 s deadline, and treats an error
@@ -339,6 +357,40 @@ fn not_served(building_block: &str) -> Status {
 }
 
 /// The broker's message id from a binding event's metadata, if any.
+/// The exported span of one event, covering the wait for a work slot and the work: a gRPC server
+/// span, and the messaging `process` of the message.
+fn event_span(binding: &str, id: Option<&str>) -> tracing::Span {
+    let name = ON_BINDING_EVENT.trim_start_matches('/');
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    bindings::otel_span!(
+        name,
+        "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        // The app knows the queue only by its binding's name.
+        messaging.system = binding,
+        messaging.destination.name = binding,
+        messaging.operation.type = "process",
+        messaging.message.id = id,
+    )
+}
+
+/// The outcome of an event on its span: OK, or the gRPC code and reason daprd receives.
+fn end_event_span(span: &tracing::Span, result: &Result<Response<BindingEventResponse>, Status>) {
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    trace_context::set_attribute(span, "rpc.grpc.status_code", code as i64);
+    trace_context::set_status(
+        span,
+        result
+            .as_ref()
+            .err()
+            .map(|status| format!("{code:?}: {}", status.message())),
+    );
+}
+
 fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
     metadata
         .get(MESSAGE_ID_KEY)

@@ -17,8 +17,11 @@ use crate::{config::Config, server::Listeners};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log)?;
+    let telemetry = telemetry::init(&config.log, "consumer")?;
     let shutdown = shutdown::on_signal();
     let listeners = Listeners::bind(&config).await?;
-    server::serve(listeners, config, shutdown).await
+    let flush_limit = telemetry::FLUSH_LIMIT.min(config.drain_timeout);
+    let served = server::serve(listeners, config, shutdown).await;
+    telemetry.shutdown(flush_limit).await;
+    served
 }

@@ -151,6 +151,12 @@ impl Metrics {
             draining.clone(),
         );
 
+        registry.register(
+            "consumer_otel_spans_dropped",
+            "Finished spans dropped because the OTLP export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)",
+            bindings::telemetry::spans_dropped(),
+        );
+
         let labels = BindingLabels {
             binding: binding.to_owned(),
         };

@@ -29,11 +29,10 @@ use tracing::{debug, info, warn};
 use crate::{
     broker::{AppStatus, Broker},
     http_app::HttpApp,
-    ids,
     queue::{Abandoned, Lock, Message, Queue},
     rate_limit::RateLimiter,
     resiliency::RetryPolicy,
-    service_bus,
+    service_bus, spans,
 };
 
 /// How the sidecar talks to an app: daprd's `--app-protocol`.
@@ -238,9 +237,10 @@ impl AppClient {
         binding: &str,
         message: &Message,
         settings: &DeliverySettings,
+        span: &tracing::Span,
     ) -> Result<(), CallError> {
         let metadata = service_bus::event_metadata(&message.id, &message.envelope);
-        let traceparent = ids::traceparent(&message.trace_id);
+        let traceparent = spans::traceparent(span, &message.trace_id);
         match self {
             Self::Grpc(channel) => {
                 let mut request = Request::new(BindingEventRequest {
@@ -424,9 +424,14 @@ impl Worker {
     }
 
     async fn deliver(&self, message: &Message) -> Result<(), CallError> {
-        self.client
-            .deliver(self.queue.name(), message, &self.settings)
-            .await
+        let grpc = matches!(self.client, AppClient::Grpc(_));
+        let span = spans::delivery(self.queue.name(), message, grpc);
+        let result = self
+            .client
+            .deliver(self.queue.name(), message, &self.settings, &span)
+            .await;
+        spans::end(&span, result.as_ref().err().map(|e| e.reason.clone()));
+        result
     }
 
     /// Completes or abandons the message; true when it completed.

@@ -19,6 +19,7 @@ mod runtime;
 mod scaling;
 mod service_bus;
 mod sidecar;
+mod spans;
 mod supervisor;
 
 use bindings::{shutdown, telemetry};
@@ -29,19 +30,27 @@ use crate::{
     sidecar::Listeners,
 };
 
+/// The `service.name` of the sidecar's spans, beside the children's `producer` and `consumer`.
+const SERVICE_NAME: &str = "devstack-sidecar";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command, up } = Cli::parse();
-    match command.unwrap_or(Command::Up(up)) {
+    let (telemetry, served) = match command.unwrap_or(Command::Up(up)) {
         Command::Sidecar(args) => {
-            telemetry::init(&args.sidecar.log)?;
+            let telemetry = telemetry::init(&args.sidecar.log, SERVICE_NAME)?;
             let listeners = Listeners::bind(&args.sidecar).await?;
-            sidecar::serve(listeners, args, shutdown::on_signal()).await
+            let served = sidecar::serve(listeners, args, shutdown::on_signal()).await;
+            (telemetry, served)
         }
         Command::Up(args) => {
-            telemetry::init_labelled(&args.sidecar.log, supervisor::OWN_LABEL)?;
+            let telemetry =
+                telemetry::init_labelled(&args.sidecar.log, SERVICE_NAME, supervisor::OWN_LABEL)?;
             let listeners = Listeners::bind(&args.sidecar).await?;
-            supervisor::serve(listeners, args, shutdown::on_signal()).await
+            let served = supervisor::serve(listeners, args, shutdown::on_signal()).await;
+            (telemetry, served)
         }
-    }
+    };
+    telemetry.shutdown(telemetry::FLUSH_LIMIT).await;
+    served
 }

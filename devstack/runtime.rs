@@ -9,12 +9,12 @@ use bindings::{
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
     message::OPERATION_CREATE,
-    trace_context::{TRACEPARENT, TraceParent},
+    trace_context::{self, TRACEPARENT, TraceParent},
 };
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::{broker::Broker, ids, service_bus::Envelope};
+use crate::{broker::Broker, ids, service_bus::Envelope, spans};
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,23 +57,30 @@ impl Runtime {
         mut metadata: HashMap<String, String>,
         trace: Option<TraceParent>,
     ) -> Result<String, InvokeError> {
-        let queue = self
-            .broker
-            .queue(binding)
-            .ok_or_else(|| InvokeError::UnknownBinding(binding.to_owned()))?;
-        if operation != OPERATION_CREATE {
-            return Err(InvokeError::UnsupportedOperation {
-                binding: binding.to_owned(),
-                operation: operation.to_owned(),
-            });
-        }
+        let span = spans::send(binding, trace.as_ref());
+        let queue = self.broker.queue(binding);
+        let Some(queue) = queue.filter(|_| operation == OPERATION_CREATE) else {
+            let error = match queue {
+                None => InvokeError::UnknownBinding(binding.to_owned()),
+                Some(_) => InvokeError::UnsupportedOperation {
+                    binding: binding.to_owned(),
+                    operation: operation.to_owned(),
+                },
+            };
+            spans::end(&span, Some(error.to_string()));
+            return Err(error);
+        };
         // A message sent untraced gets a trace of its own here, so its deliveries share one.
-        let trace_id = trace.map_or_else(ids::trace_id, |tp| tp.trace_id().to_owned());
+        let trace_id = spans::trace_id(&span)
+            .or_else(|| trace.map(|tp| tp.trace_id().to_owned()))
+            .unwrap_or_else(ids::trace_id);
         // daprd adds its span's `traceparent` to an output binding's metadata, where the Service
         // Bus binding makes it an application property: consumers find it in the event metadata.
-        metadata.insert(TRACEPARENT.to_owned(), ids::traceparent(&trace_id));
+        metadata.insert(TRACEPARENT.to_owned(), spans::traceparent(&span, &trace_id));
         let envelope = Envelope::from_invoke_metadata(metadata);
         let id = queue.send(data, envelope, Some(trace_id));
+        trace_context::set_attribute(&span, "messaging.message.id", id.clone());
+        spans::end(&span, None);
         debug!(binding, id, "message enqueued");
         Ok(id)
     }

@@ -20,10 +20,13 @@ use crate::config::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log)?;
+    let telemetry = telemetry::init(&config.log, "producer")?;
     let shutdown = shutdown::on_signal();
     let listener = TcpListener::bind((config.bind_address, config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind_address, config.port))?;
-    server::serve(listener, config, shutdown).await
+    let flush_limit = telemetry::FLUSH_LIMIT.min(config.drain_timeout);
+    let served = server::serve(listener, config, shutdown).await;
+    telemetry.shutdown(flush_limit).await;
+    served
 }

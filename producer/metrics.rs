@@ -91,6 +91,11 @@ impl Default for Metrics {
             "producer.v1 gRPC requests, by method and code",
             grpc.clone(),
         );
+        registry.register(
+            "otel_spans_dropped",
+            "Finished spans dropped because the OTLP export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)",
+            bindings::telemetry::spans_dropped(),
+        );
         let connections = ConnectionMetrics::default();
         connections.register(&mut registry);
         Self {

@@ -7,9 +7,10 @@ use std::{sync::Arc, time::Duration};
 use bindings::{
     api_token::API_TOKEN_METADATA,
     backoff::Backoff,
+    dapr_runtime::INVOKE_BINDING_PATH,
     dapr_v1::{GetMetadataRequest, InvokeBindingRequest, dapr_client::DaprClient},
     message::OPERATION_CREATE,
-    trace_context::{TRACEPARENT, TRACESTATE, TraceContext},
+    trace_context::{self, TRACEPARENT, TRACESTATE, TraceContext},
 };
 use tokio::time::Instant;
 use tonic::{
@@ -17,7 +18,7 @@ use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::metrics::Metrics;
 
@@ -53,20 +54,30 @@ impl From<Status> for PublishError {
     }
 }
 
-/// Trace context of the request that asked for the messages, forwarded on each sidecar call.
-/// Holds metadata values ready to insert, so each of a batch's calls only clones them.
+/// Trace context of the request that asked for the messages, for each sidecar call: the received
+/// `traceparent` and `tracestate`, forwarded as they came, or, when spans are exported, the
+/// request's span, which each call's span is a child of.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
     trace_id: Option<String>,
-    traceparent: Option<MetadataValue<Ascii>>,
-    tracestate: Option<MetadataValue<Ascii>>,
+    /// Holds metadata values ready to insert, so each of a batch's calls only clones them.
+    forwarded: Option<(MetadataValue<Ascii>, Option<MetadataValue<Ascii>>)>,
+    /// The request's exported span, when there is one.
+    parent: opentelemetry::Context,
 }
 
 impl Trace {
     /// Reads a valid `traceparent` (and its `tracestate`) from HTTP headers or gRPC metadata
-    /// (which are HTTP/2 headers); invalid values are dropped, as W3C says.
+    /// (which are HTTP/2 headers); invalid values are dropped, as W3C says. Called inside the
+    /// request's span, which it keeps as the parent of the calls' spans.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
-        TraceContext::from_headers(headers).map_or_else(Self::default, Self::from)
+        let parent = trace_context::current();
+        let mut trace = TraceContext::from_headers(headers).map_or_else(Self::default, Self::from);
+        if let Some(trace_id) = trace_context::trace_id_of(&parent) {
+            trace.trace_id = Some(trace_id);
+        }
+        trace.parent = parent;
+        trace
     }
 
     /// The trace id, for logs.
@@ -78,12 +89,18 @@ impl Trace {
 impl From<TraceContext> for Trace {
     fn from(context: TraceContext) -> Self {
         let traceparent = context.traceparent();
+        let forwarded = MetadataValue::try_from(traceparent.as_str())
+            .ok()
+            .map(|tp| {
+                let ts = context
+                    .tracestate()
+                    .and_then(|s| MetadataValue::try_from(s).ok());
+                (tp, ts)
+            });
         Self {
             trace_id: Some(traceparent.trace_id().to_owned()),
-            traceparent: MetadataValue::try_from(traceparent.as_str()).ok(),
-            tracestate: context
-                .tracestate()
-                .and_then(|s| MetadataValue::try_from(s).ok()),
+            forwarded,
+            parent: opentelemetry::Context::new(),
         }
     }
 }
@@ -176,6 +193,8 @@ impl Publisher {
         }
     }
 
+    /// One attempt, in a client span of its own when spans are exported, whose id the sidecar
+    /// receives as the parent id.
     async fn invoke(&self, data: Vec<u8>, trace: &Trace) -> Result<(), PublishError> {
         let mut request = Request::new(InvokeBindingRequest {
             name: self.binding.clone(),
@@ -183,11 +202,61 @@ impl Publisher {
             metadata: Default::default(),
             operation: OPERATION_CREATE.to_owned(),
         });
+        let span = self.client_span(trace);
         self.decorate(&mut request, trace);
+        if !span.is_none()
+            && let Some(own) = trace_context::outgoing(&span, None)
+        {
+            let metadata = request.metadata_mut();
+            metadata.remove(TRACESTATE);
+            if let Ok(value) = MetadataValue::try_from(own.traceparent().as_str()) {
+                metadata.insert(TRACEPARENT, value);
+            }
+            if let Some(value) = own
+                .tracestate()
+                .and_then(|s| MetadataValue::try_from(s).ok())
+            {
+                metadata.insert(TRACESTATE, value);
+            }
+        }
         let started = Instant::now();
-        let result = self.client.clone().invoke_binding(request).await;
+        let result = self
+            .client
+            .clone()
+            .invoke_binding(request)
+            .instrument(span.clone())
+            .await;
         self.metrics.invoke_duration(started.elapsed());
+        if !span.is_none() {
+            let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            trace_context::set_attribute(&span, "rpc.grpc.status_code", code as i64);
+            trace_context::set_status(
+                &span,
+                result
+                    .as_ref()
+                    .err()
+                    .map(|status| format!("{code:?}: {}", status.message())),
+            );
+        }
         result.map(drop).map_err(PublishError::from)
+    }
+
+    /// The span of one `InvokeBinding` attempt: an RPC client span, and a messaging send.
+    fn client_span(&self, trace: &Trace) -> tracing::Span {
+        let name = INVOKE_BINDING_PATH.trim_start_matches('/');
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let span = bindings::otel_span!(
+            name,
+            "client",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            messaging.system = %self.binding,
+            messaging.destination.name = %self.binding,
+            messaging.operation.type = "send",
+        );
+        trace_context::set_parent(&span, &trace.parent);
+        span
     }
 
     /// Whether the sidecar's gRPC API answers. daprd serves it only once its components are
@@ -210,11 +279,11 @@ impl Publisher {
         if let Some(token) = &self.token {
             metadata.insert(API_TOKEN_METADATA, token.clone());
         }
-        if let Some(tp) = &trace.traceparent {
+        if let Some((tp, ts)) = &trace.forwarded {
             metadata.insert(TRACEPARENT, tp.clone());
-        }
-        if let Some(ts) = &trace.tracestate {
-            metadata.insert(TRACESTATE, ts.clone());
+            if let Some(ts) = ts {
+                metadata.insert(TRACESTATE, ts.clone());
+            }
         }
     }
 }
@@ -232,12 +301,13 @@ mod tests {
         headers.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
         let t = Trace::from_headers(&headers);
         assert_eq!(t.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(t.traceparent.as_ref().unwrap(), TP);
-        assert!(t.tracestate.is_some());
+        let (tp, ts) = t.forwarded.as_ref().unwrap();
+        assert_eq!(tp, TP);
+        assert!(ts.is_some());
 
         headers.insert(TRACEPARENT, "nonsense".parse().unwrap());
         let t = Trace::from_headers(&headers);
-        assert!(t.trace_id().is_none() && t.traceparent.is_none() && t.tracestate.is_none());
+        assert!(t.trace_id().is_none() && t.forwarded.is_none());
     }
 
     #[test]

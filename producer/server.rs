@@ -16,7 +16,7 @@ use bindings::{
     api_token::ApiToken,
     http_server,
     proto::{FILE_DESCRIPTOR_SET, producer_server::ProducerServer},
-    trace_context::TraceParent,
+    trace_context::{self, TraceContext},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -205,19 +205,104 @@ async fn observe(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
+    let received = TraceContext::from_headers(request.headers());
+    let span = server_span(grpc, request.method(), &route, request.uri().path());
+    trace_context::set_remote_parent(&span, received.as_ref());
     // Every log event of a traced request, REST or gRPC (whose metadata are HTTP/2 headers),
     // carries its trace id; its batch's span repeats it for batches that outlive the request.
-    let response = match TraceParent::from_headers(request.headers()) {
-        Some(traceparent) => {
-            let span = bindings::context_span!("request", trace_id = traceparent.trace_id());
-            next.run(request).instrument(span).await
+    let logged = match (trace_context::ids(&span), &received) {
+        (Some((trace_id, span_id)), _) => {
+            bindings::context_span!("request", trace_id, span_id)
         }
-        None => next.run(request).await,
+        (None, Some(received)) => {
+            bindings::context_span!("request", trace_id = received.traceparent().trace_id())
+        }
+        (None, None) => tracing::Span::none(),
     };
+    let response = if span.is_none() && logged.is_none() {
+        next.run(request).await
+    } else {
+        next.run(request)
+            .instrument(logged)
+            .instrument(span.clone())
+            .await
+    };
+    end_server_span(&span, grpc, response.headers(), response.status());
     if !grpc {
         metrics.http_request(&route, response.status().as_u16());
     }
     response
+}
+
+/// Routes whose requests get no span: probes and scrapes, which come every few seconds, each a
+/// trace of its own that would bury the requests worth tracing.
+const UNTRACED: [&str; 4] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/grpc.health.v1.Health/{*method}",
+];
+
+/// The exported span of one request: `rpc.*` attributes for gRPC, `http.*` ones for REST.
+fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing::Span {
+    if !trace_context::exporting() || UNTRACED.contains(&route) {
+        return tracing::Span::none();
+    }
+    if grpc {
+        // `/package.Service/Method`, named `package.Service/Method` as the conventions say.
+        let name = path.trim_start_matches('/');
+        let (service, rpc) = name.split_once('/').unwrap_or((name, ""));
+        bindings::otel_span!(
+            name,
+            "server",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = rpc,
+        )
+    } else {
+        bindings::otel_span!(
+            format!("{method} {route}"),
+            "server",
+            http.request.method = method.as_str(),
+            http.route = route,
+        )
+    }
+}
+
+/// Records a request's outcome on its span: a gRPC code (an answer's `grpc-status`; a call that
+/// streams its answer reports it in trailers, after this span, and counts as OK here), or an
+/// HTTP status, 5xx being the server's errors.
+fn end_server_span(span: &tracing::Span, grpc: bool, headers: &HeaderMap, status: StatusCode) {
+    if span.is_none() {
+        return;
+    }
+    if grpc {
+        let code = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from_i32);
+        trace_context::set_attribute(span, "rpc.grpc.status_code", code as i64);
+        let message = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .map(|m| {
+                percent_encoding::percent_decode_str(m)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+        trace_context::set_status(
+            span,
+            (code != Code::Ok).then(|| format!("{code:?}: {}", message.unwrap_or_default())),
+        );
+    } else {
+        trace_context::set_attribute(
+            span,
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        );
+        trace_context::set_status(span, status.is_server_error().then(|| status.to_string()));
+    }
 }
 
 /// PRODUCER_API_TOKEN's check, in front of the API proper (REST and gRPC alike).

@@ -4,7 +4,8 @@
 //!   and the binding operation that enqueues it.
 //! - [`dapr_endpoint`]: where the Dapr sidecar's gRPC API is (`DAPR_GRPC_ENDPOINT` / `DAPR_GRPC_PORT`).
 //! - [`trace_context`]: W3C `traceparent` and `tracestate`, read from headers or metadata, to
-//!   forward and log trace ids; [`context_span!`] keeps such fields on every log line.
+//!   forward and log trace ids; [`context_span!`] keeps such fields on every log line, and
+//!   [`otel_span!`] opens the spans that are exported.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`,
 //!   and `GetMetadata` when given a handler),
 //!   everything else UNIMPLEMENTED; served by devstack's sidecar, the tests' fake sidecar and
@@ -16,7 +17,8 @@
 //! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
 //! - [`openmetrics`]: the content type of the `/metrics` answers.
 //! - [`cli`]: value parsers for settings the binaries share.
-//! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`).
+//! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`) and the OTLP span exporter
+//!   (`OTEL_EXPORTER_OTLP_ENDPOINT`).
 //! - [`shutdown`]: one cancellation token per process, cancelled on SIGTERM or Ctrl-C.
 //! - [`proto`]: the producer's own gRPC API, generated from `proto/producer/v1`.
 //!

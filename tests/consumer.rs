@@ -17,7 +17,7 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     consumer::{BIN, Consumer, parse_line},
     http_client,
-    process::{HTTP_LIMITS, help, run_to_end},
+    process::{HTTP_LIMITS, TRACING, help, run_to_end},
     slow_client, traced, with_token,
 };
 use tonic::{Code, Request, Status};
@@ -69,7 +69,7 @@ async fn help_documents_every_setting_and_hides_the_token() {
     let help = help(
         BIN,
         &[("APP_API_TOKEN", "s3cret")],
-        &[&settings[..], HTTP_LIMITS].concat(),
+        &[&settings[..], HTTP_LIMITS, TRACING].concat(),
     )
     .await;
     assert!(help.contains("terminationGracePeriodSeconds"), "{help}");
@@ -89,6 +89,11 @@ async fn invalid_config_exits_at_once_with_a_clear_message() {
         ("BIND_ADDRESS", "localhost", "--bind-address"),
         ("LOG_FORMAT", "xml", "--log-format"),
         ("RUST_LOG", "info,[", "invalid RUST_LOG filter"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://collector:4317",
+            "TLS",
+        ),
     ] {
         // Should the value be accepted by mistake, the process would serve on a free loopback
         // port until run_to_end's bound, and the test would fail there.

@@ -26,7 +26,7 @@ use support::{
     devstack::{self, ASPNET_BODY, Devstack, counts},
     http_app::{HttpApp, HttpBehaviour},
     port::ClosedPort,
-    process::{HTTP_LIMITS, Service, event_addr, help, is_running, run_to_end},
+    process::{HTTP_LIMITS, Service, TRACING, event_addr, help, is_running, run_to_end},
     producer::Producer,
     slow_client, traced, with_token,
 };
@@ -1421,7 +1421,7 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
     let help = help(
         devstack::BIN,
         &[("DAPR_API_TOKEN", "s3cret")],
-        &[&settings[..], HTTP_LIMITS].concat(),
+        &[&settings[..], HTTP_LIMITS, TRACING].concat(),
     )
     .await;
     for text in ["sidecar", "Azure Service Bus", "WORK_DURATION"] {

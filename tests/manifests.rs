@@ -15,6 +15,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use bindings::telemetry::FLUSH_LIMIT;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -306,6 +307,49 @@ fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() {
                 .is_none(),
             "{label}: the producer has no app channel for an app token"
         );
+    }
+}
+
+#[test]
+fn both_sidecars_and_both_apps_export_spans_to_one_collector() {
+    for bin in ["producer", "consumer"] {
+        assert!(
+            Defaults::of(bin).reads("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "{bin} --help"
+        );
+    }
+    for render in renders() {
+        let label = &render.label;
+        for app in ["producer", "consumer"] {
+            let name = render.annotation(app, "dapr.io/config");
+            let config = render
+                .all("Configuration")
+                .find(|c| c["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{label}: {app}'s dapr.io/config {name} is not here"));
+            let tracing = &config["spec"]["tracing"];
+            let rate: f64 = str_at(tracing, "/samplingRate")
+                .parse()
+                .unwrap_or_else(|e| panic!("{label}: samplingRate: {e}"));
+            assert!((0.0..=1.0).contains(&rate) && rate > 0.0, "{label}: {rate}");
+            let otel = &tracing["otel"];
+            assert_eq!(str_at(otel, "/protocol"), "grpc", "{label}");
+            // daprd's gRPC exporter takes HOST:PORT; the apps' takes a URL, http:// as daprd's
+            // is not secure.
+            let address = str_at(otel, "/endpointAddress");
+            assert!(!address.contains("://"), "{label}: {address}");
+            assert_eq!(otel["isSecure"], false, "{label}");
+            let container = render.app_container(app);
+            let endpoint = array(&container["env"])
+                .iter()
+                .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_else(|| panic!("{label}: {app} sets no OTEL_EXPORTER_OTLP_ENDPOINT"));
+            assert_eq!(
+                endpoint,
+                format!("http://{address}"),
+                "{label}: {app} must export where its daprd does"
+            );
+        }
     }
 }
 
@@ -602,9 +646,10 @@ fn the_grace_period_covers_the_work_and_daprs_shutdown() {
             "{label}: daprd sees a draining consumer unhealthy after {sees_unhealthy_after:?}, \
              not within block-shutdown-duration {block:?}"
         );
+        // The spans still queued are flushed after the drain.
         assert!(
-            drain < grace,
-            "{label}: DRAIN_TIMEOUT {drain:?} >= grace {grace:?}"
+            drain + FLUSH_LIMIT < grace,
+            "{label}: DRAIN_TIMEOUT {drain:?} + the span flush >= grace {grace:?}"
         );
         assert!(
             drain >= work,
@@ -627,7 +672,10 @@ fn the_grace_period_covers_the_work_and_daprs_shutdown() {
             drain <= block,
             "{label}: producer DRAIN_TIMEOUT {drain:?} outlasts its sidecar's block {block:?}"
         );
-        assert!(drain < grace, "{label}: producer DRAIN_TIMEOUT {drain:?}");
+        assert!(
+            drain + FLUSH_LIMIT < grace,
+            "{label}: producer DRAIN_TIMEOUT {drain:?} + the span flush"
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use support::{
     TRACE_ID, TRACEPARENT, WAIT, http_client,
     port::{ClosedPort, free_port},
-    process::{HTTP_LIMITS, Service, help, run_to_end},
+    process::{HTTP_LIMITS, Service, TRACING, help, run_to_end},
     producer::{BIN, Producer, batch, bearer},
     sidecar::{Behaviour, FakeSidecar},
     traced,
@@ -764,13 +764,17 @@ async fn help_documents_every_setting_and_bad_config_exits_at_once() {
         "MAX_RETRY_BACKOFF",
         "PRODUCER_API_TOKEN",
     ];
-    help(BIN, &[], &[&settings[..], HTTP_LIMITS].concat()).await;
+    help(BIN, &[], &[&settings[..], HTTP_LIMITS, TRACING].concat()).await;
 
     for (env, reason) in [
         (("MAX_COUNT", "0"), "MAX_COUNT"),
         (("DAPR_GRPC_ENDPOINT", "https://dapr:443"), "TLS"),
         (("SIDECAR_TIMEOUT", "forever"), "SIDECAR_TIMEOUT"),
         (("PORT", "http"), "PORT"),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            "--otlp-endpoint",
+        ),
     ] {
         let (code, output) = run_to_end(BIN, &[], &[env]).await;
         assert_eq!(code, Some(2), "{env:?}: {output}");

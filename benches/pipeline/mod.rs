@@ -147,9 +147,18 @@ fn consumer_env(concurrency: u32, log: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Starts `bin` measured (see [`Service::measured`]) and waits for its `ready` event.
+/// Starts `bin` measured (see [`Service::measured`]) and waits for its `ready` event. The bench's
+/// own `OTEL_*` variables pass through, so that it measures the binaries exporting spans when
+/// run with `OTEL_EXPORTER_OTLP_ENDPOINT` set (and without, when not).
 async fn start(bin: &Path, args: &[&str], env: &[(&str, String)], ready: &str) -> (Service, Value) {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let otel: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("OTEL_"))
+        .collect();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(otel.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect();
     Service::measured(bin, args, &env, ready).await
 }
 

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod devstack;
 pub mod exposition;
 pub mod http_app;
+pub mod otlp;
 pub mod port;
 pub mod process;
 pub mod producer;

@@ -354,6 +354,14 @@ pub const HTTP_LIMITS: &[&str] = &[
     "HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS",
 ];
 
+/// The tracing settings of `bindings::telemetry::LogArgs`, which every binary reads.
+pub const TRACING: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+];
+
 /// Runs `bin --help` with `env`; asserts it exits 0 and documents each of `settings` as an
 /// environment variable (`[env: NAME`); returns the help.
 pub async fn help(bin: &str, env: &[(&str, &str)], settings: &[&str]) -> String {
