@@ -5,12 +5,12 @@
 #[path = "pipeline/mod.rs"]
 mod pipeline;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
 /// Pipeline benchmark: transport limit, producer, consumer, end to end, the original's approach,
-/// and the footprint of both binaries.
+/// the producer against a sidecar with a broker's latency, and the footprint of both binaries.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline")]
 struct Args {
@@ -34,6 +34,19 @@ struct Args {
     /// Consumer processes behind the sidecar in row 4.
     #[arg(long, default_value_t = 4)]
     consumers: u32,
+    /// How long the sidecar of rows 6 and 6o takes to answer each call: about a Service Bus send
+    /// within one region.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    sidecar_latency: Duration,
+    /// About how long each run of rows 6, 6o and the sweep lasts; their sizes follow from it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    latency_run: Duration,
+    /// SEND_CONCURRENCY values the sweep measures row 6 at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    sweep_concurrency: Vec<u32>,
+    /// Sidecar latencies the sweep measures each of them at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "5ms,20ms", value_parser = humantime::parse_duration)]
+    sweep_latency: Vec<Duration>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -52,6 +65,10 @@ fn main() -> ExitCode {
         rounds: args.rounds,
         starts: args.starts,
         consumers: args.consumers,
+        sidecar_latency: args.sidecar_latency,
+        latency_run: args.latency_run,
+        sweep_concurrency: args.sweep_concurrency,
+        sweep_latencies: args.sweep_latency,
     };
     let progress = |step: &str| eprintln!("pipeline: {step}");
     match pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &progress) {

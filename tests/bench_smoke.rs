@@ -21,6 +21,10 @@ fn main() -> ExitCode {
         rounds: 1,
         starts: 1,
         consumers: 2,
+        sidecar_latency: std::time::Duration::from_millis(2),
+        latency_run: std::time::Duration::from_millis(40),
+        sweep_concurrency: vec![2, 4],
+        sweep_latencies: vec![std::time::Duration::from_millis(2)],
     };
     // `run` fails when a stage loses or duplicates a message, or a binary misbehaves.
     let report = pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &|_| {})
