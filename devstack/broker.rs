@@ -10,6 +10,7 @@ use std::{
 };
 
 use bindings::http_server::ConnectionMetrics;
+use chrono::{DateTime, Utc};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text},
@@ -17,25 +18,79 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::queue::{Counts, DeadLetter, Queue, Settings};
+use crate::{
+    queue::{Counts, DeadLetter, Queue, Settings},
+    scaling::{ScalingStatus, rfc3339},
+};
 
 /// Every queue, plus what the delivery side reports about each consumer app.
 #[derive(Debug)]
 pub struct Broker {
     queues: BTreeMap<String, Arc<Queue>>,
     apps: Mutex<Vec<Arc<AppStatus>>>,
+    /// With `--autoscale`: what the scaling controller last published.
+    scaling: Mutex<Option<ScalingStatus>>,
 }
 
 /// Live state of one consumer app, as the delivery side sees it.
 #[derive(Debug)]
 pub struct AppStatus {
+    /// The part label of its process (`consumer-3`), or its address for an app devstack did not
+    /// start.
+    pub label: String,
     pub address: String,
     pub max_concurrency: usize,
     /// Bindings the app listed, once it answered ListInputBindings.
     pub bindings: Mutex<Option<Vec<String>>>,
     pub healthy: AtomicBool,
     pub in_flight: AtomicUsize,
+    /// Since when it has been ready (healthy, its bindings listed); `None` while not ready.
+    /// Scaling in removes the most recently ready first, as the ReplicaSet controller does.
+    pub ready_since: Mutex<Option<Instant>>,
+    /// Set when it was picked to scale in: delivery stopped, SIGTERM sent.
+    pub terminating: Mutex<Option<Terminating>>,
+}
+
+/// When a scaled-in replica got SIGTERM, and when it is killed if still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terminating {
+    pub at: DateTime<Utc>,
+    pub kill_at: DateTime<Utc>,
+}
+
+/// A consumer's lifecycle, as a pod's: starting until it is ready, then ready (the sidecar
+/// delivers to it), then terminating once picked to scale in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    Starting,
+    Ready,
+    Terminating,
+}
+
+impl AppStatus {
+    /// Records a health probe's answer; true when it changed.
+    pub fn set_healthy(&self, now: bool) -> bool {
+        let changed = self.healthy.swap(now, Ordering::Relaxed) != now;
+        if changed {
+            *self.ready_since.lock().expect("ready lock") = now.then(Instant::now);
+        }
+        changed
+    }
+
+    pub fn state(&self) -> ReplicaState {
+        if self.terminating.lock().expect("terminating lock").is_some() {
+            ReplicaState::Terminating
+        } else if self.healthy.load(Ordering::Relaxed)
+            && self.bindings.lock().expect("bindings lock").is_some()
+        {
+            ReplicaState::Ready
+        } else {
+            ReplicaState::Starting
+        }
+    }
 }
 
 /// JSON status: counts per queue, consumers, recent dead letters.
@@ -46,11 +101,20 @@ pub struct Status {
     pub consumers_connected: usize,
     pub consumers: Vec<ConsumerStatus>,
     pub dead_letters: BTreeMap<String, Vec<DeadLetter>>,
+    /// Only with `--autoscale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerStatus {
+    pub label: String,
+    pub state: ReplicaState,
+    /// When SIGTERM was sent (RFC 3339).
+    pub terminating_at: Option<String>,
+    /// When it is killed if still running: terminatingAt + terminationGracePeriod.
+    pub kill_at: Option<String>,
     pub address: String,
     pub bindings: Option<Vec<String>>,
     pub healthy: bool,
@@ -67,6 +131,7 @@ impl Broker {
         Arc::new(Self {
             queues,
             apps: Mutex::default(),
+            scaling: Mutex::default(),
         })
     }
 
@@ -79,16 +144,37 @@ impl Broker {
         self.queues.get(binding)
     }
 
-    pub fn register_app(&self, address: String, max_concurrency: usize) -> Arc<AppStatus> {
+    pub fn register_app(
+        &self,
+        label: String,
+        address: String,
+        max_concurrency: usize,
+    ) -> Arc<AppStatus> {
         let app = Arc::new(AppStatus {
+            label,
             address,
             max_concurrency,
             bindings: Mutex::new(None),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            ready_since: Mutex::new(None),
+            terminating: Mutex::new(None),
         });
         self.apps.lock().expect("apps lock").push(Arc::clone(&app));
         app
+    }
+
+    /// Forgets an app whose process has exited: the status lists live consumers only.
+    pub fn remove_app(&self, app: &Arc<AppStatus>) {
+        self.apps
+            .lock()
+            .expect("apps lock")
+            .retain(|a| !Arc::ptr_eq(a, app));
+    }
+
+    /// Publishes the scaling controller's state, shown by the status and the metrics.
+    pub fn set_scaling(&self, status: ScalingStatus) {
+        *self.scaling.lock().expect("scaling lock") = Some(status);
     }
 
     pub fn status(&self) -> Status {
@@ -97,14 +183,27 @@ impl Broker {
             .lock()
             .expect("apps lock")
             .iter()
-            .map(|app| ConsumerStatus {
-                address: app.address.clone(),
-                bindings: app.bindings.lock().expect("bindings lock").clone(),
-                healthy: app.healthy.load(Ordering::Relaxed),
-                in_flight: app.in_flight.load(Ordering::Relaxed),
-                max_concurrency: app.max_concurrency,
+            .map(|app| {
+                let terminating = *app.terminating.lock().expect("terminating lock");
+                ConsumerStatus {
+                    label: app.label.clone(),
+                    state: app.state(),
+                    terminating_at: terminating.map(|t| rfc3339(t.at)),
+                    kill_at: terminating.map(|t| rfc3339(t.kill_at)),
+                    address: app.address.clone(),
+                    bindings: app.bindings.lock().expect("bindings lock").clone(),
+                    healthy: app.healthy.load(Ordering::Relaxed),
+                    in_flight: app.in_flight.load(Ordering::Relaxed),
+                    max_concurrency: app.max_concurrency,
+                }
             })
             .collect();
+        let scaling = self
+            .scaling
+            .lock()
+            .expect("scaling lock")
+            .clone()
+            .map(|scaling| scaling.counted(consumers.iter().map(|c| c.state)));
         Status {
             queues: self
                 .queues
@@ -121,6 +220,7 @@ impl Broker {
                 .iter()
                 .map(|(name, q)| (name.clone(), q.dead_letters()))
                 .collect(),
+            scaling,
         }
     }
 
@@ -176,7 +276,35 @@ impl Collector for Broker {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(status.consumers_connected).encode(connected)
+        ConstGauge::new(status.consumers_connected).encode(connected)?;
+        let Some(scaling) = &status.scaling else {
+            return Ok(());
+        };
+        let mut replicas = encoder.encode_descriptor(
+            "devstack_scaling_replicas",
+            "The consumer Deployment's replicas: desired (spec.replicas), and the pods by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, value) in [
+            ("desired", scaling.replicas),
+            ("ready", scaling.ready),
+            ("starting", scaling.starting),
+            ("terminating", scaling.terminating),
+        ] {
+            ConstGauge::new(i64::from(value))
+                .encode(replicas.encode_family(&[("state", state)])?)?;
+        }
+        if let Some(metric) = scaling.metric {
+            let encoder = encoder.encode_descriptor(
+                "devstack_scaling_metric",
+                "The queue length KEDA and the HPA last read for the trigger.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::try_from(metric).unwrap_or(i64::MAX)).encode(encoder)?;
+        }
+        Ok(())
     }
 }
 

@@ -30,6 +30,12 @@ pub const DEFAULT_RESILIENCY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/resiliency.yaml");
 /// `--resiliency none`: no retry policy; a failed call abandons the message at once.
 pub const NO_RESILIENCY: &str = "none";
+/// The ScaledObject `--autoscale` reads unless given a path: the one `kubectl apply -k deploy/base`
+/// applies, in the repository devstack was built from.
+pub const DEFAULT_SCALING: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/base/consumer-scaling.yaml"
+);
 
 /// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
 /// the producer, on loopback.
@@ -62,6 +68,33 @@ pub struct UpArgs {
     /// Number of consumer processes (competing consumers on the one queue).
     #[arg(long, env = "CONSUMERS", default_value = "1")]
     pub consumers: NonZeroUsize,
+    /// Run the consumers as the replicas of a Deployment that KEDA and the HPA scale, from this
+    /// ScaledObject (and the Deployment beside it, for terminationGracePeriodSeconds):
+    /// minReplicaCount to maxReplicaCount consumers as the queue fills and empties, each on free
+    /// ports (APP_PORT and METRICS_PORT do not apply), shown in /devstack/status. Without
+    /// PATH, deploy/base/consumer-scaling.yaml of the repository devstack was built from. A
+    /// ScaledObject devstack cannot honour stops it at start. Not with --consumers.
+    #[arg(
+        long,
+        env = "AUTOSCALE",
+        value_name = "PATH",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_SCALING,
+        conflicts_with = "consumers"
+    )]
+    pub autoscale: Option<PathBuf>,
+    /// With --autoscale: multiplies every control-plane period (pollingInterval, cooldownPeriod,
+    /// initialCooldownPeriod, the HPA's 15 s sync, stabilisation windows, policy periods), e.g.
+    /// 0.1 to watch a minute's scaling in 6 s with the same decisions. The consumers' own
+    /// settings (WORK_DURATION, drain) and terminationGracePeriodSeconds are not scaled.
+    #[arg(
+        long,
+        env = "TIME_SCALE",
+        default_value_t = 1.0,
+        value_parser = time_scale,
+        requires = "autoscale"
+    )]
+    pub time_scale: f64,
     /// The producer's port (REST and gRPC); 0 picks a free port, shown in the banner.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
@@ -231,6 +264,14 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
     })
 }
 
+/// A positive, finite factor.
+fn time_scale(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("{value:?} is not a positive number (e.g. 0.1)")),
+    }
+}
+
 /// Binding names go into metric labels and URLs: keep them to Kubernetes-style names.
 fn binding_name(value: &str) -> Result<String, String> {
     let ok = !value.is_empty()
@@ -265,6 +306,18 @@ mod tests {
         assert_eq!(s.bindings, ["message-queue"]);
         let cli = parse(&["--consumers", "5"]).unwrap();
         assert_eq!(cli.up.consumers.get(), 5);
+    }
+
+    #[test]
+    fn autoscale_takes_an_optional_path_defaulting_to_the_committed_scaled_object() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!((cli.up.autoscale, cli.up.time_scale), (None, 1.0));
+        let cli = parse(&["--autoscale"]).unwrap();
+        assert_eq!(cli.up.autoscale, Some(PathBuf::from(DEFAULT_SCALING)));
+        assert!(Path::new(DEFAULT_SCALING).exists(), "{DEFAULT_SCALING}");
+        let cli = parse(&["--autoscale", "/tmp/so.yaml", "--time-scale", "0.05"]).unwrap();
+        assert_eq!(cli.up.autoscale, Some(PathBuf::from("/tmp/so.yaml")));
+        assert_eq!(cli.up.time_scale, 0.05);
     }
 
     #[test]
@@ -326,6 +379,12 @@ mod tests {
             (&["sidecar", "--bindings", "a b"], "binding name"),
             (&["sidecar", "--max-delivery-count", "0"], "0"),
             (&["sidecar", "--lock-duration", "0s"], "greater than 0"),
+            (&["--time-scale", "0"], "positive number"),
+            (&["--time-scale=-1"], "positive number"),
+            (&["--time-scale", "inf"], "positive number"),
+            (&["--time-scale", "NaN"], "positive number"),
+            (&["--autoscale", "--consumers", "2"], "cannot be used with"),
+            (&["--time-scale", "0.1"], "--autoscale"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(reason), "{args:?}: {err}");

@@ -83,14 +83,16 @@ pub struct DeliverySettings {
     pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
 }
 
-/// Serves one app until `shutdown`; in-flight deliveries finish (bounded by the lock duration).
+/// Serves one app, whose status is `status`, until `shutdown` (the sidecar's, or this app's
+/// alone when it is scaled in): no message is taken for it after that, and in-flight deliveries
+/// finish (bounded by the lock duration).
 pub async fn serve_app(
     broker: Arc<Broker>,
+    status: Arc<AppStatus>,
     target: AppTarget,
     settings: DeliverySettings,
     shutdown: CancellationToken,
 ) {
-    let status = broker.register_app(target.address.to_string(), target.max_concurrency);
     let app = match target.protocol {
         AppProtocol::Grpc => AppClient::Grpc(
             Endpoint::from_shared(format!("http://{}", target.address))
@@ -308,7 +310,7 @@ struct Health {
 
 impl Health {
     fn set(&self, now: bool) {
-        if self.app.healthy.swap(now, Ordering::Relaxed) != now {
+        if self.app.set_healthy(now) {
             info!(app = %self.app.address, healthy = now, "app health changed");
         }
         self.tx
@@ -358,6 +360,7 @@ impl Worker {
     async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let healthy = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 ready = self.healthy.wait_for(|healthy| *healthy) => ready.is_ok(),
             };
@@ -365,6 +368,8 @@ impl Worker {
                 return;
             }
             let lock = tokio::select! {
+                // Once told to stop (a scaled-in app), take no message even if one is waiting.
+                biased;
                 _ = shutdown.cancelled() => return,
                 lock = self.queue.receive() => lock,
                 // An app that turns unhealthy while we wait for a message gets none: go back

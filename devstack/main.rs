@@ -15,8 +15,6 @@ mod queue;
 mod rate_limit;
 mod resiliency;
 mod runtime;
-// Wired into `up` by the replicas runtime.
-#[allow(dead_code)]
 mod scaling;
 mod service_bus;
 mod sidecar;

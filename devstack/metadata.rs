@@ -40,9 +40,10 @@ pub struct Metadata {
     bindings: Vec<String>,
     health_interval: Duration,
     api_token: Option<ApiToken>,
-    /// The first app delivered to: daprd has one app, devstack's sidecar may have several
-    /// competing consumers, and reports the first as daprd would report its only one.
-    app: Mutex<Option<(AppProtocol, SocketAddr, usize)>>,
+    /// The apps delivered to, oldest first: daprd has one app, devstack's sidecar may have
+    /// several competing consumers, and reports the oldest still there as daprd would report its
+    /// only one.
+    apps: Mutex<Vec<(AppProtocol, SocketAddr, usize)>>,
 }
 
 impl Metadata {
@@ -57,14 +58,20 @@ impl Metadata {
             bindings,
             health_interval,
             api_token,
-            app: Mutex::new(None),
+            apps: Mutex::new(Vec::new()),
         }
     }
 
-    /// Records an app the sidecar delivers to; the first one is reported.
+    /// Records an app the sidecar delivers to; the oldest one is reported.
     pub fn add_app(&self, protocol: AppProtocol, address: SocketAddr, max_concurrency: usize) {
-        let mut app = self.app.lock().unwrap_or_else(|e| e.into_inner());
-        app.get_or_insert((protocol, address, max_concurrency));
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        apps.push((protocol, address, max_concurrency));
+    }
+
+    /// Forgets an app that has gone (a consumer scaled in).
+    pub fn remove_app(&self, address: SocketAddr) {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        apps.retain(|(_, a, _)| *a != address);
     }
 
     /// Checks the `dapr-api-token`, which daprd requires on the metadata API too.
@@ -77,7 +84,12 @@ impl Metadata {
     /// The answer, in daprd's protobuf form.
     pub fn response(&self) -> GetMetadataResponse {
         let version = runtime_version();
-        let app = *self.app.lock().unwrap_or_else(|e| e.into_inner());
+        let app = self
+            .apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .copied();
         let app_connection = match app {
             Some((protocol, address, max_concurrency)) => AppConnectionProperties {
                 port: address.port().into(),

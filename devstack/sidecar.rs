@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    broker::Broker,
+    broker::{AppStatus, Broker},
     config::{SidecarArgs, SidecarOnlyArgs},
     delivery::{self, AppTarget, DeliverySettings},
     http,
@@ -61,7 +61,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut sidecar = Sidecar::start(listeners, &args.sidecar, shutdown)?;
     for target in args.targets() {
-        sidecar.add_app(target);
+        // Apps started by hand have no part label: their address stands for one.
+        sidecar.add_app(target, target.address.to_string());
     }
     sidecar.wait().await
 }
@@ -154,20 +155,44 @@ impl Sidecar {
         })
     }
 
-    /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up).
-    pub fn add_app(&mut self, target: AppTarget) {
+    /// The queues and what the status shows.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up),
+    /// labelled `label` in the status.
+    pub fn add_app(&mut self, target: AppTarget, label: String) -> App {
         self.metadata
             .add_app(target.protocol, target.address, target.max_concurrency);
+        let status =
+            self.broker
+                .register_app(label, target.address.to_string(), target.max_concurrency);
+        let stop = self.shutdown.child_token();
         let run = delivery::serve_app(
             Arc::clone(&self.broker),
+            Arc::clone(&status),
             target,
             self.delivery.clone(),
-            self.shutdown.clone(),
+            stop.clone(),
         );
         self.tasks.spawn(async move {
             run.await;
             Ok(())
         });
+        App {
+            address: target.address,
+            status,
+            stop,
+        }
+    }
+
+    /// Forgets an app whose process has exited (its delivery stopped first, by
+    /// [`App::stop_delivery`]): gone from the status and the metadata API.
+    pub fn remove_app(&self, app: &App) {
+        app.stop_delivery();
+        self.broker.remove_app(&app.status);
+        self.metadata.remove_app(app.address);
     }
 
     /// Waits until shutdown has been requested and everything has stopped; in-flight deliveries
@@ -178,6 +203,23 @@ impl Sidecar {
         }
         info!("sidecar stopped");
         Ok(())
+    }
+}
+
+/// An app the sidecar delivers to.
+#[derive(Debug)]
+pub struct App {
+    pub address: SocketAddr,
+    pub status: Arc<AppStatus>,
+    /// Stops this app's delivery alone; a child of the sidecar's shutdown.
+    stop: CancellationToken,
+}
+
+impl App {
+    /// Takes no more messages for this app, as daprd closes its input bindings at SIGTERM; what
+    /// it has in flight finishes (or is abandoned, and redelivered, if the app goes away).
+    pub fn stop_delivery(&self) {
+        self.stop.cancel();
     }
 }
 

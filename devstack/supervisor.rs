@@ -23,15 +23,16 @@ use tracing::{error, info, warn};
 use crate::{
     config::UpArgs,
     delivery::{AppProtocol, AppTarget},
-    sidecar::{Listeners, Sidecar},
+    scaling::controller::{Autoscale, Controller},
+    sidecar::{App, Listeners, Sidecar},
 };
 
 /// Longest a child may take to stop after SIGTERM: above the consumer's default 25 s drain limit.
-const STOP_LIMIT: Duration = Duration::from_secs(40);
+pub const STOP_LIMIT: Duration = Duration::from_secs(40);
 /// Longest the producer may take to become ready.
 const READY_LIMIT: Duration = Duration::from_secs(30);
 /// Longest a child started on port 0 may take to log the address it bound.
-const LISTEN_LIMIT: Duration = Duration::from_secs(30);
+pub const LISTEN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Width of the part labels, so every part's lines line up.
 const LABEL_WIDTH: usize = 10;
@@ -44,7 +45,7 @@ struct Part {
 }
 
 /// The address a child logs in its `listening` event, once it has bound its port.
-type Listening = oneshot::Receiver<SocketAddr>;
+pub type Listening = oneshot::Receiver<SocketAddr>;
 
 /// Runs the whole local stack, the sidecar on `listeners`, until `signal` is cancelled or a part
 /// exits on its own.
@@ -54,13 +55,45 @@ pub async fn serve(
     signal: CancellationToken,
 ) -> anyhow::Result<()> {
     let bin_dir = binaries_dir()?;
+    // A ScaledObject devstack cannot honour stops it here, before anything starts.
+    let autoscale = args
+        .autoscale
+        .clone()
+        .map(|path| Autoscale::load(path, &args.sidecar.bindings))
+        .transpose()?;
     let sidecar_stop = CancellationToken::new();
     let mut sidecar = Sidecar::start(listeners, &args.sidecar, sidecar_stop.clone())?;
     let mut output = JoinSet::new();
     let (mut parts, unknown) = start_parts(&args, &bin_dir, &mut sidecar, &mut output)?;
+    let mut controller = match &autoscale {
+        Some(autoscale) => Some(Controller::start(
+            autoscale,
+            &args,
+            bin_dir.join("consumer"),
+            &sidecar,
+        )?),
+        None => None,
+    };
 
-    let outcome = run(&args, &mut sidecar, &mut parts, unknown, &signal).await;
-    stop_all(&mut parts).await;
+    let stack = Stack {
+        args: &args,
+        autoscale: autoscale.as_ref(),
+    };
+    let outcome = run(
+        stack,
+        &mut sidecar,
+        &mut parts,
+        controller.as_mut(),
+        unknown,
+        &signal,
+    )
+    .await;
+    match controller.as_mut() {
+        Some(controller) => {
+            tokio::join!(stop_all(&mut parts), controller.stop(&mut sidecar));
+        }
+        None => stop_all(&mut parts).await,
+    }
     sidecar_stop.cancel();
     sidecar.wait().await?;
     // Drain what the parts printed last.
@@ -83,7 +116,12 @@ fn start_parts(
 ) -> anyhow::Result<(Vec<Part>, Unknown)> {
     let mut parts = Vec::new();
     let mut consumers = Vec::new();
-    for n in 0..args.consumers.get() {
+    // With --autoscale, the replica set starts the consumers.
+    let fixed = match args.autoscale {
+        None => args.consumers.get(),
+        Some(_) => 0,
+    };
+    for n in 0..fixed {
         let port = nth_port(args.app_port, n).context("APP_PORT + consumers is past port 65535")?;
         let metrics_port = nth_port(args.metrics_port, n)
             .context("METRICS_PORT + consumers is past port 65535")?;
@@ -104,7 +142,9 @@ fn start_parts(
         parts.push(part);
         match port {
             0 => consumers.push((label, listening)),
-            port => add_app(sidecar, &label, ([127, 0, 0, 1], port).into(), args),
+            port => {
+                add_app(sidecar, &label, ([127, 0, 0, 1], port).into(), args);
+            }
         }
     }
     let mut command = Command::new(bin_dir.join("producer"));
@@ -127,15 +167,25 @@ fn start_parts(
     ))
 }
 
+/// What the stack runs, for the banner.
+#[derive(Clone, Copy)]
+struct Stack<'a> {
+    args: &'a UpArgs,
+    autoscale: Option<&'a Autoscale>,
+}
+
 /// Learns the ports chosen on port 0, waits for the producer and prints the banner, then runs
-/// until `signal` (Ok) or until a part stops on its own (an error).
+/// until `signal` (Ok) or until a part stops on its own (an error). With `controller`, scales
+/// the consumers meanwhile.
 async fn run(
-    args: &UpArgs,
+    stack: Stack<'_>,
     sidecar: &mut Sidecar,
     parts: &mut [Part],
+    mut controller: Option<&mut Controller>,
     unknown: Unknown,
     signal: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let args = stack.args;
     let learned = async {
         let deadline = Instant::now() + LISTEN_LIMIT;
         for (label, listening) in unknown.consumers {
@@ -155,22 +205,24 @@ async fn run(
     };
     tokio::select! {
         ready = producer_ready(port) => match ready {
-            Ok(()) => print_banner(
-                port,
-                sidecar.http_addr.port(),
-                args.metrics_port,
-                args.consumers.get(),
-            ),
+            Ok(()) => print_banner(port, sidecar.http_addr.port(), stack),
             Err(e) => warn!(error = %e, "the producer did not become ready"),
         },
         _ = signal.cancelled() => return Ok(()),
     }
+    let scaling = async {
+        match controller.as_mut() {
+            Some(controller) => controller.run(sidecar).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = signal.cancelled() => Ok(()),
         (label, status) = first_exit(parts) => {
             error!(part = %label, %status, "a part stopped on its own; stopping the stack");
             bail!("{label} stopped unexpectedly")
         }
+        stopped = scaling => stopped,
     }
 }
 
@@ -185,23 +237,26 @@ fn nth_port(first: u16, n: usize) -> Option<u16> {
 
 /// A part on port 0 logs its `listening` event (INFO, from `target`) whatever RUST_LOG says
 /// otherwise: devstack learns the part's address from it.
-fn log_listening(command: &mut Command, args: &UpArgs, target: &str) {
+pub fn log_listening(command: &mut Command, args: &UpArgs, target: &str) {
     let filter = format!("{},{target}=info", args.sidecar.log.filter);
     command.env("RUST_LOG", filter);
 }
 
 /// Starts delivering to a consumer, and says where it is.
-fn add_app(sidecar: &mut Sidecar, label: &str, address: SocketAddr, args: &UpArgs) {
+pub fn add_app(sidecar: &mut Sidecar, label: &str, address: SocketAddr, args: &UpArgs) -> App {
     info!(part = %label, app = %address, "delivering to consumer");
-    sidecar.add_app(AppTarget {
-        protocol: AppProtocol::Grpc,
-        address,
-        max_concurrency: args.max_concurrency.get(),
-    });
+    sidecar.add_app(
+        AppTarget {
+            protocol: AppProtocol::Grpc,
+            address,
+            max_concurrency: args.max_concurrency.get(),
+        },
+        label.to_owned(),
+    )
 }
 
 /// Waits, until `deadline`, for the address a child started on port 0 logs.
-async fn listening_addr(
+pub async fn listening_addr(
     label: &str,
     listening: Listening,
     deadline: Instant,
@@ -243,9 +298,19 @@ fn binaries_dir() -> anyhow::Result<PathBuf> {
 
 fn spawn(
     label: String,
-    mut command: Command,
+    command: Command,
     output: &mut JoinSet<()>,
 ) -> anyhow::Result<(Part, Listening)> {
+    let (child, listening) = spawn_child(&label, command, output)?;
+    Ok((Part { label, child }, listening))
+}
+
+/// Starts a child labelled `label`, its output relayed by tasks in `output`.
+pub fn spawn_child(
+    label: &str,
+    mut command: Command,
+    output: &mut JoinSet<()>,
+) -> anyhow::Result<(Child, Listening)> {
     command
         .env("BIND_ADDRESS", "127.0.0.1")
         .stdin(Stdio::null())
@@ -265,7 +330,7 @@ fn spawn(
         output.spawn(relay(prefix, stderr, None));
     }
     info!(part = %label, pid = child.id(), "started");
-    Ok((Part { label, child }, address))
+    Ok((child, address))
 }
 
 /// Copies a child's lines to our stdout, each labelled with the part it comes from, and sends the
@@ -370,7 +435,22 @@ async fn stop_all(parts: &mut [Part]) {
     }
 }
 
-fn print_banner(port: u16, http_port: u16, metrics_port: u16, consumers: usize) {
+fn print_banner(port: u16, http_port: u16, stack: Stack<'_>) {
+    let (metrics_port, consumers) = match stack.autoscale {
+        // Replicas pick free ports.
+        Some(_) => (0, 0),
+        None => (stack.args.metrics_port, stack.args.consumers.get()),
+    };
+    let scaling = match stack.autoscale {
+        Some(autoscale) => format!(
+            "\nConsumers: scaled {}..{} by {} (time scale {}); watch the `scaling` object of the status\n",
+            autoscale.spec.min_replica_count,
+            autoscale.spec.max_replica_count,
+            autoscale.path.display(),
+            stack.args.time_scale
+        ),
+        None => String::new(),
+    };
     let consumer_metrics = match (metrics_port, consumers) {
         (0, _) => "see each consumer's `metrics listening` line".to_owned(),
         (first, 1) => format!("localhost:{first}/metrics"),
@@ -390,7 +470,7 @@ Local stack is up. Try:
   open http://localhost:{port}/swagger-ui/
 
 Metrics: localhost:{port}/metrics (producer), {consumer_metrics} (consumer), localhost:{http_port}/devstack/metrics (queue)
-
+{scaling}
 Ctrl-C stops everything.
 "#
     );

@@ -231,6 +231,22 @@ impl Devstack {
     }
 }
 
+/// A `devstack up` output line, `label | line`, as (label, line).
+pub fn labelled(line: &str) -> Option<(&str, &str)> {
+    let (label, rest) = line.split_once(" | ")?;
+    Some((label.trim_end(), rest))
+}
+
+/// The JSON events of one part (`sidecar`, `producer`, `consumer-2`) in `devstack up`'s output.
+pub fn part_events(lines: &[String], part: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| labelled(l))
+        .filter(|(label, _)| *label == part)
+        .filter_map(|(_, rest)| serde_json::from_str(rest).ok())
+        .collect()
+}
+
 /// One queue's counts from a status document.
 pub fn counts(status: &Value, queue: &str) -> Counts {
     serde_json::from_value(status["queues"][queue].clone())
