@@ -8,6 +8,7 @@
 //! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP),
 //!   and after a broker's latency (row 6), in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
+//! - `burst`: row 7, a burst drained by `devstack --autoscale`, and its chart.
 //! - `process`: the real binaries as child processes, their memory and CPU time (the tests'
 //!   harness, `tests/support/process.rs`).
 //! - `report`: the figures, the table and the JSON line.
@@ -16,6 +17,7 @@
 //! so each run also records the CPU time every process spent per message: with all cores busy,
 //! a rate is the cores divided by the sum of those costs, which says what limits it.
 
+pub mod burst;
 mod load;
 mod null;
 // The tests' harness (`tests/support/process.rs`): the bench uses only part of it.
@@ -62,6 +64,8 @@ pub struct Sizes {
     /// The sweep: SEND_CONCURRENCY values, each measured at every latency of `sweep_latencies`.
     pub sweep_concurrency: Vec<u32>,
     pub sweep_latencies: Vec<Duration>,
+    /// Row 7.
+    pub bursts: burst::Bursts,
 }
 
 impl Sizes {
@@ -372,6 +376,23 @@ impl<'a> Bench<'a> {
             }
         }
         rig.stop(&mut report, consumer_events).await?;
+        let progress = |step: String| {
+            let _ = self.progress.send(step);
+        };
+        report.bursts =
+            burst::run(&self.bins.devstack, &sizes.bursts, &self.http, &progress).await?;
+        if let (Some(path), Some(first)) = (&sizes.bursts.chart, report.bursts.first())
+            && let Some(run) = first.median_run()
+        {
+            let title = format!(
+                "{} messages, {}: the median of {} runs",
+                first.messages,
+                burst::shown(&sizes.bursts.scaled_object),
+                first.runs.len()
+            );
+            std::fs::write(path, burst::chart(first, run, &title))
+                .with_context(|| format!("writing the chart to {}", path.display()))?;
+        }
         report.load_average = [load_before, report::load_average()];
         report.elapsed = started.elapsed();
         Ok(report)

@@ -4,7 +4,12 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{Binaries, Sizes, process::Memory, profile_of};
+use super::{
+    Binaries, Sizes,
+    burst::{self, Burst},
+    process::Memory,
+    profile_of,
+};
 
 const MIB: f64 = 1024.0;
 
@@ -119,6 +124,8 @@ pub struct Report {
     pub shipped_concurrency: u32,
     /// Row 6 at other SEND_CONCURRENCY values and latencies.
     pub sweep: Vec<SweepPoint>,
+    /// Row 7, one entry a burst size.
+    pub bursts: Vec<Burst>,
     pub producer_fp: Footprint,
     pub consumer_fp: Footprint,
     /// VmHWM of the sidecar during row 4, in KiB.
@@ -211,6 +218,7 @@ impl Report {
             latency_original: Vec::new(),
             shipped_concurrency,
             sweep,
+            bursts: Vec::new(),
             producer_fp: producer,
             consumer_fp: consumer,
             stack_peak_kib: 0,
@@ -271,6 +279,12 @@ impl Report {
             goal,
             met: value >= limit,
         };
+        let burst = self.bursts.first().map(|b| Target {
+            name: "burst_multiple_of_ideal",
+            value: b.multiple(),
+            goal: "<= 1.5",
+            met: b.multiple() <= 1.5,
+        });
         vec![
             at_least("producer_ratio", self.producer_ratio(), 0.9, ">= 0.9"),
             at_least("consumer_ratio", self.consumer_ratio(), 0.9, ">= 0.9"),
@@ -303,6 +317,9 @@ impl Report {
             at_most("producer_ready_ms", median(&p.ready_ms), 100.0, "<= 100"),
             at_most("consumer_ready_ms", median(&c.ready_ms), 100.0, "<= 100"),
         ]
+        .into_iter()
+        .chain(burst)
+        .collect()
     }
 
     /// Adds one round's samples: rows 1 to 5 in [`rows`](Self::rows)' order, rows 6 and 6o,
@@ -337,6 +354,7 @@ impl Report {
             self.heading(&machine),
             self.rates_table(&verdicts),
             self.sweep_table(),
+            self.burst_table(&verdicts),
             self.footprint_table(&verdicts),
             self.cpu_table(&machine),
         ]
@@ -509,6 +527,55 @@ impl Report {
         out
     }
 
+    /// Row 7: each burst's median drain time against the ideal, and the median run's steps.
+    fn burst_table(&self, verdicts: &Verdicts) -> String {
+        let b = &self.sizes.bursts;
+        let Some(first) = self.bursts.first() else {
+            return String::new();
+        };
+        let mut out = format!(
+            "row 7: a burst drained under devstack --autoscale {} (time scale {}, WORK_DURATION {} s scaled alike); full-scale seconds, median of {} runs\n",
+            burst::shown(&b.scaled_object),
+            b.time_scale,
+            burst::WORK.as_secs(),
+            first.runs.len()
+        );
+        for (i, burst) in self.bursts.iter().enumerate() {
+            let (goal, verdict) = if i == 0 {
+                ("<= 1.5x", verdicts.of("burst_multiple_of_ideal"))
+            } else {
+                ("", "")
+            };
+            let runs: Vec<String> = burst
+                .runs
+                .iter()
+                .map(|r| format!("{:.1}", r.drained))
+                .collect();
+            let pods: Vec<f64> = burst.runs.iter().map(|r| r.pod_seconds).collect();
+            let _ = writeln!(
+                out,
+                "7   {:>4} messages: drained in {:.1} s, {:.2}x the ideal {} s (ceil({}/{}) x {} s)  {goal:<8}{verdict}",
+                burst.messages,
+                burst.median(),
+                burst.multiple(),
+                burst.ideal(),
+                burst.messages,
+                burst.max_replicas,
+                burst::WORK.as_secs(),
+            );
+            let _ = writeln!(
+                out,
+                "      runs: {} s; pod-seconds (median): {:.0}",
+                runs.join(", "),
+                median(&pods)
+            );
+            if let Some(run) = burst.median_run() {
+                let _ = writeln!(out, "      median run: {}", burst::timeline_line(run));
+            }
+        }
+        out
+    }
+
     /// Both binaries' memory, start-up time and size, against their targets.
     fn footprint_table(&self, verdicts: &Verdicts) -> String {
         let mut out = format!(
@@ -677,6 +744,12 @@ impl Report {
                 "consumer": self.consumer_fp.json(),
                 "devstack": { "binary": self.devstack, "peak_rss_kib": self.stack_peak_kib },
             },
+            "bursts": {
+                "scaled_object": burst::shown(&self.sizes.bursts.scaled_object),
+                "time_scale": self.sizes.bursts.time_scale,
+                "work_s": burst::WORK.as_secs_f64(),
+                "runs": self.bursts.iter().map(Burst::json).collect::<Vec<_>>(),
+            },
             "targets": targets,
             "elapsed_s": round(self.elapsed.as_secs_f64(), 1),
         })
@@ -694,7 +767,7 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
