@@ -32,8 +32,9 @@ const EPHEMERAL: [(&str, &str); 5] = [
     ("DAPR_GRPC_PORT", "0"),
     ("DAPR_HTTP_PORT", "0"),
 ];
-/// The KEDA and HPA periods of the committed ScaledObject repeat together every 30 s (10 s and
-/// 15 s): a burst posted at a random point of that span meets both loops at a random phase.
+/// The HPA's 15 s sync and KEDA's poll (2 s in the committed ScaledObject, or 5, 10, 30 s) repeat
+/// together every 30 s: a burst posted at a random point of that span meets both loops at a
+/// random phase, as one does in a cluster.
 const PHASES: Duration = Duration::from_secs(30);
 
 /// What row 7 runs.
