@@ -478,10 +478,12 @@ async fn scaling_in_busy_consumers_loses_no_message() {
     let scaled_object = manifests.path("scaling.yaml");
     let stack = Stack::start(
         &["--autoscale", &scaled_object, "--time-scale", "0.05"],
-        // The consumers log each event they take (`event received`, with its id).
+        // The consumers log each event they take (`event received`, with its id). No Resiliency:
+        // its retries of a killed victim's call would only delay the abandon.
         &[
             ("WORK_DURATION", "3s"),
             ("RUST_LOG", "info,consumer::callback=debug"),
+            ("RESILIENCY", "none"),
         ],
     )
     .await;

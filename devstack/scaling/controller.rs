@@ -350,6 +350,51 @@ mod tests {
     }
 
     #[test]
+    fn replica_counts_add_the_ones_the_sidecar_does_not_know_yet() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/base/consumer-scaling.yaml"
+        );
+        let spec = ScalingSpec::load(std::path::Path::new(path)).expect("the committed one");
+        let status = ScalingStatus {
+            settings: Settings {
+                spec,
+                time_scale: 1.0,
+                hpa_sync_period: 15.0,
+            },
+            replicas: 5,
+            ready: 9,
+            starting: 9,
+            terminating: 9,
+            metric: None,
+            active: false,
+            last_active_time: None,
+            cooldown_ends_at: None,
+            events: VecDeque::new(),
+            unregistered: Unregistered {
+                starting: 2,
+                terminating: 1,
+            },
+        };
+        let states = [
+            ReplicaState::Ready,
+            ReplicaState::Ready,
+            ReplicaState::Starting,
+            ReplicaState::Terminating,
+        ];
+        let counted = status.counted(states.into_iter());
+        assert_eq!(
+            (counted.ready, counted.starting, counted.terminating),
+            (2, 3, 2)
+        );
+        let json = serde_json::to_value(&counted).unwrap();
+        assert!(json.get("unregistered").is_none(), "{json}");
+        assert_eq!(json["settings"]["timeScale"], 1.0);
+        assert_eq!(json["settings"]["cooldownPeriod"], 60.0);
+        assert_eq!(json["lastActiveTime"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn ticks_keep_their_cadence_and_skip_missed_ones() {
         let s = Duration::from_secs;
         assert_eq!(next_tick(s(0), s(10), s(3)), s(10));
