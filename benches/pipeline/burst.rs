@@ -68,10 +68,14 @@ pub struct Point {
 /// One scaling decision, at full scale.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// Seconds since the POST.
     pub at: f64,
+    /// `keda` or `hpa`.
     pub by: String,
+    /// Desired replicas before and after.
     pub from: u64,
     pub to: u64,
+    /// The queue length it decided on.
     pub metric: u64,
 }
 
@@ -83,14 +87,18 @@ pub struct Run {
     /// Replica-seconds (desired replicas over time) until then, at full scale: what the burst
     /// cost in pods.
     pub pod_seconds: f64,
+    /// The status as the bench read it while the burst drained.
     pub timeline: Vec<Point>,
+    /// The scaling decisions from the POST on.
     pub steps: Vec<Step>,
 }
 
 /// The runs of one burst size.
 #[derive(Debug, Clone)]
 pub struct Burst {
+    /// Messages in the burst.
     pub messages: u32,
+    /// The ScaledObject's maxReplicaCount, as the status gives it.
     pub max_replicas: u64,
     pub runs: Vec<Run>,
 }
@@ -101,6 +109,7 @@ impl Burst {
         (u64::from(self.messages).div_ceil(self.max_replicas.max(1))) as f64 * WORK.as_secs_f64()
     }
 
+    /// The median drain time, full-scale seconds.
     pub fn median(&self) -> f64 {
         median(&self.runs.iter().map(|r| r.drained).collect::<Vec<_>>())
     }
@@ -112,10 +121,12 @@ impl Burst {
         sorted.get(sorted.len().saturating_sub(1) / 2).copied()
     }
 
+    /// The median over the ideal: the row's figure.
     pub fn multiple(&self) -> f64 {
         self.median() / self.ideal()
     }
 
+    /// Every figure of the burst, for the bench's JSON line.
     pub fn json(&self) -> Value {
         let median_run = self.median_run();
         json!({

@@ -63,6 +63,7 @@ pub struct Sizes {
     pub latency_run: Duration,
     /// The sweep: SEND_CONCURRENCY values, each measured at every latency of `sweep_latencies`.
     pub sweep_concurrency: Vec<u32>,
+    /// The sweep's sidecar latencies.
     pub sweep_latencies: Vec<Duration>,
     /// Row 7.
     pub bursts: burst::Bursts,
