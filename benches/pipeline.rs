@@ -5,12 +5,13 @@
 #[path = "pipeline/mod.rs"]
 mod pipeline;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 
 /// Pipeline benchmark: transport limit, producer, consumer, end to end, the original's approach,
-/// and the footprint of both binaries.
+/// the producer against a sidecar with a broker's latency, the drain time of a burst under
+/// autoscaling, and the footprint of both binaries.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline")]
 struct Args {
@@ -34,6 +35,35 @@ struct Args {
     /// Consumer processes behind the sidecar in row 4.
     #[arg(long, default_value_t = 4)]
     consumers: u32,
+    /// How long the sidecar of rows 6 and 6o takes to answer each call: about a Service Bus send
+    /// within one region.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    sidecar_latency: Duration,
+    /// About how long each run of rows 6, 6o and the sweep lasts; their sizes follow from it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    latency_run: Duration,
+    /// SEND_CONCURRENCY values the sweep measures row 6 at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    sweep_concurrency: Vec<u32>,
+    /// Sidecar latencies the sweep measures each of them at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "5ms,20ms", value_parser = humantime::parse_duration)]
+    sweep_latency: Vec<Duration>,
+    /// Row 7's ScaledObject, which `devstack --autoscale` reads.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/consumer-scaling.yaml"))]
+    scaled_object: PathBuf,
+    /// Row 7's factor on the control plane's periods and on WORK_DURATION (5 s).
+    #[arg(long, default_value_t = 0.05)]
+    time_scale: f64,
+    /// Row 7's burst sizes (comma-separated); the first has the target.
+    #[arg(long, value_delimiter = ',', default_value = "50,500")]
+    bursts: Vec<u32>,
+    /// Runs of each burst; the figures are medians (the HPA's phase is random, and the median of
+    /// 7 moves less from one bench run to the next than that of 5).
+    #[arg(long, default_value_t = 7)]
+    burst_runs: usize,
+    /// Where row 7's chart goes (SVG): replicas and queue length of the first burst's median run.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/burst-drain.svg"))]
+    chart: PathBuf,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -52,6 +82,17 @@ fn main() -> ExitCode {
         rounds: args.rounds,
         starts: args.starts,
         consumers: args.consumers,
+        sidecar_latency: args.sidecar_latency,
+        latency_run: args.latency_run,
+        sweep_concurrency: args.sweep_concurrency,
+        sweep_latencies: args.sweep_latency,
+        bursts: pipeline::burst::Bursts {
+            scaled_object: args.scaled_object,
+            time_scale: args.time_scale,
+            sizes: args.bursts,
+            runs: args.burst_runs,
+            chart: Some(args.chart),
+        },
     };
     let progress = |step: &str| eprintln!("pipeline: {step}");
     match pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &progress) {

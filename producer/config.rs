@@ -55,7 +55,9 @@ pub struct Config {
     #[arg(long, env = "MAX_COUNT", default_value_t = NonZeroU32::new(10_000).unwrap())]
     pub max_count: NonZeroU32,
 
-    /// Messages in flight to the sidecar at once when the interval is 0.
+    /// Messages in flight to the sidecar at once when the interval is 0. 32 sends up to 6,400
+    /// messages/s when each send takes a broker's 5 ms, more than a Standard Service Bus namespace
+    /// accepts; raise it for a Premium namespace or a slower, remote broker.
     #[arg(long, env = "SEND_CONCURRENCY", default_value_t = NonZeroU32::new(32).unwrap())]
     pub send_concurrency: NonZeroU32,
 

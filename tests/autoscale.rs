@@ -26,14 +26,22 @@ const EPHEMERAL: [(&str, &str); 5] = [
     ("DAPR_HTTP_PORT", "0"),
 ];
 
-/// The replica counts the committed ScaledObject (deploy/base/consumer-scaling.yaml) goes
-/// through with 50 messages, before it returns to 0. KEDA activates 0 -> 1 (metric 50 >
-/// activationMessageCount 0). The HPA, on the legacy path (no `behavior`), proposes
-/// ceil(50 / messageCount 5) = 10, and its 300 s window holds that peak while it rises by at most
-/// max(2 x current, 4) a sync: 1 -> 4 -> 8 -> 10 (maxReplicaCount). Once the queue is empty for
-/// cooldownPeriod, KEDA takes it to 0 in one step. Re-tuning the ScaledObject (a scaleUp
-/// `behavior`, another messageCount or maxReplicaCount) changes this sequence.
-const COMMITTED_SCALE_UP: [u32; 5] = [0, 1, 4, 8, 10];
+/// The committed ScaledObject, which `--autoscale` reads by default.
+const COMMITTED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/base/consumer-scaling.yaml"
+);
+/// The replica counts the committed ScaledObject goes through with 50 messages, before it
+/// returns to 0. KEDA activates 0 -> 1 (metric 50 > activationMessageCount 0). The HPA proposes
+/// ceil(50 / messageCount 5) = 10, and its `behavior`'s scaleUp policy (10 pods per 15 s) lets
+/// it take all of them at its first sync: 1 -> 10 (maxReplicaCount). Once the queue is empty for
+/// cooldownPeriod, KEDA takes it to 0 in one step. Re-tuning the ScaledObject (its scaleUp
+/// `behavior`, messageCount or maxReplicaCount) changes this sequence.
+const COMMITTED_SCALE_UP: [u32; 3] = [0, 1, 10];
+/// The same ScaledObject without `advanced` takes the HPA's legacy path: it proposes 10 too, and
+/// its 300 s window holds that peak while it rises by at most max(2 x current, 4) a sync:
+/// 1 -> 4 -> 8 -> 10.
+const LEGACY_SCALE_UP: [u32; 5] = [0, 1, 4, 8, 10];
 /// 50 ms of real time per cluster second: the committed 10 s poll takes 0.2 s, the HPA's 15 s
 /// sync 0.3 s, the 60 s cooldown 1.2 s.
 const TIME_SCALE: &str = "0.02";
@@ -180,15 +188,68 @@ fn abandoned(lines: &[String]) -> Vec<(String, String)> {
 }
 
 /// The original walk-through: 50 messages, the committed ScaledObject. The consumers go
-/// 0 -> 1 -> 4 -> 8 -> 10, the queue drains with nothing lost or dead-lettered, and after the
-/// cooldown KEDA takes them back to 0, each consumer exiting cleanly.
+/// 0 -> 1 -> 10, the queue drains with nothing lost or dead-lettered, and after the cooldown KEDA
+/// takes them back to 0, each consumer exiting cleanly.
 #[tokio::test]
 async fn the_committed_scaled_object_takes_fifty_messages_from_zero_to_ten_consumers_and_back() {
-    let stack = Stack::start(
-        &["--autoscale", "--time-scale", TIME_SCALE],
-        &[("WORK_DURATION", "500ms")],
-    )
-    .await;
+    let committed = std::fs::read_to_string(COMMITTED).unwrap();
+    assert!(committed.contains("\n  advanced:\n"), "{committed}");
+    fifty_messages_from_zero_to_the_peak_and_back(&["--autoscale"], &COMMITTED_SCALE_UP).await;
+}
+
+/// The same walk-through on the HPA's legacy path, which a ScaledObject without `advanced` gets:
+/// a copy of the committed one without it climbs 0 -> 1 -> 4 -> 8 -> 10.
+#[tokio::test]
+async fn without_a_behavior_the_committed_scaled_object_climbs_the_legacy_way() {
+    let committed = std::fs::read_to_string(COMMITTED).unwrap();
+    let legacy = without_advanced(&committed);
+    assert!(
+        !legacy.contains("advanced") && legacy.contains("triggers:"),
+        "{legacy}"
+    );
+    let deployment = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/base/consumer-deployment.yaml"
+    ))
+    .unwrap();
+    let manifests = Manifests::new(
+        "legacy",
+        &[
+            ("consumer-scaling.yaml", &legacy),
+            ("consumer-deployment.yaml", &deployment),
+        ],
+    );
+    let path = manifests.path("consumer-scaling.yaml");
+    fifty_messages_from_zero_to_the_peak_and_back(&["--autoscale", &path], &LEGACY_SCALE_UP).await;
+}
+
+/// `yaml` without the ScaledObject's `advanced` block (the line `  advanced:` and every line
+/// indented deeper below it).
+fn without_advanced(yaml: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if line == "  advanced:" {
+            skipping = true;
+            continue;
+        }
+        if skipping && (line.starts_with("   ") || line.trim().is_empty()) {
+            continue;
+        }
+        skipping = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// 50 messages through `devstack` started with `autoscale` (the `--autoscale` flag and maybe a
+/// path): the scaling steps are exactly `scale_up`, the queue drains with nothing lost or
+/// dead-lettered, and after the cooldown KEDA takes the consumers back to 0, each exiting cleanly.
+async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale_up: &[u32]) {
+    let mut args = autoscale.to_vec();
+    args.extend(["--time-scale", TIME_SCALE]);
+    let stack = Stack::start(&args, &[("WORK_DURATION", "500ms")]).await;
     let status = stack.devstack.status().await;
     let scaling = &status["scaling"];
     assert_eq!(scaling["replicas"], 0, "{scaling}");
@@ -198,8 +259,8 @@ async fn the_committed_scaled_object_takes_fifty_messages_from_zero_to_ten_consu
     assert_eq!(status["consumers"], json!([]));
 
     stack.produce(50).await;
-    let peak = *COMMITTED_SCALE_UP.last().unwrap();
-    let up: Vec<(u64, u64)> = COMMITTED_SCALE_UP
+    let peak = *scale_up.last().unwrap();
+    let up: Vec<(u64, u64)> = scale_up
         .windows(2)
         .map(|w| (u64::from(w[0]), u64::from(w[1])))
         .collect();
@@ -318,10 +379,11 @@ async fn the_committed_scaled_object_takes_fifty_messages_from_zero_to_ten_consu
             .any(|l| l.starts_with("keda: metric ") && l.ends_with(", scaling consumer 0 -> 1")),
         "{lines:?}"
     );
+    let first_hpa_step = format!(", scaling consumer 1 -> {}", scale_up[2]);
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("hpa: ") && l.ends_with(", scaling consumer 1 -> 4")),
+            .any(|l| l.starts_with("hpa: ") && l.ends_with(&first_hpa_step)),
         "{lines:?}"
     );
 }

@@ -6,8 +6,9 @@
 //! checks that each message it sent is accounted for; a run that loses one is an error.
 //!
 //! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP),
-//!   in a process of their own.
+//!   and after a broker's latency (row 6), in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
+//! - `burst`: row 7, a burst drained by `devstack --autoscale`, and its chart.
 //! - `process`: the real binaries as child processes, their memory and CPU time (the tests'
 //!   harness, `tests/support/process.rs`).
 //! - `report`: the figures, the table and the JSON line.
@@ -16,6 +17,7 @@
 //! so each run also records the CPU time every process spent per message: with all cores busy,
 //! a rate is the cores divided by the sum of those costs, which says what limits it.
 
+pub mod burst;
 mod load;
 mod null;
 // The tests' harness (`tests/support/process.rs`): the bench uses only part of it.
@@ -55,6 +57,34 @@ pub struct Sizes {
     pub starts: usize,
     /// Consumer processes behind the sidecar in row 4.
     pub consumers: u32,
+    /// How long the slow sidecar of rows 6 and 6o takes to answer each call.
+    pub sidecar_latency: Duration,
+    /// About how long each run of rows 6, 6o and the sweep lasts: the sizes follow from it.
+    pub latency_run: Duration,
+    /// The sweep: SEND_CONCURRENCY values, each measured at every latency of `sweep_latencies`.
+    pub sweep_concurrency: Vec<u32>,
+    /// The sweep's sidecar latencies.
+    pub sweep_latencies: Vec<Duration>,
+    /// Row 7.
+    pub bursts: burst::Bursts,
+}
+
+impl Sizes {
+    /// Every latency a slow null server is needed for.
+    fn latencies(&self) -> Vec<Duration> {
+        let mut all = self.sweep_latencies.clone();
+        all.push(self.sidecar_latency);
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Waves of calls in one run of rows 6, 6o and the sweep at `latency` (a warm-up runs fewer).
+    fn waves(&self, latency: Duration, warm_up: bool) -> u32 {
+        let waves = self.latency_run.as_secs_f64() / latency.as_secs_f64();
+        let waves = (waves.ceil() as u32).max(1);
+        if warm_up { waves.min(20) } else { waves }
+    }
 }
 
 /// The binaries under test.
@@ -97,6 +127,12 @@ pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::R
         sizes.concurrency > 0 && sizes.consumers > 0 && sizes.rounds > 0 && sizes.starts > 0,
         "concurrency, consumers, rounds and starts must be at least 1"
     );
+    ensure!(
+        sizes.latencies().iter().all(|l| !l.is_zero())
+            && !sizes.latency_run.is_zero()
+            && sizes.sweep_concurrency.iter().all(|c| *c > 0),
+        "latencies, the latency run and the sweep's concurrencies must be more than 0"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,6 +166,38 @@ fn producer_env(sizes: &Sizes, sidecar: SocketAddr) -> Vec<(&'static str, String
         ("SEND_CONCURRENCY", sizes.concurrency.to_string()),
         ("MAX_COUNT", sizes.messages.max(10_000).to_string()),
     ]
+}
+
+/// The producer's environment against a slow sidecar: SEND_CONCURRENCY `concurrency`, or the
+/// producer's own default for `None`; batches of up to `max_count`.
+fn slow_producer_env(
+    sidecar: SocketAddr,
+    concurrency: Option<u32>,
+    max_count: u32,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("PORT", "0".to_owned()),
+        ("DAPR_GRPC_ENDPOINT", sidecar.to_string()),
+        ("MAX_COUNT", max_count.max(1).to_string()),
+    ];
+    if let Some(c) = concurrency {
+        env.push(("SEND_CONCURRENCY", c.to_string()));
+    }
+    env
+}
+
+/// The SEND_CONCURRENCY the producer ships with, as its `--help` states it: row 6 runs the
+/// producer without setting it, and its bound follows from it.
+async fn shipped_send_concurrency(producer: &Path) -> anyhow::Result<u32> {
+    let bin = producer.to_string_lossy();
+    let (code, help) = process::run_to_end(&bin, &["--help"], &[]).await;
+    ensure!(code == Some(0), "`producer --help` failed: {help}");
+    help.split("--send-concurrency")
+        .nth(1)
+        .and_then(|rest| rest.split("[default: ").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no default for --send-concurrency in `producer --help`:\n{help}"))
 }
 
 /// Row 3w's log filter: the consumer's start and stop events, none per message.
@@ -279,14 +347,22 @@ impl<'a> Bench<'a> {
         let sizes = self.sizes;
         // The null servers are this executable, started again: `main` must call
         // `null_servers_main_if_asked` first, or they never log their addresses.
-        let (nulls, event) = start(&std::env::current_exe()?, &[null::ARG], &[], null::READY).await;
+        let latencies: Vec<String> = sizes
+            .latencies()
+            .iter()
+            .map(|l| l.as_micros().to_string())
+            .collect();
+        let mut args = vec![null::ARG];
+        args.extend(latencies.iter().map(String::as_str));
+        let (nulls, event) = start(&std::env::current_exe()?, &args, &[], null::READY).await;
         let null: null::Addresses = serde_json::from_value(event)?;
 
         let (producer_fp, consumer_fp) = self.footprints(null.sidecar).await?;
-        let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp);
+        let shipped = shipped_send_concurrency(&self.bins.producer).await?;
+        let mut report = Report::new(sizes, self.bins, producer_fp, consumer_fp, shipped);
 
         self.step("starting the producer, the consumer and the local stack");
-        let rig = Rig::start(&self, nulls, null).await?;
+        let rig = Rig::start(&self, nulls, null, shipped).await?;
         // Round 0 warms every path up (connections, allocator, caches) and is not reported.
         let mut consumer_events = 0;
         for round in 0..=sizes.rounds {
@@ -302,12 +378,31 @@ impl<'a> Bench<'a> {
                 (sizes.messages, sizes.original_messages)
             };
             let samples = rig.round(m, m_original).await?;
+            let latency = rig.latency_rows(warm_up).await?;
+            let sweep = rig.sweep(warm_up).await?;
             consumer_events += u64::from(m);
             if !warm_up {
-                report.push(samples);
+                report.push(samples, latency, sweep);
             }
         }
         rig.stop(&mut report, consumer_events).await?;
+        let progress = |step: String| {
+            let _ = self.progress.send(step);
+        };
+        report.bursts =
+            burst::run(&self.bins.devstack, &sizes.bursts, &self.http, &progress).await?;
+        if let (Some(path), Some(first)) = (&sizes.bursts.chart, report.bursts.first())
+            && let Some(run) = first.median_run()
+        {
+            let title = format!(
+                "{} messages, {}: the median of {} runs",
+                first.messages,
+                burst::shown(&sizes.bursts.scaled_object),
+                first.runs.len()
+            );
+            std::fs::write(path, burst::chart(first, run, &title))
+                .with_context(|| format!("writing the chart to {}", path.display()))?;
+        }
         report.load_average = [load_before, report::load_average()];
         report.elapsed = started.elapsed();
         Ok(report)
@@ -334,9 +429,17 @@ impl<'a> Bench<'a> {
         &self,
         sidecar: SocketAddr,
     ) -> anyhow::Result<(f64, Service, SocketAddr)> {
+        self.start_producer_with(&producer_env(self.sizes, sidecar))
+            .await
+    }
+
+    /// Starts a producer with `env` (see [`start_producer`](Self::start_producer)).
+    async fn start_producer_with(
+        &self,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<(f64, Service, SocketAddr)> {
         let begun = Instant::now();
-        let env = producer_env(self.sizes, sidecar);
-        let (service, event) = start(&self.bins.producer, &[], &env, "listening").await;
+        let (service, event) = start(&self.bins.producer, &[], env, "listening").await;
         let addr = event_addr(&event, "addr");
         let url = format!("http://{addr}/readyz");
         loop {
@@ -442,19 +545,65 @@ struct MeasuredConsumer {
     parts: Parts,
 }
 
+/// A producer against a slow sidecar: row 6's, at the SEND_CONCURRENCY it ships with, or one
+/// point of the sweep.
+struct SlowProducer {
+    concurrency: u32,
+    latency: Duration,
+    service: Service,
+    addr: SocketAddr,
+    parts: Parts,
+}
+
+impl SlowProducer {
+    /// Starts a producer against `slow`'s sidecar, with SEND_CONCURRENCY `set`, or none set for
+    /// its default, `concurrency`.
+    async fn start(
+        bench: &Bench<'_>,
+        slow: null::Slow,
+        nulls: Pid,
+        set: Option<u32>,
+        concurrency: u32,
+    ) -> anyhow::Result<Self> {
+        let latency = Duration::from_micros(slow.latency_us);
+        let max_count = bench.sizes.waves(latency, false) * concurrency;
+        let env = slow_producer_env(slow.sidecar, set, max_count);
+        let (_, service, addr) = bench.start_producer_with(&env).await?;
+        Ok(Self {
+            concurrency,
+            latency,
+            parts: vec![
+                ("producer", vec![Pid::Child(service.pid())]),
+                ("null servers", vec![nulls]),
+            ],
+            service,
+            addr,
+        })
+    }
+}
+
 /// Everything the rows run against, started once and kept for every round; one method a row.
 struct Rig {
+    sizes: Sizes,
     concurrency: u32,
     http: reqwest::Client,
     nulls: Service,
     null: null::Addresses,
     sidecar_channel: Channel,
+    /// To row 6's slow sidecar, for row 6t.
+    slow_sidecar_channel: Channel,
     null_app_channel: Channel,
     producer: Service,
     producer_addr: SocketAddr,
     consumer: MeasuredConsumer,
     quiet: MeasuredConsumer,
     stack: Stack,
+    /// Row 6's producer, at the SEND_CONCURRENCY it ships with.
+    shipped: SlowProducer,
+    /// Row 6o's HTTP endpoint, as slow as row 6's sidecar.
+    slow_http: SocketAddr,
+    /// The sweep's producers, latency by latency, each at every concurrency.
+    sweep: Vec<SlowProducer>,
     /// The bench's clients against the null servers.
     transport_parts: Parts,
     producer_parts: Parts,
@@ -466,12 +615,30 @@ impl Rig {
         bench: &Bench<'_>,
         nulls: Service,
         null: null::Addresses,
+        shipped: u32,
     ) -> anyhow::Result<Self> {
+        let sizes = bench.sizes;
+        let null_pid = Pid::Child(nulls.pid());
+        let slow = |latency: Duration| {
+            null.slow
+                .iter()
+                .find(|s| u128::from(s.latency_us) == latency.as_micros())
+                .copied()
+                .with_context(|| format!("no slow null server for {latency:?}"))
+        };
+        let row_6 = slow(sizes.sidecar_latency)?;
+        let shipped = SlowProducer::start(bench, row_6, null_pid, None, shipped).await?;
+        let mut sweep = Vec::new();
+        for latency in &sizes.sweep_latencies {
+            for &c in &sizes.sweep_concurrency {
+                sweep
+                    .push(SlowProducer::start(bench, slow(*latency)?, null_pid, Some(c), c).await?);
+            }
+        }
         let (_, producer, producer_addr) = bench.start_producer(null.sidecar).await?;
         let consumer = bench.measured_consumer("info").await?;
         let quiet = bench.measured_consumer(QUIET_LOG).await?;
         let stack = bench.start_stack().await?;
-        let null_pid = Pid::Child(nulls.pid());
         let stack_parts = vec![
             ("producer", vec![Pid::Child(stack.producer.pid())]),
             ("sidecar", vec![Pid::Child(stack.devstack.pid())]),
@@ -486,9 +653,14 @@ impl Rig {
             ("bench (status polls)", vec![Pid::Bench]),
         ];
         Ok(Self {
-            concurrency: bench.sizes.concurrency,
+            sizes: sizes.clone(),
+            shipped,
+            slow_http: row_6.http,
+            sweep,
+            concurrency: sizes.concurrency,
             http: bench.http.clone(),
             sidecar_channel: load::channel(null.sidecar).await?,
+            slow_sidecar_channel: load::channel(row_6.sidecar).await?,
             null_app_channel: load::channel(null.app).await?,
             transport_parts: vec![
                 ("client", vec![Pid::Bench]),
@@ -561,6 +733,49 @@ impl Rig {
         self.counted("(5)", m, |c| &mut c.http, sample).await
     }
 
+    /// Rows 6, 6t and 6o: the producer at its shipped SEND_CONCURRENCY against the slow sidecar,
+    /// the bench's client as many calls at once against it, and the original's loop against an
+    /// HTTP endpoint as slow.
+    async fn latency_rows(&self, warm_up: bool) -> anyhow::Result<[Sample; 3]> {
+        let waves = self.sizes.waves(self.shipped.latency, warm_up);
+        let producer = self.slow_producer("(6)", &self.shipped, waves).await?;
+        let m = waves * self.shipped.concurrency;
+        let load = load::invoke_binding(&self.slow_sidecar_channel, m, self.shipped.concurrency);
+        let sample = measure(&self.transport_parts, m, load);
+        let client = self
+            .counted("(6t)", m, |c| &mut c.slow_sidecar, sample)
+            .await?;
+        // One message a wave: the original sends one at a time.
+        let load = load::original(self.slow_http, waves);
+        let sample = measure(&self.transport_parts, waves, load);
+        let original = self.counted("(6o)", waves, |c| &mut c.slow_http, sample);
+        Ok([producer, client, original.await?])
+    }
+
+    /// The sweep: each SEND_CONCURRENCY at each latency, in [`Sizes`]' order.
+    async fn sweep(&self, warm_up: bool) -> anyhow::Result<Vec<Sample>> {
+        let mut samples = Vec::new();
+        for p in &self.sweep {
+            let waves = self.sizes.waves(p.latency, warm_up);
+            let row = format!("(6) at SEND_CONCURRENCY={} {:?}", p.concurrency, p.latency);
+            samples.push(self.slow_producer(&row, p, waves).await?);
+        }
+        Ok(samples)
+    }
+
+    /// One `POST /MessageProducer` of `waves` × SEND_CONCURRENCY messages to `producer`.
+    async fn slow_producer(
+        &self,
+        row: &str,
+        producer: &SlowProducer,
+        waves: u32,
+    ) -> anyhow::Result<Sample> {
+        let m = waves * producer.concurrency;
+        let load = produce(&self.http, producer.addr, m);
+        let sample = measure(&producer.parts, m, load);
+        self.counted(row, m, |c| &mut c.slow_sidecar, sample).await
+    }
+
     /// Runs `sample`, then checks that the null servers counted `m` more calls where `counter`
     /// points, and no other.
     async fn counted(
@@ -600,6 +815,10 @@ impl Rig {
             );
         }
         report.stack_peak_kib = self.stack.stop().await?;
+        self.shipped.service.stop().await;
+        for p in self.sweep {
+            p.service.stop().await;
+        }
         self.nulls.stop().await;
         Ok(())
     }

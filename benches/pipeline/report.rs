@@ -4,7 +4,12 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{Binaries, Sizes, process::Memory, profile_of};
+use super::{
+    Binaries, Sizes,
+    burst::{self, Burst},
+    process::Memory,
+    profile_of,
+};
 
 const MIB: f64 = 1024.0;
 
@@ -108,6 +113,19 @@ pub struct Report {
     pub null_app: Runs,
     pub end_to_end: Runs,
     pub original: Runs,
+    /// Row 6: the producer at its shipped SEND_CONCURRENCY against a sidecar with a latency.
+    pub latency_producer: Runs,
+    /// Row 6t: the bench's client against the same sidecar at the same concurrency: what the
+    /// machine allows the producer.
+    pub latency_client: Runs,
+    /// Row 6o: the original's loop against an HTTP endpoint with the same latency.
+    pub latency_original: Runs,
+    /// The producer's default SEND_CONCURRENCY, which row 6 runs with.
+    pub shipped_concurrency: u32,
+    /// Row 6 at other SEND_CONCURRENCY values and latencies.
+    pub sweep: Vec<SweepPoint>,
+    /// Row 7, one entry a burst size.
+    pub bursts: Vec<Burst>,
     pub producer_fp: Footprint,
     pub consumer_fp: Footprint,
     /// VmHWM of the sidecar during row 4, in KiB.
@@ -116,6 +134,31 @@ pub struct Report {
     /// The 1-minute load average before and after the run: other work on the machine.
     pub load_average: [f64; 2],
     pub elapsed: Duration,
+}
+
+/// One point of the sweep: the producer at `concurrency` against a sidecar taking `latency`.
+#[derive(Debug, Clone)]
+pub struct SweepPoint {
+    pub concurrency: u32,
+    pub latency: Duration,
+    pub runs: Runs,
+}
+
+impl SweepPoint {
+    /// Its median rate over SEND_CONCURRENCY / latency.
+    fn ratio(&self) -> f64 {
+        rate(&self.runs) / bound(self.concurrency, self.latency)
+    }
+}
+
+/// The most a sender keeping `concurrency` calls in flight can send when each takes `latency`.
+fn bound(concurrency: u32, latency: Duration) -> f64 {
+    f64::from(concurrency) / latency.as_secs_f64()
+}
+
+/// A latency in ms, as short as it can be written.
+fn ms(latency: Duration) -> String {
+    format!("{} ms", round(latency.as_secs_f64() * 1e3, 3))
 }
 
 /// A figure's target, and whether this run met it.
@@ -140,7 +183,27 @@ impl Verdicts {
 }
 
 impl Report {
-    pub fn new(sizes: &Sizes, bins: &Binaries, producer: Footprint, consumer: Footprint) -> Self {
+    pub fn new(
+        sizes: &Sizes,
+        bins: &Binaries,
+        producer: Footprint,
+        consumer: Footprint,
+        shipped_concurrency: u32,
+    ) -> Self {
+        let sweep = sizes
+            .sweep_latencies
+            .iter()
+            .flat_map(|&latency| {
+                sizes
+                    .sweep_concurrency
+                    .iter()
+                    .map(move |&concurrency| SweepPoint {
+                        concurrency,
+                        latency,
+                        runs: Vec::new(),
+                    })
+            })
+            .collect();
         Self {
             sizes: sizes.clone(),
             transport: Vec::new(),
@@ -150,6 +213,12 @@ impl Report {
             null_app: Vec::new(),
             end_to_end: Vec::new(),
             original: Vec::new(),
+            latency_producer: Vec::new(),
+            latency_client: Vec::new(),
+            latency_original: Vec::new(),
+            shipped_concurrency,
+            sweep,
+            bursts: Vec::new(),
             producer_fp: producer,
             consumer_fp: consumer,
             stack_peak_kib: 0,
@@ -179,6 +248,23 @@ impl Report {
         rate(&self.producer) / rate(&self.original)
     }
 
+    /// Row 6's bound: the shipped SEND_CONCURRENCY over the sidecar's latency.
+    fn latency_bound(&self) -> f64 {
+        bound(self.shipped_concurrency, self.sizes.sidecar_latency)
+    }
+
+    fn latency_ratio(&self) -> f64 {
+        rate(&self.latency_producer) / self.latency_bound()
+    }
+
+    fn latency_client_ratio(&self) -> f64 {
+        rate(&self.latency_client) / self.latency_bound()
+    }
+
+    fn latency_over_original(&self) -> f64 {
+        rate(&self.latency_producer) / rate(&self.latency_original)
+    }
+
     fn targets(&self) -> Vec<Target> {
         let (p, c) = (&self.producer_fp, &self.consumer_fp);
         let at_most = |name, value: f64, limit: f64, goal| Target {
@@ -193,16 +279,17 @@ impl Report {
             goal,
             met: value >= limit,
         };
+        let burst = self.bursts.first().map(|b| Target {
+            name: "burst_multiple_of_ideal",
+            value: b.multiple(),
+            goal: "<= 1.5",
+            met: b.multiple() <= 1.5,
+        });
         vec![
             at_least("producer_ratio", self.producer_ratio(), 0.9, ">= 0.9"),
             at_least("consumer_ratio", self.consumer_ratio(), 0.9, ">= 0.9"),
             at_least("end_to_end_ratio", self.end_to_end_ratio(), 0.4, ">= 0.4"),
-            at_least(
-                "producer_over_original",
-                self.over_original(),
-                20.0,
-                ">= 20",
-            ),
+            at_least("latency_ratio", self.latency_ratio(), 0.9, ">= 0.9"),
             at_most(
                 "producer_idle_rss_mib",
                 median(&p.idle_kib) / MIB,
@@ -230,10 +317,21 @@ impl Report {
             at_most("producer_ready_ms", median(&p.ready_ms), 100.0, "<= 100"),
             at_most("consumer_ready_ms", median(&c.ready_ms), 100.0, "<= 100"),
         ]
+        .into_iter()
+        .chain(burst)
+        .collect()
     }
 
-    /// Adds one round's samples, one a row in [`rows`](Self::rows)' order.
-    pub fn push(&mut self, samples: [Sample; 7]) {
+    /// Adds one round's samples: rows 1 to 5 in [`rows`](Self::rows)' order, rows 6 and 6o,
+    /// and the sweep's in [`Sizes`]' order.
+    pub fn push(&mut self, samples: [Sample; 7], latency: [Sample; 3], sweep: Vec<Sample>) {
+        let [producer, client, original] = latency;
+        self.latency_producer.push(producer);
+        self.latency_client.push(client);
+        self.latency_original.push(original);
+        for (point, sample) in self.sweep.iter_mut().zip(sweep) {
+            point.runs.push(sample);
+        }
         let rows = [
             &mut self.transport,
             &mut self.producer,
@@ -255,6 +353,8 @@ impl Report {
         let out = [
             self.heading(&machine),
             self.rates_table(&verdicts),
+            self.sweep_table(),
+            self.burst_table(&verdicts),
             self.footprint_table(&verdicts),
             self.cpu_table(&machine),
         ]
@@ -365,9 +465,114 @@ impl Report {
             "original: new HTTP/1.1 client+connection per message",
             &self.original,
             format!("(2) is {:.0}x", self.over_original()),
-            ">= 20x",
-            "producer_over_original",
+            "",
+            "",
         );
+        let latency = ms(self.sizes.sidecar_latency);
+        row(
+            "6",
+            &format!("producer -> sidecar answering after {latency}"),
+            &self.latency_producer,
+            format!("{:.2} of bound", self.latency_ratio()),
+            ">= 0.9",
+            "latency_ratio",
+        );
+        row(
+            "6t",
+            "  same calls from the bench's tonic client",
+            &self.latency_client,
+            format!("{:.2} of bound", self.latency_client_ratio()),
+            "",
+            "",
+        );
+        row(
+            "6o",
+            &format!("original -> HTTP endpoint answering after {latency}"),
+            &self.latency_original,
+            format!("(6) is {:.0}x", self.latency_over_original()),
+            "",
+            "",
+        );
+        let _ = writeln!(
+            out,
+            "(6)'s bound: SEND_CONCURRENCY {} (the producer's default) / {latency} = {} msg/s",
+            self.shipped_concurrency,
+            thousands(self.latency_bound())
+        );
+        out
+    }
+
+    /// Row 6 at each SEND_CONCURRENCY and latency of the sweep: msg/s and the ratio of the bound.
+    fn sweep_table(&self) -> String {
+        let s = &self.sizes;
+        if self.sweep.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "row 6 by SEND_CONCURRENCY (rows) and sidecar latency (columns): msg/s (of the bound)\n",
+        );
+        let _ = write!(out, "{:<18}", "SEND_CONCURRENCY");
+        for latency in &s.sweep_latencies {
+            let _ = write!(out, "{:>22}", ms(*latency));
+        }
+        out.push('\n');
+        for &concurrency in &s.sweep_concurrency {
+            let _ = write!(out, "{concurrency:<18}");
+            for point in self.sweep.iter().filter(|p| p.concurrency == concurrency) {
+                let cell = format!("{} ({:.2})", thousands(rate(&point.runs)), point.ratio());
+                let _ = write!(out, "{cell:>22}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Row 7: each burst's median drain time against the ideal, and the median run's steps.
+    fn burst_table(&self, verdicts: &Verdicts) -> String {
+        let b = &self.sizes.bursts;
+        let Some(first) = self.bursts.first() else {
+            return String::new();
+        };
+        let mut out = format!(
+            "row 7: a burst drained under devstack --autoscale {} (time scale {}, WORK_DURATION {} s scaled alike); full-scale seconds, median of {} runs\n",
+            burst::shown(&b.scaled_object),
+            b.time_scale,
+            burst::WORK.as_secs(),
+            first.runs.len()
+        );
+        for (i, burst) in self.bursts.iter().enumerate() {
+            let (goal, verdict) = if i == 0 {
+                ("<= 1.5x", verdicts.of("burst_multiple_of_ideal"))
+            } else {
+                ("", "")
+            };
+            let runs: Vec<String> = burst
+                .runs
+                .iter()
+                .map(|r| format!("{:.1}", r.drained))
+                .collect();
+            let pods: Vec<f64> = burst.runs.iter().map(|r| r.pod_seconds).collect();
+            let _ = writeln!(
+                out,
+                "7   {:>4} messages: drained in {:.1} s, {:.2}x the ideal {} s (ceil({}/{}) x {} s)  {goal:<8}{verdict}",
+                burst.messages,
+                burst.median(),
+                burst.multiple(),
+                burst.ideal(),
+                burst.messages,
+                burst.max_replicas,
+                burst::WORK.as_secs(),
+            );
+            let _ = writeln!(
+                out,
+                "      runs: {} s; pod-seconds (median): {:.0}",
+                runs.join(", "),
+                median(&pods)
+            );
+            if let Some(run) = burst.median_run() {
+                let _ = writeln!(out, "      median run: {}", burst::timeline_line(run));
+            }
+        }
         out
     }
 
@@ -440,7 +645,7 @@ impl Report {
     }
 
     /// Each row's runs, by the row's id in the table.
-    pub fn rows(&self) -> [(&'static str, &Runs); 7] {
+    pub fn rows(&self) -> [(&'static str, &Runs); 10] {
         [
             ("1", &self.transport),
             ("2", &self.producer),
@@ -449,6 +654,9 @@ impl Report {
             ("3n", &self.null_app),
             ("4", &self.end_to_end),
             ("5", &self.original),
+            ("6", &self.latency_producer),
+            ("6t", &self.latency_client),
+            ("6o", &self.latency_original),
         ]
     }
 
@@ -489,6 +697,10 @@ impl Report {
                 "rounds": s.rounds,
                 "starts": s.starts,
                 "consumers": s.consumers,
+                "sidecar_latency_ms": s.sidecar_latency.as_secs_f64() * 1e3,
+                "latency_run_s": s.latency_run.as_secs_f64(),
+                "sweep_concurrency": s.sweep_concurrency,
+                "sweep_latency_ms": s.sweep_latencies.iter().map(|l| l.as_secs_f64() * 1e3).collect::<Vec<_>>(),
             },
             "log": {
                 "RUST_LOG": "info",
@@ -502,17 +714,41 @@ impl Report {
             "null_app": rates(&self.null_app),
             "end_to_end": rates(&self.end_to_end),
             "original": rates(&self.original),
+            "latency": {
+                "sidecar_latency_ms": s.sidecar_latency.as_secs_f64() * 1e3,
+                "send_concurrency": self.shipped_concurrency,
+                "bound_msgs_per_s": self.latency_bound().round(),
+                "producer": rates(&self.latency_producer),
+                "client": rates(&self.latency_client),
+                "original": rates(&self.latency_original),
+                "sweep": self.sweep.iter().map(|p| json!({
+                    "send_concurrency": p.concurrency,
+                    "latency_ms": p.latency.as_secs_f64() * 1e3,
+                    "bound_msgs_per_s": bound(p.concurrency, p.latency).round(),
+                    "ratio": round(p.ratio(), 3),
+                    "rates": rates(&p.runs),
+                })).collect::<Vec<_>>(),
+            },
             "ratios": {
                 "producer_to_transport": round(self.producer_ratio(), 3),
                 "consumer_to_null_app": round(self.consumer_ratio(), 3),
                 "consumer_quiet_to_null_app": round(self.consumer_quiet_ratio(), 3),
                 "end_to_end_to_transport": round(self.end_to_end_ratio(), 3),
                 "producer_over_original": round(self.over_original(), 1),
+                "latency_producer_to_bound": round(self.latency_ratio(), 3),
+                "latency_client_to_bound": round(self.latency_client_ratio(), 3),
+                "latency_producer_over_original": round(self.latency_over_original(), 1),
             },
             "footprint": {
                 "producer": self.producer_fp.json(),
                 "consumer": self.consumer_fp.json(),
                 "devstack": { "binary": self.devstack, "peak_rss_kib": self.stack_peak_kib },
+            },
+            "bursts": {
+                "scaled_object": burst::shown(&self.sizes.bursts.scaled_object),
+                "time_scale": self.sizes.bursts.time_scale,
+                "work_s": burst::WORK.as_secs_f64(),
+                "runs": self.bursts.iter().map(Burst::json).collect::<Vec<_>>(),
             },
             "targets": targets,
             "elapsed_s": round(self.elapsed.as_secs_f64(), 1),
@@ -531,7 +767,7 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }

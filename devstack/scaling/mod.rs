@@ -107,11 +107,34 @@ mod tests {
         changes
     }
 
-    #[test]
-    fn the_committed_scaled_object_takes_50_messages_0_1_4_8_10_and_back_to_0() {
+    fn committed() -> ScalingSpec {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/consumer-scaling.yaml");
-        let spec = ScalingSpec::load(&path).expect("the committed ScaledObject loads");
+        ScalingSpec::load(&path).expect("the committed ScaledObject loads")
+    }
+
+    #[test]
+    fn the_committed_scaled_object_takes_50_messages_0_1_10_and_back_to_0() {
         // 50 messages wait for a minute, then the queue is empty.
+        let changes = simulate(&committed(), 400, |t| if t < 60 { 50 } else { 0 });
+        assert_eq!(
+            changes,
+            vec![
+                (0, By::Keda, 0, 1),
+                // Its scaleUp policy (10 pods per 15 s) lets the first sync take all 10.
+                (15, By::Hpa, 1, 10),
+                // Last active poll at 58 s; the first poll after 58 + 60 = 118 is at 120. KEDA
+                // takes all 10 to 0 at once, long before the HPA's 300 s window would have let go.
+                (120, By::Keda, 10, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_its_behavior_the_committed_scaled_object_takes_the_legacy_path_0_1_4_8_10() {
+        let mut spec = committed();
+        assert!(spec.behavior.is_some());
+        // What a copy of the file without `advanced` loads as.
+        spec.behavior = None;
         let changes = simulate(&spec, 400, |t| if t < 60 { 50 } else { 0 });
         assert_eq!(
             changes,
@@ -120,8 +143,6 @@ mod tests {
                 (15, By::Hpa, 1, 4),
                 (30, By::Hpa, 4, 8),
                 (45, By::Hpa, 8, 10),
-                // Last active poll at 50 s; 50 + 60 = 110 is before the poll at 120. KEDA takes
-                // all 10 to 0 at once, long before the HPA's 300 s window would have let go.
                 (120, By::Keda, 10, 0),
             ]
         );

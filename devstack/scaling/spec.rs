@@ -1016,7 +1016,7 @@ spec:
                 target: "consumer".into(),
                 min_replica_count: 0,
                 max_replica_count: 10,
-                polling_interval: Duration::from_secs(10),
+                polling_interval: Duration::from_secs(2),
                 cooldown_period: Duration::from_secs(60),
                 initial_cooldown_period: Duration::ZERO,
                 trigger: Trigger {
@@ -1025,7 +1025,29 @@ spec:
                     target: 5.0,
                     activation: 0.0,
                 },
-                behavior: None,
+                // Its scaleUp as written, Kubernetes' defaults for the rest.
+                behavior: Some(Behavior {
+                    scale_up: Rules {
+                        stabilization_window: Duration::ZERO,
+                        select_policy: SelectPolicy::Max,
+                        policies: vec![Policy {
+                            kind: PolicyKind::Pods,
+                            value: 10,
+                            period: Duration::from_secs(15),
+                        }],
+                        tolerance: None,
+                    },
+                    scale_down: Rules {
+                        stabilization_window: DOWNSCALE_STABILISATION_WINDOW,
+                        select_policy: SelectPolicy::Max,
+                        policies: vec![Policy {
+                            kind: PolicyKind::Percent,
+                            value: 100,
+                            period: Duration::from_secs(15),
+                        }],
+                        tolerance: None,
+                    },
+                }),
                 // consumer-deployment.yaml's terminationGracePeriodSeconds.
                 termination_grace_period: Duration::from_secs(40),
             }

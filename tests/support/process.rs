@@ -96,6 +96,13 @@ impl Service {
         Self::start(bin.as_ref(), args, env, None)
     }
 
+    /// Like [`spawn_with_args`](Self::spawn_with_args), for the benchmark: only the last
+    /// [`TAIL_BYTES`] of the output are kept, and nothing is echoed to this process's stdout,
+    /// which carries the benchmark's figures.
+    pub fn spawn_quiet(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES))
+    }
+
     /// Starts `bin` for the benchmark and waits for its event whose message is `ready`, which it
     /// returns. From then on its output is read paced, and only the last [`TAIL_BYTES`] kept.
     pub async fn measured(
