@@ -117,12 +117,14 @@ async fn readme_screenshot(browser: &mut Browser, path: &str) {
         .await;
     browser
         .wait_for(
-            "consumers busy on the 50 messages",
-            "[document.getElementById('locked').textContent, document.getElementById('scaling').hidden, document.getElementById('replicas').textContent]",
+            "consumers busy on the 50 messages, and the scaler's last read of them",
+            "[document.getElementById('locked').textContent, document.getElementById('scaling').hidden, document.getElementById('replicas').textContent, document.getElementById('metric').textContent]",
             |v| {
                 let number = |i: usize| v[i].as_str().and_then(|t| t.parse::<u64>().ok());
                 number(0).is_some_and(|locked| locked > 0)
-                    && (v[1] == true || number(2).is_some_and(|replicas| replicas >= 4))
+                    && (v[1] == true
+                        || (number(2).is_some_and(|replicas| replicas >= 4)
+                            && number(3).is_some_and(|metric| metric > 0)))
             },
         )
         .await;
