@@ -22,11 +22,14 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = telemetry::init(&config.log, "producer")?;
     let shutdown = shutdown::on_signal();
+    let drain = shutdown::DrainDeadline::watch(&shutdown, config.drain_timeout);
     let listener = TcpListener::bind((config.bind_address, config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind_address, config.port))?;
-    let flush_limit = telemetry::FLUSH_LIMIT.min(config.drain_timeout);
     let served = server::serve(listener, config, shutdown).await;
-    telemetry.shutdown(flush_limit).await;
+    // Spans still queued get what the drain left of its time, so the exit stays within it.
+    telemetry
+        .shutdown(drain.remaining(telemetry::FLUSH_LIMIT))
+        .await;
     served
 }

@@ -1,5 +1,11 @@
 //! One [`CancellationToken`] per process, cancelled on SIGTERM (Kubernetes' stop signal) or Ctrl-C.
 
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Sends SIGTERM to process `pid`, as the kubelet does to stop a container. An error means there
@@ -50,4 +56,61 @@ async fn ctrl_c() -> &'static str {
         std::future::pending::<()>().await;
     }
     "SIGINT"
+}
+
+/// The end of a drain: `limit` after the stop signal. What follows the drain at exit (the span
+/// flush) gets what the drain left of it, so the whole exit stays within the drain time.
+#[derive(Debug, Clone)]
+pub struct DrainDeadline {
+    limit: Duration,
+    stopped_at: Arc<OnceLock<Instant>>,
+}
+
+impl DrainDeadline {
+    /// Starts watching `token`; call right after [`on_signal`], inside the runtime.
+    pub fn watch(token: &CancellationToken, limit: Duration) -> Self {
+        let stopped_at = Arc::new(OnceLock::new());
+        let set = Arc::clone(&stopped_at);
+        let token = token.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            let _ = set.set(Instant::now());
+        });
+        Self { limit, stopped_at }
+    }
+
+    /// What is left of the drain time now, at most `cap`; `cap` when no stop was asked for (the
+    /// process ends on an error, and nothing is draining).
+    pub fn remaining(&self, cap: Duration) -> Duration {
+        match self.stopped_at.get() {
+            Some(at) => (*at + self.limit)
+                .saturating_duration_since(Instant::now())
+                .min(cap),
+            None => cap,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flush_gets_what_the_drain_left() {
+        let token = CancellationToken::new();
+        let deadline = DrainDeadline::watch(&token, Duration::from_secs(5));
+        let cap = Duration::from_secs(2);
+        assert_eq!(deadline.remaining(cap), cap, "no stop asked for");
+        token.cancel();
+        tokio::task::yield_now().await;
+        assert_eq!(deadline.remaining(cap), cap, "the drain has just begun");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(deadline.remaining(cap), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            deadline.remaining(cap),
+            Duration::ZERO,
+            "the drain used it all"
+        );
+    }
 }

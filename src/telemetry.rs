@@ -107,9 +107,9 @@ impl LogArgs {
     }
 }
 
-/// How long the spans still queued at exit may take to export, at most. The services add it to
-/// their drain (capped by it), and both fit in the pods' terminationGracePeriodSeconds with
-/// room to spare.
+/// How long the spans still queued at exit may take to export, at most. The services give the
+/// flush what their drain left of DRAIN_TIMEOUT, up to this, so the exit stays within the drain
+/// time (and the pods' terminationGracePeriodSeconds).
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// The span exporter, if any, for a bounded flush at shutdown.

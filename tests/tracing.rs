@@ -319,7 +319,7 @@ async fn the_consumer_span_is_a_child_of_the_received_traceparent() {
 }
 
 /// What a collector that is down or slow must not do: slow requests down, or hold the exit up
-/// beyond the drain (1 s here) and the flush (at most the drain).
+/// beyond the drain time (1 s here), which the span flush shares.
 async fn nothing_waits_for(endpoint: &str, queue: &str) -> Producer {
     let sidecar = FakeSidecar::start(sidecar::Behaviour::default()).await;
     let env = [
@@ -335,7 +335,7 @@ async fn nothing_waits_for(endpoint: &str, queue: &str) -> Producer {
     producer
 }
 
-/// The exit bound: the drain, the flush, and room for a loaded machine.
+/// The exit bound: the drain time, which the flush shares, and room for a loaded machine.
 const EXIT_BOUND: Duration = Duration::from_secs(6);
 
 #[tokio::test]
