@@ -12,19 +12,11 @@ use serde_json::{Value, json};
 use support::{
     WAIT,
     consumer::is_original_line,
-    devstack::{self, Devstack, counts, part_events},
+    devstack::{self, Devstack, EPHEMERAL, counts, part_event, part_events},
     process::{Service, event_addr, run_to_end},
 };
 
 const QUEUE: &str = "message-queue";
-/// Every port devstack binds, 0: each part reports the address it chose.
-const EPHEMERAL: [(&str, &str); 5] = [
-    ("PORT", "0"),
-    ("APP_PORT", "0"),
-    ("METRICS_PORT", "0"),
-    ("DAPR_GRPC_PORT", "0"),
-    ("DAPR_HTTP_PORT", "0"),
-];
 
 /// The committed ScaledObject, which `--autoscale` reads by default.
 const COMMITTED: &str = concat!(
@@ -104,17 +96,6 @@ impl Stack {
             })
             .await
     }
-}
-
-/// Waits for the first event `message` of `part` in `devstack up`'s output.
-async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
-    service
-        .wait_for_lines(&format!("{part}'s {message:?} event"), |lines| {
-            part_events(lines, part)
-                .into_iter()
-                .find(|e| e["message"] == message)
-        })
-        .await
 }
 
 fn steps(status: &Value) -> Vec<(String, u64, u64)> {

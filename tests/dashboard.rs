@@ -17,19 +17,11 @@ use serde_json::{Value, json};
 use support::{
     WAIT,
     browser::{self, Browser},
-    devstack::{self, Devstack, counts},
+    devstack::{self, Devstack, EPHEMERAL, counts, part_event},
     process::{Service, event_addr},
 };
 
 const QUEUE: &str = "message-queue";
-/// Every port devstack binds, 0: each part reports the address it chose.
-const EPHEMERAL: [(&str, &str); 5] = [
-    ("PORT", "0"),
-    ("APP_PORT", "0"),
-    ("METRICS_PORT", "0"),
-    ("DAPR_GRPC_PORT", "0"),
-    ("DAPR_HTTP_PORT", "0"),
-];
 /// The README's screenshot size.
 const WIDE: (u32, u32) = (1280, 800);
 /// A phone held upright.
@@ -135,20 +127,6 @@ async fn readme_screenshot(browser: &mut Browser, path: &str) {
 
 fn scratch() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-/// Waits for the first event `message` of the part labelled `part` in `devstack up`'s output.
-async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
-    service
-        .wait_for_lines(&format!("{part}'s {message:?} event"), |lines| {
-            lines
-                .iter()
-                .filter_map(|l| l.split_once(" | "))
-                .filter(|(label, _)| label.trim_end() == part)
-                .filter_map(|(_, rest)| serde_json::from_str::<Value>(rest).ok())
-                .find(|e| e["message"] == message)
-        })
-        .await
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use support::{
     TRACE_ID, TRACEPARENT, WAIT,
     app::{Behaviour, Delivery, FakeApp},
     consumer::{Consumer, is_original_line},
-    devstack::{self, ASPNET_BODY, Devstack, counts},
+    devstack::{self, ASPNET_BODY, Devstack, EPHEMERAL, counts, labelled, part_event, part_events},
     http_app::{HttpApp, HttpBehaviour},
     port::ClosedPort,
     process::{HTTP_LIMITS, Service, TRACING, event_addr, help, is_running, run_to_end},
@@ -33,14 +33,6 @@ use support::{
 use tonic::{Code, Request};
 
 const QUEUE: &str = "message-queue";
-/// Every port devstack binds, 0: each part reports the address it chose, in its log and status.
-const EPHEMERAL: [(&str, &str); 5] = [
-    ("PORT", "0"),
-    ("APP_PORT", "0"),
-    ("METRICS_PORT", "0"),
-    ("DAPR_GRPC_PORT", "0"),
-    ("DAPR_HTTP_PORT", "0"),
-];
 /// The original sample's payload, byte for byte.
 const HELLO: &[u8] = br#"{"text":"Hello World"}"#;
 
@@ -1521,33 +1513,6 @@ async fn a_resiliency_the_sidecar_cannot_honour_stops_it_at_once() {
 }
 
 // --- The one command ------------------------------------------------------------------------
-
-/// A `devstack up` output line, `label | line`, as (label, line).
-fn labelled(line: &str) -> Option<(&str, &str)> {
-    let (label, rest) = line.split_once(" | ")?;
-    Some((label.trim_end(), rest))
-}
-
-/// The JSON events of one part in `devstack up`'s output.
-fn part_events(lines: &[String], part: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|l| labelled(l))
-        .filter(|(label, _)| *label == part)
-        .filter_map(|(_, rest)| serde_json::from_str(rest).ok())
-        .collect()
-}
-
-/// Waits for the first event `message` of `part` in `devstack up`'s output.
-async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
-    service
-        .wait_for_lines(&format!("{part}'s {message:?} event"), |lines| {
-            part_events(lines, part)
-                .into_iter()
-                .find(|e| e["message"] == message)
-        })
-        .await
-}
 
 #[tokio::test]
 async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {

@@ -231,6 +231,15 @@ impl Devstack {
     }
 }
 
+/// Every port devstack binds, 0: each part reports the address it chose, in its log and status.
+pub const EPHEMERAL: [(&str, &str); 5] = [
+    ("PORT", "0"),
+    ("APP_PORT", "0"),
+    ("METRICS_PORT", "0"),
+    ("DAPR_GRPC_PORT", "0"),
+    ("DAPR_HTTP_PORT", "0"),
+];
+
 /// A `devstack up` output line, `label | line`, as (label, line).
 pub fn labelled(line: &str) -> Option<(&str, &str)> {
     let (label, rest) = line.split_once(" | ")?;
@@ -245,6 +254,17 @@ pub fn part_events(lines: &[String], part: &str) -> Vec<Value> {
         .filter(|(label, _)| *label == part)
         .filter_map(|(_, rest)| serde_json::from_str(rest).ok())
         .collect()
+}
+
+/// Waits for the first event `message` of `part` in `devstack up`'s output.
+pub async fn part_event(service: &mut Service, part: &str, message: &str) -> Value {
+    service
+        .wait_for_lines(&format!("{part}'s {message:?} event"), |lines| {
+            part_events(lines, part)
+                .into_iter()
+                .find(|e| e["message"] == message)
+        })
+        .await
 }
 
 /// One queue's counts from a status document.
