@@ -57,10 +57,12 @@ struct Args {
     /// Row 7's burst sizes (comma-separated); the first has the target.
     #[arg(long, value_delimiter = ',', default_value = "50,500")]
     bursts: Vec<u32>,
-    /// Runs of each burst; the figures are medians (the HPA's phase is random, and the median of
-    /// 7 moves less from one bench run to the next than that of 5).
-    #[arg(long, default_value_t = 7)]
-    burst_runs: usize,
+    /// Runs of each burst, in the order of --bursts (the last repeats); the figures are medians.
+    /// The HPA's phase is random: a burst waits 0 to 15 s for its sync, which moves the first
+    /// burst's drain from about 1.05x to 1.6x of its ideal, so its median takes 21 runs to move
+    /// little from one bench run to the next (each takes about 2 s); the long bursts vary less.
+    #[arg(long, value_delimiter = ',', default_value = "21,5")]
+    burst_runs: Vec<usize>,
     /// Where row 7's chart goes (SVG): replicas and queue length of the first burst's median run.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/burst-drain.svg"))]
     chart: PathBuf,

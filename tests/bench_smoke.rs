@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             .into(),
             time_scale: 0.01,
             sizes: vec![20],
-            runs: 1,
+            runs: vec![1],
             chart: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("burst-drain.svg")),
         },
     };

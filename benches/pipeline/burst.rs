@@ -46,8 +46,9 @@ pub struct Bursts {
     pub time_scale: f64,
     /// Burst sizes; the first is the one with a target (the original's 50).
     pub sizes: Vec<u32>,
-    /// Runs of each size; the figures are medians.
-    pub runs: usize,
+    /// Runs of each size, in the order of `sizes` (the last repeats for the sizes after it); the
+    /// figures are medians.
+    pub runs: Vec<usize>,
     /// Where to write the chart of the first size's median run (SVG); none: not written.
     pub chart: Option<PathBuf>,
 }
@@ -157,17 +158,19 @@ pub async fn run(
         bursts.time_scale
     );
     let mut out = Vec::new();
-    for &messages in &bursts.sizes {
+    for (i, &messages) in bursts.sizes.iter().enumerate() {
         let mut burst = Burst {
             messages,
             max_replicas: 0,
             runs: Vec::new(),
         };
-        for n in 1..=bursts.runs {
-            progress(format!(
-                "row 7: burst of {messages}, run {n} of {}",
-                bursts.runs
-            ));
+        let runs = *bursts
+            .runs
+            .get(i)
+            .or(bursts.runs.last())
+            .context("no number of runs for the bursts")?;
+        for n in 1..=runs {
+            progress(format!("row 7: burst of {messages}, run {n} of {runs}"));
             let (run, max) = one(devstack, bursts, http, messages).await?;
             burst.max_replicas = max;
             burst.runs.push(run);

@@ -530,15 +530,14 @@ impl Report {
     /// Row 7: each burst's median drain time against the ideal, and the median run's steps.
     fn burst_table(&self, verdicts: &Verdicts) -> String {
         let b = &self.sizes.bursts;
-        let Some(first) = self.bursts.first() else {
+        if self.bursts.is_empty() {
             return String::new();
-        };
+        }
         let mut out = format!(
-            "row 7: a burst drained under devstack --autoscale {} (time scale {}, WORK_DURATION {} s scaled alike); full-scale seconds, median of {} runs\n",
+            "row 7: a burst drained under devstack --autoscale {} (time scale {}, WORK_DURATION {} s scaled alike); full-scale seconds, medians of each burst's runs\n",
             burst::shown(&b.scaled_object),
             b.time_scale,
             burst::WORK.as_secs(),
-            first.runs.len()
         );
         for (i, burst) in self.bursts.iter().enumerate() {
             let (goal, verdict) = if i == 0 {
@@ -565,7 +564,8 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "      runs: {} s; pod-seconds (median): {:.0}",
+                "      {} runs: {} s; pod-seconds (median): {:.0}",
+                runs.len(),
                 runs.join(", "),
                 median(&pods)
             );
