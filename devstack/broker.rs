@@ -60,7 +60,9 @@ impl Default for Changes {
 impl Changes {
     /// Something in the status changed. Call it after the change, outside any lock.
     pub fn notify(&self) {
-        if !self.0.pending.swap(true, Ordering::AcqRel) {
+        // A load first: while a wake-up is pending (always, with no watcher) the flag's cache
+        // line stays shared between the cores instead of moving with every queue operation.
+        if !self.0.pending.load(Ordering::Acquire) && !self.0.pending.swap(true, Ordering::AcqRel) {
             self.0.tx.send_replace(());
         }
     }
