@@ -16,8 +16,11 @@ pub fn send(binding: &str, received: Option<&TraceParent>) -> tracing::Span {
         messaging.destination.name = binding,
         messaging.operation.type = "send",
     );
-    let received = received.cloned().map(TraceContext::from);
-    trace_context::set_remote_parent(&span, received.as_ref());
+    // Not exported: nothing to parent, and nothing to copy per message.
+    if !span.is_none() {
+        let received = received.cloned().map(TraceContext::from);
+        trace_context::set_remote_parent(&span, received.as_ref());
+    }
     span
 }
 
@@ -49,6 +52,9 @@ pub fn delivery(binding: &str, message: &Message, grpc: bool) -> tracing::Span {
             messaging.message.delivery_count = message.delivery_count,
         )
     };
+    if span.is_none() {
+        return span;
+    }
     // The send's traceparent, which the message keeps as an application property.
     let sent = message
         .envelope
