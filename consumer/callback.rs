@@ -356,12 +356,10 @@ fn not_served(building_block: &str) -> Status {
     ))
 }
 
-/// The broker's message id from a binding event's metadata, if any.
 /// The exported span of one event, covering the wait for a work slot and the work: a gRPC server
 /// span, and the messaging `process` of the message.
 fn event_span(binding: &str, id: Option<&str>) -> tracing::Span {
-    let name = ON_BINDING_EVENT.trim_start_matches('/');
-    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    let (name, service, method) = trace_context::rpc_name(ON_BINDING_EVENT);
     bindings::otel_span!(
         name,
         "server",
@@ -391,6 +389,7 @@ fn end_event_span(span: &tracing::Span, result: &Result<Response<BindingEventRes
     );
 }
 
+/// The broker's message id from a binding event's metadata, if any.
 fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
     metadata
         .get(MESSAGE_ID_KEY)

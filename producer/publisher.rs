@@ -243,8 +243,7 @@ impl Publisher {
 
     /// The span of one `InvokeBinding` attempt: an RPC client span, and a messaging send.
     fn client_span(&self, trace: &Trace) -> tracing::Span {
-        let name = INVOKE_BINDING_PATH.trim_start_matches('/');
-        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let (name, service, method) = trace_context::rpc_name(INVOKE_BINDING_PATH);
         let span = bindings::otel_span!(
             name,
             "client",

@@ -249,9 +249,7 @@ fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing:
         return tracing::Span::none();
     }
     if grpc {
-        // `/package.Service/Method`, named `package.Service/Method` as the conventions say.
-        let name = path.trim_start_matches('/');
-        let (service, rpc) = name.split_once('/').unwrap_or((name, ""));
+        let (name, service, rpc) = trace_context::rpc_name(path);
         bindings::otel_span!(
             name,
             "server",

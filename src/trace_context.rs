@@ -172,6 +172,14 @@ impl From<TraceParent> for TraceContext {
     }
 }
 
+/// A gRPC path's span name and its `rpc.service` / `rpc.method` attributes, as OpenTelemetry's
+/// conventions name them: `/package.Service/Method` is the span `package.Service/Method`.
+pub fn rpc_name(path: &str) -> (&str, &str, &str) {
+    let name = path.trim_start_matches('/');
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    (name, service, method)
+}
+
 /// Parents `span`, an exported span (see [`otel_span!`]), on `remote`, the context a caller sent.
 /// Without one, `span` starts a trace.
 pub fn set_remote_parent(span: &tracing::Span, remote: Option<&TraceContext>) {
@@ -299,6 +307,19 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_grpc_path_names_its_span_service_and_method() {
+        assert_eq!(
+            rpc_name("/dapr.proto.runtime.v1.Dapr/InvokeBinding"),
+            (
+                "dapr.proto.runtime.v1.Dapr/InvokeBinding",
+                "dapr.proto.runtime.v1.Dapr",
+                "InvokeBinding"
+            )
+        );
+        assert_eq!(rpc_name("/odd"), ("odd", "odd", ""));
+    }
 
     #[test]
     fn parses_the_spec_example() {
