@@ -9,7 +9,7 @@ use bindings::{
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
     message::OPERATION_CREATE,
-    trace_context::{self, TRACEPARENT, TraceParent},
+    trace_context::{TRACEPARENT, TraceParent},
 };
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -79,7 +79,7 @@ impl Runtime {
         metadata.insert(TRACEPARENT.to_owned(), spans::traceparent(&span, &trace_id));
         let envelope = Envelope::from_invoke_metadata(metadata);
         let id = queue.send(data, envelope, Some(trace_id));
-        trace_context::set_attribute(&span, "messaging.message.id", id.clone());
+        spans::enqueued(&span, &id);
         spans::end(&span, None);
         debug!(binding, id, "message enqueued");
         Ok(id)

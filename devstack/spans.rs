@@ -80,6 +80,13 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     trace_context::ids(span).map(|(trace_id, _)| trace_id)
 }
 
+/// Records the id the queue gave the message `span` sent; copies it only for an exported span.
+pub fn enqueued(span: &tracing::Span, id: &str) {
+    if !span.is_none() {
+        trace_context::set_attribute(span, "messaging.message.id", id.to_owned());
+    }
+}
+
 /// Ends `span` with the outcome: OK, or `error`.
 pub fn end(span: &tracing::Span, error: Option<String>) {
     trace_context::set_status(span, error);
