@@ -23,7 +23,7 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked --bin producer --bin consumer
+RUN cargo build --release --locked -p producer -p consumer
 
 # Runtime: glibc and CA certificates, no shell. The user is numeric (distroless's nonroot, 65532) so
 # the kubelet can check the pods' runAsNonRoot.

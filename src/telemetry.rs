@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(line["trace_id"], "own");
         assert_eq!(line["n"], 1);
         assert_eq!(line["id"], "i");
-        assert_eq!(line["target"], "bindings::telemetry::tests");
+        assert_eq!(line["target"], "pipeline::telemetry::tests");
     }
 
     #[test]

@@ -18,10 +18,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::Deserialize;
 use serde_json::Value;
 
-// Only the process harness of `tests/support`: these tests start no server.
-#[allow(dead_code)]
-#[path = "support/process.rs"]
-mod process;
+use test_support::process as harness;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -780,7 +777,7 @@ fn the_dockerfile_builds_binaries_cargo_declares() {
         .split_whitespace()
         .collect::<Vec<_>>()
         .windows(2)
-        .filter(|w| w[0] == "--bin")
+        .filter(|w| w[0] == "-p")
         .map(|w| w[1])
         .chain(
             dockerfile
@@ -793,7 +790,7 @@ fn the_dockerfile_builds_binaries_cargo_declares() {
     for bin in &named {
         assert!(
             bins.contains(*bin),
-            "the Dockerfile names {bin}; Cargo.toml has {bins:?}"
+            "the Dockerfile names {bin}; the workspace's binaries are {bins:?}"
         );
     }
 
@@ -933,17 +930,13 @@ struct Defaults {
 
 impl Defaults {
     fn of(bin: &'static str) -> Self {
-        let exe = match bin {
-            "producer" => env!("CARGO_BIN_EXE_producer"),
-            "consumer" => env!("CARGO_BIN_EXE_consumer"),
-            other => panic!("no binary {other}"),
-        };
+        let exe = harness::binary(bin);
         // The harness's clean environment: `--help` shows the code's defaults, not this shell's.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
-        let help = runtime.block_on(process::help(exe, &[], &[]));
+        let help = runtime.block_on(harness::help(exe, &[], &[]));
         Self {
             bin,
             by_env: parse_help(&help),
@@ -1517,19 +1510,38 @@ fn guide_created_secrets() -> BTreeMap<String, BTreeSet<String>> {
     secrets
 }
 
-/// `[[bin]]` names in Cargo.toml.
+/// The workspace's binaries, each in the package of the same name, as `cargo metadata` lists them.
 fn cargo_bins() -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").expect("CARGO, which cargo sets for tests");
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(ROOT)
+        .output()
+        .expect("cargo metadata");
+    assert!(output.status.success(), "cargo metadata: {output:?}");
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
     let mut bins = BTreeSet::new();
-    let mut in_bin = false;
-    for line in read("Cargo.toml").lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_bin = line == "[[bin]]";
-        } else if in_bin && let Some(value) = line.strip_prefix("name") {
-            let name = value.trim_start().trim_start_matches('=').trim();
-            bins.insert(name.trim_matches('"').to_owned());
+    for package in metadata["packages"].as_array().expect("packages") {
+        for target in package["targets"].as_array().expect("targets") {
+            if target["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            {
+                assert_eq!(
+                    target["name"], package["name"],
+                    "a binary named as its package"
+                );
+                bins.insert(target["name"].as_str().expect("a name").to_owned());
+            }
         }
     }
-    assert!(!bins.is_empty(), "no [[bin]] in Cargo.toml");
+    assert!(!bins.is_empty(), "no binary in the workspace");
     bins
 }
 

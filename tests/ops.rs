@@ -1,7 +1,7 @@
 //! Operations: the producer's metrics, retries, caps and behaviour under faults and load, with the
 //! real binary against a fake sidecar on loopback.
 
-mod support;
+use test_support as support;
 
 use std::time::Duration;
 

@@ -1,15 +1,15 @@
 //! Distributed tracing, end to end: the real producer and consumer export their spans over OTLP
 //! to an in-test receiver; the fake sidecar shows what `traceparent` daprd would get.
 
-mod support;
+use test_support as support;
 
 use std::{collections::HashMap, time::Duration};
 
-use bindings::{
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use pipeline::{
     dapr_v1::{BindingEventRequest, app_callback_client::AppCallbackClient},
     proto::producer_client::ProducerClient,
 };
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::json;
 use support::{
     TRACE_ID, TRACEPARENT, WAIT,
@@ -340,7 +340,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(6);
 
 #[tokio::test]
 async fn a_collector_down_holds_up_neither_requests_nor_the_exit() {
-    let closed = ClosedPort::new();
+    let closed = ClosedPort::ephemeral();
     let endpoint = format!("http://{}", closed.addr());
     let mut producer = nothing_waits_for(&endpoint, "2048").await;
     producer.service.terminate();
@@ -469,7 +469,7 @@ async fn one_endpoint_given_to_devstack_up_reaches_all_three() {
         ("DAPR_HTTP_PORT", "0"),
         ("WORK_DURATION", "0s"),
     ]);
-    let mut stack = Service::spawn(devstack::BIN, &env);
+    let mut stack = Service::spawn(devstack::bin(), &env);
     let line = stack
         .wait_for_line("the producer listening", |line| {
             line.starts_with("producer") && line.contains(r#""message":"listening""#)

@@ -2,8 +2,8 @@
 //! message or give a `DecodeError`, never panic. Run with `cargo +nightly fuzz run decode_message`.
 #![no_main]
 
-use bindings::message::Message;
 use libfuzzer_sys::fuzz_target;
+use pipeline::message::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(message) = Message::from_json(data) {

@@ -1,0 +1,67 @@
+//! The pipeline benchmark (`cargo bench --bench pipeline`) at a tiny size, so it cannot rot: it
+//! must run every stage and account for every message. It asserts nothing about speed.
+//!
+//! A `harness = false` test (see Cargo.toml): the benchmark starts its null servers by running
+//! its own executable again, so this one needs a `main` that can serve them too.
+
+use pipeline_bench as pipeline;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if let Some(code) = pipeline::null_servers_main_if_asked() {
+        return code;
+    }
+    let sizes = pipeline::Sizes {
+        messages: 200,
+        concurrency: 8,
+        original_messages: 20,
+        rounds: 1,
+        starts: 1,
+        consumers: 2,
+        sidecar_latency: std::time::Duration::from_millis(2),
+        latency_run: std::time::Duration::from_millis(40),
+        sweep_concurrency: vec![2, 4],
+        sweep_latencies: vec![std::time::Duration::from_millis(2)],
+        // Row 7 once, small and fast: 20 messages, 10 ms of real time per cluster second.
+        bursts: pipeline::burst::Bursts {
+            scaled_object: concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/base/consumer-scaling.yaml"
+            )
+            .into(),
+            time_scale: 0.01,
+            sizes: vec![20],
+            runs: vec![1],
+            chart: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("burst-drain.svg")),
+        },
+    };
+    // `run` fails when a stage loses or duplicates a message, or a binary misbehaves.
+    let report = pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &|_| {})
+        .unwrap_or_else(|e| panic!("the benchmark failed: {e:#}"));
+    for (row, runs) in report.rows() {
+        assert_eq!(runs.len(), 1, "{row}: one sample per round");
+        let rate = runs[0].rate;
+        assert!(rate.is_finite() && rate > 0.0, "{row}: {rate}");
+    }
+    let json = report.json();
+    assert!(
+        json["targets"].as_object().is_some_and(|t| t.len() == 11),
+        "{json}"
+    );
+    assert!(!report.table().is_empty());
+    // Row 7 ran once, drained its burst, and drew it.
+    let burst = &report.bursts[0];
+    assert_eq!(burst.runs.len(), 1);
+    assert!(
+        burst.median() > 0.0 && !burst.runs[0].steps.is_empty(),
+        "{burst:?}"
+    );
+    let chart = std::fs::read_to_string(sizes.bursts.chart.as_ref().unwrap()).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("<polyline"),
+        "{chart}"
+    );
+    println!("test the_benchmark_runs_and_accounts_for_every_message ... ok");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,473 @@
+//! The app side, the one that calls consumers, as daprd does. A gRPC app: `ListInputBindings`
+//! once at start (retried until the app is up), `AppCallbackHealthCheck` polled, and
+//! `OnBindingEvent` for each locked message of a listed binding. An HTTP app (`http_app`): the
+//! same steps as daprd's HTTP app channel takes them. At most `max_concurrency` in flight per app
+//! and binding.
+//! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
+//! abandoned (available again at once) and the worker takes a retriable-error permit before it
+//! receives again, as daprd's Service Bus binding does.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use pipeline::{
+    api_token::API_TOKEN_METADATA,
+    dapr_v1::{
+        BindingEventRequest, app_callback_client::AppCallbackClient,
+        app_callback_health_check_client::AppCallbackHealthCheckClient,
+    },
+    trace_context::TRACEPARENT,
+};
+use tokio::{sync::watch, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Code, Request,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    broker::{AppStatus, Broker},
+    http_app::HttpApp,
+    queue::{Abandoned, Lock, Message, Queue},
+    rate_limit::RateLimiter,
+    resiliency::RetryPolicy,
+    service_bus, spans,
+};
+
+/// How the sidecar talks to an app: daprd's `--app-protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// The AppCallback gRPC service (`--app-protocol grpc`), as our consumer serves it.
+    #[default]
+    Grpc,
+    /// Plain HTTP/1.1 (`--app-protocol http`, daprd's default): `POST /<binding-name>`.
+    Http,
+}
+
+impl AppProtocol {
+    /// The name daprd gives it, as the metadata API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// One consumer app to deliver to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppTarget {
+    pub protocol: AppProtocol,
+    pub address: SocketAddr,
+    /// Events in flight at once per binding; Service Bus's default is 1.
+    pub max_concurrency: usize,
+}
+
+/// Delivery behaviour shared by every app.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Sent as `dapr-api-token` with each event (gRPC metadata or HTTP header), as daprd sends
+    /// APP_API_TOKEN.
+    pub app_api_token: Option<MetadataValue<Ascii>>,
+    pub health_interval: Duration,
+    /// How long a delivery may take before its lock expires and the message is abandoned.
+    pub lock_duration: Duration,
+    /// Failed deliveries per second, per app and binding, before the worker pauses (0: no
+    /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
+    pub max_retriable_errors_per_sec: u32,
+    /// Each binding's inbound retry policy, from a Dapr Resiliency.
+    pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
+}
+
+/// Serves one app, whose status is `status`, until `shutdown` (the sidecar's, or this app's
+/// alone when it is scaled in): no message is taken for it after that, and in-flight deliveries
+/// finish (bounded by the lock duration).
+pub async fn serve_app(
+    broker: Arc<Broker>,
+    status: Arc<AppStatus>,
+    target: AppTarget,
+    settings: DeliverySettings,
+    shutdown: CancellationToken,
+) {
+    let app = match target.protocol {
+        AppProtocol::Grpc => AppClient::Grpc(
+            Endpoint::from_shared(format!("http://{}", target.address))
+                .expect("a socket address is a valid URI")
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ),
+        AppProtocol::Http => match HttpApp::new(target.address, settings.lock_duration) {
+            Ok(app) => AppClient::Http(app),
+            Err(error) => {
+                warn!(app = %target.address, %error, "cannot build an HTTP client; delivering nothing to this app");
+                return;
+            }
+        },
+    };
+
+    let Some(listed) = app
+        .subscribed_bindings(broker.names(), target.address, &shutdown)
+        .await
+    else {
+        return;
+    };
+    let mut queues = Vec::new();
+    for binding in &listed {
+        match broker.queue(binding) {
+            Some(queue) => queues.push(Arc::clone(queue)),
+            None => {
+                warn!(app = %target.address, binding, "app listed a binding this sidecar does not have")
+            }
+        }
+    }
+    *status.bindings.lock().expect("bindings lock") = Some(listed.clone());
+    status.changed();
+    info!(app = %target.address, protocol = target.protocol.as_str(), bindings = ?listed, "app listed its input bindings");
+
+    let health = Arc::new(Health {
+        app: Arc::clone(&status),
+        tx: watch::channel(false).0,
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watch_health(
+        app.clone(),
+        Arc::clone(&health),
+        settings.health_interval,
+        shutdown.clone(),
+    ));
+    for queue in queues {
+        // One limiter per binding of an app, as daprd has one subscription per binding.
+        let retriable_errors =
+            RateLimiter::new(settings.max_retriable_errors_per_sec).map(Arc::new);
+        for _ in 0..target.max_concurrency {
+            let worker = Worker {
+                queue: Arc::clone(&queue),
+                client: app.clone(),
+                app: Arc::clone(&status),
+                healthy: health.tx.subscribe(),
+                health: Arc::clone(&health),
+                settings: settings.clone(),
+                retriable_errors: retriable_errors.clone(),
+                retry: settings.retry_policies.get(queue.name()).cloned(),
+            };
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
+    }
+    tasks.join_all().await;
+}
+
+/// An app's channel, over the protocol it speaks.
+#[derive(Clone)]
+enum AppClient {
+    Grpc(Channel),
+    Http(HttpApp),
+}
+
+/// Why a call to the app failed.
+#[derive(Debug)]
+pub struct CallError {
+    /// Whether the app itself answered (with an error), rather than not being there to take
+    /// the call (refused, reset, timed out, draining): only the latter makes it unhealthy.
+    pub answered: bool,
+    /// An HTTP app's status code, which a Resiliency's `matching.httpStatusCodes` tests.
+    pub http_status: Option<u16>,
+    pub reason: String,
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            answered: answered(&status),
+            http_status: None,
+            reason: format!("app answered {:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+impl AppClient {
+    /// Which of `bindings` the app takes, asking until the app answers, as daprd waits for its
+    /// app at start; `None` on shutdown.
+    async fn subscribed_bindings(
+        &self,
+        bindings: Vec<String>,
+        app: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<String>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let listed = match self {
+                Self::Grpc(channel) => list_bindings(channel, app).await,
+                Self::Http(http) => http.subscribed_bindings(&bindings).await,
+            };
+            if let Some(listed) = listed {
+                return Some(listed);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One health probe: true when the app may take events.
+    async fn healthy(&self, interval: Duration) -> bool {
+        match self {
+            Self::Grpc(channel) => {
+                let mut request = Request::new(());
+                request.set_timeout(interval.max(Duration::from_millis(500)));
+                match AppCallbackHealthCheckClient::new(channel.clone())
+                    .health_check(request)
+                    .await
+                {
+                    Ok(_) => true,
+                    // No health check: healthy, as daprd without app health checks treats it.
+                    Err(status) => status.code() == Code::Unimplemented,
+                }
+            }
+            Self::Http(http) => http.healthy(interval.max(Duration::from_millis(500))).await,
+        }
+    }
+
+    /// Sends one binding event.
+    async fn deliver(
+        &self,
+        binding: &str,
+        message: &Message,
+        settings: &DeliverySettings,
+        span: &tracing::Span,
+    ) -> Result<(), CallError> {
+        let metadata = service_bus::event_metadata(&message.id, &message.envelope);
+        let traceparent = spans::traceparent(span, &message.trace_id);
+        match self {
+            Self::Grpc(channel) => {
+                let mut request = Request::new(BindingEventRequest {
+                    name: binding.to_owned(),
+                    data: message.data.clone(),
+                    metadata,
+                });
+                if let Ok(value) = traceparent.parse() {
+                    request.metadata_mut().insert(TRACEPARENT, value);
+                }
+                if let Some(token) = &settings.app_api_token {
+                    request
+                        .metadata_mut()
+                        .insert(API_TOKEN_METADATA, token.clone());
+                }
+                AppCallbackClient::new(channel.clone())
+                    .on_binding_event(request)
+                    .await
+                    .map(drop)
+                    .map_err(CallError::from)
+            }
+            Self::Http(http) => {
+                http.deliver(
+                    binding,
+                    message.data.clone(),
+                    &metadata,
+                    &traceparent,
+                    settings
+                        .app_api_token
+                        .as_ref()
+                        .map(|token| token.as_bytes()),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// One ListInputBindings; `None` while the app is not answering.
+async fn list_bindings(channel: &Channel, app: SocketAddr) -> Option<Vec<String>> {
+    let mut request = Request::new(());
+    request.set_timeout(Duration::from_secs(3));
+    match AppCallbackClient::new(channel.clone())
+        .list_input_bindings(request)
+        .await
+    {
+        Ok(response) => Some(response.into_inner().bindings),
+        // Not up yet (or not answering): wait for it, as daprd waits for its app port.
+        Err(status) if !answered(&status) => {
+            debug!(%app, error = %status.message(), "app not answering ListInputBindings yet");
+            None
+        }
+        // daprd takes an error answer as "no bindings"; so does the sidecar.
+        Err(status) => {
+            warn!(%app, code = ?status.code(), error = %status.message(), "ListInputBindings failed; delivering no bindings to this app");
+            Some(Vec::new())
+        }
+    }
+}
+
+/// An app's health, as the workers wait on it and the status shows it.
+struct Health {
+    app: Arc<AppStatus>,
+    tx: watch::Sender<bool>,
+}
+
+impl Health {
+    fn set(&self, now: bool) {
+        if self.app.set_healthy(now) {
+            info!(app = %self.app.address, healthy = now, "app health changed");
+            self.app.changed();
+        }
+        self.tx
+            .send_if_modified(|h| std::mem::replace(h, now) != now);
+    }
+}
+
+/// Whether the app itself answered with `status`, rather than the call failing on the way:
+/// refused or reset connections, timeouts and draining apps (UNAVAILABLE) say nothing about the
+/// request, only that the app is not there to take it.
+fn answered(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// Polls the app's health (see [`AppClient::healthy`]).
+async fn watch_health(
+    app: AppClient,
+    health: Arc<Health>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        health.set(app.healthy(interval).await);
+    }
+}
+
+struct Worker {
+    queue: Arc<Queue>,
+    client: AppClient,
+    app: Arc<AppStatus>,
+    healthy: watch::Receiver<bool>,
+    health: Arc<Health>,
+    settings: DeliverySettings,
+    retriable_errors: Option<Arc<RateLimiter>>,
+    retry: Option<RetryPolicy>,
+}
+
+impl Worker {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let healthy = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                ready = self.healthy.wait_for(|healthy| *healthy) => ready.is_ok(),
+            };
+            if !healthy {
+                return;
+            }
+            let lock = tokio::select! {
+                // Once told to stop (a scaled-in app), take no message even if one is waiting.
+                biased;
+                _ = shutdown.cancelled() => return,
+                lock = self.queue.receive() => lock,
+                // An app that turns unhealthy while we wait for a message gets none: go back
+                // to waiting for its health. (receive() takes a lock only when it returns.)
+                _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
+            };
+            self.app.delivery_started();
+            let result = tokio::time::timeout(
+                self.settings.lock_duration,
+                self.deliver_retrying(&lock.message),
+            )
+            .await;
+            self.app.delivery_ended(matches!(result, Ok(Ok(()))));
+            if !self.settle(lock, result)
+                && let Some(limiter) = &self.retriable_errors
+            {
+                // The abandoned message is available again at once; like the binding, this
+                // worker takes a retriable-error permit before it receives again.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(limiter.reserve()) => {}
+                }
+            }
+        }
+    }
+
+    /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
+    /// resiliency runner does: every error counts but an HTTP status the policy's `matching`
+    /// leaves out (see `resiliency`).
+    async fn deliver_retrying(&self, message: &Message) -> Result<(), CallError> {
+        let Some(policy) = &self.retry else {
+            return self.deliver(message).await;
+        };
+        let mut retries = policy.retries();
+        loop {
+            let error = match self.deliver(message).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if error
+                .http_status
+                .is_some_and(|status| !policy.retries_http_status(status))
+            {
+                return Err(error);
+            }
+            let Some(delay) = retries.next_delay() else {
+                return Err(error);
+            };
+            debug!(app = %self.app.address, id = message.id, policy = policy.name, reason = error.reason, ?delay, "app call failed; retrying per the Resiliency");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn deliver(&self, message: &Message) -> Result<(), CallError> {
+        let grpc = matches!(self.client, AppClient::Grpc(_));
+        let span = spans::delivery(self.queue.name(), message, grpc);
+        let result = self
+            .client
+            .deliver(self.queue.name(), message, &self.settings, &span)
+            .await;
+        spans::end(&span, result.as_ref().err().map(|e| e.reason.clone()));
+        result
+    }
+
+    /// Completes or abandons the message; true when it completed.
+    fn settle(
+        &self,
+        lock: Lock,
+        result: Result<Result<(), CallError>, tokio::time::error::Elapsed>,
+    ) -> bool {
+        let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
+        let trace_id = lock.message.trace_id.clone();
+        let reason = match result {
+            Ok(Ok(())) => {
+                debug!(app = %self.app.address, id, trace_id, "message completed");
+                lock.complete();
+                return true;
+            }
+            Ok(Err(error)) => {
+                if !error.answered {
+                    // The app is gone or draining: stop delivering until its health check passes.
+                    self.health.set(false);
+                }
+                error.reason
+            }
+            Err(_) => format!(
+                "no answer within the lock duration ({:?})",
+                self.settings.lock_duration
+            ),
+        };
+        match lock.abandon(&reason) {
+            Abandoned::Redelivered => {
+                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
+            }
+            Abandoned::DeadLettered => {
+                warn!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,108 @@
+//! The runtime side, the one producers call: `dapr.proto.runtime.v1.Dapr/InvokeBinding` with
+//! operation `create` enqueues a message, as daprd with a queue binding does. Every other Dapr
+//! method but `GetMetadata` (`metadata.rs`) is UNIMPLEMENTED (see `pipeline::dapr_runtime`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use pipeline::{
+    api_token::{ApiToken, TokenError},
+    dapr_runtime::BindingHandler,
+    dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
+    message::OPERATION_CREATE,
+    trace_context::{TRACEPARENT, TraceParent},
+};
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::{broker::Broker, ids, service_bus::Envelope, spans};
+
+/// Why an output binding call was refused; worded as daprd words it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvokeError {
+    #[error("error invoking output binding {0}: couldn't find output binding {0}")]
+    UnknownBinding(String),
+    #[error(
+        "binding {binding} does not support operation {operation}. supported operations:{OPERATION_CREATE}"
+    )]
+    UnsupportedOperation { binding: String, operation: String },
+}
+
+/// The runtime API's shared state: the queues and the token callers must present.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    broker: Arc<Broker>,
+    api_token: Option<ApiToken>,
+}
+
+impl Runtime {
+    pub fn new(broker: Arc<Broker>, api_token: Option<ApiToken>) -> Self {
+        Self { broker, api_token }
+    }
+
+    /// Checks the `dapr-api-token` of a request's HTTP headers (or gRPC metadata) when a token
+    /// is configured.
+    pub fn authorize(&self, headers: &http::HeaderMap) -> Result<(), TokenError> {
+        self.api_token
+            .as_ref()
+            .map_or(Ok(()), |expected| expected.check(headers))
+    }
+
+    /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
+    /// `metadata` maps onto the message as the Service Bus binding maps it.
+    pub fn invoke(
+        &self,
+        binding: &str,
+        operation: &str,
+        data: Vec<u8>,
+        mut metadata: HashMap<String, String>,
+        trace: Option<TraceParent>,
+    ) -> Result<String, InvokeError> {
+        let span = spans::send(binding, trace.as_ref());
+        let queue = self.broker.queue(binding);
+        let Some(queue) = queue.filter(|_| operation == OPERATION_CREATE) else {
+            let error = match queue {
+                None => InvokeError::UnknownBinding(binding.to_owned()),
+                Some(_) => InvokeError::UnsupportedOperation {
+                    binding: binding.to_owned(),
+                    operation: operation.to_owned(),
+                },
+            };
+            spans::end(&span, Some(error.to_string()));
+            return Err(error);
+        };
+        // A message sent untraced gets a trace of its own here, so its deliveries share one.
+        let trace_id = spans::trace_id(&span)
+            .or_else(|| trace.map(|tp| tp.trace_id().to_owned()))
+            .unwrap_or_else(ids::trace_id);
+        // daprd adds its span's `traceparent` to an output binding's metadata, where the Service
+        // Bus binding makes it an application property: consumers find it in the event metadata.
+        metadata.insert(TRACEPARENT.to_owned(), spans::traceparent(&span, &trace_id));
+        let envelope = Envelope::from_invoke_metadata(metadata);
+        let id = queue.send(data, envelope, Some(trace_id));
+        spans::enqueued(&span, &id);
+        spans::end(&span, None);
+        debug!(binding, id, "message enqueued");
+        Ok(id)
+    }
+}
+
+#[tonic::async_trait]
+impl BindingHandler for Runtime {
+    async fn invoke_binding(
+        &self,
+        request: Request<InvokeBindingRequest>,
+    ) -> Result<Response<InvokeBindingResponse>, Status> {
+        self.authorize(request.metadata().as_ref())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let InvokeBindingRequest {
+            name,
+            data,
+            metadata,
+            operation,
+        } = request.into_inner();
+        self.invoke(&name, &operation, data, metadata, trace)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(InvokeBindingResponse::default()))
+    }
+}

@@ -1,0 +1,264 @@
+//! devstack's sidecar, which stands in for daprd and the queue: the runtime gRPC API, the HTTP
+//! API, the queues and the delivery to consumer apps, served together on loopback.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use futures::FutureExt;
+use pipeline::{
+    api_token::ApiToken,
+    dapr_runtime::{DaprRuntimeServer, MetadataHandler},
+    http_server::{self, ConnectionMetrics},
+    net,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    broker::{AppStatus, Broker},
+    config::{SidecarArgs, SidecarOnlyArgs},
+    dashboard::Dashboard,
+    delivery::{self, AppTarget, DeliverySettings},
+    http,
+    metadata::Metadata,
+    runtime::Runtime,
+};
+
+/// The sidecar's two ports, bound before anything is served.
+pub struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the gRPC and HTTP ports on 127.0.0.1 (0 picks a free port).
+    pub async fn bind(args: &SidecarArgs) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(("127.0.0.1", args.grpc_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the gRPC port 127.0.0.1:{} (DAPR_GRPC_PORT)",
+                    args.grpc_port
+                )
+            })?;
+        let http = TcpListener::bind(("127.0.0.1", args.http_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the HTTP port 127.0.0.1:{} (DAPR_HTTP_PORT)",
+                    args.http_port
+                )
+            })?;
+        Ok(Self { grpc, http })
+    }
+}
+
+/// `devstack sidecar`: serves on `listeners`, delivering to the apps of `args`, until `shutdown`.
+pub async fn serve(
+    listeners: Listeners,
+    args: SidecarOnlyArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sidecar = Sidecar::start(listeners, &args.sidecar, shutdown)?;
+    for target in args.targets() {
+        // Apps started by hand have no part label: their address stands for one.
+        sidecar.add_app(target, target.address.to_string());
+    }
+    sidecar.wait().await
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The page on the HTTP port; told the producer's address once devstack knows it.
+    pub dashboard: Arc<Dashboard>,
+    broker: Arc<Broker>,
+    metadata: Arc<Metadata>,
+    delivery: DeliverySettings,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Sidecar {
+    /// Starts serving on `listeners`, in tasks of its own, and returns at once; they run until
+    /// `shutdown`. Delivers to no app until [`add_app`](Self::add_app).
+    pub fn start(
+        listeners: Listeners,
+        args: &SidecarArgs,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let Listeners { grpc, http } = listeners;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+
+        let retry_policies = args.retry_policies()?;
+        let broker = Broker::new(&args.bindings, args.queue_settings());
+        let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
+        let metadata = Arc::new(Metadata::new(
+            args.app_id.clone(),
+            args.bindings.clone(),
+            args.app_health_interval,
+            args.dapr_api_token.clone(),
+        ));
+        let mut tasks = JoinSet::new();
+
+        let grpc_server = args
+            .http
+            .tonic(tonic::transport::Server::builder())
+            .add_service(
+                DaprRuntimeServer::new(runtime.clone())
+                    .with_metadata(Arc::clone(&metadata) as Arc<dyn MetadataHandler>),
+            )
+            .serve_with_incoming_shutdown(
+                net::grpc_incoming(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
+
+        let dashboard = Dashboard::new(Arc::clone(&broker), shutdown.clone());
+        tasks.spawn(Arc::clone(&dashboard).publish().map(Ok));
+        let connections = ConnectionMetrics::default();
+        let router = http::router(
+            runtime,
+            Arc::clone(&broker),
+            Arc::clone(&metadata),
+            connections.clone(),
+            Arc::clone(&dashboard),
+        );
+        tasks.spawn(
+            http_server::serve(
+                http,
+                router,
+                args.http.clone(),
+                connections,
+                shutdown.clone(),
+            )
+            .map(Ok),
+        );
+
+        tasks.spawn(log_status(
+            Arc::clone(&broker),
+            args.status_interval,
+            shutdown.clone(),
+        ));
+
+        info!(%grpc_addr, %http_addr, bindings = ?args.bindings, "sidecar listening");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            dashboard,
+            broker,
+            metadata,
+            delivery: DeliverySettings {
+                app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
+                health_interval: args.app_health_interval,
+                lock_duration: args.lock_duration,
+                max_retriable_errors_per_sec: args.max_retriable_errors_per_sec,
+                retry_policies: Arc::new(retry_policies),
+            },
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The queues and what the status shows.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up),
+    /// labelled `label` in the status.
+    pub fn add_app(&mut self, target: AppTarget, label: String) -> App {
+        self.metadata
+            .add_app(target.protocol, target.address, target.max_concurrency);
+        let status =
+            self.broker
+                .register_app(label, target.address.to_string(), target.max_concurrency);
+        let stop = self.shutdown.child_token();
+        let run = delivery::serve_app(
+            Arc::clone(&self.broker),
+            Arc::clone(&status),
+            target,
+            self.delivery.clone(),
+            stop.clone(),
+        );
+        self.tasks.spawn(async move {
+            run.await;
+            Ok(())
+        });
+        App {
+            address: target.address,
+            status,
+            stop,
+        }
+    }
+
+    /// Forgets an app whose process has exited (its delivery stopped first, by
+    /// [`App::stop_delivery`]): gone from the status and the metadata API.
+    pub fn remove_app(&self, app: &App) {
+        app.stop_delivery();
+        self.broker.remove_app(&app.status);
+        self.metadata.remove_app(app.address);
+    }
+
+    /// Waits until shutdown has been requested and everything has stopped; in-flight deliveries
+    /// finish first (bounded by the lock duration).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.tasks.join_next().await {
+            result.context("a sidecar task panicked")??;
+        }
+        info!("sidecar stopped");
+        Ok(())
+    }
+}
+
+/// An app the sidecar delivers to.
+#[derive(Debug)]
+pub struct App {
+    pub address: SocketAddr,
+    pub status: Arc<AppStatus>,
+    /// Stops this app's delivery alone; a child of the sidecar's shutdown.
+    stop: CancellationToken,
+}
+
+impl App {
+    /// Takes no more messages for this app, as daprd closes its input bindings at SIGTERM; what
+    /// it has in flight finishes (or is abandoned, and redelivered, if the app goes away).
+    pub fn stop_delivery(&self) {
+        self.stop.cancel();
+    }
+}
+
+async fn log_status(
+    broker: Arc<Broker>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(interval);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let status = broker.status();
+        let now = (status.queues.clone(), status.consumers_connected);
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        for (queue, c) in &status.queues {
+            info!(
+                queue,
+                produced = c.produced,
+                active = c.active,
+                locked = c.locked,
+                completed = c.completed,
+                dead_lettered = c.dead_lettered,
+                consumers = status.consumers_connected,
+                "queue status"
+            );
+        }
+        last = Some(now);
+    }
+}
