@@ -204,6 +204,9 @@ impl Controller {
                     at: rfc3339(self.clock.wall(now)),
                     decision,
                 });
+                // The decision is in the status before any replica it scales in shows as
+                // terminating there.
+                self.publish();
                 self.replicas.scale_to(self.desired)
             }
             None => Ok(()),

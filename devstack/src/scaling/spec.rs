@@ -20,7 +20,7 @@ use super::{
     clock::seconds,
     hpa::{Behavior, Hpa, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy},
     trigger::{Trigger, TriggerDoc},
-    yaml::{self, At, Int32, List, Mapping, Quantity, Str, Strict},
+    yaml::{self, At, Int32, List, Object, Quantity, Str, Strict},
 };
 use crate::manifests;
 
@@ -255,9 +255,9 @@ impl ScaledObject {
             )));
         }
         let at = root.field("metadata");
-        let Mapping(metadata) = at.required(self.metadata)?;
+        let Object(metadata) = at.required(self.metadata)?;
         let Str(name) = at.field("name").required(metadata.name)?;
-        if let Some(Mapping(annotations)) = &metadata.annotations {
+        if let Some(Object(annotations)) = &metadata.annotations {
             refuse_annotations(annotations, &at.field("annotations"))?;
         }
         let at = root.field("spec");
@@ -394,7 +394,7 @@ impl ScaledObjectSpec {
 impl Advanced {
     fn behavior(self, at: &At<'_>) -> anyhow::Result<Option<Behavior>> {
         // scaledobject_types.go: IsUsingModifiers, true unless scalingModifiers is empty.
-        if let Some(Mapping(modifiers)) = &self.scaling_modifiers
+        if let Some(Object(modifiers)) = &self.scaling_modifiers
             && !modifiers.is_empty()
         {
             return Err(at.field("scalingModifiers").error(
@@ -530,9 +530,9 @@ impl Deployment {
             .field("terminationGracePeriodSeconds");
         let seconds = self
             .spec
-            .and_then(|Mapping(spec)| spec.template)
-            .and_then(|Mapping(template)| template.spec)
-            .and_then(|Mapping(pod)| pod.termination_grace_period_seconds);
+            .and_then(|Object(spec)| spec.template)
+            .and_then(|Object(template)| template.spec)
+            .and_then(|Object(pod)| pod.termination_grace_period_seconds);
         Ok(
             within(seconds, &at, (0, i64::MAX), "must be 0 or more (seconds)")?
                 .map_or(DEFAULT_TERMINATION_GRACE_PERIOD, seconds_of),
@@ -549,14 +549,14 @@ impl Deployment {
 #[serde(rename_all = "camelCase")]
 struct ScaledObject {
     api_version: Option<Str>,
-    metadata: Option<Mapping<ObjectMeta>>,
+    metadata: Option<Object<ObjectMeta>>,
     spec: Option<Strict<ScaledObjectSpec>>,
 }
 
 #[derive(Deserialize)]
 struct ObjectMeta {
     name: Option<Str>,
-    annotations: Option<Mapping<BTreeMap<String, Value>>>,
+    annotations: Option<Object<BTreeMap<String, Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -591,7 +591,7 @@ struct Advanced {
     horizontal_pod_autoscaler_config: Option<Strict<HpaConfig>>,
     #[serde(rename = "restoreToOriginalReplicaCount")]
     _restore_to_original_replica_count: Option<IgnoredAny>,
-    scaling_modifiers: Option<Mapping<serde_yaml_ng::Mapping>>,
+    scaling_modifiers: Option<Object<serde_yaml_ng::Mapping>>,
 }
 
 #[derive(Deserialize)]
@@ -629,17 +629,17 @@ struct PolicyDoc {
 /// An apps/v1 Deployment, down to its pods' grace period.
 #[derive(Deserialize)]
 struct Deployment {
-    spec: Option<Mapping<DeploymentSpec>>,
+    spec: Option<Object<DeploymentSpec>>,
 }
 
 #[derive(Deserialize)]
 struct DeploymentSpec {
-    template: Option<Mapping<PodTemplate>>,
+    template: Option<Object<PodTemplate>>,
 }
 
 #[derive(Deserialize)]
 struct PodTemplate {
-    spec: Option<Mapping<PodSpec>>,
+    spec: Option<Object<PodSpec>>,
 }
 
 #[derive(Deserialize)]

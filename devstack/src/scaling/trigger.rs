@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 
-use super::yaml::{At, Mapping, Quoted, Str};
+use super::yaml::{At, Object, Quoted, Str};
 
 // pkg/scalers/azure_servicebus_scaler.go: defaultTargetMessageCount.
 const DEFAULT_SERVICEBUS_MESSAGE_COUNT: i64 = 5;
@@ -49,7 +49,7 @@ impl TriggerDoc {
         let kind_at = at.field("type");
         let Str(kind) = kind_at.required(self.kind)?;
         let metadata_at = at.field("metadata");
-        let Mapping(values) = metadata_at.required(self.metadata)?;
+        let Object(values) = metadata_at.required(self.metadata)?;
         let metadata = TriggerMetadata {
             at: metadata_at,
             values,
@@ -263,7 +263,7 @@ pub struct TriggerDoc {
     kind: Option<Str>,
     #[serde(rename = "name")]
     _name: Option<IgnoredAny>,
-    metadata: Option<Mapping<BTreeMap<String, Quoted>>>,
+    metadata: Option<Object<BTreeMap<String, Quoted>>>,
     metric_type: Option<Str>,
     #[serde(rename = "authenticationRef")]
     _authentication_ref: Option<IgnoredAny>,

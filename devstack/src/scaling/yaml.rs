@@ -2,7 +2,7 @@
 //! holds it, and an error names the file and the field path (`spec.triggers[0].type`), in the
 //! words devstack has always used ("must be a list, not a mapping").
 //!
-//! The wrappers below stand where a field's type matters: [`Mapping`] and [`Strict`] around the
+//! The wrappers below stand where a field's type matters: [`Object`] and [`Strict`] around the
 //! structs (a [`Strict`] one refuses a key that is not one of its fields, as kubectl's strict field
 //! validation does, since a misspelt setting left at its default is what this reader exists to
 //! avoid), [`List`], and the scalars [`Str`], [`Int32`], [`Quoted`] and [`Quantity`].
@@ -173,7 +173,7 @@ impl<'de> Deserialize<'de> for Quantity {
 
 /// A mapping read as `T`, whatever other keys it holds.
 #[derive(Debug)]
-pub struct Mapping<T>(pub T);
+pub struct Object<T>(pub T);
 
 /// A mapping read as `T`, every key one of `T`'s fields.
 #[derive(Debug)]
@@ -183,7 +183,7 @@ pub struct Strict<T>(pub T);
 #[derive(Debug)]
 pub struct List<T>(pub Vec<T>);
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Mapping<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(Expect(PhantomData))
     }
@@ -224,7 +224,7 @@ trait Container<'de>: Sized {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Container<'de> for Mapping<T> {
+impl<'de, T: Deserialize<'de>> Container<'de> for Object<T> {
     const WANT: &'static str = "must be a mapping";
 
     fn map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
@@ -390,7 +390,7 @@ mod tests {
     #[serde(rename_all = "camelCase")]
     struct Doc {
         spec: Option<Strict<Spec>>,
-        other: Option<Mapping<Loose>>,
+        other: Option<Object<Loose>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -398,7 +398,7 @@ mod tests {
     struct Spec {
         count: Option<Int32>,
         names: Option<List<Str>>,
-        labels: Option<Mapping<std::collections::BTreeMap<String, Quoted>>>,
+        labels: Option<Object<std::collections::BTreeMap<String, Quoted>>>,
         tolerance: Option<Quantity>,
         #[serde(rename = "ignored")]
         _ignored: Option<IgnoredAny>,
