@@ -346,7 +346,46 @@ Ctrl-C stops everything.
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::config::{Cli, Command};
+
+    fn up(args: &[&str]) -> UpArgs {
+        let cli = Cli::try_parse_from(std::iter::once("devstack").chain(args.iter().copied()))
+            .expect("valid arguments");
+        match cli.command {
+            Some(Command::Up(up)) => up,
+            _ => cli.up,
+        }
+    }
+
+    fn env(launch: &Launch, key: &str) -> Option<String> {
+        let mut values = launch.env.iter().filter(|(k, _)| k == key);
+        values.next_back().map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn a_consumer_gets_its_ports_and_concurrency_and_on_port_0_shows_its_listening_event() {
+        let args = up(&["--max-concurrency", "3", "--log-filter", "warn"]);
+        let dir = Path::new("/opt/devstack");
+        let fixed = consumer(&args, dir, "consumer-2".into(), 50052, 9091);
+        assert_eq!(fixed.binary, dir.join("consumer"));
+        assert_eq!(fixed.label, "consumer-2");
+        assert_eq!(env(&fixed, "APP_PORT").as_deref(), Some("50052"));
+        assert_eq!(env(&fixed, "METRICS_PORT").as_deref(), Some("9091"));
+        assert_eq!(env(&fixed, "MAX_CONCURRENCY").as_deref(), Some("3"));
+        assert_eq!(env(&fixed, "RUST_LOG"), None, "the filter is inherited");
+        let replicas = replica_template(&args, dir);
+        assert_eq!(replicas.max_concurrency, 3);
+        let launch = replicas.launch;
+        assert_eq!(env(&launch, "APP_PORT").as_deref(), Some("0"));
+        assert_eq!(env(&launch, "METRICS_PORT").as_deref(), Some("0"));
+        assert_eq!(
+            env(&launch, "RUST_LOG").as_deref(),
+            Some("warn,consumer::server=info")
+        );
+    }
 
     #[test]
     fn consumers_follow_the_first_port_or_all_pick_free_ones() {

@@ -84,7 +84,7 @@ impl ScalingSpec {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let grace = grace_period(&spec.target, &yaml_files(&dir)?, &dir.display().to_string())?;
+        let grace = grace_period(&spec.target, yaml_files(&dir)?, &dir.display().to_string())?;
         Ok(Self {
             termination_grace_period: grace,
             ..spec
@@ -98,11 +98,12 @@ impl ScalingSpec {
             manifests::SCALED_OBJECT.text,
         )?;
         let deployment = manifests::DEPLOYMENT.to_string();
-        let files = [(
-            deployment.clone(),
-            documents(&deployment, manifests::DEPLOYMENT.text)?,
-        )];
-        let grace = grace_period(&spec.target, &files, &deployment)?;
+        let docs = documents(&deployment, manifests::DEPLOYMENT.text);
+        let grace = grace_period(
+            &spec.target,
+            [docs.map(|d| (deployment.clone(), d))],
+            &deployment,
+        )?;
         Ok(Self {
             termination_grace_period: grace,
             ..spec
@@ -154,8 +155,11 @@ fn documents(file: &str, text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
-/// The documents of every YAML file in `dir`, by file name, in name order.
-fn yaml_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
+/// The documents of every YAML file in `dir`, by file name, in name order; each file is read
+/// when its turn comes.
+fn yaml_files(
+    dir: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(String, Vec<Value>)>>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list the directory", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -164,16 +168,13 @@ fn yaml_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
         })
         .collect();
     paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let file = path.display().to_string();
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{file}: cannot read the file"))?;
-            let docs = documents(&file, &text)?;
-            Ok((file, docs))
-        })
-        .collect()
+    Ok(paths.into_iter().map(|path| {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{file}: cannot read the file"))?;
+        let docs = documents(&file, &text)?;
+        Ok((file, docs))
+    }))
 }
 
 /// `terminationGracePeriodSeconds` of the Deployment `name` among the documents of `files` (the
@@ -181,11 +182,12 @@ fn yaml_files(dir: &Path) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
 /// the files are, for the error that finds it twice.
 fn grace_period(
     name: &str,
-    files: &[(String, Vec<Value>)],
+    files: impl IntoIterator<Item = anyhow::Result<(String, Vec<Value>)>>,
     place: &str,
 ) -> anyhow::Result<Duration> {
-    let mut found: Vec<(&str, Duration)> = Vec::new();
-    for (file, docs) in files {
+    let mut found: Vec<(String, Duration)> = Vec::new();
+    for file in files {
+        let (file, docs) = file?;
         for doc in docs {
             let is_it = doc.get("kind").and_then(Value::as_str) == Some("Deployment")
                 && doc.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
@@ -195,8 +197,9 @@ fn grace_period(
                     .and_then(Value::as_str)
                     == Some(name);
             if is_it {
-                let deployment: Deployment = yaml::parse(file, doc.clone())?;
-                found.push((file, deployment.grace_period(&At::root(file))?));
+                let deployment: Deployment = yaml::parse(&file, doc)?;
+                let grace = deployment.grace_period(&At::root(&file))?;
+                found.push((file.clone(), grace));
             }
         }
     }
@@ -204,7 +207,7 @@ fn grace_period(
         [] => Ok(DEFAULT_TERMINATION_GRACE_PERIOD),
         [(_, grace)] => Ok(*grace),
         several => {
-            let files: Vec<&str> = several.iter().map(|(file, _)| *file).collect();
+            let files: Vec<&str> = several.iter().map(|(file, _)| file.as_str()).collect();
             Err(anyhow!(
                 "{place}: several Deployments named {name:?} ({}); devstack cannot tell which one the ScaledObject scales",
                 files.join(", ")
