@@ -353,7 +353,7 @@ mod tests {
         let launch = shell("stubborn", "trap '' TERM;", "exec sleep 30");
         let (mut process, listening) = launch.spawn(&mut output).unwrap();
         listening.address(listening_at()).await.unwrap();
-        let grace = Duration::from_millis(300);
+        let grace = Duration::from_millis(100);
         let asked = Instant::now();
         let status = process.stop(grace).await.unwrap();
         assert_eq!(status.signal(), Some(9), "{status}");
