@@ -22,7 +22,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     queue::{Counts, DeadLetter, Queue, Settings},
-    scaling::{ScalingStatus, rfc3339},
+    scaling::{ReplicaState, ScalingStatus, rfc3339},
 };
 
 /// Every queue, plus what the delivery side reports about each consumer app.
@@ -150,16 +150,6 @@ impl AppStatus {
 pub struct Terminating {
     pub at: DateTime<Utc>,
     pub kill_at: DateTime<Utc>,
-}
-
-/// A consumer's lifecycle, as a pod's: starting until it is ready, then ready (the sidecar
-/// delivers to it), then terminating once picked to scale in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicaState {
-    Starting,
-    Ready,
-    Terminating,
 }
 
 impl AppStatus {

@@ -16,28 +16,17 @@ use pipeline::{
     http_server::HttpLimits,
     telemetry::LogArgs,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     delivery::{AppProtocol, AppTarget},
+    manifests,
     queue::Settings,
     resiliency::{self, RetryPolicy},
 };
 
-/// The Resiliency devstack reads unless told otherwise: the one deployed with the consumer, in the
-/// repository devstack was built from, so local and production retry alike.
-pub const DEFAULT_RESILIENCY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/base/resiliency.yaml"
-);
 /// `--resiliency none`: no retry policy; a failed call abandons the message at once.
 pub const NO_RESILIENCY: &str = "none";
-/// The ScaledObject `--autoscale` reads unless given a path: the one `kubectl apply -k deploy/base`
-/// applies, in the repository devstack was built from.
-pub const DEFAULT_SCALING: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/base/consumer-scaling.yaml"
-);
 
 /// Local stack: devstack's sidecar, which stands in for daprd and the queue, the consumer(s) and
 /// the producer, on loopback.
@@ -74,17 +63,16 @@ pub struct UpArgs {
     /// ScaledObject (and the Deployment beside it, for terminationGracePeriodSeconds):
     /// minReplicaCount to maxReplicaCount consumers as the queue fills and empties, each on free
     /// ports (APP_PORT and METRICS_PORT do not apply), shown in /devstack/status. Without
-    /// PATH, deploy/base/consumer-scaling.yaml of the repository devstack was built from. A
-    /// ScaledObject devstack cannot honour stops it at start. Not with --consumers.
+    /// PATH, the committed deploy/base/consumer-scaling.yaml and its Deployment, built into
+    /// devstack. A ScaledObject devstack cannot honour stops it at start. Not with --consumers.
     #[arg(
         long,
         env = "AUTOSCALE",
         value_name = "PATH",
         num_args = 0..=1,
-        default_missing_value = DEFAULT_SCALING,
         conflicts_with = "consumers"
     )]
-    pub autoscale: Option<PathBuf>,
+    pub autoscale: Option<Option<PathBuf>>,
     /// With --autoscale: multiplies every control-plane period (pollingInterval, cooldownPeriod,
     /// initialCooldownPeriod, the HPA's 15 s sync, stabilisation windows, policy periods), e.g.
     /// 0.1 to watch a minute's scaling in 6 s with the same decisions. The consumers' own
@@ -182,12 +170,11 @@ pub struct SidecarArgs {
     pub max_retriable_errors_per_sec: u32,
     /// A Dapr Resiliency file: each binding's inbound retry policy is applied to the app's
     /// OnBindingEvent calls before the message is abandoned, as daprd applies it (scopes matched
-    /// against app id `consumer`). Defaults to deploy/base/resiliency.yaml of the repository
-    /// devstack was built from; if that file is gone (devstack run elsewhere) the sidecar warns
-    /// and retries nothing. `none`: no Resiliency. Inbound timeouts and circuit breakers are not
+    /// against app id `consumer`). Without it, the committed deploy/base/resiliency.yaml, built
+    /// into devstack. `none`: no Resiliency. Inbound timeouts and circuit breakers are not
     /// emulated: a file that sets them for a binding stops devstack at start.
-    #[arg(long, env = "RESILIENCY", default_value = DEFAULT_RESILIENCY)]
-    pub resiliency: PathBuf,
+    #[arg(long, env = "RESILIENCY", value_name = "PATH")]
+    pub resiliency: Option<PathBuf>,
     /// How often each app's health is probed: AppCallbackHealthCheck, or an HTTP app's
     /// `GET /healthz`.
     #[arg(long, env = "APP_HEALTH_INTERVAL", default_value = "1s", value_parser = positive_duration)]
@@ -211,17 +198,21 @@ pub struct SidecarArgs {
 impl SidecarArgs {
     /// The inbound retry policy of each binding that has one, from `--resiliency`.
     pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
-        let path = self.resiliency.as_path();
-        if path == Path::new(NO_RESILIENCY) {
-            return Ok(BTreeMap::new());
-        }
-        if path == Path::new(DEFAULT_RESILIENCY) && !path.exists() {
-            warn!(path = %path.display(), "no default Resiliency there; failed deliveries are abandoned without retries (see --resiliency)");
-            return Ok(BTreeMap::new());
-        }
-        let policies = resiliency::load(path, &self.app_id, &self.bindings)?;
+        let (policies, source) = match self.resiliency.as_deref() {
+            Some(path) if path == Path::new(NO_RESILIENCY) => return Ok(BTreeMap::new()),
+            Some(path) => (
+                resiliency::load(path, &self.app_id, &self.bindings)?,
+                path.display().to_string(),
+            ),
+            None => {
+                let name = manifests::RESILIENCY.to_string();
+                let text = manifests::RESILIENCY.text;
+                let policies = resiliency::from_text(text, &name, &self.app_id, &self.bindings)?;
+                (policies, name)
+            }
+        };
         for (binding, policy) in &policies {
-            info!(binding, policy = policy.name, backoff = ?policy.backoff, max_retries = ?policy.max_retries, resiliency = %path.display(), "inbound retry policy");
+            info!(binding, policy = policy.name, backoff = ?policy.backoff, max_retries = ?policy.max_retries, resiliency = %source, "inbound retry policy");
         }
         Ok(policies)
     }
@@ -239,7 +230,7 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
         None => (value, None),
     };
     let address = address.trim();
-    // A bare address keeps meaning gRPC, as before HTTP apps; only `http://` opts in.
+    // A bare address is a gRPC app, daprd's default app protocol; `http://` makes it an HTTP one.
     let (protocol, address) = match address.split_once("://") {
         None => (AppProtocol::Grpc, address),
         Some(("http", address)) => (AppProtocol::Http, address),
@@ -314,12 +305,25 @@ mod tests {
     fn autoscale_takes_an_optional_path_defaulting_to_the_committed_scaled_object() {
         let cli = parse(&[]).unwrap();
         assert_eq!((cli.up.autoscale, cli.up.time_scale), (None, 1.0));
+        // No path: the committed ScaledObject, built in.
         let cli = parse(&["--autoscale"]).unwrap();
-        assert_eq!(cli.up.autoscale, Some(PathBuf::from(DEFAULT_SCALING)));
-        assert!(Path::new(DEFAULT_SCALING).exists(), "{DEFAULT_SCALING}");
+        assert_eq!(cli.up.autoscale, Some(None));
         let cli = parse(&["--autoscale", "/tmp/so.yaml", "--time-scale", "0.05"]).unwrap();
-        assert_eq!(cli.up.autoscale, Some(PathBuf::from("/tmp/so.yaml")));
+        assert_eq!(cli.up.autoscale, Some(Some(PathBuf::from("/tmp/so.yaml"))));
         assert_eq!(cli.up.time_scale, 0.05);
+    }
+
+    #[test]
+    fn without_resiliency_the_committed_one_applies_and_none_means_none() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.up.sidecar.resiliency, None);
+        let policies = cli.up.sidecar.retry_policies().expect("the built-in one");
+        assert!(policies.contains_key("message-queue"), "{policies:?}");
+        let cli = parse(&["sidecar", "--resiliency", "none"]).unwrap();
+        let Some(Command::Sidecar(args)) = cli.command else {
+            panic!("sidecar")
+        };
+        assert!(args.sidecar.retry_policies().unwrap().is_empty());
     }
 
     #[test]

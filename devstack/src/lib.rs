@@ -1,6 +1,13 @@
 //! devstack: the whole pipeline on one machine. Its sidecar stands in for daprd and the queue and
 //! speaks Dapr's gRPC protocol on both sides, with the unmodified `producer` and `consumer`
 //! binaries.
+//!
+//! - `config`: the command line; `manifests`: the committed ones it defaults to, built in;
+//! - `supervisor`: `devstack up`, the sidecar in this process and the parts beside it;
+//! - `process`: starting a part, relaying its output, learning its port, stopping it;
+//! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale;
+//! - the sidecar (`sidecar`, with `broker`, `queue`, `delivery`, `runtime`, `http`, `metadata`,
+//!   `resiliency` and the `dashboard`).
 
 #![forbid(unsafe_code)]
 
@@ -11,7 +18,9 @@ pub mod delivery;
 pub mod http;
 pub mod http_app;
 pub mod ids;
+pub mod manifests;
 pub mod metadata;
+pub mod process;
 pub mod queue;
 pub mod rate_limit;
 pub mod resiliency;

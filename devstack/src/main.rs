@@ -8,6 +8,7 @@ use clap::Parser;
 use devstack::{
     SERVICE_NAME,
     config::{Cli, Command},
+    process::OWN_LABEL,
     sidecar::{self, Listeners},
     supervisor,
 };
@@ -24,8 +25,7 @@ async fn main() -> anyhow::Result<()> {
             (telemetry, served)
         }
         Command::Up(args) => {
-            let telemetry =
-                telemetry::init_labelled(&args.sidecar.log, SERVICE_NAME, supervisor::OWN_LABEL)?;
+            let telemetry = telemetry::init_labelled(&args.sidecar.log, SERVICE_NAME, OWN_LABEL)?;
             let listeners = Listeners::bind(&args.sidecar).await?;
             let served = supervisor::serve(listeners, args, shutdown::on_signal()).await;
             (telemetry, served)

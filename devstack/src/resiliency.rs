@@ -194,6 +194,17 @@ pub fn load(
     parse(&text, app_id, bindings).with_context(|| format!("in {}", path.display()))
 }
 
+/// Like [`load`], for a Resiliency already in memory (the one built into devstack), which errors
+/// call `name`.
+pub fn from_text(
+    text: &str,
+    name: &str,
+    app_id: &str,
+    bindings: &[String],
+) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+    parse(text, app_id, bindings).with_context(|| format!("in {name}"))
+}
+
 fn parse(
     text: &str,
     app_id: &str,

@@ -34,7 +34,7 @@ const COMMITTED_SCALE_UP: [u32; 3] = [0, 1, 10];
 /// its 300 s window holds that peak while it rises by at most max(2 x current, 4) a sync:
 /// 1 -> 4 -> 8 -> 10.
 const LEGACY_SCALE_UP: [u32; 5] = [0, 1, 4, 8, 10];
-/// 50 ms of real time per cluster second: the committed 10 s poll takes 0.2 s, the HPA's 15 s
+/// 20 ms of real time per cluster second: the committed 2 s poll takes 40 ms, the HPA's 15 s
 /// sync 0.3 s, the 60 s cooldown 1.2 s.
 const TIME_SCALE: &str = "0.02";
 
@@ -230,7 +230,9 @@ fn without_advanced(yaml: &str) -> String {
 async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale_up: &[u32]) {
     let mut args = autoscale.to_vec();
     args.extend(["--time-scale", TIME_SCALE]);
-    let stack = Stack::start(&args, &[("WORK_DURATION", "500ms")]).await;
+    // 50 messages of 250 ms over 10 consumers drain in about 1.25 s: the peak is held well before
+    // the drain ends, and the first HPA sync, which sets it, finds at most one message done.
+    let stack = Stack::start(&args, &[("WORK_DURATION", "250ms")]).await;
     let status = stack.devstack.status().await;
     let scaling = &status["scaling"];
     assert_eq!(scaling["replicas"], 0, "{scaling}");
@@ -395,8 +397,9 @@ impl Drop for Manifests {
 }
 
 /// Scales 1 -> 4 at once, and back down as soon as the metric falls: the HPA's `behavior`
-/// without a scale-down stabilisation window. Each consumer holds its message 3 s (longer
-/// than the 1 s grace period), so a victim is busy, and killed.
+/// without a scale-down stabilisation window. Each consumer holds its message 1.5 s, longer than
+/// the 1 s grace period and the HPA's sync period (0.15 s at [`BUSY_TIME_SCALE`]) together, so
+/// a victim is busy, and killed.
 const BUSY_SCALED_OBJECT: &str = r#"apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
@@ -424,6 +427,9 @@ spec:
         messageCount: "2"
         activationMessageCount: "0"
 "#;
+
+/// 10 ms of real time per cluster second: the 5 s poll takes 50 ms, the HPA's sync 150 ms.
+const BUSY_TIME_SCALE: &str = "0.01";
 
 const BUSY_DEPLOYMENT: &str = r#"apiVersion: apps/v1
 kind: Deployment
@@ -458,11 +464,16 @@ async fn scaling_in_busy_consumers_loses_no_message() {
     );
     let scaled_object = manifests.path("scaling.yaml");
     let stack = Stack::start(
-        &["--autoscale", &scaled_object, "--time-scale", "0.05"],
+        &[
+            "--autoscale",
+            &scaled_object,
+            "--time-scale",
+            BUSY_TIME_SCALE,
+        ],
         // The consumers log each event they take (`event received`, with its id). No Resiliency:
         // its retries of a killed victim's call would only delay the abandon.
         &[
-            ("WORK_DURATION", "3s"),
+            ("WORK_DURATION", "1500ms"),
             ("RUST_LOG", "info,consumer::callback=debug"),
             ("RESILIENCY", "none"),
         ],
@@ -560,7 +571,7 @@ async fn scaling_in_busy_consumers_loses_no_message() {
             "{victim} never stopped"
         );
     }
-    // With a 1 s grace period and 3 s of work, the kill path ran.
+    // With a 1 s grace period and 1.5 s of work, the kill path ran.
     assert!(killed > 0, "no victim's message was redelivered");
 }
 
@@ -629,8 +640,8 @@ async fn autoscale_with_consumers_or_a_bad_time_scale_is_a_usage_error() {
     }
 }
 
-/// Without `--autoscale` the consumers are fixed as before, and the status shows them with the
-/// same fields (label, state); there is no `scaling` object.
+/// Without `--autoscale` the consumers are fixed (`CONSUMERS`), and the status shows them with
+/// the fields it shows replicas with (label, state); there is no `scaling` object.
 #[tokio::test]
 async fn fixed_consumers_show_their_label_and_state() {
     let stack = Stack::start(&[], &[("CONSUMERS", "2")]).await;

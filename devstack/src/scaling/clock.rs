@@ -1,6 +1,7 @@
 //! The control plane's clock under `--time-scale F`: cluster time runs 1/F as fast as real time,
 //! so every period the rules count in (polling, cooldown, HPA sync, windows) takes F times its
-//! length in real time, and the decisions are the same, only sooner.
+//! length in real time, and the decisions are the same, only sooner. Also how times and periods
+//! are written: in the status, and in the decisions' reasons.
 
 use std::time::Duration;
 
@@ -64,6 +65,20 @@ impl Clock {
     }
 }
 
+/// The tick after `at` every `period`, skipping those already missed (as Go's ticker drops
+/// ticks for a slow receiver).
+pub fn next_tick(at: Duration, period: Duration, now: Duration) -> Duration {
+    if period.is_zero() {
+        return now;
+    }
+    let mut next = at + period;
+    if next <= now {
+        let missed = (now - next).as_nanos() / period.as_nanos() + 1;
+        next += period * u32::try_from(missed).unwrap_or(u32::MAX);
+    }
+    next
+}
+
 /// `duration × factor`, saturating rather than panicking on a huge ScaledObject period.
 fn scaled(duration: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
@@ -72,6 +87,17 @@ fn scaled(duration: Duration, factor: f64) -> Duration {
 /// How the status writes times: RFC 3339, UTC, milliseconds (`2026-12-01T14:30:00.123Z`).
 pub fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// How the status writes periods: seconds, as a number (`60.0`, `0.5`); a `serialize_with`.
+pub fn seconds<S: serde::Serializer>(period: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(period.as_secs_f64())
+}
+
+/// How a decision's reason writes a cluster time or a period: in seconds, as the ScaledObject
+/// does (`60s`, `2.5s`).
+pub fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -111,6 +137,22 @@ mod tests {
     fn scale_one_is_real_time_and_huge_periods_saturate() {
         assert_eq!(scaled(Duration::from_secs(7), 1.0), Duration::from_secs(7));
         assert_eq!(scaled(Duration::MAX, 2.0), Duration::MAX);
+    }
+
+    #[test]
+    fn ticks_keep_their_cadence_and_skip_missed_ones() {
+        let s = Duration::from_secs;
+        assert_eq!(next_tick(s(0), s(10), s(3)), s(10));
+        assert_eq!(next_tick(s(10), s(10), s(10)), s(20));
+        // Fell 25 s behind: the next tick is the next on the cadence, not three at once.
+        assert_eq!(next_tick(s(10), s(10), s(45)), s(50));
+        assert_eq!(next_tick(s(10), Duration::ZERO, s(45)), s(45));
+    }
+
+    #[test]
+    fn reasons_write_seconds_with_their_fraction() {
+        assert_eq!(secs(Duration::from_secs(60)), "60s");
+        assert_eq!(secs(Duration::from_millis(2500)), "2.5s");
     }
 
     #[test]

@@ -2,107 +2,59 @@
 //! their decisions to the replica set. Every change is logged, kept in a bounded list of events
 //! and published to the status.
 
-use std::{collections::VecDeque, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
 
 use anyhow::bail;
-use serde::Serialize;
 use tracing::info;
 
 use crate::{
-    broker::{Broker, ReplicaState},
-    config::UpArgs,
+    broker::Broker,
+    manifests,
     queue::{Counts, Queue},
     sidecar::Sidecar,
 };
 
 use super::{
-    Decision,
     clock::{Clock, rfc3339},
-    hpa::Hpa,
+    decision::Decision,
+    hpa::{HPA_SYNC_PERIOD, Hpa},
     keda::Keda,
-    replicas::{ReplicaSet, Unregistered},
-    spec::{HPA_SYNC_PERIOD, ScalingSpec, TriggerKind},
+    replicas::{ReplicaSet, Template},
+    spec::ScalingSpec,
+    status::{EVENTS_KEPT, ScalingEvent, ScalingSettings, ScalingStatus},
+    trigger::TriggerKind,
 };
 
-/// How many scaling events the status keeps.
-const EVENTS_KEPT: usize = 256;
-
-/// The `scaling` object of `GET /devstack/status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ScalingStatus {
-    pub settings: Settings,
-    /// The Deployment's spec.replicas, as KEDA and the HPA last set it.
-    pub replicas: u32,
-    pub ready: u32,
-    pub starting: u32,
-    pub terminating: u32,
-    /// The last metric either loop read.
-    pub metric: Option<u64>,
-    pub active: bool,
-    pub last_active_time: Option<String>,
-    pub cooldown_ends_at: Option<String>,
-    /// Every change, oldest first; the last [`EVENTS_KEPT`].
-    pub events: VecDeque<Event>,
-    /// Replicas the sidecar does not know yet, counted in by [`counted`](Self::counted).
-    #[serde(skip)]
-    pub unregistered: Unregistered,
-}
-
-impl ScalingStatus {
-    /// With the replica counts, from the states of the consumers the sidecar knows.
-    pub fn counted(mut self, states: impl Iterator<Item = ReplicaState>) -> Self {
-        self.ready = 0;
-        self.starting = self.unregistered.starting;
-        self.terminating = self.unregistered.terminating;
-        for state in states {
-            match state {
-                ReplicaState::Ready => self.ready += 1,
-                ReplicaState::Starting => self.starting += 1,
-                ReplicaState::Terminating => self.terminating += 1,
-            }
-        }
-        self
-    }
-}
-
-/// The settings in force: the ScaledObject's (real seconds, before the time scale), the factor,
-/// and the HPA's sync period.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Settings {
-    #[serde(flatten)]
-    pub spec: ScalingSpec,
-    pub time_scale: f64,
-    pub hpa_sync_period: f64,
-}
-
-/// One change, when it was made.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub at: String,
-    #[serde(flatten)]
-    pub decision: Decision,
-}
-
-/// What `--autoscale` runs: the ScaledObject read at start and where its metric comes from.
+/// What `--autoscale` runs: the ScaledObject read at start, where its metric comes from, and how
+/// fast the control plane's clock runs.
 #[derive(Debug)]
 pub struct Autoscale {
-    pub path: PathBuf,
+    /// Where the ScaledObject was read: its path, or the built-in one's name.
+    pub source: String,
     pub spec: ScalingSpec,
     /// The sidecar binding whose queue the trigger reads.
     pub binding: String,
+    /// `--time-scale`.
+    pub time_scale: f64,
 }
 
 impl Autoscale {
-    /// Reads the ScaledObject at `path`; an error names what devstack cannot honour.
-    pub fn load(path: PathBuf, bindings: &[String]) -> anyhow::Result<Self> {
-        let spec = ScalingSpec::load(&path)?;
+    /// Reads the ScaledObject at `path`, or the committed one when `None`; an error names what
+    /// devstack cannot honour.
+    pub fn load(path: Option<&Path>, bindings: &[String], time_scale: f64) -> anyhow::Result<Self> {
+        let (source, spec) = match path {
+            Some(path) => (path.display().to_string(), ScalingSpec::load(path)?),
+            None => (
+                manifests::SCALED_OBJECT.to_string(),
+                ScalingSpec::committed()?,
+            ),
+        };
         let binding = binding_for(&spec, bindings)?.to_owned();
         Ok(Self {
-            path,
+            source,
             spec,
             binding,
+            time_scale,
         })
     }
 }
@@ -154,29 +106,27 @@ pub struct Controller {
     /// The Deployment's spec.replicas.
     desired: u32,
     metric: Option<u64>,
-    events: VecDeque<Event>,
+    events: VecDeque<ScalingEvent>,
 }
 
 impl Controller {
     /// The controller for `autoscale`, its clock starting now; starts minReplicaCount consumers
-    /// (the Deployment at rest) from the binary `consumer`.
+    /// (the Deployment at rest), each from `template`.
     pub fn start(
         autoscale: &Autoscale,
-        args: &UpArgs,
-        consumer: PathBuf,
+        template: Template,
         sidecar: &Sidecar,
     ) -> anyhow::Result<Self> {
         let spec = autoscale.spec.clone();
-        let clock = Clock::start(args.time_scale);
+        let clock = Clock::start(autoscale.time_scale);
         let broker = Arc::clone(sidecar.broker());
         let Some(queue) = broker.queue(&autoscale.binding).cloned() else {
             bail!("the sidecar has no binding {:?}", autoscale.binding);
         };
-        let replicas =
-            ReplicaSet::new(args.clone(), consumer, spec.termination_grace_period, clock);
+        let replicas = ReplicaSet::new(template, spec.termination_grace_period, clock);
         let mut controller = Self {
             keda: Keda::new(&spec),
-            hpa: Hpa::new(&spec),
+            hpa: spec.hpa(),
             desired: spec.min_replica_count,
             spec,
             clock,
@@ -194,19 +144,17 @@ impl Controller {
     /// Runs both loops until a replica stops on its own or cannot be started (an error: the
     /// stack stops); cancel-safe, the caller stops it on shutdown.
     pub async fn run(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
-        // KEDA polls at once, then every pollingInterval. The HPA syncs every 15 s with a phase
-        // of its own: the controller manager started long before this ScaledObject did.
         let mut poll_at = self.clock.now();
-        let mut sync_at = poll_at + HPA_SYNC_PERIOD.mul_f64(fastrand::f64());
+        let mut sync_at = Hpa::first_sync(poll_at);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(self.clock.instant(poll_at)) => {
                     self.poll()?;
-                    poll_at = next_tick(poll_at, self.spec.polling_interval, self.clock.now());
+                    poll_at = self.keda.next_poll(poll_at, self.clock.now());
                 }
                 _ = tokio::time::sleep_until(self.clock.instant(sync_at)) => {
                     self.sync()?;
-                    sync_at = next_tick(sync_at, HPA_SYNC_PERIOD, self.clock.now());
+                    sync_at = Hpa::next_sync(sync_at, self.clock.now());
                 }
                 event = self.replicas.next_event() => {
                     let handled = self.replicas.handle(event, sidecar);
@@ -252,10 +200,13 @@ impl Controller {
                 if self.events.len() == EVENTS_KEPT {
                     self.events.pop_front();
                 }
-                self.events.push_back(Event {
+                self.events.push_back(ScalingEvent {
                     at: rfc3339(self.clock.wall(now)),
                     decision,
                 });
+                // The decision is in the status before any replica it scales in shows as
+                // terminating there.
+                self.publish();
                 self.replicas.scale_to(self.desired)
             }
             None => Ok(()),
@@ -269,7 +220,7 @@ impl Controller {
     fn publish(&self) {
         let clock = &self.clock;
         self.broker.set_scaling(ScalingStatus {
-            settings: Settings {
+            settings: ScalingSettings {
                 spec: self.spec.clone(),
                 time_scale: clock.scale(),
                 hpa_sync_period: HPA_SYNC_PERIOD.as_secs_f64(),
@@ -286,20 +237,6 @@ impl Controller {
             unregistered: self.replicas.unregistered(),
         });
     }
-}
-
-/// The tick after `at` every `period`, skipping those already missed (as Go's ticker drops
-/// ticks for a slow receiver).
-fn next_tick(at: Duration, period: Duration, now: Duration) -> Duration {
-    if period.is_zero() {
-        return now;
-    }
-    let mut next = at + period;
-    if next <= now {
-        let missed = (now - next).as_nanos() / period.as_nanos() + 1;
-        next += period * u32::try_from(missed).unwrap_or(u32::MAX);
-    }
-    next
 }
 
 #[cfg(test)]
@@ -325,11 +262,7 @@ mod tests {
 
     #[test]
     fn the_trigger_reads_the_one_binding_or_the_one_named_as_its_queue() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/base/consumer-scaling.yaml"
-        );
-        let spec = ScalingSpec::load(std::path::Path::new(path)).expect("the committed one");
+        let spec = ScalingSpec::committed().expect("the committed one");
         assert_eq!(spec.trigger.queue_name, "msgqueue");
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(
@@ -347,60 +280,5 @@ mod tests {
             error.contains("queueName") && error.contains("a, b"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn replica_counts_add_the_ones_the_sidecar_does_not_know_yet() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/base/consumer-scaling.yaml"
-        );
-        let spec = ScalingSpec::load(std::path::Path::new(path)).expect("the committed one");
-        let status = ScalingStatus {
-            settings: Settings {
-                spec,
-                time_scale: 1.0,
-                hpa_sync_period: 15.0,
-            },
-            replicas: 5,
-            ready: 9,
-            starting: 9,
-            terminating: 9,
-            metric: None,
-            active: false,
-            last_active_time: None,
-            cooldown_ends_at: None,
-            events: VecDeque::new(),
-            unregistered: Unregistered {
-                starting: 2,
-                terminating: 1,
-            },
-        };
-        let states = [
-            ReplicaState::Ready,
-            ReplicaState::Ready,
-            ReplicaState::Starting,
-            ReplicaState::Terminating,
-        ];
-        let counted = status.counted(states.into_iter());
-        assert_eq!(
-            (counted.ready, counted.starting, counted.terminating),
-            (2, 3, 2)
-        );
-        let json = serde_json::to_value(&counted).unwrap();
-        assert!(json.get("unregistered").is_none(), "{json}");
-        assert_eq!(json["settings"]["timeScale"], 1.0);
-        assert_eq!(json["settings"]["cooldownPeriod"], 60.0);
-        assert_eq!(json["lastActiveTime"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn ticks_keep_their_cadence_and_skip_missed_ones() {
-        let s = Duration::from_secs;
-        assert_eq!(next_tick(s(0), s(10), s(3)), s(10));
-        assert_eq!(next_tick(s(10), s(10), s(10)), s(20));
-        // Fell 25 s behind: the next tick is the next on the cadence, not three at once.
-        assert_eq!(next_tick(s(10), s(10), s(45)), s(50));
-        assert_eq!(next_tick(s(10), Duration::ZERO, s(45)), s(45));
     }
 }

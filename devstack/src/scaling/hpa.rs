@@ -1,5 +1,6 @@
 //! The HPA controller's loop for the one external metric KEDA serves (kubernetes
-//! `pkg/controller/podautoscaler/horizontal.go`, `replica_calculator.go`): 1 <-> N.
+//! `pkg/controller/podautoscaler/horizontal.go`, `replica_calculator.go`): 1 <-> N, with the
+//! controller's settings and the `behavior` it runs with.
 //!
 //! KEDA creates the HPA with minReplicas = max(minReplicaCount, 1) and maxReplicas =
 //! maxReplicaCount (apis/keda/v1alpha1/scaledobject_types.go: GetHPAMinReplicas,
@@ -8,13 +9,113 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::{
-    By, Decision,
-    spec::{
-        self, Behavior, DOWNSCALE_STABILISATION_WINDOW, HPA_TOLERANCE, PolicyKind, Rules,
-        ScalingSpec, SelectPolicy,
-    },
+    clock::{next_tick, seconds, secs},
+    decision::{By, Decision},
 };
+
+/// The HPA controller's sync period (kube-controller-manager `--horizontal-pod-autoscaler-sync-period`,
+/// 15 s in kubernetes `pkg/controller/podautoscaler/config/v1alpha1/defaults.go`).
+pub const HPA_SYNC_PERIOD: Duration = Duration::from_secs(15);
+
+/// The HPA controller's tolerance on the metric's ratio to its target
+/// (`--horizontal-pod-autoscaler-tolerance`, 0.1 in the same `defaults.go`).
+pub const HPA_TOLERANCE: f64 = 0.1;
+
+/// The HPA controller's scale-down stabilisation window
+/// (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 min in the same `defaults.go`): the
+/// legacy path's window, and a `behavior`'s `scaleDown` window when it sets none
+/// (horizontal.go: `maybeInitScaleDownStabilizationWindow`).
+pub const DOWNSCALE_STABILISATION_WINDOW: Duration = Duration::from_secs(300);
+
+/// An HPA `behavior` (`HorizontalPodAutoscalerBehavior`), with Kubernetes' defaults for missing
+/// fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Behavior {
+    pub scale_up: ScalingRules,
+    pub scale_down: ScalingRules,
+}
+
+/// `HPAScalingRules`: one direction's window, policies and tolerance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    #[serde(serialize_with = "seconds")]
+    pub stabilization_window: Duration,
+    pub select_policy: SelectPolicy,
+    pub policies: Vec<ScalingPolicy>,
+    /// `tolerance`, honoured as Kubernetes 1.35 does (feature gate HPAConfigurableTolerance, beta
+    /// and on by default there); `None`: the controller's [`HPA_TOLERANCE`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+}
+
+impl ScalingRules {
+    /// What a `behavior` that is there scales up with where it leaves fields out (kubernetes
+    /// `pkg/apis/autoscaling/v2/defaults.go`: GenerateHPAScaleUpRules): no window, the larger of
+    /// 4 pods and 100% every 15 s.
+    pub fn scale_up_default() -> Self {
+        Self {
+            stabilization_window: Duration::ZERO,
+            select_policy: SelectPolicy::Max,
+            policies: vec![
+                ScalingPolicy::every_15s(PolicyKind::Pods, 4),
+                ScalingPolicy::every_15s(PolicyKind::Percent, 100),
+            ],
+            tolerance: None,
+        }
+    }
+
+    /// The same for scaling down (GenerateHPAScaleDownRules): 100% every 15 s, and the window nil
+    /// there, which the controller sets to its own (horizontal.go:
+    /// maybeInitScaleDownStabilizationWindow).
+    pub fn scale_down_default() -> Self {
+        Self {
+            stabilization_window: DOWNSCALE_STABILISATION_WINDOW,
+            select_policy: SelectPolicy::Max,
+            policies: vec![ScalingPolicy::every_15s(PolicyKind::Percent, 100)],
+            tolerance: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SelectPolicy {
+    Max,
+    Min,
+    Disabled,
+}
+
+/// `HPAScalingPolicy`: at most `value` pods or percent per `period`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    #[serde(rename = "type")]
+    pub kind: PolicyKind,
+    pub value: u32,
+    #[serde(serialize_with = "seconds")]
+    pub period: Duration,
+}
+
+impl ScalingPolicy {
+    /// A default policy: every default's period is 15 s.
+    fn every_15s(kind: PolicyKind, value: u32) -> Self {
+        Self {
+            kind,
+            value,
+            period: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PolicyKind {
+    Pods,
+    Percent,
+}
 
 /// The legacy path's scale-up cap, max(2 × current, 4) (horizontal.go: scaleUpLimitFactor,
 /// scaleUpLimitMinimum, calculateScaleUpLimit).
@@ -70,18 +171,38 @@ fn after(at: Duration, cutoff: Option<Duration>) -> bool {
 }
 
 impl Hpa {
-    pub fn new(spec: &ScalingSpec) -> Self {
+    /// The HPA KEDA creates for a ScaledObject with these `minReplicaCount`, `maxReplicaCount`,
+    /// trigger target (AverageValue) and `behavior`.
+    pub fn new(
+        min_replica_count: u32,
+        max_replica_count: u32,
+        target: f64,
+        behavior: Option<Behavior>,
+    ) -> Self {
         Self {
-            min: i64::from(spec.min_replica_count.max(1)),
-            max: i64::from(spec.max_replica_count),
+            min: i64::from(min_replica_count.max(1)),
+            max: i64::from(max_replica_count),
             // int64(metricValue * 1000), truncated, as KEDA builds the quantity.
-            target_milli: (spec.trigger.target * 1000.0) as i64,
-            target: spec.trigger.target,
-            behavior: spec.behavior.clone(),
+            target_milli: (target * 1000.0) as i64,
+            target,
+            behavior,
             recommendations: None,
             scale_up_events: Vec::new(),
             scale_down_events: Vec::new(),
         }
+    }
+
+    /// When the first sync comes, for a ScaledObject created at `now`: within one sync period,
+    /// at a phase of the controller's own, since the controller manager started long before
+    /// this ScaledObject did.
+    pub fn first_sync(now: Duration) -> Duration {
+        now + HPA_SYNC_PERIOD.mul_f64(fastrand::f64())
+    }
+
+    /// The sync after the one due `at`, every [`HPA_SYNC_PERIOD`]; those already missed at `now`
+    /// are skipped.
+    pub fn next_sync(at: Duration, now: Duration) -> Duration {
+        next_tick(at, HPA_SYNC_PERIOD, now)
     }
 
     /// One sync at `now` with the `metric` and the Deployment's `replicas`: the change to make,
@@ -348,7 +469,7 @@ impl Hpa {
 
     /// horizontal.go: calculateScaleUpLimitWithScalingRules. Each policy allows its value on top
     /// of the count at the start of its period; selectPolicy picks among them.
-    fn scale_up_limit(&self, now: Duration, current: i64, rules: &Rules) -> (i64, String) {
+    fn scale_up_limit(&self, now: Duration, current: i64, rules: &ScalingRules) -> (i64, String) {
         if rules.select_policy == SelectPolicy::Disabled {
             return (current, "scaleUp selectPolicy Disabled".into());
         }
@@ -378,7 +499,7 @@ impl Hpa {
 
     /// horizontal.go: calculateScaleDownLimitWithBehaviors, the mirror image: the lowest count
     /// each policy allows, Max picking the biggest change (the lowest count).
-    fn scale_down_limit(&self, now: Duration, current: i64, rules: &Rules) -> (i64, String) {
+    fn scale_down_limit(&self, now: Duration, current: i64, rules: &ScalingRules) -> (i64, String) {
         if rules.select_policy == SelectPolicy::Disabled {
             return (current, "scaleDown selectPolicy Disabled".into());
         }
@@ -468,7 +589,7 @@ fn record(records: &mut Vec<Recommendation>, old: Option<usize>, replicas: i64, 
     }
 }
 
-fn policy_text(policy: &spec::Policy, start: i64, proposed: i64) -> String {
+fn policy_text(policy: &ScalingPolicy, start: i64, proposed: i64) -> String {
     let unit = match policy.kind {
         PolicyKind::Pods => "",
         PolicyKind::Percent => "%",
@@ -481,41 +602,21 @@ fn policy_text(policy: &spec::Policy, start: i64, proposed: i64) -> String {
     )
 }
 
-fn secs(d: Duration) -> String {
-    format!("{}s", d.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scaling::spec::{Policy, Trigger, TriggerKind};
 
     fn s(secs: u64) -> Duration {
         Duration::from_secs(secs)
     }
 
-    fn spec(min: u32, max: u32, behavior: Option<Behavior>) -> ScalingSpec {
-        ScalingSpec {
-            name: "consumer".into(),
-            target: "consumer".into(),
-            min_replica_count: min,
-            max_replica_count: max,
-            polling_interval: s(10),
-            cooldown_period: s(60),
-            initial_cooldown_period: Duration::ZERO,
-            trigger: Trigger {
-                kind: TriggerKind::AzureServicebus,
-                queue_name: "msgqueue".into(),
-                target: 5.0,
-                activation: 0.0,
-            },
-            behavior,
-            termination_grace_period: s(30),
-        }
+    /// The HPA of a ScaledObject with these counts and `behavior`, and a target of 5.
+    fn new_hpa(min: u32, max: u32, behavior: Option<Behavior>) -> Hpa {
+        Hpa::new(min, max, 5.0, behavior)
     }
 
-    fn policy(kind: PolicyKind, value: u32, period: u64) -> Policy {
-        Policy {
+    fn policy(kind: PolicyKind, value: u32, period: u64) -> ScalingPolicy {
+        ScalingPolicy {
             kind,
             value,
             period: s(period),
@@ -525,21 +626,8 @@ mod tests {
     /// Kubernetes' defaults for a `behavior: {}` (autoscaling/v2 defaults.go).
     fn default_behavior() -> Behavior {
         Behavior {
-            scale_up: Rules {
-                stabilization_window: Duration::ZERO,
-                select_policy: SelectPolicy::Max,
-                policies: vec![
-                    policy(PolicyKind::Pods, 4, 15),
-                    policy(PolicyKind::Percent, 100, 15),
-                ],
-                tolerance: None,
-            },
-            scale_down: Rules {
-                stabilization_window: s(300),
-                select_policy: SelectPolicy::Max,
-                policies: vec![policy(PolicyKind::Percent, 100, 15)],
-                tolerance: None,
-            },
+            scale_up: ScalingRules::scale_up_default(),
+            scale_down: ScalingRules::scale_down_default(),
         }
     }
 
@@ -558,9 +646,20 @@ mod tests {
     }
 
     #[test]
+    fn the_first_sync_comes_within_a_period_and_the_next_ones_every_15s() {
+        for _ in 0..100 {
+            let first = Hpa::first_sync(s(100));
+            assert!(first >= s(100) && first < s(115), "{first:?}");
+        }
+        assert_eq!(Hpa::next_sync(s(107), s(107)), s(122));
+        // Missed syncs are skipped, not caught up.
+        assert_eq!(Hpa::next_sync(s(107), s(150)), s(152));
+    }
+
+    #[test]
     fn within_the_tolerance_band_nothing_changes() {
         // 10 replicas, target 5: 52/50 = 1.04 and 45/50 = 0.90 are within 0.9..1.1 (inclusive).
-        let mut hpa = Hpa::new(&spec(0, 100, None));
+        let mut hpa = new_hpa(0, 100, None);
         assert_eq!(hpa.sync(s(0), 52, 10), None);
         assert_eq!(hpa.sync(s(15), 55, 10), None, "55/50 = 1.1 is still within");
         assert_eq!(hpa.sync(s(30), 45, 10), None);
@@ -576,7 +675,7 @@ mod tests {
 
     #[test]
     fn the_band_keeps_the_current_count_as_the_proposal() {
-        let mut hpa = Hpa::new(&spec(0, 100, None));
+        let mut hpa = new_hpa(0, 100, None);
         hpa.sync(s(0), 50, 10);
         let (proposed, text) = hpa.propose(54, 10);
         assert_eq!(
@@ -591,7 +690,7 @@ mod tests {
     #[test]
     fn the_legacy_cap_takes_1_to_4_to_8_to_10() {
         // The committed ScaledObject: max 10, target 5, no behavior; 50 messages.
-        let mut hpa = Hpa::new(&spec(0, 10, None));
+        let mut hpa = new_hpa(0, 10, None);
         let first = hpa.sync(s(0), 50, 1).expect("1 -> 4");
         assert_eq!(
             first.to_string(),
@@ -617,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_proposal_above_max_replicas_is_capped_by_it() {
-        let mut hpa = Hpa::new(&spec(0, 10, None));
+        let mut hpa = new_hpa(0, 10, None);
         let decision = hpa.sync(s(0), 500, 8).expect("8 -> 10");
         assert_eq!(
             decision.reason,
@@ -628,7 +727,7 @@ mod tests {
 
     #[test]
     fn the_300s_window_holds_a_peak_until_it_leaves() {
-        let mut hpa = Hpa::new(&spec(0, 10, None));
+        let mut hpa = new_hpa(0, 10, None);
         let mut replicas = 10;
         // t=0: 50 messages, proposal 10 (and the first sync's record of the current 10).
         assert_eq!(hpa.sync(s(0), 50, replicas), None);
@@ -669,14 +768,14 @@ mod tests {
 
     #[test]
     fn nothing_happens_at_zero_replicas() {
-        let mut hpa = Hpa::new(&spec(0, 10, None));
+        let mut hpa = new_hpa(0, 10, None);
         assert_eq!(hpa.sync(s(0), 500, 0), None);
         assert_eq!(hpa.sync(s(15), 500, 0), None);
     }
 
     #[test]
     fn replicas_outside_min_and_max_are_brought_back_without_a_metric() {
-        let mut hpa = Hpa::new(&spec(3, 10, None));
+        let mut hpa = new_hpa(3, 10, None);
         let up = hpa.sync(s(0), 0, 1).expect("1 -> 3");
         assert_eq!(
             (up.to, up.reason.as_str()),
@@ -695,7 +794,7 @@ mod tests {
 
     #[test]
     fn the_behavior_path_with_default_policies_adds_max_of_4_pods_or_100_percent_per_15s() {
-        let mut hpa = Hpa::new(&spec(0, 20, Some(default_behavior())));
+        let mut hpa = new_hpa(0, 20, Some(default_behavior()));
         // 1 replica, 100 messages: proposal 20. Pods: 1+4 = 5; Percent: ceil(1*2) = 2; Max: 5.
         let first = hpa.sync(s(0), 100, 1).expect("1 -> 5");
         assert_eq!(first.to, 5);
@@ -718,7 +817,7 @@ mod tests {
 
     #[test]
     fn the_behavior_path_scales_down_after_its_300s_window_by_up_to_100_percent() {
-        let mut hpa = Hpa::new(&spec(0, 20, Some(default_behavior())));
+        let mut hpa = new_hpa(0, 20, Some(default_behavior()));
         assert_eq!(hpa.sync(s(0), 50, 10), None);
         let mut replicas = 10;
         // The 300 s window takes records strictly after now - 300: t=0's 10 holds through 285.
@@ -737,7 +836,7 @@ mod tests {
     fn custom_policies_pods_versus_percent_and_select_policy_min() {
         let mut behavior = default_behavior();
         behavior.scale_up.select_policy = SelectPolicy::Min;
-        let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
+        let mut hpa = new_hpa(0, 100, Some(behavior));
         // 10 replicas, 500 messages: Pods 10+4 = 14, Percent ceil(10*2) = 20; Min picks 14.
         let decision = hpa.sync(s(0), 500, 10).expect("10 -> 14");
         assert_eq!(decision.to, 14);
@@ -750,7 +849,7 @@ mod tests {
     #[test]
     fn a_scale_down_policy_limits_each_period() {
         let mut behavior = default_behavior();
-        behavior.scale_down = Rules {
+        behavior.scale_down = ScalingRules {
             stabilization_window: Duration::ZERO,
             select_policy: SelectPolicy::Max,
             policies: vec![
@@ -759,7 +858,7 @@ mod tests {
             ],
             tolerance: None,
         };
-        let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
+        let mut hpa = new_hpa(0, 100, Some(behavior));
         hpa.sync(s(0), 100, 20);
         // Empty queue: Percent int(20*0.5) = 10, Pods 20-2 = 18; Max (the biggest change) 10.
         let first = hpa.sync(s(15), 0, 20).expect("20 -> 10");
@@ -785,7 +884,7 @@ mod tests {
         let mut behavior = default_behavior();
         behavior.scale_down.select_policy = SelectPolicy::Disabled;
         behavior.scale_down.stabilization_window = Duration::ZERO;
-        let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
+        let mut hpa = new_hpa(0, 100, Some(behavior));
         hpa.sync(s(0), 50, 10);
         assert_eq!(hpa.sync(s(15), 0, 10), None);
         assert_eq!(hpa.sync(s(1000), 0, 10), None);
@@ -797,7 +896,7 @@ mod tests {
     fn a_scale_up_window_takes_the_lowest_recent_proposal() {
         let mut behavior = default_behavior();
         behavior.scale_up.stabilization_window = s(60);
-        let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
+        let mut hpa = new_hpa(0, 100, Some(behavior));
         // The first sync records the current 2.
         assert_eq!(hpa.sync(s(0), 10, 2), None, "10/(5*2) = 1: in the band");
         // A burst: proposal 20, but 2 (t=0) is within the last 60 s.
@@ -814,7 +913,7 @@ mod tests {
     fn a_behavior_tolerance_widens_the_band() {
         let mut behavior = default_behavior();
         behavior.scale_up.tolerance = Some(0.5);
-        let mut hpa = Hpa::new(&spec(0, 100, Some(behavior)));
+        let mut hpa = new_hpa(0, 100, Some(behavior));
         assert_eq!(hpa.sync(s(0), 70, 10), None, "70/50 = 1.4 is within 1.5");
         assert_eq!(hpa.sync(s(15), 80, 10).map(|d| d.to), Some(16));
     }
@@ -829,7 +928,7 @@ mod tests {
             metrics in proptest::collection::vec(0u64..500, 1..60),
         ) {
             let max = min.max(1) + extra;
-            let mut hpa = Hpa::new(&spec(min, max, None));
+            let mut hpa = new_hpa(min, max, None);
             let mut replicas = min.max(1);
             for (i, metric) in metrics.into_iter().enumerate() {
                 if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {
@@ -852,7 +951,7 @@ mod tests {
             metrics in proptest::collection::vec(0u64..1000, 1..60),
         ) {
             let max = min.max(1) + extra;
-            let mut hpa = Hpa::new(&spec(min, max, Some(default_behavior())));
+            let mut hpa = new_hpa(min, max, Some(default_behavior()));
             let mut replicas = min.max(1);
             for (i, metric) in metrics.into_iter().enumerate() {
                 if let Some(d) = hpa.sync(s(15 * i as u64), metric, replicas) {

@@ -7,7 +7,11 @@
 
 use std::time::Duration;
 
-use super::{By, Decision, spec::ScalingSpec};
+use super::{
+    clock::{next_tick, secs},
+    decision::{By, Decision},
+    spec::ScalingSpec,
+};
 
 /// KEDA's state for one ScaledObject. Times are cluster time since the controller started.
 #[derive(Debug)]
@@ -27,6 +31,12 @@ impl Keda {
             active: false,
             last_active_time: None,
         }
+    }
+
+    /// The poll after the one due `at`: KEDA polls when the ScaledObject is created, then every
+    /// pollingInterval; polls already missed at `now` are skipped.
+    pub fn next_poll(&self, at: Duration, now: Duration) -> Duration {
+        next_tick(at, self.spec.polling_interval, now)
     }
 
     /// One poll at `now` with the queue's `metric` and the Deployment's `replicas`: the change
@@ -138,15 +148,10 @@ impl Keda {
     }
 }
 
-/// A cluster time or period in seconds, as the log and the ScaledObject write them (`60s`, `2.5s`).
-fn secs(d: Duration) -> String {
-    format!("{}s", d.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scaling::spec::{Trigger, TriggerKind};
+    use crate::scaling::trigger::{Trigger, TriggerKind};
 
     fn s(secs: u64) -> Duration {
         Duration::from_secs(secs)
@@ -185,6 +190,13 @@ mod tests {
         assert!(keda.active());
         assert_eq!(keda.last_active_time(), Some(s(0)));
         assert_eq!(keda.cooldown_ends(), None, "no cooldown while active");
+    }
+
+    #[test]
+    fn polls_come_every_polling_interval() {
+        let keda = Keda::new(&spec(0, 0.0, 0));
+        assert_eq!(keda.next_poll(s(0), s(0)), s(10));
+        assert_eq!(keda.next_poll(s(10), s(35)), s(40));
     }
 
     #[test]

@@ -1,76 +1,31 @@
 //! `devstack --autoscale`: the consumers run as the replicas of a Deployment that KEDA and the
 //! HPA scale, from the ScaledObject that `kubectl apply -k deploy/base` applies.
 //!
-//! The rules (`spec`, `keda`, `hpa`) are pure: they take the cluster time (time since the
-//! controller started, in the ScaledObject's own units, before `--time-scale`), the metric and the
-//! Deployment's replica count, and return the change to make. The runtime (`replicas`,
-//! `controller`) runs them on the clock and turns their decisions into processes.
+//! The rules (`spec` with its `trigger`, `keda`, `hpa`, and the `decision` they return) are pure: they take the
+//! cluster time (time since the controller started, in the ScaledObject's own units, before
+//! `--time-scale`), the metric and the Deployment's replica count, and return the change to make.
+//! The runtime (`replicas`, `controller`) runs them on the `clock` and turns their decisions into
+//! processes, and publishes its state to the sidecar's status (`status`).
 
 pub mod clock;
 pub mod controller;
+pub mod decision;
 pub mod hpa;
 pub mod keda;
 pub mod replicas;
 pub mod spec;
+pub mod status;
+pub mod trigger;
+mod yaml;
 
 pub use clock::rfc3339;
-pub use controller::ScalingStatus;
-
-use std::fmt;
-
-use serde::Serialize;
-
-/// Which control loop made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum By {
-    Keda,
-    Hpa,
-}
-
-/// A change of the Deployment's replica count, with its inputs and its rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Decision {
-    pub by: By,
-    pub from: u32,
-    pub to: u32,
-    /// The metric the decision was made on (the queue length KEDA reads).
-    pub metric: u64,
-    /// The rule, in words, e.g. `metric 50 > activation 0` or
-    /// `proposal ceil(50/5)=10, stabilised 10, capped by max(2*1,4)=4`.
-    pub reason: String,
-    /// HPA only: the replica count the metric calls for, before stabilisation and limits.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proposal: Option<u32>,
-    /// HPA only: the proposal after the stabilisation window.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recommendation: Option<u32>,
-    /// HPA only: the rate limit in force (the legacy cap, or the behavior policies' limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-}
-
-/// The log line: `keda: metric 50 > activation 0, scaling consumer 0 -> 1`.
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let by = match self.by {
-            By::Keda => "keda",
-            By::Hpa => "hpa",
-        };
-        write!(
-            f,
-            "{by}: {}, scaling consumer {} -> {}",
-            self.reason, self.from, self.to
-        )
-    }
-}
+pub use status::{ReplicaState, ScalingStatus};
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, time::Duration};
+    use std::time::Duration;
 
-    use super::{hpa::Hpa, keda::Keda, spec::ScalingSpec, *};
+    use super::{decision::By, hpa::HPA_SYNC_PERIOD, keda::Keda, spec::ScalingSpec};
 
     /// Both loops on one clock, as the runtime runs them: KEDA every pollingInterval, the HPA
     /// every 15 s, both from 0 (the HPA first when they coincide), each change applied at once.
@@ -80,11 +35,11 @@ mod tests {
         metric: impl Fn(u64) -> u64,
     ) -> Vec<(u64, By, u32, u32)> {
         let mut keda = Keda::new(spec);
-        let mut hpa = Hpa::new(spec);
+        let mut hpa = spec.hpa();
         let mut replicas = 0;
         let mut changes = Vec::new();
         let polling = spec.polling_interval.as_secs();
-        let sync = spec::HPA_SYNC_PERIOD.as_secs();
+        let sync = HPA_SYNC_PERIOD.as_secs();
         for t in 0..=until {
             let now = Duration::from_secs(t);
             let mut decisions = Vec::new();
@@ -108,9 +63,7 @@ mod tests {
     }
 
     fn committed() -> ScalingSpec {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/consumer-scaling.yaml");
-        ScalingSpec::load(&path).expect("the committed ScaledObject loads")
+        ScalingSpec::committed().expect("the committed ScaledObject loads")
     }
 
     #[test]
@@ -146,45 +99,6 @@ mod tests {
                 (45, By::Hpa, 8, 10),
                 (120, By::Keda, 10, 0),
             ]
-        );
-    }
-
-    #[test]
-    fn decisions_serialise_for_the_status_with_hpa_fields_only_when_set() {
-        let keda = Decision {
-            by: By::Keda,
-            from: 0,
-            to: 1,
-            metric: 50,
-            reason: "metric 50 > activation 0".into(),
-            proposal: None,
-            recommendation: None,
-            limit: None,
-        };
-        assert_eq!(
-            serde_json::to_value(&keda).expect("serialises"),
-            serde_json::json!({
-                "by": "keda", "from": 0, "to": 1, "metric": 50,
-                "reason": "metric 50 > activation 0",
-            })
-        );
-        let hpa = Decision {
-            by: By::Hpa,
-            proposal: Some(10),
-            recommendation: Some(10),
-            limit: Some(4),
-            to: 4,
-            from: 1,
-            reason: "proposal ceil(50/5)=10, stabilised 10, capped by max(2*1,4)=4".into(),
-            ..keda
-        };
-        assert_eq!(
-            serde_json::to_value(&hpa).expect("serialises"),
-            serde_json::json!({
-                "by": "hpa", "from": 1, "to": 4, "metric": 50,
-                "reason": "proposal ceil(50/5)=10, stabilised 10, capped by max(2*1,4)=4",
-                "proposal": 10, "recommendation": 10, "limit": 4,
-            })
         );
     }
 }

@@ -11,7 +11,6 @@ use std::{
 };
 
 use tokio::{
-    process::{Child, Command},
     sync::{mpsc, watch},
     task::JoinSet,
     time::Instant,
@@ -19,17 +18,46 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    broker::{ReplicaState, Terminating},
-    config::UpArgs,
+    broker::Terminating,
+    delivery::{AppProtocol, AppTarget},
+    process::{self, LISTEN_LIMIT, Launch, Listening, Process, STOP_LIMIT},
     sidecar::{App, Sidecar},
-    supervisor::{self, LISTEN_LIMIT, Listening, STOP_LIMIT},
 };
 
-use super::clock::Clock;
+use super::{
+    clock::Clock,
+    status::{ReplicaState, Unregistered},
+};
+
+/// What every replica runs: the consumer's launch (each replica labelled `consumer-N`), and how
+/// many events the sidecar has in flight to each.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub launch: Launch,
+    pub max_concurrency: usize,
+}
+
+/// Starts delivering to the consumer `label` at `address`, and says where it is.
+pub fn deliver_to(
+    sidecar: &mut Sidecar,
+    label: &str,
+    address: SocketAddr,
+    max_concurrency: usize,
+) -> App {
+    info!(part = %label, app = %address, "delivering to consumer");
+    sidecar.add_app(
+        AppTarget {
+            protocol: AppProtocol::Grpc,
+            address,
+            max_concurrency,
+        },
+        label.to_owned(),
+    )
+}
 
 /// What a replica's watcher reports.
 #[derive(Debug)]
-pub enum Event {
+pub enum ReplicaEvent {
     /// It logged the address it bound (or did not within the limit).
     Listening {
         n: u32,
@@ -40,13 +68,6 @@ pub enum Event {
         n: u32,
         status: std::io::Result<ExitStatus>,
     },
-}
-
-/// A replica that exited without being scaled in: the stack stops, as when any part does.
-#[derive(Debug, thiserror::Error)]
-#[error("{label} stopped unexpectedly")]
-pub struct Unexpected {
-    pub label: String,
 }
 
 /// One consumer process.
@@ -81,36 +102,29 @@ impl Replica {
     }
 }
 
-/// Replicas not yet known to the sidecar (no address yet), by state: the status counts them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Unregistered {
-    pub starting: u32,
-    pub terminating: u32,
-}
-
 /// The consumer processes of an autoscaled stack.
 #[derive(Debug)]
 pub struct ReplicaSet {
-    args: UpArgs,
-    consumer: std::path::PathBuf,
+    template: Template,
+    /// The pods' terminationGracePeriod.
     grace: Duration,
     clock: Clock,
     /// Live replicas, oldest first.
     replicas: Vec<Replica>,
     next: u32,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<ReplicaEvent>,
+    events: mpsc::UnboundedReceiver<ReplicaEvent>,
     /// The tasks relaying the replicas' output and watching their processes.
     tasks: JoinSet<()>,
 }
 
 impl ReplicaSet {
-    /// No replica yet; `consumer` is the binary, `grace` the pods' terminationGracePeriod.
-    pub fn new(args: UpArgs, consumer: std::path::PathBuf, grace: Duration, clock: Clock) -> Self {
+    /// No replica yet; each is started from `template`, and gets `grace` (the pods'
+    /// terminationGracePeriod) when scaled in.
+    pub fn new(template: Template, grace: Duration, clock: Clock) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Self {
-            args,
-            consumer,
+            template,
             grace,
             clock,
             replicas: Vec::new(),
@@ -165,19 +179,14 @@ impl ReplicaSet {
         let n = self.next;
         self.next += 1;
         let label = format!("consumer-{n}");
-        let mut command = Command::new(&self.consumer);
-        // Each pod has its own ports: here, free ones, learnt from its `listening` event.
-        command
-            .env("APP_PORT", "0")
-            .env("METRICS_PORT", "0")
-            .env("MAX_CONCURRENCY", self.args.max_concurrency.to_string());
-        supervisor::log_listening(&mut command, &self.args, "consumer::server");
-        let (child, listening) = supervisor::spawn_child(&label, command, &mut self.tasks)?;
+        // Each pod has its own ports: the template's are free ones, learnt from its `listening`
+        // event.
+        let launch = self.template.launch.labelled(label.clone());
+        let (process, listening) = launch.spawn(&mut self.tasks)?;
         let (stop, stopped) = watch::channel(None);
         self.tasks.spawn(watch_replica(
             n,
-            label.clone(),
-            child,
+            process,
             listening,
             stopped,
             self.events_tx.clone(),
@@ -213,7 +222,7 @@ impl ReplicaSet {
     }
 
     /// The next report of a replica's watcher.
-    pub async fn next_event(&mut self) -> Event {
+    pub async fn next_event(&mut self) -> ReplicaEvent {
         self.events
             .recv()
             .await
@@ -222,9 +231,9 @@ impl ReplicaSet {
 
     /// Acts on a watcher's report. An error means the stack must stop: a replica exited without
     /// being scaled in, or never said where it listens.
-    pub fn handle(&mut self, event: Event, sidecar: &mut Sidecar) -> anyhow::Result<()> {
+    pub fn handle(&mut self, event: ReplicaEvent, sidecar: &mut Sidecar) -> anyhow::Result<()> {
         match event {
-            Event::Listening { n, address } => {
+            ReplicaEvent::Listening { n, address } => {
                 let Some(replica) = self.replicas.iter_mut().find(|r| r.n == n) else {
                     return Ok(());
                 };
@@ -235,15 +244,15 @@ impl ReplicaSet {
                 let address = address.inspect_err(|e| {
                     error!(part = %replica.label, error = %e, "stopping the stack");
                 })?;
-                replica.app = Some(supervisor::add_app(
+                replica.app = Some(deliver_to(
                     sidecar,
                     &replica.label,
                     address,
-                    &self.args,
+                    self.template.max_concurrency,
                 ));
                 Ok(())
             }
-            Event::Exited { n, status } => {
+            ReplicaEvent::Exited { n, status } => {
                 let Some(i) = self.replicas.iter().position(|r| r.n == n) else {
                     return Ok(());
                 };
@@ -251,25 +260,11 @@ impl ReplicaSet {
                 if let Some(app) = &replica.app {
                     sidecar.remove_app(app);
                 }
-                let label = replica.label;
-                match (status, replica.terminating) {
-                    (Ok(status), true) => {
-                        info!(part = %label, %status, "stopped");
-                        Ok(())
-                    }
-                    (Err(e), true) => {
-                        warn!(part = %label, error = %e, "cannot wait for the part");
-                        Ok(())
-                    }
-                    (Ok(status), false) => {
-                        error!(part = %label, %status, "a part stopped on its own; stopping the stack");
-                        Err(Unexpected { label }.into())
-                    }
-                    (Err(e), false) => {
-                        error!(part = %label, error = %e, "cannot wait for the part; stopping the stack");
-                        Err(Unexpected { label }.into())
-                    }
+                if !replica.terminating {
+                    return Err(process::died(&replica.label, status).into());
                 }
+                process::stopped(&replica.label, status);
+                Ok(())
             }
         }
     }
@@ -304,29 +299,28 @@ impl ReplicaSet {
 /// SIGTERM, then kills it if still running after the grace period.
 async fn watch_replica(
     n: u32,
-    label: String,
-    mut child: Child,
+    mut process: Process,
     listening: Listening,
     mut stop: watch::Receiver<Option<Duration>>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<ReplicaEvent>,
 ) {
     let deadline = Instant::now() + LISTEN_LIMIT;
     let status = tokio::select! {
-        status = child.wait() => Some(status),
-        grace = stop_requested(&mut stop) => Some(terminate(&label, &mut child, grace).await),
-        address = supervisor::listening_addr(&label, listening, deadline) => {
-            let _ = events.send(Event::Listening { n, address });
+        status = process.wait() => Some(status),
+        grace = stop_requested(&mut stop) => Some(process.stop(grace).await),
+        address = listening.address(deadline) => {
+            let _ = events.send(ReplicaEvent::Listening { n, address });
             None
         }
     };
     let status = match status {
         Some(status) => status,
         None => tokio::select! {
-            status = child.wait() => status,
-            grace = stop_requested(&mut stop) => terminate(&label, &mut child, grace).await,
+            status = process.wait() => status,
+            grace = stop_requested(&mut stop) => process.stop(grace).await,
         },
     };
-    let _ = events.send(Event::Exited { n, status });
+    let _ = events.send(ReplicaEvent::Exited { n, status });
 }
 
 /// The grace period once a stop is asked for; a replica set that is gone means stop now.
@@ -334,22 +328,6 @@ async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duratio
     match stop.wait_for(Option::is_some).await {
         Ok(grace) => grace.unwrap_or(Duration::ZERO),
         Err(_) => Duration::ZERO,
-    }
-}
-
-/// SIGTERM, then SIGKILL after `grace`, as the kubelet stops a pod.
-async fn terminate(label: &str, child: &mut Child, grace: Duration) -> std::io::Result<ExitStatus> {
-    // The child is not reaped yet (we own it and have not seen it exit): its pid is still its own.
-    if let Some(pid) = child.id() {
-        let _ = pipeline::shutdown::terminate(pid);
-    }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            warn!(part = %label, ?grace, "still running after the grace period; killing it");
-            child.kill().await?;
-            child.wait().await
-        }
     }
 }
 

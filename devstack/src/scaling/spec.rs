@@ -1,29 +1,28 @@
 //! What devstack reads from a ScaledObject (and the Deployment it scales), with KEDA's and
-//! Kubernetes' defaults for what is absent. Anything it cannot honour is an error naming the field.
+//! Kubernetes' defaults for what is absent. Anything it cannot honour is an error naming the file
+//! and the field.
+//!
+//! The manifest is read with serde derive into the structs at the end of this file, which hold it
+//! as written (each field's type checked by `yaml`), then `validate` applies KEDA's and the API
+//! server's rules and defaults.
 
 use std::{
-    fmt::Write as _,
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, anyhow};
-use serde::{Deserialize, Serialize};
-use serde_yaml_ng::{Mapping, Value};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_yaml_ng::Value;
 
-/// The HPA controller's sync period (kube-controller-manager `--horizontal-pod-autoscaler-sync-period`,
-/// 15 s in kubernetes `pkg/controller/podautoscaler/config/v1alpha1/defaults.go`).
-pub const HPA_SYNC_PERIOD: Duration = Duration::from_secs(15);
-
-/// The HPA controller's tolerance on the metric's ratio to its target
-/// (`--horizontal-pod-autoscaler-tolerance`, 0.1 in the same `defaults.go`).
-pub const HPA_TOLERANCE: f64 = 0.1;
-
-/// The HPA controller's scale-down stabilisation window
-/// (`--horizontal-pod-autoscaler-downscale-stabilization`, 5 min in the same `defaults.go`): the
-/// legacy path's window, and a `behavior`'s `scaleDown` window when it sets none
-/// (horizontal.go: `maybeInitScaleDownStabilizationWindow`).
-pub const DOWNSCALE_STABILISATION_WINDOW: Duration = Duration::from_secs(300);
+use super::{
+    clock::seconds,
+    hpa::{Behavior, Hpa, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy},
+    trigger::{Trigger, TriggerDoc},
+    yaml::{self, At, Int32, List, Object, Quantity, Str, Strict},
+};
+use crate::manifests;
 
 /// A pod's `terminationGracePeriodSeconds` when its template sets none (Kubernetes'
 /// `DefaultTerminationGracePeriodSeconds`).
@@ -39,13 +38,10 @@ const DEFAULT_COOLDOWN_PERIOD: i64 = 300;
 const DEFAULT_INITIAL_COOLDOWN_PERIOD: i64 = 0;
 const DEFAULT_MIN_REPLICA_COUNT: i64 = 0;
 const DEFAULT_MAX_REPLICA_COUNT: i64 = 100;
-// pkg/scalers/azure_servicebus_scaler.go: defaultTargetMessageCount.
-const DEFAULT_SERVICEBUS_MESSAGE_COUNT: i64 = 5;
-// pkg/scalers/rabbitmq_scaler.go: defaultRabbitMQQueueLength.
-const DEFAULT_RABBITMQ_QUEUE_LENGTH: f64 = 20.0;
 // kubernetes pkg/apis/autoscaling/validation: MaxStabilizationWindowSeconds, MaxPeriodSeconds.
 const MAX_STABILIZATION_WINDOW_SECONDS: i64 = 3600;
 const MAX_PERIOD_SECONDS: i64 = 1800;
+const INT32_MAX: i64 = i32::MAX as i64;
 
 /// A ScaledObject's scaling settings, as KEDA and the HPA it creates apply them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,74 +68,6 @@ pub struct ScalingSpec {
     pub termination_grace_period: Duration,
 }
 
-/// The one trigger devstack honours.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Trigger {
-    #[serde(rename = "type")]
-    pub kind: TriggerKind,
-    pub queue_name: String,
-    /// `messageCount` (azure-servicebus) or `value` (rabbitmq): the HPA's AverageValue target.
-    pub target: f64,
-    /// `activationMessageCount` or `activationValue`: active when the metric is greater.
-    pub activation: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TriggerKind {
-    /// Active messages, locked ones included; dead-lettered ones not.
-    AzureServicebus,
-    /// Ready + unacknowledged, or ready only with `excludeUnacknowledged`.
-    Rabbitmq { exclude_unacknowledged: bool },
-}
-
-/// An HPA `behavior`, with Kubernetes' defaults for missing fields.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Behavior {
-    pub scale_up: Rules,
-    pub scale_down: Rules,
-}
-
-/// `HPAScalingRules`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Rules {
-    #[serde(serialize_with = "seconds")]
-    pub stabilization_window: Duration,
-    pub select_policy: SelectPolicy,
-    pub policies: Vec<Policy>,
-    /// `tolerance`, honoured as Kubernetes 1.35 does (feature gate HPAConfigurableTolerance, beta
-    /// and on by default there); `None`: the controller's [`HPA_TOLERANCE`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tolerance: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum SelectPolicy {
-    Max,
-    Min,
-    Disabled,
-}
-
-/// `HPAScalingPolicy`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Policy {
-    #[serde(rename = "type")]
-    pub kind: PolicyKind,
-    pub value: u32,
-    #[serde(serialize_with = "seconds")]
-    pub period: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum PolicyKind {
-    Pods,
-    Percent,
-}
-
 impl ScalingSpec {
     /// Reads the ScaledObject at `path` (a YAML file, possibly with other documents) and the
     /// Deployment it scales from the YAML files in the same directory.
@@ -148,41 +76,78 @@ impl ScalingSpec {
     /// with Kubernetes' default grace period of 30 s, as its pods would if the Deployment's
     /// template set none. A Deployment that is there but unreadable, or found twice, is an error.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let docs = read_documents(path)?;
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{file}: cannot read the file"))?;
+        let spec = Self::parse(&file, &text)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let grace = grace_period(&spec.target, yaml_files(&dir)?, &dir.display().to_string())?;
+        Ok(Self {
+            termination_grace_period: grace,
+            ..spec
+        })
+    }
+
+    /// The committed ScaledObject and its Deployment (`deploy/base`), built into devstack.
+    pub fn committed() -> anyhow::Result<Self> {
+        let spec = Self::parse(
+            &manifests::SCALED_OBJECT.to_string(),
+            manifests::SCALED_OBJECT.text,
+        )?;
+        let deployment = manifests::DEPLOYMENT.to_string();
+        let docs = documents(&deployment, manifests::DEPLOYMENT.text);
+        let grace = grace_period(
+            &spec.target,
+            [docs.map(|d| (deployment.clone(), d))],
+            &deployment,
+        )?;
+        Ok(Self {
+            termination_grace_period: grace,
+            ..spec
+        })
+    }
+
+    /// The ScaledObject in `text`, the YAML of `file`, with the default grace period.
+    fn parse(file: &str, text: &str) -> anyhow::Result<Self> {
         let mut found = None;
-        for doc in &docs {
+        for doc in documents(file, text)? {
             if doc.get("kind").and_then(Value::as_str) != Some("ScaledObject") {
                 continue;
             }
             if found.is_some() {
                 return Err(anyhow!(
-                    "{}: holds several ScaledObjects; devstack runs one, give it a file with exactly one",
-                    path.display()
+                    "{file}: holds several ScaledObjects; devstack runs one, give it a file with exactly one"
                 ));
             }
             found = Some(doc);
         }
         let Some(doc) = found else {
             return Err(anyhow!(
-                "{}: no ScaledObject (kind: ScaledObject, apiVersion: keda.sh/v1alpha1) in this file",
-                path.display()
+                "{file}: no ScaledObject (kind: ScaledObject, apiVersion: keda.sh/v1alpha1) in this file"
             ));
         };
-        let root = Field::root(path, doc);
-        let mut spec = parse_scaled_object(&root)?;
-        spec.termination_grace_period = grace_period_of(path, &spec.target)?;
-        Ok(spec)
+        yaml::parse::<ScaledObject>(file, doc)?.validate(&At::root(file))
+    }
+
+    /// The HPA KEDA creates for this ScaledObject.
+    pub fn hpa(&self) -> Hpa {
+        Hpa::new(
+            self.min_replica_count,
+            self.max_replica_count,
+            self.trigger.target,
+            self.behavior.clone(),
+        )
     }
 }
 
-/// The YAML documents of a file; empty documents (a trailing `---`) left out.
-fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the file", path.display()))?;
+/// The YAML documents of `file`; empty documents (a trailing `---`) left out.
+fn documents(file: &str, text: &str) -> anyhow::Result<Vec<Value>> {
     let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let value = Value::deserialize(doc)
-            .map_err(|e| anyhow!("{}: malformed YAML: {e}", path.display()))?;
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| anyhow!("{file}: malformed YAML: {e}"))?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -190,682 +155,40 @@ fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
-/// A value in a YAML document and its field path, for errors that name both file and field.
-struct Field<'a> {
-    file: &'a Path,
-    path: String,
-    value: &'a Value,
-}
-
-impl<'a> Field<'a> {
-    /// A document's root. The ScaledObject is the only one of its file and a Deployment is found
-    /// by name, so the field path alone says where.
-    fn root(file: &'a Path, value: &'a Value) -> Self {
-        Self {
-            file,
-            path: String::new(),
-            value,
-        }
-    }
-
-    fn error(&self, message: impl std::fmt::Display) -> anyhow::Error {
-        if self.path.is_empty() {
-            anyhow!("{}: {message}", self.file.display())
-        } else {
-            anyhow!("{}: {}: {message}", self.file.display(), self.path)
-        }
-    }
-
-    fn child_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn mapping(&self) -> anyhow::Result<&'a Mapping> {
-        match self.value {
-            Value::Mapping(m) => Ok(m),
-            other => Err(self.error(format!("must be a mapping, not {}", describe(other)))),
-        }
-    }
-
-    /// The field `key` of this mapping; `None` when absent or null (Kubernetes drops null fields).
-    fn get(&self, key: &str) -> anyhow::Result<Option<Field<'a>>> {
-        let map = self.mapping()?;
-        Ok(map.get(key).filter(|v| !v.is_null()).map(|value| Field {
-            file: self.file,
-            path: self.child_path(key),
-            value,
-        }))
-    }
-
-    /// The field `key` where it is missing, for an error that names it.
-    fn absent(&self, key: &str) -> Field<'a> {
-        Field {
-            file: self.file,
-            path: self.child_path(key),
-            value: &Value::Null,
-        }
-    }
-
-    fn require(&self, key: &str) -> anyhow::Result<Field<'a>> {
-        self.get(key)?
-            .ok_or_else(|| self.absent(key).error("is required"))
-    }
-
-    /// Rejects keys outside `known`: kubectl refuses unknown fields (strict field validation),
-    /// and a misspelt setting silently left at its default is what this module exists to avoid.
-    fn only(&self, known: &[&str]) -> anyhow::Result<()> {
-        for key in self.mapping()?.keys() {
-            let name = key.as_str().unwrap_or_default();
-            if !known.contains(&name) {
-                return Err(self
-                    .absent(&yaml_key(key))
-                    .error(format!("unknown field (known here: {})", known.join(", "))));
-            }
-        }
-        Ok(())
-    }
-
-    fn str(&self) -> anyhow::Result<&'a str> {
-        match self.value {
-            Value::String(s) => Ok(s),
-            other => Err(self.error(format!("must be a string, not {}", describe(other)))),
-        }
-    }
-
-    /// An `int32` field (every count and period of a ScaledObject and an HPA behavior).
-    fn int(&self) -> anyhow::Result<i64> {
-        match self.value {
-            Value::Number(n) => match n.as_i64() {
-                Some(i) if i32::try_from(i).is_ok() => Ok(i),
-                Some(i) => Err(self.error(format!("{i} does not fit in an int32"))),
-                None => Err(self.error(format!("{n} is not a whole number"))),
-            },
-            other => Err(self.error(format!("must be a whole number, not {}", describe(other)))),
-        }
-    }
-
-    fn int_in(&self, min: i64, max: i64, rule: &str) -> anyhow::Result<i64> {
-        let n = self.int()?;
-        if n < min || n > max {
-            return Err(self.error(format!("{n} {rule}")));
-        }
-        Ok(n)
-    }
-
-    fn sequence(&self) -> anyhow::Result<&'a [Value]> {
-        match self.value {
-            Value::Sequence(s) => Ok(s),
-            other => Err(self.error(format!("must be a list, not {}", describe(other)))),
-        }
-    }
-
-    fn index(&self, i: usize, value: &'a Value) -> Field<'a> {
-        Field {
-            file: self.file,
-            path: format!("{}[{i}]", self.path),
-            value,
-        }
-    }
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
-    }
-}
-
-fn yaml_key(key: &Value) -> String {
-    match key {
-        Value::String(s) => s.clone(),
-        other => describe(other),
-    }
-}
-
-fn seconds_of(n: i64) -> Duration {
-    Duration::from_secs(u64::try_from(n).unwrap_or(0))
-}
-
-fn parse_scaled_object(root: &Field<'_>) -> anyhow::Result<ScalingSpec> {
-    let api_version = root.require("apiVersion")?;
-    if api_version.str()? != "keda.sh/v1alpha1" {
-        return Err(api_version.error(format!(
-            "{:?} is not keda.sh/v1alpha1, the ScaledObject version KEDA v2 serves",
-            api_version.str()?
-        )));
-    }
-    let metadata = root.require("metadata")?;
-    let name = metadata.require("name")?.str()?.to_owned();
-    check_annotations(&metadata)?;
-
-    let spec = root.require("spec")?;
-    spec.only(&[
-        "scaleTargetRef",
-        "pollingInterval",
-        "initialCooldownPeriod",
-        "cooldownPeriod",
-        "idleReplicaCount",
-        "minReplicaCount",
-        "maxReplicaCount",
-        "advanced",
-        "triggers",
-        "fallback",
-    ])?;
-
-    // A kustomize patch (an overlay's scaling.yaml) has no scaleTargetRef: say what is wanted.
-    let target_ref = spec.get("scaleTargetRef")?.ok_or_else(|| {
-        spec.absent("scaleTargetRef").error(
-            "is required (devstack reads a whole ScaledObject, not a kustomize patch of one)",
-        )
-    })?;
-    target_ref.only(&["name", "apiVersion", "kind", "envSourceContainerName"])?;
-    let target = target_ref.require("name")?.str()?.to_owned();
-    // KEDA scales any resource with a scale subresource; devstack runs a Deployment's pods, and a
-    // StatefulSet, say, picks its victims differently.
-    if let Some(kind) = target_ref.get("kind")?
-        && kind.str()? != "Deployment"
-    {
-        return Err(kind.error(format!(
-            "{:?}: devstack runs the replicas of a Deployment only",
-            kind.str()?
-        )));
-    }
-    if let Some(api) = target_ref.get("apiVersion")?
-        && api.str()? != "apps/v1"
-    {
-        return Err(api.error(format!("{:?}: a Deployment is apps/v1", api.str()?)));
-    }
-
-    // idleReplicaCount changes what "inactive" scales to (scale_scaledobjects.go:
-    // getIdleOrMinimumReplicaCount); devstack follows the plain 0 <-> N path only.
-    if let Some(idle) = spec.get("idleReplicaCount")? {
-        return Err(idle.error("is not supported by devstack (it follows minReplicaCount only)"));
-    }
-
-    let min = match spec.get("minReplicaCount")? {
-        Some(f) => f.int_in(0, i64::from(i32::MAX), "must be 0 or more")?,
-        None => DEFAULT_MIN_REPLICA_COUNT,
-    };
-    let max_field = spec.get("maxReplicaCount")?;
-    let max = match &max_field {
-        Some(f) => f.int_in(
-            1,
-            i64::from(i32::MAX),
-            "must be 1 or more (the HPA's maxReplicas)",
-        )?,
-        None => DEFAULT_MAX_REPLICA_COUNT,
-    };
-    // scaledobject_types.go: CheckReplicaCountBoundsAreValid.
-    if min > max {
-        let at = max_field.unwrap_or_else(|| spec.absent("maxReplicaCount"));
-        return Err(at.error(format!("{max} is less than minReplicaCount {min}")));
-    }
-    let polling = match spec.get("pollingInterval")? {
-        Some(f) => f.int_in(1, i64::from(i32::MAX), "must be 1 or more (seconds)")?,
-        None => DEFAULT_POLLING_INTERVAL,
-    };
-    let cooldown = match spec.get("cooldownPeriod")? {
-        Some(f) => f.int_in(0, i64::from(i32::MAX), "must be 0 or more (seconds)")?,
-        None => DEFAULT_COOLDOWN_PERIOD,
-    };
-    let initial_cooldown = match spec.get("initialCooldownPeriod")? {
-        Some(f) => f.int_in(0, i64::from(i32::MAX), "must be 0 or more (seconds)")?,
-        None => DEFAULT_INITIAL_COOLDOWN_PERIOD,
-    };
-
-    let trigger = parse_triggers(&spec)?;
-    let behavior = parse_advanced(&spec)?;
-
-    Ok(ScalingSpec {
-        name,
-        target,
-        min_replica_count: u32::try_from(min).unwrap_or(0),
-        max_replica_count: u32::try_from(max).unwrap_or(0),
-        polling_interval: seconds_of(polling),
-        cooldown_period: seconds_of(cooldown),
-        initial_cooldown_period: seconds_of(initial_cooldown),
-        trigger,
-        behavior,
-        termination_grace_period: DEFAULT_TERMINATION_GRACE_PERIOD,
-    })
-}
-
-/// KEDA's annotations that pause or force scaling (apis/keda/v1alpha1/scaledobject_types.go)
-/// change every decision; devstack does not model them.
-fn check_annotations(metadata: &Field<'_>) -> anyhow::Result<()> {
-    const CHANGING: [&str; 5] = [
-        "autoscaling.keda.sh/paused-replicas",
-        "autoscaling.keda.sh/paused",
-        "autoscaling.keda.sh/paused-scale-in",
-        "autoscaling.keda.sh/paused-scale-out",
-        "autoscaling.keda.sh/force-activation",
-    ];
-    let Some(annotations) = metadata.get("annotations")? else {
-        return Ok(());
-    };
-    for key in CHANGING {
-        if let Some(f) = annotations.get(key)? {
-            return Err(Field {
-                path: format!("{}.\"{key}\"", annotations.path),
-                ..f
-            }
-            .error("is not supported by devstack (it pauses or forces KEDA's scaling)"));
-        }
-    }
-    Ok(())
-}
-
-fn parse_triggers(spec: &Field<'_>) -> anyhow::Result<Trigger> {
-    let triggers = spec.require("triggers")?;
-    let list = triggers.sequence()?;
-    let [only] = list else {
-        return Err(triggers.error(format!(
-            "has {} triggers; devstack honours exactly one (azure-servicebus or rabbitmq)",
-            list.len()
-        )));
-    };
-    let trigger = triggers.index(0, only);
-    trigger.only(&[
-        "type",
-        "name",
-        "metadata",
-        "metricType",
-        "authenticationRef",
-        "useCachedMetrics",
-    ])?;
-    // pkg/scalers/scaler.go: GetMetricTargetType; "" is AverageValue.
-    if let Some(metric_type) = trigger.get("metricType")? {
-        let value = metric_type.str()?;
-        if value != "AverageValue" {
-            return Err(metric_type.error(format!(
-                "{value:?} is not supported by devstack (only AverageValue, the default)"
-            )));
-        }
-    }
-    let kind = trigger.require("type")?;
-    let metadata = trigger.require("metadata")?;
-    // The CRD types every metadata value as a string (`additionalProperties: {type: string}`), so
-    // the API server refuses `messageCount: 5` unquoted; so does devstack, rather than diverge.
-    for (key, value) in metadata.mapping()? {
-        if !value.is_string() {
-            return Err(metadata.absent(&yaml_key(key)).error(format!(
-                "must be a string (quote it), not {}",
-                describe(value)
-            )));
-        }
-    }
-    match kind.str()? {
-        "azure-servicebus" => servicebus_trigger(&metadata),
-        "rabbitmq" => rabbitmq_trigger(&metadata),
-        other => Err(kind.error(format!(
-            "{other:?} is not supported by devstack (azure-servicebus or rabbitmq)"
-        ))),
-    }
-}
-
-/// pkg/scalers/azure_servicebus_scaler.go: azureServiceBusMetadata and its Validate. KEDA reads
-/// these through its typed config, which parses int64 fields as JSON numbers.
-fn servicebus_trigger(metadata: &Field<'_>) -> anyhow::Result<Trigger> {
-    for key in ["topicName", "subscriptionName"] {
-        if let Some(f) = metadata.get(key)? {
-            return Err(f.error(
-                "is not supported by devstack, whose stand-in serves a queue (use queueName)",
-            ));
-        }
-    }
-    refuse_regex(metadata)?;
-    let queue_name = metadata.require("queueName")?.str()?.to_owned();
-    let target = match metadata.get("messageCount")? {
-        Some(f) => {
-            let n = parse_i64(&f)?;
-            // The HPA refuses a target that is not positive (autoscaling validation:
-            // validateMetricTarget, "must be positive").
-            if n <= 0 {
-                return Err(f.error(format!(
-                    "{n} must be greater than 0 (the HPA's averageValue)"
-                )));
-            }
-            n
-        }
-        None => DEFAULT_SERVICEBUS_MESSAGE_COUNT,
-    };
-    let activation = match metadata.get("activationMessageCount")? {
-        Some(f) => parse_i64(&f)?,
-        None => 0,
-    };
-    Ok(Trigger {
-        kind: TriggerKind::AzureServicebus,
-        queue_name,
-        target: target as f64,
-        activation: activation as f64,
-    })
-}
-
-/// pkg/scalers/rabbitmq_scaler.go: rabbitMQMetadata, Validate and validateTrigger.
-fn rabbitmq_trigger(metadata: &Field<'_>) -> anyhow::Result<Trigger> {
-    refuse_regex(metadata)?;
-    let queue_name = metadata.require("queueName")?.str()?.to_owned();
-    let mode = metadata.get("mode")?;
-    let value = metadata.get("value")?;
-    let queue_length = metadata.get("queueLength")?;
-    let value_of = |f: &Field<'_>| -> anyhow::Result<f64> {
-        let v = parse_f64(f)?;
-        if v < 0.0 {
-            return Err(f.error(format!(
-                "{v} must be greater than 0 (the HPA's averageValue)"
-            )));
-        }
-        Ok(v)
-    };
-    let target = match (&mode, &value, &queue_length) {
-        // "If nothing is specified for the trigger then return the default".
-        (None, None, None) => DEFAULT_RABBITMQ_QUEUE_LENGTH,
-        (None, None, Some(length)) => nonzero(length, value_of(length)?)?,
-        (_, _, Some(length)) => {
-            return Err(length.error("is deprecated and cannot be combined with mode and value; use mode: QueueLength and value"));
-        }
-        (None, Some(v), None) => {
-            return Err(v.error("needs mode: QueueLength beside it"));
-        }
-        (Some(m), v, None) => {
-            let mode = m.str()?;
-            if mode != "QueueLength" {
-                return Err(m.error(format!(
-                    "{mode:?} is not supported by devstack (QueueLength only)"
-                )));
-            }
-            let Some(v) = v else {
-                return Err(metadata
-                    .absent("value")
-                    .error("is required with mode: QueueLength"));
-            };
-            nonzero(v, value_of(v)?)?
-        }
-    };
-    let activation = match metadata.get("activationValue")? {
-        Some(f) => parse_f64(&f)?,
-        None => 0.0,
-    };
-    let exclude_unacknowledged = match metadata.get("excludeUnacknowledged")? {
-        Some(f) => parse_bool(&f)?,
-        None => false,
-    };
-    if exclude_unacknowledged && rabbitmq_protocol(metadata)? == Some("amqp") {
-        let f = metadata.require("excludeUnacknowledged")?;
-        return Err(f.error("true needs the http protocol (KEDA refuses it over amqp)"));
-    }
-    Ok(Trigger {
-        kind: TriggerKind::Rabbitmq {
-            exclude_unacknowledged,
-        },
-        queue_name,
-        target,
-        activation,
-    })
-}
-
-/// The protocol KEDA would use, when the metadata says: `protocol`, else the scheme of `host`
-/// (rabbitmq_scaler.go: Validate). `None` when the host comes from a TriggerAuthentication.
-fn rabbitmq_protocol<'a>(metadata: &Field<'a>) -> anyhow::Result<Option<&'a str>> {
-    if let Some(p) = metadata.get("protocol")? {
-        match p.str()? {
-            "amqp" => return Ok(Some("amqp")),
-            "http" => return Ok(Some("http")),
-            "auto" => {}
-            other => return Err(p.error(format!("{other:?} is not amqp, http or auto"))),
-        }
-    }
-    let Some(host) = metadata.get("host")? else {
-        return Ok(None);
-    };
-    let host = host.str()?;
-    Ok(match host.split_once("://").map(|(scheme, _)| scheme) {
-        Some("amqp" | "amqps") => Some("amqp"),
-        Some("http" | "https") => Some("http"),
-        _ => None,
-    })
-}
-
-/// `useRegex: "true"` scales on a set of queues (their sum, max or average); devstack serves one.
-fn refuse_regex(metadata: &Field<'_>) -> anyhow::Result<()> {
-    if let Some(f) = metadata.get("useRegex")?
-        && parse_bool(&f)?
-    {
-        return Err(
-            f.error("true is not supported by devstack (it serves one queue, named by queueName)")
-        );
-    }
-    Ok(())
-}
-
-fn nonzero(f: &Field<'_>, v: f64) -> anyhow::Result<f64> {
-    // rabbitmq_scaler.go: a zero value counts as unset ("value must be specified"); the HPA
-    // needs a positive target besides.
-    if v == 0.0 {
-        return Err(f.error("0 must be greater than 0 (the HPA's averageValue)"));
-    }
-    // KEDA hands the HPA int64(value * 1000) milli-units (scaler.go: GetMetricTargetMili): below
-    // 0.001 that is 0, which the HPA refuses.
-    if ((v * 1000.0) as i64) < 1 {
-        return Err(f.error(format!(
-            "{v} is below 0.001, which KEDA passes to the HPA as a target of 0"
-        )));
-    }
-    Ok(v)
-}
-
-fn parse_i64(f: &Field<'_>) -> anyhow::Result<i64> {
-    let s = f.str()?;
-    s.trim()
-        .parse::<i64>()
-        .map_err(|_| f.error(format!("{s:?} is not a whole number")))
-}
-
-fn parse_f64(f: &Field<'_>) -> anyhow::Result<f64> {
-    let s = f.str()?;
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .ok_or_else(|| f.error(format!("{s:?} is not a number")))
-}
-
-/// Go's strconv.ParseBool, which KEDA's typed config uses.
-fn parse_bool(f: &Field<'_>) -> anyhow::Result<bool> {
-    let s = f.str()?;
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(f.error(format!("{s:?} is not a boolean (true or false)"))),
-    }
-}
-
-fn parse_advanced(spec: &Field<'_>) -> anyhow::Result<Option<Behavior>> {
-    let Some(advanced) = spec.get("advanced")? else {
-        return Ok(None);
-    };
-    advanced.only(&[
-        "horizontalPodAutoscalerConfig",
-        "restoreToOriginalReplicaCount",
-        "scalingModifiers",
-    ])?;
-    // scaledobject_types.go: IsUsingModifiers, true unless scalingModifiers is empty.
-    if let Some(modifiers) = advanced.get("scalingModifiers")?
-        && !modifiers.mapping()?.is_empty()
-    {
-        return Err(modifiers
-            .error("is not supported by devstack (it computes one trigger's metric, no formula)"));
-    }
-    let Some(hpa) = advanced.get("horizontalPodAutoscalerConfig")? else {
-        return Ok(None);
-    };
-    hpa.only(&["behavior", "name"])?;
-    let Some(behavior) = hpa.get("behavior")? else {
-        return Ok(None);
-    };
-    behavior.only(&["scaleUp", "scaleDown"])?;
-    // kubernetes pkg/apis/autoscaling/v2/defaults.go: a behavior that is there gets every missing
-    // field from defaultHPAScaleUpRules / defaultHPAScaleDownRules (GenerateHPAScale*Rules).
-    let scale_up = parse_rules(
-        behavior.get("scaleUp")?,
-        Rules {
-            stabilization_window: Duration::ZERO,
-            select_policy: SelectPolicy::Max,
-            policies: vec![
-                Policy {
-                    kind: PolicyKind::Pods,
-                    value: 4,
-                    period: Duration::from_secs(15),
-                },
-                Policy {
-                    kind: PolicyKind::Percent,
-                    value: 100,
-                    period: Duration::from_secs(15),
-                },
-            ],
-            tolerance: None,
-        },
-    )?;
-    let scale_down = parse_rules(
-        behavior.get("scaleDown")?,
-        Rules {
-            // nil in defaults.go, then the controller's window (horizontal.go:
-            // maybeInitScaleDownStabilizationWindow).
-            stabilization_window: DOWNSCALE_STABILISATION_WINDOW,
-            select_policy: SelectPolicy::Max,
-            policies: vec![Policy {
-                kind: PolicyKind::Percent,
-                value: 100,
-                period: Duration::from_secs(15),
-            }],
-            tolerance: None,
-        },
-    )?;
-    Ok(Some(Behavior {
-        scale_up,
-        scale_down,
-    }))
-}
-
-/// One direction's rules over `defaults` (defaults.go: copyHPAScalingRules), validated as the API
-/// server does (pkg/apis/autoscaling/validation: validateScalingRules, validateScalingPolicy).
-fn parse_rules(rules: Option<Field<'_>>, defaults: Rules) -> anyhow::Result<Rules> {
-    let Some(rules) = rules else {
-        return Ok(defaults);
-    };
-    rules.only(&[
-        "stabilizationWindowSeconds",
-        "selectPolicy",
-        "policies",
-        "tolerance",
-    ])?;
-    let mut out = defaults;
-    if let Some(f) = rules.get("stabilizationWindowSeconds")? {
-        out.stabilization_window = seconds_of(f.int_in(
-            0,
-            MAX_STABILIZATION_WINDOW_SECONDS,
-            "must be between 0 and 3600 (seconds)",
-        )?);
-    }
-    if let Some(f) = rules.get("selectPolicy")? {
-        out.select_policy = match f.str()? {
-            "Max" => SelectPolicy::Max,
-            "Min" => SelectPolicy::Min,
-            "Disabled" => SelectPolicy::Disabled,
-            other => return Err(f.error(format!("{other:?} is not Max, Min or Disabled"))),
-        };
-    }
-    if let Some(f) = rules.get("policies")? {
-        let list = f.sequence()?;
-        if list.is_empty() {
-            return Err(f.error("must hold at least one policy"));
-        }
-        out.policies = list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| parse_policy(&f.index(i, v)))
-            .collect::<anyhow::Result<_>>()?;
-    }
-    if let Some(f) = rules.get("tolerance")? {
-        out.tolerance = Some(parse_tolerance(&f)?);
-    }
-    Ok(out)
-}
-
-fn parse_policy(policy: &Field<'_>) -> anyhow::Result<Policy> {
-    policy.only(&["type", "value", "periodSeconds"])?;
-    let kind_field = policy.require("type")?;
-    let kind = match kind_field.str()? {
-        "Pods" => PolicyKind::Pods,
-        "Percent" => PolicyKind::Percent,
-        other => return Err(kind_field.error(format!("{other:?} is not Pods or Percent"))),
-    };
-    let value =
-        policy
-            .require("value")?
-            .int_in(1, i64::from(i32::MAX), "must be greater than 0")?;
-    let period = policy.require("periodSeconds")?.int_in(
-        1,
-        MAX_PERIOD_SECONDS,
-        "must be between 1 and 1800 (seconds)",
-    )?;
-    Ok(Policy {
-        kind,
-        value: u32::try_from(value).unwrap_or(0),
-        period: seconds_of(period),
-    })
-}
-
-/// A `tolerance` quantity: a plain number (`0.05`, `1`) or milli-units (`50m`). Kubernetes takes
-/// any quantity, but other suffixes (`k`, `Mi`, exponents) make no sense for a ratio.
-fn parse_tolerance(f: &Field<'_>) -> anyhow::Result<f64> {
-    let text = match f.value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        other => return Err(f.error(format!("must be a number, not {}", describe(other)))),
-    };
-    let (digits, scale) = match text.strip_suffix('m') {
-        Some(d) => (d, 1000.0),
-        None => (text.as_str(), 1.0),
-    };
-    let valid = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
-    match digits.parse::<f64>() {
-        Ok(v) if valid && v.is_finite() => Ok(v / scale),
-        _ => Err(f.error(format!(
-            "{text:?} is not a tolerance of 0 or more (e.g. 0.05 or 50m)"
-        ))),
-    }
-}
-
-/// `terminationGracePeriodSeconds` of the Deployment `name`, found among the YAML files beside
-/// `scaled_object` (the kustomize base keeps them together); 30 s when there is none.
-fn grace_period_of(scaled_object: &Path, name: &str) -> anyhow::Result<Duration> {
-    let dir = match scaled_object.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The documents of every YAML file in `dir`, by file name, in name order; each file is read
+/// when its turn comes.
+fn yaml_files(
+    dir: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(String, Vec<Value>)>>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list the directory", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
-    files.sort();
+    paths.sort();
+    Ok(paths.into_iter().map(|path| {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{file}: cannot read the file"))?;
+        let docs = documents(&file, &text)?;
+        Ok((file, docs))
+    }))
+}
 
-    let mut found: Vec<(PathBuf, Duration)> = Vec::new();
-    for file in &files {
-        let docs = read_documents(file)?;
-        for doc in &docs {
+/// `terminationGracePeriodSeconds` of the Deployment `name` among the documents of `files` (the
+/// kustomize base keeps it beside the ScaledObject); 30 s when there is none. `place` says where
+/// the files are, for the error that finds it twice.
+fn grace_period(
+    name: &str,
+    files: impl IntoIterator<Item = anyhow::Result<(String, Vec<Value>)>>,
+    place: &str,
+) -> anyhow::Result<Duration> {
+    let mut found: Vec<(String, Duration)> = Vec::new();
+    for file in files {
+        let (file, docs) = file?;
+        for doc in docs {
             let is_it = doc.get("kind").and_then(Value::as_str) == Some("Deployment")
                 && doc.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
                 && doc
@@ -873,49 +196,459 @@ fn grace_period_of(scaled_object: &Path, name: &str) -> anyhow::Result<Duration>
                     .and_then(|m| m.get("name"))
                     .and_then(Value::as_str)
                     == Some(name);
-            if !is_it {
-                continue;
+            if is_it {
+                let deployment: Deployment = yaml::parse(&file, doc)?;
+                let grace = deployment.grace_period(&At::root(&file))?;
+                found.push((file.clone(), grace));
             }
-            // A Deployment patch (an overlay's) may leave the pod template out: the field is
-            // absent then, as it is from a template that does not set it.
-            let root = Field::root(file, doc);
-            let mut pod_spec = Some(root);
-            for key in ["spec", "template", "spec"] {
-                pod_spec = match pod_spec {
-                    Some(f) => f.get(key)?,
-                    None => None,
-                };
-            }
-            let field = match pod_spec {
-                Some(f) => f.get("terminationGracePeriodSeconds")?,
-                None => None,
-            };
-            let grace = match field {
-                Some(f) => seconds_of(f.int_in(0, i64::MAX, "must be 0 or more (seconds)")?),
-                None => DEFAULT_TERMINATION_GRACE_PERIOD,
-            };
-            found.push((file.clone(), grace));
         }
     }
     match found.as_slice() {
         [] => Ok(DEFAULT_TERMINATION_GRACE_PERIOD),
         [(_, grace)] => Ok(*grace),
         several => {
-            let mut files = String::new();
-            for (i, (file, _)) in several.iter().enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
-                let _ = write!(files, "{sep}{}", file.display());
-            }
+            let files: Vec<&str> = several.iter().map(|(file, _)| file.as_str()).collect();
             Err(anyhow!(
-                "{}: several Deployments named {name:?} ({files}); devstack cannot tell which one the ScaledObject scales",
-                dir.display()
+                "{place}: several Deployments named {name:?} ({}); devstack cannot tell which one the ScaledObject scales",
+                files.join(", ")
             ))
         }
     }
 }
 
-fn seconds<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_f64(value.as_secs_f64())
+/// An int32 field's value when set, if within `min..=max`; else the error `{n} {rule}`.
+fn within(
+    value: Option<Int32>,
+    at: &At<'_>,
+    (min, max): (i64, i64),
+    rule: &str,
+) -> anyhow::Result<Option<i64>> {
+    match value {
+        Some(Int32(n)) if n < min || n > max => Err(at.error(format!("{n} {rule}"))),
+        Some(Int32(n)) => Ok(Some(n)),
+        None => Ok(None),
+    }
+}
+
+/// An int32 field that must be there, within `min..=max`.
+fn required_within(
+    value: Option<Int32>,
+    at: &At<'_>,
+    range: (i64, i64),
+    rule: &str,
+) -> anyhow::Result<i64> {
+    at.required(within(value, at, range, rule)?)
+}
+
+fn seconds_of(n: i64) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap_or(0))
+}
+
+fn count(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+impl ScaledObject {
+    fn validate(self, root: &At<'_>) -> anyhow::Result<ScalingSpec> {
+        let at = root.field("apiVersion");
+        let Str(api_version) = at.required(self.api_version)?;
+        if api_version != "keda.sh/v1alpha1" {
+            return Err(at.error(format!(
+                "{api_version:?} is not keda.sh/v1alpha1, the ScaledObject version KEDA v2 serves"
+            )));
+        }
+        let at = root.field("metadata");
+        let Object(metadata) = at.required(self.metadata)?;
+        let Str(name) = at.field("name").required(metadata.name)?;
+        if let Some(Object(annotations)) = &metadata.annotations {
+            refuse_annotations(annotations, &at.field("annotations"))?;
+        }
+        let at = root.field("spec");
+        let Strict(spec) = at.required(self.spec)?;
+        spec.validate(name, &at)
+    }
+}
+
+/// KEDA's annotations that pause or force scaling (apis/keda/v1alpha1/scaledobject_types.go)
+/// change every decision; devstack does not model them.
+fn refuse_annotations(annotations: &BTreeMap<String, Value>, at: &At<'_>) -> anyhow::Result<()> {
+    const CHANGING: [&str; 5] = [
+        "autoscaling.keda.sh/paused-replicas",
+        "autoscaling.keda.sh/paused",
+        "autoscaling.keda.sh/paused-scale-in",
+        "autoscaling.keda.sh/paused-scale-out",
+        "autoscaling.keda.sh/force-activation",
+    ];
+    for key in CHANGING {
+        if annotations.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(at
+                .quoted(key)
+                .error("is not supported by devstack (it pauses or forces KEDA's scaling)"));
+        }
+    }
+    Ok(())
+}
+
+impl ScaledObjectSpec {
+    fn validate(self, name: String, at: &At<'_>) -> anyhow::Result<ScalingSpec> {
+        // A kustomize patch (an overlay's scaling.yaml) has no scaleTargetRef: say what is wanted.
+        let target_at = at.field("scaleTargetRef");
+        let Strict(target_ref) = self.scale_target_ref.ok_or_else(|| {
+            target_at.error(
+                "is required (devstack reads a whole ScaledObject, not a kustomize patch of one)",
+            )
+        })?;
+        let Str(target) = target_at.field("name").required(target_ref.name)?;
+        // KEDA scales any resource with a scale subresource; devstack runs a Deployment's pods,
+        // and a StatefulSet, say, picks its victims differently.
+        if let Some(Str(kind)) = &target_ref.kind
+            && kind != "Deployment"
+        {
+            return Err(target_at.field("kind").error(format!(
+                "{kind:?}: devstack runs the replicas of a Deployment only"
+            )));
+        }
+        if let Some(Str(api)) = &target_ref.api_version
+            && api != "apps/v1"
+        {
+            return Err(target_at
+                .field("apiVersion")
+                .error(format!("{api:?}: a Deployment is apps/v1")));
+        }
+        // idleReplicaCount changes what "inactive" scales to (scale_scaledobjects.go:
+        // getIdleOrMinimumReplicaCount); devstack follows the plain 0 <-> N path only.
+        if self.idle_replica_count.is_some() {
+            return Err(at
+                .field("idleReplicaCount")
+                .error("is not supported by devstack (it follows minReplicaCount only)"));
+        }
+
+        let min = within(
+            self.min_replica_count,
+            &at.field("minReplicaCount"),
+            (0, INT32_MAX),
+            "must be 0 or more",
+        )?
+        .unwrap_or(DEFAULT_MIN_REPLICA_COUNT);
+        let max_at = at.field("maxReplicaCount");
+        let max = within(
+            self.max_replica_count,
+            &max_at,
+            (1, INT32_MAX),
+            "must be 1 or more (the HPA's maxReplicas)",
+        )?
+        .unwrap_or(DEFAULT_MAX_REPLICA_COUNT);
+        // scaledobject_types.go: CheckReplicaCountBoundsAreValid.
+        if min > max {
+            return Err(max_at.error(format!("{max} is less than minReplicaCount {min}")));
+        }
+        let period = |value, key, min, rule| within(value, &at.field(key), (min, INT32_MAX), rule);
+        let polling = period(
+            self.polling_interval,
+            "pollingInterval",
+            1,
+            "must be 1 or more (seconds)",
+        )?
+        .unwrap_or(DEFAULT_POLLING_INTERVAL);
+        let cooldown = period(
+            self.cooldown_period,
+            "cooldownPeriod",
+            0,
+            "must be 0 or more (seconds)",
+        )?
+        .unwrap_or(DEFAULT_COOLDOWN_PERIOD);
+        let initial_cooldown = period(
+            self.initial_cooldown_period,
+            "initialCooldownPeriod",
+            0,
+            "must be 0 or more (seconds)",
+        )?
+        .unwrap_or(DEFAULT_INITIAL_COOLDOWN_PERIOD);
+
+        let at_triggers = at.field("triggers");
+        let List(triggers) = at_triggers.required(self.triggers)?;
+        let n = triggers.len();
+        let Ok([Strict(trigger)]) = <[_; 1]>::try_from(triggers) else {
+            return Err(at_triggers.error(format!(
+                "has {n} triggers; devstack honours exactly one (azure-servicebus or rabbitmq)"
+            )));
+        };
+        let trigger = trigger.validate(&at_triggers.index(0))?;
+        let behavior = match self.advanced {
+            Some(Strict(advanced)) => advanced.behavior(&at.field("advanced"))?,
+            None => None,
+        };
+
+        Ok(ScalingSpec {
+            name,
+            target,
+            min_replica_count: count(min),
+            max_replica_count: count(max),
+            polling_interval: seconds_of(polling),
+            cooldown_period: seconds_of(cooldown),
+            initial_cooldown_period: seconds_of(initial_cooldown),
+            trigger,
+            behavior,
+            termination_grace_period: DEFAULT_TERMINATION_GRACE_PERIOD,
+        })
+    }
+}
+
+impl Advanced {
+    fn behavior(self, at: &At<'_>) -> anyhow::Result<Option<Behavior>> {
+        // scaledobject_types.go: IsUsingModifiers, true unless scalingModifiers is empty.
+        if let Some(Object(modifiers)) = &self.scaling_modifiers
+            && !modifiers.is_empty()
+        {
+            return Err(at.field("scalingModifiers").error(
+                "is not supported by devstack (it computes one trigger's metric, no formula)",
+            ));
+        }
+        let Some(Strict(config)) = self.horizontal_pod_autoscaler_config else {
+            return Ok(None);
+        };
+        let Some(Strict(behavior)) = config.behavior else {
+            return Ok(None);
+        };
+        // kubernetes pkg/apis/autoscaling/v2/defaults.go: a behavior that is there gets every
+        // missing field from defaultHPAScaleUpRules / defaultHPAScaleDownRules.
+        let at = at.field("horizontalPodAutoscalerConfig").field("behavior");
+        Ok(Some(Behavior {
+            scale_up: rules(
+                behavior.scale_up,
+                &at.field("scaleUp"),
+                ScalingRules::scale_up_default(),
+            )?,
+            scale_down: rules(
+                behavior.scale_down,
+                &at.field("scaleDown"),
+                ScalingRules::scale_down_default(),
+            )?,
+        }))
+    }
+}
+
+/// One direction's rules over `defaults` (defaults.go: copyHPAScalingRules), validated as the API
+/// server does (pkg/apis/autoscaling/validation: validateScalingRules, validateScalingPolicy).
+fn rules(
+    doc: Option<Strict<RulesDoc>>,
+    at: &At<'_>,
+    defaults: ScalingRules,
+) -> anyhow::Result<ScalingRules> {
+    let Some(Strict(doc)) = doc else {
+        return Ok(defaults);
+    };
+    let mut out = defaults;
+    if let Some(window) = within(
+        doc.stabilization_window_seconds,
+        &at.field("stabilizationWindowSeconds"),
+        (0, MAX_STABILIZATION_WINDOW_SECONDS),
+        "must be between 0 and 3600 (seconds)",
+    )? {
+        out.stabilization_window = seconds_of(window);
+    }
+    if let Some(Str(select)) = doc.select_policy {
+        out.select_policy = match select.as_str() {
+            "Max" => SelectPolicy::Max,
+            "Min" => SelectPolicy::Min,
+            "Disabled" => SelectPolicy::Disabled,
+            other => {
+                return Err(at
+                    .field("selectPolicy")
+                    .error(format!("{other:?} is not Max, Min or Disabled")));
+            }
+        };
+    }
+    if let Some(List(policies)) = doc.policies {
+        let at = at.field("policies");
+        if policies.is_empty() {
+            return Err(at.error("must hold at least one policy"));
+        }
+        out.policies = policies
+            .into_iter()
+            .enumerate()
+            .map(|(i, Strict(policy))| policy.validate(&at.index(i)))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(Quantity(text)) = doc.tolerance {
+        out.tolerance = Some(tolerance(&text).ok_or_else(|| {
+            at.field("tolerance").error(format!(
+                "{text:?} is not a tolerance of 0 or more (e.g. 0.05 or 50m)"
+            ))
+        })?);
+    }
+    Ok(out)
+}
+
+impl PolicyDoc {
+    fn validate(self, at: &At<'_>) -> anyhow::Result<ScalingPolicy> {
+        let kind_at = at.field("type");
+        let kind = match kind_at.required(self.kind)?.0.as_str() {
+            "Pods" => PolicyKind::Pods,
+            "Percent" => PolicyKind::Percent,
+            other => return Err(kind_at.error(format!("{other:?} is not Pods or Percent"))),
+        };
+        let value = required_within(
+            self.value,
+            &at.field("value"),
+            (1, INT32_MAX),
+            "must be greater than 0",
+        )?;
+        let period = required_within(
+            self.period_seconds,
+            &at.field("periodSeconds"),
+            (1, MAX_PERIOD_SECONDS),
+            "must be between 1 and 1800 (seconds)",
+        )?;
+        Ok(ScalingPolicy {
+            kind,
+            value: count(value),
+            period: seconds_of(period),
+        })
+    }
+}
+
+/// A `tolerance` quantity: a plain number (`0.05`, `1`) or milli-units (`50m`). Kubernetes takes
+/// any quantity, but other suffixes (`k`, `Mi`, exponents) make no sense for a ratio.
+fn tolerance(text: &str) -> Option<f64> {
+    let (digits, scale) = match text.strip_suffix('m') {
+        Some(d) => (d, 1000.0),
+        None => (text, 1.0),
+    };
+    let valid = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+    match digits.parse::<f64>() {
+        Ok(v) if valid && v.is_finite() => Some(v / scale),
+        _ => None,
+    }
+}
+
+impl Deployment {
+    /// Its pods' grace period. A Deployment patch (an overlay's) may leave the pod template out:
+    /// the field is absent then, as it is from a template that does not set it.
+    fn grace_period(self, root: &At<'_>) -> anyhow::Result<Duration> {
+        let at = root
+            .field("spec")
+            .field("template")
+            .field("spec")
+            .field("terminationGracePeriodSeconds");
+        let seconds = self
+            .spec
+            .and_then(|Object(spec)| spec.template)
+            .and_then(|Object(template)| template.spec)
+            .and_then(|Object(pod)| pod.termination_grace_period_seconds);
+        Ok(
+            within(seconds, &at, (0, i64::MAX), "must be 0 or more (seconds)")?
+                .map_or(DEFAULT_TERMINATION_GRACE_PERIOD, seconds_of),
+        )
+    }
+}
+
+// The manifests as written, field by field: what `validate` reads. A `Strict` mapping refuses
+// keys that are not its fields (in the order the error lists them); fields read but not used
+// are `IgnoredAny`.
+
+/// A ScaledObject (keda.sh/v1alpha1); other top-level fields (kind, status) are not read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaledObject {
+    api_version: Option<Str>,
+    metadata: Option<Object<ObjectMeta>>,
+    spec: Option<Strict<ScaledObjectSpec>>,
+}
+
+#[derive(Deserialize)]
+struct ObjectMeta {
+    name: Option<Str>,
+    annotations: Option<Object<BTreeMap<String, Value>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaledObjectSpec {
+    scale_target_ref: Option<Strict<ScaleTargetRef>>,
+    polling_interval: Option<Int32>,
+    initial_cooldown_period: Option<Int32>,
+    cooldown_period: Option<Int32>,
+    idle_replica_count: Option<IgnoredAny>,
+    min_replica_count: Option<Int32>,
+    max_replica_count: Option<Int32>,
+    advanced: Option<Strict<Advanced>>,
+    triggers: Option<List<Strict<TriggerDoc>>>,
+    #[serde(rename = "fallback")]
+    _fallback: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaleTargetRef {
+    name: Option<Str>,
+    api_version: Option<Str>,
+    kind: Option<Str>,
+    #[serde(rename = "envSourceContainerName")]
+    _env_source_container_name: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Advanced {
+    horizontal_pod_autoscaler_config: Option<Strict<HpaConfig>>,
+    #[serde(rename = "restoreToOriginalReplicaCount")]
+    _restore_to_original_replica_count: Option<IgnoredAny>,
+    scaling_modifiers: Option<Object<serde_yaml_ng::Mapping>>,
+}
+
+#[derive(Deserialize)]
+struct HpaConfig {
+    behavior: Option<Strict<BehaviorDoc>>,
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BehaviorDoc {
+    scale_up: Option<Strict<RulesDoc>>,
+    scale_down: Option<Strict<RulesDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RulesDoc {
+    stabilization_window_seconds: Option<Int32>,
+    select_policy: Option<Str>,
+    policies: Option<List<Strict<PolicyDoc>>>,
+    tolerance: Option<Quantity>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyDoc {
+    #[serde(rename = "type")]
+    kind: Option<Str>,
+    value: Option<Int32>,
+    period_seconds: Option<Int32>,
+}
+
+/// An apps/v1 Deployment, down to its pods' grace period.
+#[derive(Deserialize)]
+struct Deployment {
+    spec: Option<Object<DeploymentSpec>>,
+}
+
+#[derive(Deserialize)]
+struct DeploymentSpec {
+    template: Option<Object<PodTemplate>>,
+}
+
+#[derive(Deserialize)]
+struct PodTemplate {
+    spec: Option<Object<PodSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    termination_grace_period_seconds: Option<Int32>,
 }
 
 #[cfg(test)]
@@ -923,6 +656,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use crate::scaling::{hpa::DOWNSCALE_STABILISATION_WINDOW, trigger::TriggerKind};
 
     /// A directory of YAML files for one test, removed when dropped.
     struct Dir(PathBuf);
@@ -966,22 +700,18 @@ spec:
         queueName: msgqueue
 ";
 
-    /// Loads `text` as `so.yaml`, alone in its directory.
+    /// Reads `text` as the ScaledObject file `so.yaml`, alone (no Deployment beside it).
     fn load(text: &str) -> anyhow::Result<ScalingSpec> {
-        let dir = Dir::new();
-        ScalingSpec::load(&dir.write("so.yaml", text))
+        ScalingSpec::parse("so.yaml", text)
     }
 
-    /// The error `text` gives, with the file's path taken off the front.
+    /// The error `text` gives, with the file's name taken off the front.
     fn error(text: &str) -> String {
-        let dir = Dir::new();
-        let path = dir.write("so.yaml", text);
-        let message = ScalingSpec::load(&path)
+        let message = load(text)
             .expect_err("the ScaledObject is refused")
             .to_string();
-        let prefix = format!("{}: ", path.display());
         message
-            .strip_prefix(&prefix)
+            .strip_prefix("so.yaml: ")
             .unwrap_or_else(|| panic!("{message:?} does not start with the file name"))
             .to_owned()
     }
@@ -1010,6 +740,11 @@ spec:
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/consumer-scaling.yaml");
         let spec = ScalingSpec::load(&path).expect("the committed ScaledObject loads");
+        // The copy built into devstack reads the same, its Deployment's grace period included.
+        assert_eq!(
+            ScalingSpec::committed().expect("the built-in ScaledObject loads"),
+            spec
+        );
         assert_eq!(
             spec,
             ScalingSpec {
@@ -1028,20 +763,20 @@ spec:
                 },
                 // Its scaleUp as written, Kubernetes' defaults for the rest.
                 behavior: Some(Behavior {
-                    scale_up: Rules {
+                    scale_up: ScalingRules {
                         stabilization_window: Duration::ZERO,
                         select_policy: SelectPolicy::Max,
-                        policies: vec![Policy {
+                        policies: vec![ScalingPolicy {
                             kind: PolicyKind::Pods,
                             value: 10,
                             period: Duration::from_secs(15),
                         }],
                         tolerance: None,
                     },
-                    scale_down: Rules {
+                    scale_down: ScalingRules {
                         stabilization_window: DOWNSCALE_STABILISATION_WINDOW,
                         select_policy: SelectPolicy::Max,
-                        policies: vec![Policy {
+                        policies: vec![ScalingPolicy {
                             kind: PolicyKind::Percent,
                             value: 100,
                             period: Duration::from_secs(15),
@@ -1057,7 +792,9 @@ spec:
 
     #[test]
     fn absent_fields_take_kedas_defaults_and_a_lone_scaled_object_gets_30s_of_grace() {
-        let spec = load(MINIMAL).expect("loads");
+        let dir = Dir::new();
+        let spec = ScalingSpec::load(&dir.write("so.yaml", MINIMAL)).expect("loads");
+        assert_eq!(spec, load(MINIMAL).expect("loads"));
         assert_eq!(spec.min_replica_count, 0);
         assert_eq!(spec.max_replica_count, 100);
         assert_eq!(spec.polling_interval, Duration::from_secs(30));
@@ -1113,16 +850,16 @@ spec:
         assert_eq!(
             spec.behavior,
             Some(Behavior {
-                scale_up: Rules {
+                scale_up: ScalingRules {
                     stabilization_window: Duration::ZERO,
                     select_policy: SelectPolicy::Max,
                     policies: vec![
-                        Policy {
+                        ScalingPolicy {
                             kind: PolicyKind::Pods,
                             value: 4,
                             period: fifteen
                         },
-                        Policy {
+                        ScalingPolicy {
                             kind: PolicyKind::Percent,
                             value: 100,
                             period: fifteen
@@ -1130,10 +867,10 @@ spec:
                     ],
                     tolerance: None,
                 },
-                scale_down: Rules {
+                scale_down: ScalingRules {
                     stabilization_window: Duration::from_secs(300),
                     select_policy: SelectPolicy::Max,
-                    policies: vec![Policy {
+                    policies: vec![ScalingPolicy {
                         kind: PolicyKind::Percent,
                         value: 100,
                         period: fifteen
@@ -1171,7 +908,7 @@ spec:
         assert_eq!(behavior.scale_down.select_policy, SelectPolicy::Max);
         assert_eq!(
             behavior.scale_down.policies,
-            vec![Policy {
+            vec![ScalingPolicy {
                 kind: PolicyKind::Pods,
                 value: 1,
                 period: Duration::from_secs(60)

@@ -1,0 +1,131 @@
+//! The `scaling` object of `GET /devstack/status`, and the state of each consumer replica the
+//! status shows. The sidecar's status holds these; the scaling runtime publishes them.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use super::{decision::Decision, spec::ScalingSpec};
+
+/// How many scaling events the status keeps.
+pub const EVENTS_KEPT: usize = 256;
+
+/// The `scaling` object of `GET /devstack/status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    pub settings: ScalingSettings,
+    /// The Deployment's spec.replicas, as KEDA and the HPA last set it.
+    pub replicas: u32,
+    pub ready: u32,
+    pub starting: u32,
+    pub terminating: u32,
+    /// The last metric either loop read.
+    pub metric: Option<u64>,
+    pub active: bool,
+    pub last_active_time: Option<String>,
+    pub cooldown_ends_at: Option<String>,
+    /// Every change, oldest first; the last [`EVENTS_KEPT`].
+    pub events: VecDeque<ScalingEvent>,
+    /// Replicas the sidecar does not know yet, counted in by [`counted`](Self::counted).
+    #[serde(skip)]
+    pub unregistered: Unregistered,
+}
+
+impl ScalingStatus {
+    /// With the replica counts, from the states of the consumers the sidecar knows.
+    pub fn counted(mut self, states: impl Iterator<Item = ReplicaState>) -> Self {
+        self.ready = 0;
+        self.starting = self.unregistered.starting;
+        self.terminating = self.unregistered.terminating;
+        for state in states {
+            match state {
+                ReplicaState::Ready => self.ready += 1,
+                ReplicaState::Starting => self.starting += 1,
+                ReplicaState::Terminating => self.terminating += 1,
+            }
+        }
+        self
+    }
+}
+
+/// The scaling settings in force: the ScaledObject's (real seconds, before the time scale), the
+/// factor, and the HPA's sync period.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSettings {
+    #[serde(flatten)]
+    pub spec: ScalingSpec,
+    pub time_scale: f64,
+    pub hpa_sync_period: f64,
+}
+
+/// One change of the replica count, when it was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingEvent {
+    pub at: String,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+/// Replicas not yet known to the sidecar (no address yet), by state: the status counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unregistered {
+    pub starting: u32,
+    pub terminating: u32,
+}
+
+/// A consumer's lifecycle, as a pod's: starting until it is ready, then ready (the sidecar
+/// delivers to it), then terminating once picked to scale in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    Starting,
+    Ready,
+    Terminating,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_counts_add_the_ones_the_sidecar_does_not_know_yet() {
+        let status = ScalingStatus {
+            settings: ScalingSettings {
+                spec: ScalingSpec::committed().expect("the committed one"),
+                time_scale: 1.0,
+                hpa_sync_period: 15.0,
+            },
+            replicas: 5,
+            ready: 9,
+            starting: 9,
+            terminating: 9,
+            metric: None,
+            active: false,
+            last_active_time: None,
+            cooldown_ends_at: None,
+            events: VecDeque::new(),
+            unregistered: Unregistered {
+                starting: 2,
+                terminating: 1,
+            },
+        };
+        let states = [
+            ReplicaState::Ready,
+            ReplicaState::Ready,
+            ReplicaState::Starting,
+            ReplicaState::Terminating,
+        ];
+        let counted = status.counted(states.into_iter());
+        assert_eq!(
+            (counted.ready, counted.starting, counted.terminating),
+            (2, 3, 2)
+        );
+        let json = serde_json::to_value(&counted).unwrap();
+        assert!(json.get("unregistered").is_none(), "{json}");
+        assert_eq!(json["settings"]["timeScale"], 1.0);
+        assert_eq!(json["settings"]["cooldownPeriod"], 60.0);
+        assert_eq!(json["lastActiveTime"], serde_json::Value::Null);
+    }
+}
