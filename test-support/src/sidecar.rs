@@ -5,12 +5,13 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use pipeline::{
     dapr_runtime::{BindingHandler, DaprRuntimeServer},
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
@@ -82,14 +83,14 @@ impl Recorder {
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
         if let Some((after, code)) = self.behaviour.fail_after
-            && self.calls.lock().unwrap().len() >= after
+            && self.calls.lock().len() >= after
         {
             return Err(Status::new(code, "injected failure"));
         }
         tokio::time::sleep(self.behaviour.delay).await;
         let headers = headers(&request);
         let message = request.into_inner();
-        let mut calls = self.calls.lock().unwrap();
+        let mut calls = self.calls.lock();
         calls.push(Call {
             name: message.name,
             operation: message.operation,
@@ -147,7 +148,7 @@ impl FakeSidecar {
 
     /// Calls accepted so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.recorder.calls.lock().unwrap().clone()
+        self.recorder.calls.lock().clone()
     }
 
     /// Waits, at most [`super::WAIT`], until `n` calls have been accepted.
@@ -176,6 +177,6 @@ impl FakeSidecar {
     /// Stops serving, waits for the server to end, and returns every call it accepted.
     pub async fn stop(self) -> Vec<Call> {
         self.server.stop("fake sidecar").await;
-        self.recorder.calls.lock().unwrap().clone()
+        self.recorder.calls.lock().clone()
     }
 }
