@@ -42,9 +42,9 @@ const MESSAGE_ID_KEY: &str = "id";
 /// The gRPC path daprd calls with each input binding event.
 const ON_BINDING_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent";
 
-/// What the service needs from the configuration.
+/// What the [`Consumer`] service needs from the configuration.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ConsumerSettings {
     /// The one input binding this app consumes.
     pub binding_name: String,
     /// Simulated work per message.
@@ -60,7 +60,7 @@ pub struct Settings {
 /// The AppCallback and AppCallbackHealthCheck services, sharing one state.
 #[derive(Debug)]
 pub struct Consumer {
-    settings: Settings,
+    settings: ConsumerSettings,
     /// FIFO-fair, so messages start in the order daprd delivered them.
     permits: Semaphore,
     /// Every binding event from arrival to response, so shutdown can wait for them.
@@ -122,7 +122,7 @@ impl From<EventError> for Status {
 
 impl Consumer {
     /// A consumer that has not started draining.
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: ConsumerSettings) -> Self {
         Self {
             // Semaphore::new panics above usize::MAX >> 3 permits; Config caps this at u16::MAX.
             permits: Semaphore::new(settings.max_concurrency.max(1)),
@@ -282,7 +282,8 @@ impl AppCallback for Consumer {
             .instrument(logged)
             .instrument(span.clone())
             .await;
-        end_event_span(&span, &result);
+        // OK, or the gRPC code and reason daprd receives.
+        trace_context::end_grpc_span(&span, result.as_ref().err());
         result
     }
 
@@ -374,21 +375,6 @@ fn event_span(binding: &str, id: Option<&str>) -> tracing::Span {
     )
 }
 
-/// The outcome of an event on its span: OK, or the gRPC code and reason daprd receives.
-fn end_event_span(span: &tracing::Span, result: &Result<Response<BindingEventResponse>, Status>) {
-    let code = result
-        .as_ref()
-        .map_or_else(Status::code, |_| tonic::Code::Ok);
-    trace_context::set_attribute(span, "rpc.grpc.status_code", code as i64);
-    trace_context::set_status(
-        span,
-        result
-            .as_ref()
-            .err()
-            .map(|status| format!("{code:?}: {}", status.message())),
-    );
-}
-
 /// The broker's message id from a binding event's metadata, if any.
 fn message_id(metadata: &HashMap<String, String>) -> Option<&str> {
     metadata
@@ -411,8 +397,8 @@ mod tests {
 
     use super::*;
 
-    fn settings() -> Settings {
-        Settings {
+    fn settings() -> ConsumerSettings {
+        ConsumerSettings {
             binding_name: "message-queue".to_owned(),
             work_duration: Duration::from_secs(5),
             max_concurrency: 1,
@@ -526,7 +512,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn checks_the_token_only_when_configured() {
-        let consumer = Consumer::new(Settings {
+        let consumer = Consumer::new(ConsumerSettings {
             api_token: Some(ApiToken::from_config("s3cret").unwrap()),
             ..settings()
         });
@@ -629,7 +615,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_gives_up_at_the_deadline() {
-        let consumer = Arc::new(Consumer::new(Settings {
+        let consumer = Arc::new(Consumer::new(ConsumerSettings {
             work_duration: Duration::from_secs(60),
             ..settings()
         }));
@@ -645,7 +631,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn runs_up_to_max_concurrency_events_at_once() {
-        let consumer = Arc::new(Consumer::new(Settings {
+        let consumer = Arc::new(Consumer::new(ConsumerSettings {
             max_concurrency: 2,
             ..settings()
         }));
@@ -704,7 +690,7 @@ mod tests {
                 .start_paused(true)
                 .build()
                 .unwrap();
-            let consumer = Consumer::new(Settings {
+            let consumer = Consumer::new(ConsumerSettings {
                 work_duration: Duration::ZERO,
                 ..settings()
             });
