@@ -15,7 +15,7 @@
 //!   (`dapr-api-token`) and the producer's own (`Authorization: Bearer`).
 //! - [`http_server`]: how every HTTP port is served, with limits against slow and abusive clients.
 //! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
-//! - [`openmetrics`]: the content type of the `/metrics` answers.
+//! - [`openmetrics`]: the `/metrics` answers: the OpenMetrics page and its content type.
 //! - [`cli`]: value parsers for settings the binaries share.
 //! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`) and the OTLP span exporter
 //!   (`OTEL_EXPORTER_OTLP_ENDPOINT`).

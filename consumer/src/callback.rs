@@ -26,7 +26,7 @@ use tokio::{
     sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, warn};
 
@@ -61,12 +61,11 @@ pub struct ConsumerSettings {
 #[derive(Debug)]
 pub struct Consumer {
     settings: ConsumerSettings,
-    /// FIFO-fair, so messages start in the order daprd delivered them.
+    /// FIFO-fair, so messages start in the order daprd delivered them. Closed once shutdown
+    /// starts: new and waiting events are turned away from then on.
     permits: Semaphore,
     /// Every binding event from arrival to response, so shutdown can wait for them.
     in_flight: TaskTracker,
-    /// Cancelled once shutdown starts: new and waiting events are turned away from then on.
-    draining: CancellationToken,
     processed: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -127,7 +126,6 @@ impl Consumer {
             // Semaphore::new panics above usize::MAX >> 3 permits; Config caps this at u16::MAX.
             permits: Semaphore::new(settings.max_concurrency.max(1)),
             in_flight: TaskTracker::new(),
-            draining: CancellationToken::new(),
             processed: AtomicU64::new(0),
             metrics: Arc::new(Metrics::new(&settings.binding_name)),
             settings,
@@ -153,7 +151,7 @@ impl Consumer {
     /// until in-flight events have answered or `deadline` passes; returns whether all answered.
     pub async fn drain(&self, deadline: Instant) -> bool {
         let started = Instant::now();
-        self.draining.cancel();
+        self.permits.close();
         self.metrics.set_draining();
         self.in_flight.close();
         let in_flight = self.in_flight.len();
@@ -177,7 +175,7 @@ impl Consumer {
 
     /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
+        self.permits.is_closed()
     }
 
     /// Handles one event inside its span; every outcome is counted.
@@ -213,7 +211,7 @@ impl Consumer {
     /// Decodes and works on one event; returns how long the work took.
     async fn process(&self, event: &BindingEventRequest) -> Result<Duration, EventError> {
         // Once draining, every new event is turned away alike, so the broker hands it elsewhere.
-        if self.draining.is_cancelled() {
+        if self.is_draining() {
             return Err(EventError::Draining);
         }
         if event.name != self.settings.binding_name {
@@ -239,15 +237,13 @@ impl Consumer {
         Ok(done.elapsed)
     }
 
-    /// Waits for a work slot, unless shutdown starts first (or has already started).
+    /// Waits for a work slot, unless shutdown starts first (or has already started): the drain
+    /// closes the semaphore.
     async fn permit(&self) -> Result<SemaphorePermit<'_>, EventError> {
-        tokio::select! {
-            // Checked first so an event arriving during the drain never starts work.
-            biased;
-            () = self.draining.cancelled() => Err(EventError::Draining),
-            // The semaphore is never closed, so this does not fail.
-            permit = self.permits.acquire() => permit.map_err(|_| EventError::Draining),
-        }
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| EventError::Draining)
     }
 }
 

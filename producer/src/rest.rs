@@ -420,11 +420,8 @@ fn cause(error: &dyn std::error::Error) -> String {
 }
 
 /// Prometheus metrics, in OpenMetrics text format.
-async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
+async fn metrics(State(state): State<ServerState>) -> Response {
+    openmetrics::response(state.metrics.encode())
 }
 
 /// Liveness: the process serves requests.

@@ -1,11 +1,11 @@
-//! Runs a real binary (`CARGO_BIN_EXE_*`) with a clean environment and JSON logs on loopback,
+//! Runs a real workspace binary ([`binary`]) with a clean environment and JSON logs on loopback,
 //! and waits, bounded, for its log events: the `listening` event carries the bound address, the
 //! readiness signal. Also reads a process's memory and CPU time from `/proc`.
 //!
-//! The manifest tests include this file alone, for `--help`. The pipeline benchmark includes it
-//! too (`benches/pipeline/mod.rs`), measuring its children with [`Service::measured`]: their
-//! output is then read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every line would charge the consumer with
-//! those wake-ups, and a benchmark's worth of lines would fill the memory.
+//! The pipeline benchmark measures its children with [`Service::measured`]: their output is then
+//! read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every
+//! line would charge the consumer with those wake-ups, and a benchmark's worth of lines would
+//! fill the memory.
 
 use std::{
     ffi::OsStr,
