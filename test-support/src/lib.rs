@@ -6,10 +6,13 @@
 
 pub mod app;
 pub mod browser;
+pub mod clock;
 pub mod consumer;
 pub mod devstack;
 pub mod exposition;
 pub mod http_app;
+#[cfg(feature = "in-process")]
+pub mod in_process;
 pub mod otlp;
 pub mod port;
 pub mod process;
@@ -94,6 +97,16 @@ impl Served {
                 .unwrap_or_else(|e| panic!("{what} serves: {e:?}"))
         });
         Self { shutdown, task }
+    }
+
+    /// Tells the server to stop, as a stop signal does, without waiting for it.
+    pub fn signal(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether the server has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops serving and waits for the server to end.

@@ -43,6 +43,8 @@ pub struct Behaviour {
     pub fail_first: Option<(usize, Code)>,
     /// Time each accepted call takes.
     pub delay: Duration,
+    /// Hold every call that would be accepted (counted in flight) until this turns true.
+    pub gate: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +88,10 @@ impl Recorder {
             && self.calls.lock().len() >= after
         {
             return Err(Status::new(code, "injected failure"));
+        }
+        if let Some(gate) = &self.behaviour.gate {
+            // The caller's deadline bounds the wait.
+            let _ = gate.clone().wait_for(|open| *open).await;
         }
         tokio::time::sleep(self.behaviour.delay).await;
         let headers = headers(&request);
