@@ -6,7 +6,9 @@
 //! kernel, the clock would jump past a 5 s job or a deadline at a moment the test did not
 //! choose. Tokio does not auto-advance while a blocking task runs, so [`Held`] keeps one running.
 
-use std::sync::mpsc;
+use std::{future::Future, pin::pin, sync::mpsc, time::Duration};
+
+use tokio::time::Instant;
 
 use super::WAIT;
 
@@ -29,5 +31,36 @@ impl Held {
             let _ = released.recv_timeout(WAIT);
         });
         Self { _release: release }
+    }
+
+    /// Runs `future` to its end, moving the clock `step` at a time whenever everything waits:
+    /// before each step the woken tasks run and the loopback sockets deliver what they carry.
+    /// Panics past `limit` of clock time, or past [`WAIT`] of real time.
+    pub async fn run<F: Future>(&self, step: Duration, limit: Duration, future: F) -> F::Output {
+        let mut future = pin!(future);
+        let (started, real) = (Instant::now(), std::time::Instant::now());
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut future => return output,
+                () = settle() => {}
+            }
+            let elapsed = started.elapsed();
+            assert!(
+                elapsed < limit && real.elapsed() < WAIT,
+                "not done after {elapsed:?} of clock time"
+            );
+            tokio::time::advance(step).await;
+        }
+    }
+}
+
+/// Yields for a millisecond of real time: the tasks woken so far run, and the runtime, polling
+/// its sockets at each yield, takes in what loopback delivered meanwhile (microseconds, or a
+/// scheduling delay of this very process: nothing here waits on another process).
+async fn settle() {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1) {
+        tokio::task::yield_now().await;
     }
 }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, ops::Deref};
 use tokio::net::TcpListener;
 
 use super::{
-    Served, WAIT,
+    Served,
     consumer::AppPort,
     exposition::{self, Exposition},
     http_client,
@@ -116,20 +116,9 @@ impl Consumer {
         exposition::scrape(&http_client(), &url).await
     }
 
-    /// Scrapes until `series` reads `value`, giving the consumer's tasks their turn between
-    /// scrapes (and no clock time); returns that page. Bounded in scrapes and in real time.
+    /// Scrapes until `series` reads `value` ([`exposition::wait_for`]); returns that page.
     pub async fn wait_metric(&self, series: &str, value: f64) -> Exposition {
-        let started = std::time::Instant::now();
-        let mut page = self.scrape().await;
-        for _ in 0..1_000 {
-            if page.get(series) == value || started.elapsed() > WAIT {
-                break;
-            }
-            tokio::task::yield_now().await;
-            page = self.scrape().await;
-        }
-        assert_eq!(page.get(series), value, "{series}");
-        page
+        exposition::wait_for(|| self.scrape(), series, value).await
     }
 
     /// Starts its shutdown, as SIGTERM does, without waiting for it.
