@@ -5,7 +5,7 @@
 //! - [`dapr_endpoint`]: where the Dapr sidecar's gRPC API is (`DAPR_GRPC_ENDPOINT` / `DAPR_GRPC_PORT`).
 //! - [`trace_context`]: W3C `traceparent` and `tracestate`, read from headers or metadata, to
 //!   forward and log trace ids; [`context_span!`] keeps such fields on every log line, and
-//!   [`otel_span!`] opens the spans that are exported.
+//!   [`otel_span!`] (or [`grpc_span!`], for a gRPC call) opens the spans that are exported.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`,
 //!   and `GetMetadata` when given a handler),
 //!   everything else UNIMPLEMENTED; served by devstack's sidecar, the tests' fake sidecar and

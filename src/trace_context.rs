@@ -342,6 +342,26 @@ macro_rules! otel_span {
     };
 }
 
+/// Opens the exported span of one gRPC call of `path` (`/package.Service/Method`), as
+/// [`otel_span!`] does, named and with `rpc.system`, `rpc.service` and `rpc.method` as
+/// OpenTelemetry's conventions have them ([`rpc_name`]): kind (`"server"`, `"client"`), then
+/// further attributes as `tracing` fields, e.g.
+/// `grpc_span!(path, "server", messaging.operation.type = "process")`.
+#[macro_export]
+macro_rules! grpc_span {
+    ($path:expr, $kind:expr $(, $($field:tt)+)?) => {{
+        let (name, service, method) = $crate::trace_context::rpc_name($path);
+        $crate::otel_span!(
+            name,
+            $kind,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method
+            $(, $($field)+)?
+        )
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

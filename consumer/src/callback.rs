@@ -356,13 +356,9 @@ fn not_served(building_block: &str) -> Status {
 /// The exported span of one event, covering the wait for a work slot and the work: a gRPC server
 /// span, and the messaging `process` of the message.
 fn event_span(binding: &str, id: Option<&str>) -> tracing::Span {
-    let (name, service, method) = trace_context::rpc_name(ON_BINDING_EVENT);
-    pipeline::otel_span!(
-        name,
+    pipeline::grpc_span!(
+        ON_BINDING_EVENT,
         "server",
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
         // The app knows the queue only by its binding's name.
         messaging.system = binding,
         messaging.destination.name = binding,

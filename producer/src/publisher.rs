@@ -233,13 +233,9 @@ impl Publisher {
 
     /// The span of one `InvokeBinding` attempt: an RPC client span, and a messaging send.
     fn client_span(&self, trace: &Trace) -> tracing::Span {
-        let (name, service, method) = trace_context::rpc_name(INVOKE_BINDING_PATH);
-        let span = pipeline::otel_span!(
-            name,
+        let span = pipeline::grpc_span!(
+            INVOKE_BINDING_PATH,
             "client",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
             messaging.system = %self.binding,
             messaging.destination.name = %self.binding,
             messaging.operation.type = "send",

@@ -251,14 +251,7 @@ fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing:
         return tracing::Span::none();
     }
     if grpc {
-        let (name, service, rpc) = trace_context::rpc_name(path);
-        pipeline::otel_span!(
-            name,
-            "server",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = rpc,
-        )
+        pipeline::grpc_span!(path, "server")
     } else {
         pipeline::otel_span!(
             format!("{method} {route}"),
