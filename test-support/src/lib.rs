@@ -1,8 +1,8 @@
-//! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive a real producer or
-//! consumer, a fake Dapr sidecar, fake consumer apps (gRPC and HTTP), devstack (its sidecar alone or the whole
-//! stack), loopback ports for servers that are not up yet, slow clients, and the official Dapr
-//! Python SDK with the scripts that use it.
-#![allow(dead_code)] // each test crate uses a different part
+//! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive
+//! a real producer or consumer, or (feature `in-process`) their libraries serving in the test
+//! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
+//! HTTP), devstack (its sidecar alone or the whole stack), loopback ports for servers that are not
+//! up yet, slow clients, and the official Dapr Python SDK with the scripts that use it.
 
 pub mod app;
 pub mod browser;
