@@ -21,7 +21,7 @@ use support::{
     },
     http_client,
     in_process::Consumer,
-    with_token,
+    slow_client, with_token,
 };
 use tokio::{task::JoinHandle, time::Instant};
 use tonic::{Code, Request, Response, Status};
@@ -312,4 +312,27 @@ async fn metrics_follow_the_events_and_the_drain() {
         .send()
         .await;
     assert!(gone.is_err(), "{gone:?}");
+}
+
+/// The metrics port is served with the shared HTTP limits: stalled scrapers are closed after the
+/// header timeout (on the held clock), counted, and a scrape still works.
+#[tokio::test(start_paused = true)]
+async fn stalled_connections_to_the_metrics_port_are_closed_and_counted() {
+    let clock = Held::hold();
+    let timeout = Duration::from_millis(500);
+    let consumer = Consumer::start(&["--header-read-timeout=500ms"]).await;
+
+    let stalled = slow_client::stall(consumer.metrics, 20).await;
+    let step = Duration::from_millis(10);
+    let closed = clock
+        .run(step, WAIT, slow_client::closed_after(stalled, WAIT))
+        .await;
+    slow_client::assert_closed_between(&closed, timeout, timeout + WAIT / 4);
+
+    let page = consumer.scrape().await;
+    assert_eq!(
+        slow_client::closed_total(&page, "consumer", "header_timeout"),
+        20.0
+    );
+    consumer.stop().await;
 }

@@ -4,8 +4,6 @@
 
 use test_support as support;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use pipeline::dapr_v1::BindingEventResponse;
 use serde_json::Value;
@@ -14,7 +12,7 @@ use support::{
     consumer::{Consumer, assert_code, bin, event, hello, parse_line},
     http_client,
     process::{HTTP_LIMITS, TRACING, help, run_to_end},
-    slow_client, traced, with_token,
+    traced, with_token,
 };
 use tonic::Code;
 
@@ -305,24 +303,4 @@ async fn a_taken_metrics_port_stops_the_consumer_at_once() {
         output.contains(&format!("binding the metrics port 127.0.0.1:{port}")),
         "{output}"
     );
-}
-
-/// The metrics port is served with the shared HTTP limits: stalled scrapers are closed after the
-/// header timeout, counted, and a scrape still works.
-#[tokio::test]
-async fn stalled_connections_to_the_metrics_port_are_closed_and_counted() {
-    let timeout = Duration::from_millis(500);
-    let mut consumer = Consumer::start(&[("HTTP_HEADER_READ_TIMEOUT", "500ms")]).await;
-    let addr = consumer.metrics_addr().await;
-
-    let stalled = slow_client::stall(addr, 20).await;
-    let closed = slow_client::closed_after(stalled, WAIT).await;
-    slow_client::assert_closed_between(&closed, timeout, timeout + WAIT / 4);
-
-    let page = consumer.scrape().await;
-    assert_eq!(
-        slow_client::closed_total(&page, "consumer", "header_timeout"),
-        20.0
-    );
-    consumer.stop().await;
 }
