@@ -334,52 +334,61 @@ async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lo
     // A drain long enough to finish the work, then work far longer than the drain: more than a
     // second either way between the work's start and the drain's end, which the delay in
     // stopping the consumer (a signal, once the test has read `event received`) cannot bridge.
-    for (work, drain, redelivered) in [("1s", "10s", false), ("1500ms", "100ms", true)] {
-        let env = [
-            ("WORK_DURATION", work),
-            ("DRAIN_TIMEOUT", drain),
-            ("RUST_LOG", "info,consumer=debug"),
-        ];
-        let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
-        let addrs = [first.addr, second.addr];
-        let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
-        sidecar.wait_consumers(2).await;
+    // Each case has a stack of its own, so they run at once.
+    tokio::join!(
+        stopped_mid_event("1s", "10s", false),
+        stopped_mid_event("1500ms", "100ms", true),
+    );
+}
 
-        let response = sidecar
-            .post_binding("message-queue", ASPNET_BODY, None)
-            .await;
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+/// Two consumers working `work` each behind one devstack sidecar; the one that takes the message
+/// is stopped with `drain` to finish it. It completes the message, or, `redelivered`, the other
+/// consumer does; either way the queue completes it once.
+async fn stopped_mid_event(work: &str, drain: &str, redelivered: bool) {
+    let env = [
+        ("WORK_DURATION", work),
+        ("DRAIN_TIMEOUT", drain),
+        ("RUST_LOG", "info,consumer=debug"),
+    ];
+    let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
+    let addrs = [first.addr, second.addr];
+    let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
+    sidecar.wait_consumers(2).await;
 
-        let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
-        let (busy, other) = if busy == 0 {
-            (first, second)
-        } else {
-            (second, first)
-        };
-        let by_busy = busy.stop_with_lines().await.len();
+    let response = sidecar
+        .post_binding("message-queue", ASPNET_BODY, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
-        let counts = sidecar.wait_completed("message-queue", 1).await;
+    let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
+    let (busy, other) = if busy == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let by_busy = busy.stop_with_lines().await.len();
+
+    let counts = sidecar.wait_completed("message-queue", 1).await;
+    assert_eq!(
+        (counts.produced, counts.dead_lettered),
+        (1, 0),
+        "drain {drain}"
+    );
+    let by_other = other.stop_with_lines().await.len();
+    if redelivered {
         assert_eq!(
-            (counts.produced, counts.dead_lettered),
-            (1, 0),
-            "drain {drain}"
+            (by_busy, by_other),
+            (0, 1),
+            "the other consumer got it again and completed it"
         );
-        let by_other = other.stop_with_lines().await.len();
-        if redelivered {
-            assert_eq!(
-                (by_busy, by_other),
-                (0, 1),
-                "the other consumer got it again and completed it"
-            );
-        } else {
-            assert_eq!(
-                (by_busy, by_other),
-                (1, 0),
-                "the stopping consumer finished it"
-            );
-        }
-        sidecar.stop().await;
+    } else {
+        assert_eq!(
+            (by_busy, by_other),
+            (1, 0),
+            "the stopping consumer finished it"
+        );
     }
+    sidecar.stop().await;
 }
 
 #[tokio::test]
