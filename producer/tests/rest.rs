@@ -59,9 +59,9 @@ async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
 #[tokio::test]
 async fn endpoint_binding_name_text_and_no_token_or_invalid_trace() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    // DAPR_GRPC_ENDPOINT wins over a wrong DAPR_GRPC_PORT, as in the Dapr SDKs.
-    let endpoint = format!("http://{}", sidecar.addr);
-    let endpoint = format!("--dapr-grpc-endpoint={endpoint}");
+    // The endpoint (DAPR_GRPC_ENDPOINT) wins over a wrong port (DAPR_GRPC_PORT, 1 here), as in
+    // the Dapr SDKs.
+    let endpoint = format!("--dapr-grpc-endpoint=http://{}", sidecar.addr);
     let producer = Producer::start("1", &["--binding-name=orders", &endpoint]).await;
 
     let headers = [(trace_context::TRACEPARENT, "not-a-trace")];
