@@ -610,9 +610,9 @@ mod tests {
 
         let (entered_tx, entered) = oneshot::channel::<()>();
         let (release, released) = oneshot::channel::<()>();
-        let slots = Arc::new(std::sync::Mutex::new(Some((entered_tx, released))));
+        let slots = Arc::new(parking_lot::Mutex::new(Some((entered_tx, released))));
         let handler = move || {
-            let (entered, released) = slots.lock().unwrap().take().expect("one request");
+            let (entered, released) = slots.lock().take().expect("one request");
             async move {
                 entered.send(()).unwrap();
                 released.await.unwrap();

@@ -5,7 +5,7 @@
 //! - [`dapr_endpoint`]: where the Dapr sidecar's gRPC API is (`DAPR_GRPC_ENDPOINT` / `DAPR_GRPC_PORT`).
 //! - [`trace_context`]: W3C `traceparent` and `tracestate`, read from headers or metadata, to
 //!   forward and log trace ids; [`context_span!`] keeps such fields on every log line, and
-//!   [`otel_span!`] opens the spans that are exported.
+//!   [`otel_span!`] (or [`grpc_span!`], for a gRPC call) opens the spans that are exported.
 //! - [`dapr_runtime`]: a server for the bindings subset of Dapr's runtime API (`InvokeBinding`,
 //!   and `GetMetadata` when given a handler),
 //!   everything else UNIMPLEMENTED; served by devstack's sidecar, the tests' fake sidecar and
@@ -15,7 +15,7 @@
 //!   (`dapr-api-token`) and the producer's own (`Authorization: Bearer`).
 //! - [`http_server`]: how every HTTP port is served, with limits against slow and abusive clients.
 //! - [`net`]: listeners for axum and tonic that set `TCP_NODELAY` on every connection.
-//! - [`openmetrics`]: the content type of the `/metrics` answers.
+//! - [`openmetrics`]: the `/metrics` answers: the OpenMetrics page and its content type.
 //! - [`cli`]: value parsers for settings the binaries share.
 //! - [`telemetry`]: logging set-up (`RUST_LOG`, `LOG_FORMAT=json`) and the OTLP span exporter
 //!   (`OTEL_EXPORTER_OTLP_ENDPOINT`).

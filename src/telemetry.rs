@@ -515,8 +515,9 @@ impl<W: Write> Drop for LabelledWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
+    use parking_lot::Mutex;
     use serde_json::Value;
     use tracing::{error, info, info_span, warn};
 
@@ -527,7 +528,7 @@ mod tests {
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            self.0.lock().extend_from_slice(bytes);
             Ok(bytes.len())
         }
 
@@ -554,7 +555,7 @@ mod tests {
             .with(EnvFilter::new("trace"))
             .with(json_layer(make_writer(captured.clone())));
         tracing::subscriber::with_default(subscriber, log);
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        String::from_utf8(captured.0.lock().clone()).unwrap()
     }
 
     fn json_output(log: impl FnOnce()) -> String {
@@ -769,7 +770,7 @@ mod tests {
     impl SpanProcessor for Kept {
         fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
         fn on_end(&self, span: SpanData) {
-            self.0.lock().unwrap().push(span);
+            self.0.lock().push(span);
         }
         fn force_flush(&self) -> OTelSdkResult {
             Ok(())
@@ -826,12 +827,12 @@ mod tests {
         for _ in 0..5 {
             bounded.on_end(span_data());
         }
-        assert_eq!(bounded.inner.0.lock().unwrap().len(), 2);
+        assert_eq!(bounded.inner.0.lock().len(), 2);
         assert_eq!(dropped.get(), 3);
-        let batch = std::mem::take(&mut *bounded.inner.0.lock().unwrap());
+        let batch = std::mem::take(&mut *bounded.inner.0.lock());
         exporter.export(batch).await.unwrap();
         bounded.on_end(span_data());
-        assert_eq!(bounded.inner.0.lock().unwrap().len(), 1);
+        assert_eq!(bounded.inner.0.lock().len(), 1);
         assert_eq!(dropped.get(), 3);
     }
 

@@ -2,16 +2,24 @@
 //! them from a request's HTTP headers or gRPC metadata, check them before forwarding, pull the
 //! trace id out for logs, and open a span that keeps those fields whatever the log filter.
 //! When spans are exported (see `telemetry`), it also turns a received context into an exported
-//! span's parent, and an exported span into the context sent on a call made inside it.
+//! span's parent, and an exported span into the context sent on a call made inside it: both
+//! through the OpenTelemetry SDK's W3C propagator, and both on values this module checked first.
+//!
+//! The check itself ([`TraceParent::parse`]) is not the propagator's: its parser takes values the
+//! W3C specification says to ignore (a trace id of 31 digits, which `u128::from_str_radix`
+//! accepts, a `+` sign, spaces around the value, a version-00 value ending in `-`), and those must
+//! not be forwarded. Nor does the propagator forward what it received: it writes `traceparent`
+//! anew (reserved flags zeroed, a later version's extra fields dropped) and `tracestate` reparsed
+//! (an invalid one becomes empty). A process that exports no span forwards both headers as they
+//! came.
 
-use std::{
-    str::FromStr,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+use opentelemetry::{
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{Status, TraceContextExt},
 };
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::metadata::MetadataMap;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -126,39 +134,55 @@ impl TraceContext {
         self.tracestate.as_deref()
     }
 
-    /// As an OpenTelemetry parent from another process.
+    /// As an OpenTelemetry parent from another process, read by the SDK's propagator from the
+    /// values [`TraceParent::parse`] accepted.
     fn to_otel(&self) -> opentelemetry::Context {
-        let value = self.traceparent.as_str();
-        // Parsed already: the fields are where version 00 puts them, in lowercase hex.
-        let trace_id = TraceId::from_hex(&value[3..35]).unwrap_or(TraceId::INVALID);
-        let span_id = SpanId::from_hex(&value[36..52]).unwrap_or(SpanId::INVALID);
-        let flags = u8::from_str_radix(&value[53..55], 16).unwrap_or(0);
-        let state = self
-            .tracestate
-            .as_deref()
-            .and_then(|s| TraceState::from_str(s).ok())
-            .unwrap_or_default();
-        let context = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state);
-        opentelemetry::Context::new().with_remote_span_context(context)
+        TraceContextPropagator::new().extract(self)
     }
 
-    /// The context a call made inside the span `context` belongs to carries: that span's id
-    /// as the parent id, and the trace state it inherited.
-    fn from_span_context(context: &SpanContext) -> Option<Self> {
-        if !context.is_valid() {
-            return None;
-        }
-        let traceparent = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        );
-        let tracestate = context.trace_state().header();
+    /// The context a call made inside `context`'s span carries: that span's id as the parent id,
+    /// and the trace state it inherited, as the SDK's propagator writes them; `None` without a
+    /// valid span.
+    fn from_otel(context: &opentelemetry::Context) -> Option<Self> {
+        let mut written = Written::default();
+        TraceContextPropagator::new().inject_context(context, &mut written);
         Some(Self {
-            traceparent: TraceParent::parse(&traceparent)?,
-            tracestate: (!tracestate.is_empty()).then_some(tracestate),
+            traceparent: TraceParent::parse(&written.traceparent?)?,
+            tracestate: written.tracestate,
         })
+    }
+}
+
+/// What the propagator reads when a received context parents a span.
+impl Extractor for TraceContext {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => Some(self.traceparent.as_str()),
+            TRACESTATE => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
+/// What the propagator writes for a call made inside a span. It writes `tracestate` even when
+/// empty; an empty one is not sent.
+#[derive(Default)]
+struct Written {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Injector for Written {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            TRACEPARENT => self.traceparent = Some(value),
+            TRACESTATE => self.tracestate = (!value.is_empty()).then_some(value),
+            _ => {}
+        }
     }
 }
 
@@ -236,13 +260,29 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
 /// What a call made inside `span` carries: the exported span's own context when there is one
 /// (so the callee's span becomes its child), else `received`, forwarded unchanged.
 pub fn outgoing(span: &tracing::Span, received: Option<&TraceContext>) -> Option<TraceContext> {
-    if !span.is_none() {
-        let context = span.context();
-        if let Some(own) = TraceContext::from_span_context(context.span().span_context()) {
-            return Some(own);
-        }
+    if !span.is_none()
+        && let Some(own) = TraceContext::from_otel(&span.context())
+    {
+        return Some(own);
     }
     received.cloned()
+}
+
+/// Ends `span`, the exported span of one gRPC call, client or server side, with the call's
+/// outcome: `rpc.grpc.status_code`, and the status OK, or an error `Code: message` for `error`
+/// (whatever its code, every one but OK is an error on either side).
+pub fn end_grpc_span(span: &tracing::Span, error: Option<&tonic::Status>) {
+    if span.is_none() {
+        return;
+    }
+    let code = error.map_or(tonic::Code::Ok, tonic::Status::code);
+    span.set_attribute("rpc.grpc.status_code", code as i64);
+    span.set_status(match error {
+        Some(status) if code != tonic::Code::Ok => {
+            Status::error(format!("{code:?}: {}", status.message()))
+        }
+        _ => Status::Ok,
+    });
 }
 
 /// Ends `span`'s status as OK, or as an error with `description`.
@@ -300,6 +340,26 @@ macro_rules! otel_span {
             ::tracing::Span::none()
         }
     };
+}
+
+/// Opens the exported span of one gRPC call of `path` (`/package.Service/Method`), as
+/// [`otel_span!`] does, named and with `rpc.system`, `rpc.service` and `rpc.method` as
+/// OpenTelemetry's conventions have them ([`rpc_name`]): kind (`"server"`, `"client"`), then
+/// further attributes as `tracing` fields, e.g.
+/// `grpc_span!(path, "server", messaging.operation.type = "process")`.
+#[macro_export]
+macro_rules! grpc_span {
+    ($path:expr, $kind:expr $(, $($field:tt)+)?) => {{
+        let (name, service, method) = $crate::trace_context::rpc_name($path);
+        $crate::otel_span!(
+            name,
+            $kind,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method
+            $(, $($field)+)?
+        )
+    }};
 }
 
 #[cfg(test)]
@@ -406,16 +466,52 @@ mod tests {
         );
         assert_eq!(format!("{:016x}", context.span_id()), "00f067aa0ba902b7");
         // What a call made in a span with that context would send: the same fields.
-        assert_eq!(TraceContext::from_span_context(context), Some(received));
+        assert_eq!(TraceContext::from_otel(&parent), Some(received));
         assert_eq!(
             trace_id_of(&parent).as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(trace_id_of(&opentelemetry::Context::new()), None);
         assert_eq!(
-            TraceContext::from_span_context(&SpanContext::empty_context()),
+            TraceContext::from_otel(&opentelemetry::Context::new()),
             None
         );
+    }
+
+    #[test]
+    fn a_span_of_ours_zeroes_reserved_flags_and_drops_an_invalid_tracestate() {
+        let mut headers = http::HeaderMap::new();
+        let flagged = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
+        headers.insert(TRACEPARENT, flagged.parse().unwrap());
+        headers.insert(TRACESTATE, "not a tracestate".parse().unwrap());
+        let received = TraceContext::from_headers(&headers).unwrap();
+        // Forwarded as it came when no span of ours is in between.
+        assert_eq!(
+            outgoing(&tracing::Span::none(), Some(&received)),
+            Some(received.clone())
+        );
+        assert_eq!(received.tracestate(), Some("not a tracestate"));
+        // Written anew for a call inside a span of ours: W3C says to zero unknown flags.
+        let own = TraceContext::from_otel(&received.to_otel()).unwrap();
+        assert_eq!(own.traceparent().as_str(), VALID);
+        assert_eq!(own.tracestate(), None);
+    }
+
+    #[test]
+    fn the_propagator_takes_what_the_check_refuses() {
+        // Why TraceParent::parse stays: the propagator accepts these, W3C says to ignore them.
+        for lax in [
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = std::collections::HashMap::new();
+            headers.insert(TRACEPARENT.to_owned(), lax.to_owned());
+            let context = TraceContextPropagator::new().extract(&headers);
+            assert!(context.span().span_context().is_valid(), "{lax:?}");
+            assert_eq!(TraceParent::parse(lax), None, "{lax:?}");
+        }
     }
 
     #[test]

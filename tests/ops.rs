@@ -1,5 +1,7 @@
-//! Operations: the producer's metrics, retries, caps and behaviour under faults and load, with the
-//! real binary against a fake sidecar on loopback.
+//! Operations: the producer's metrics, retries, caps and behaviour under faults and load, against
+//! a fake sidecar on loopback. The producer's library serves in the test process where its logic
+//! is tested (the HTTP limits on a held clock, so their timeouts take no real time); the real
+//! binaries run where the process is (its memory under load, SIGTERM, a sidecar killed).
 
 use test_support as support;
 
@@ -9,8 +11,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::{
     WAIT,
+    clock::Held,
     consumer::Consumer,
     devstack::{ASPNET_BODY, Devstack},
+    exposition, in_process,
     process::Service,
     producer::{Producer, batch},
     sidecar::{Behaviour, FakeSidecar},
@@ -18,13 +22,19 @@ use support::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
+    sync::watch,
     task::JoinSet,
+    time::Instant,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-/// Fast retries, so tests that exercise them stay quick.
+/// Fast retries, so tests that exercise them stay quick (for the binary).
 const QUICK_RETRIES: [(&str, &str); 2] = [("RETRY_BACKOFF", "10ms"), ("MAX_RETRY_BACKOFF", "50ms")];
+/// The same, for the library in the test process.
+const QUICK_RETRY_FLAGS: [&str; 2] = ["--retry-backoff=10ms", "--max-retry-backoff=50ms"];
+/// How far a held clock moves at a time while a test waits on it.
+const STEP: Duration = Duration::from_millis(10);
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_counted() {
@@ -33,9 +43,8 @@ async fn transient_failures_are_retried_and_counted() {
         ..Default::default()
     };
     let sidecar = FakeSidecar::start(behaviour).await;
-    let mut env = QUICK_RETRIES.to_vec();
-    env.push(("SEND_CONCURRENCY", "1"));
-    let producer = Producer::start(&sidecar.port(), &env).await;
+    let args = [&QUICK_RETRY_FLAGS[..], &["--send-concurrency=1"]].concat();
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
 
     let (status, body) = producer.post(json!({"count": 3})).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"sent": 3})));
@@ -72,7 +81,7 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
         ..Default::default()
     };
     let sidecar = FakeSidecar::start(behaviour).await;
-    let producer = Producer::start(&sidecar.port(), &QUICK_RETRIES).await;
+    let producer = in_process::Producer::start(&sidecar.port(), &QUICK_RETRY_FLAGS).await;
     let (status, body) = producer.post(json!({"count": 1})).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(sidecar.attempts(), 1);
@@ -90,7 +99,7 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
         ..Default::default()
     };
     let sidecar = FakeSidecar::start(behaviour).await;
-    let producer = Producer::start(&sidecar.port(), &[("SIDECAR_RETRIES", "0")]).await;
+    let producer = in_process::Producer::start(&sidecar.port(), &["--sidecar-retries=0"]).await;
     let (status, body) = producer.post(json!({"count": 1})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!((sidecar.attempts(), body["sent"].as_u64()), (1, Some(0)));
@@ -101,11 +110,10 @@ async fn answers_are_not_retried_and_retries_can_be_disabled() {
 #[tokio::test]
 async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let mut env = QUICK_RETRIES.to_vec();
-    env.push(("SIDECAR_RETRIES", "8"));
-    let producer = Producer::start(&sidecar.port(), &env).await;
+    let args = [&QUICK_RETRY_FLAGS[..], &["--sidecar-retries=8"]].concat();
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
 
-    let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 20})));
+    let running = tokio::spawn(producer.post(json!({"count": 20, "intervalMilliseconds": 20})));
     sidecar.wait_for_calls(5).await;
     let (calls, port) = sidecar.stop_holding_port().await;
     let before = calls.len();
@@ -114,8 +122,8 @@ async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
     let (status, body) = running.await.unwrap();
     let accepted = (before + sidecar.calls().len()) as u64;
     match status {
-        StatusCode::OK => assert_eq!(body, json!({"sent": 40})),
-        StatusCode::SERVICE_UNAVAILABLE => assert!(body["sent"].as_u64().unwrap() < 40, "{body}"),
+        StatusCode::OK => assert_eq!(body, json!({"sent": 20})),
+        StatusCode::SERVICE_UNAVAILABLE => assert!(body["sent"].as_u64().unwrap() < 20, "{body}"),
         other => panic!("unexpected {other}: {body}"),
     }
     let sent = body["sent"].as_u64().unwrap();
@@ -130,13 +138,19 @@ async fn sidecar_restarted_mid_batch_completes_or_reports_exactly() {
 
 #[tokio::test]
 async fn batches_beyond_the_cap_are_refused_not_queued() {
-    let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(&sidecar.port(), &[("MAX_BATCHES", "1")]).await;
+    // The sidecar holds the running batch's call until the checks are done.
+    let (open, gate) = watch::channel(false);
+    let sidecar = FakeSidecar::start(Behaviour {
+        gate: Some(gate),
+        ..Behaviour::default()
+    })
+    .await;
+    let producer = in_process::Producer::start(&sidecar.port(), &["--max-batches=1"]).await;
 
-    // One slow, paced batch holds the only place.
-    let running = tokio::spawn(producer.post(json!({"count": 40, "intervalMilliseconds": 25})));
-    sidecar.wait_for_calls(1).await;
-    let metrics = producer.metrics().await;
+    // One batch, held at the sidecar, holds the only place.
+    let running = tokio::spawn(producer.post(json!({"count": 1})));
+    let metrics =
+        exposition::wait_for(|| producer.metrics(), "producer_batches_in_progress", 1.0).await;
     assert_eq!(metrics.sum("producer_batches_in_progress", &[]), 1.0);
 
     let (status, body) = producer.post(json!({"count": 1})).await;
@@ -156,6 +170,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
         Code::ResourceExhausted
     );
 
+    open.send_replace(true);
     assert_eq!(running.await.unwrap().0, StatusCode::OK);
     let metrics = producer.metrics().await;
     assert_eq!(metrics.sum("producer_batches_refused_total", &[]), 3.0);
@@ -171,7 +186,7 @@ async fn batches_beyond_the_cap_are_refused_not_queued() {
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_method_and_parse() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(&sidecar.port(), &[]).await;
+    let producer = in_process::Producer::start(&sidecar.port(), &[]).await;
 
     producer.post(json!({"count": 2})).await;
     producer.post(json!({"count": 0})).await;
@@ -289,9 +304,9 @@ async fn slow_sidecar_beyond_the_deadline_fails_clearly_after_retries() {
         ..Default::default()
     };
     let sidecar = FakeSidecar::start(behaviour).await;
-    let mut env = QUICK_RETRIES.to_vec();
-    env.extend([("SIDECAR_TIMEOUT", "100ms"), ("SIDECAR_RETRIES", "2")]);
-    let producer = Producer::start(&sidecar.port(), &env).await;
+    let flags = ["--sidecar-timeout=100ms", "--sidecar-retries=2"];
+    let args = [&QUICK_RETRY_FLAGS[..], &flags].concat();
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
 
     let (status, body) = producer.post(json!({"count": 1})).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
@@ -316,55 +331,64 @@ async fn first_to_log(a: &mut Service, b: &mut Service, message: &str) -> usize 
 
 #[tokio::test]
 async fn a_consumer_stopped_mid_event_completes_it_or_it_is_redelivered_never_lost() {
-    // A drain long enough to finish the work, then work far longer than the drain: seconds
-    // either way between the work's start and the drain's end, which no delay in stopping the
-    // consumer can bridge.
-    for (work, drain, redelivered) in [("1s", "10s", false), ("5s", "100ms", true)] {
-        let env = [
-            ("WORK_DURATION", work),
-            ("DRAIN_TIMEOUT", drain),
-            ("RUST_LOG", "info,consumer=debug"),
-        ];
-        let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
-        let addrs = [first.addr, second.addr];
-        let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
-        sidecar.wait_consumers(2).await;
+    // A drain long enough to finish the work, then work far longer than the drain: more than a
+    // second either way between the work's start and the drain's end, which the delay in
+    // stopping the consumer (a signal, once the test has read `event received`) cannot bridge.
+    // Each case has a stack of its own, so they run at once.
+    tokio::join!(
+        stopped_mid_event("1s", "10s", false),
+        stopped_mid_event("1500ms", "100ms", true),
+    );
+}
 
-        let response = sidecar
-            .post_binding("message-queue", ASPNET_BODY, None)
-            .await;
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+/// Two consumers working `work` each behind one devstack sidecar; the one that takes the message
+/// is stopped with `drain` to finish it. It completes the message, or, `redelivered`, the other
+/// consumer does; either way the queue completes it once.
+async fn stopped_mid_event(work: &str, drain: &str, redelivered: bool) {
+    let env = [
+        ("WORK_DURATION", work),
+        ("DRAIN_TIMEOUT", drain),
+        ("RUST_LOG", "info,consumer=debug"),
+    ];
+    let [mut first, mut second] = [Consumer::start(&env).await, Consumer::start(&env).await];
+    let addrs = [first.addr, second.addr];
+    let sidecar = Devstack::for_apps(&addrs, &[], &[]).await;
+    sidecar.wait_consumers(2).await;
 
-        let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
-        let (busy, other) = if busy == 0 {
-            (first, second)
-        } else {
-            (second, first)
-        };
-        let by_busy = busy.stop_with_lines().await.len();
+    let response = sidecar
+        .post_binding("message-queue", ASPNET_BODY, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
-        let counts = sidecar.wait_completed("message-queue", 1).await;
+    let busy = first_to_log(&mut first.service, &mut second.service, "event received").await;
+    let (busy, other) = if busy == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let by_busy = busy.stop_with_lines().await.len();
+
+    let counts = sidecar.wait_completed("message-queue", 1).await;
+    assert_eq!(
+        (counts.produced, counts.dead_lettered),
+        (1, 0),
+        "drain {drain}"
+    );
+    let by_other = other.stop_with_lines().await.len();
+    if redelivered {
         assert_eq!(
-            (counts.produced, counts.dead_lettered),
-            (1, 0),
-            "drain {drain}"
+            (by_busy, by_other),
+            (0, 1),
+            "the other consumer got it again and completed it"
         );
-        let by_other = other.stop_with_lines().await.len();
-        if redelivered {
-            assert_eq!(
-                (by_busy, by_other),
-                (0, 1),
-                "the other consumer got it again and completed it"
-            );
-        } else {
-            assert_eq!(
-                (by_busy, by_other),
-                (1, 0),
-                "the stopping consumer finished it"
-            );
-        }
-        sidecar.stop().await;
+    } else {
+        assert_eq!(
+            (by_busy, by_other),
+            (1, 0),
+            "the stopping consumer finished it"
+        );
     }
+    sidecar.stop().await;
 }
 
 #[tokio::test]
@@ -494,24 +518,25 @@ async fn stalled_connections_are_closed_after_the_header_timeout_while_requests_
     sidecar.stop().await;
 }
 
-#[tokio::test]
+/// The connections beyond the cap are closed as they are accepted, long before the header
+/// timeout (1 s on the held clock) frees a place; the held ones at that timeout.
+#[tokio::test(start_paused = true)]
 async fn connections_beyond_the_cap_are_closed_at_once_and_the_port_recovers() {
+    let clock = Held::hold();
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(
-        &sidecar.port(),
-        &[
-            ("HTTP_HEADER_READ_TIMEOUT", "1s"),
-            ("HTTP_MAX_CONNECTIONS", "8"),
-        ],
-    )
-    .await;
+    let args = ["--header-read-timeout=1s", "--max-connections=8"];
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
 
     let held = slow_client::stall(producer.addr(), 8).await;
     let beyond = slow_client::stall(producer.addr(), 20).await;
-    // Closed well before the header timeout frees a slot.
-    let beyond = slow_client::closed_after(beyond, Duration::from_millis(900)).await;
-    slow_client::assert_closed_between(&beyond, Duration::ZERO, Duration::from_millis(900));
-    let held = slow_client::closed_after(held, WAIT).await;
+    let soon = Duration::from_millis(900);
+    let beyond = clock
+        .run(STEP, soon, slow_client::closed_after(beyond, soon))
+        .await;
+    slow_client::assert_closed_between(&beyond, Duration::ZERO, soon);
+    let held = clock
+        .run(STEP, WAIT, slow_client::closed_after(held, WAIT))
+        .await;
     slow_client::assert_closed_between(
         &held,
         Duration::from_secs(1),
@@ -532,19 +557,21 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_the_port_recovers() {
     sidecar.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_trickling_body_is_cut_off_at_the_body_timeout() {
+    let clock = Held::hold();
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(&sidecar.port(), &[("HTTP_BODY_TIMEOUT", "500ms")]).await;
+    let args = ["--body-timeout=500ms"];
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
 
     // One byte every 100 ms: a timeout on each read alone would never fire.
-    let (status, took) = slow_client::trickle_body(
+    let trickle = slow_client::trickle_body(
         producer.addr(),
         "/MessageProducer",
         1_000,
         Duration::from_millis(100),
-    )
-    .await;
+    );
+    let (status, took) = clock.run(STEP, WAIT, trickle).await;
     assert_eq!(status, Some(400), "after {took:?}");
     assert!(
         Duration::from_millis(500) <= took && took < Duration::from_millis(500) + SLACK,
@@ -562,36 +589,34 @@ async fn a_trickling_body_is_cut_off_at_the_body_timeout() {
     sidecar.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
+    let clock = Held::hold();
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(
-        &sidecar.port(),
-        &[
-            ("HTTP_IDLE_TIMEOUT", "500ms"),
-            ("HTTP_HEADER_READ_TIMEOUT", "10s"),
-        ],
-    )
-    .await;
+    let args = ["--idle-timeout=500ms", "--header-read-timeout=10s"];
+    let producer = in_process::Producer::start(&sidecar.port(), &args).await;
     let idle = Duration::from_millis(500);
     // Before the header timeout, which hyper also runs while HTTP/1 waits for a next request.
     let max = Duration::from_secs(10);
 
     // HTTP/1.1 keep-alive: one request, then nothing.
-    let started = std::time::Instant::now();
-    let mut http1 = tokio::net::TcpStream::connect(producer.addr())
-        .await
-        .unwrap();
-    http1
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: producer\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, http1.read_to_end(&mut answer))
-        .await
-        .expect("closed")
-        .unwrap();
-    let lasted = started.elapsed();
+    let http1 = async {
+        let started = Instant::now();
+        let mut http1 = tokio::net::TcpStream::connect(producer.addr())
+            .await
+            .unwrap();
+        http1
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: producer\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, http1.read_to_end(&mut answer))
+            .await
+            .expect("closed")
+            .unwrap();
+        (answer, started.elapsed())
+    };
+    let (answer, lasted) = clock.run(STEP, WAIT, http1).await;
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     assert!(
         idle <= lasted && lasted < max,
@@ -599,24 +624,27 @@ async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
     );
 
     // HTTP/2 (h2c, prior knowledge): one request, then nothing; the server sends GOAWAY.
-    let tcp = tokio::net::TcpStream::connect(producer.addr())
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get(producer.url("/healthz"))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let mut body = response.await.unwrap().into_body();
-    while let Some(chunk) = body.data().await {
-        chunk.unwrap();
-    }
-    let _ = tokio::time::timeout(WAIT, connection)
-        .await
-        .expect("closed");
-    let lasted = started.elapsed();
+    let http2 = async {
+        let tcp = tokio::net::TcpStream::connect(producer.addr())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = http::Request::get(producer.url("/healthz"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while let Some(chunk) = body.data().await {
+            chunk.unwrap();
+        }
+        let _ = tokio::time::timeout(WAIT, connection)
+            .await
+            .expect("closed");
+        started.elapsed()
+    };
+    let lasted = clock.run(STEP, WAIT, http2).await;
     assert!(
         idle <= lasted && lasted < max,
         "HTTP/2 connection lasted {lasted:?}"
@@ -634,14 +662,17 @@ async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn an_http2_rapid_reset_flood_closes_its_connection_and_others_go_on() {
     let sidecar = FakeSidecar::start(Behaviour::default()).await;
-    let producer = Producer::start(&sidecar.port(), &[]).await;
+    let producer = in_process::Producer::start(&sidecar.port(), &[]).await;
 
     // 1000 streams opened and reset in one burst, against the default of 20 pending resets.
     let goaway = slow_client::rapid_reset(producer.addr(), 1_000).await;
     assert_eq!(goaway, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM");
 
     assert_eq!(producer.get("/healthz").await, StatusCode::OK);
-    let m = producer.metrics().await;
+    // The server counts the connection once its task has ended, which may be after the
+    // client saw it closed.
+    let flood = r#"producer_http_connections_closed_total{limit="http2_flood"}"#;
+    let m = exposition::wait_for(|| producer.metrics(), flood, 1.0).await;
     assert_eq!(
         slow_client::closed_total(&m, "producer", "http2_flood"),
         1.0

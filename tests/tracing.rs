@@ -319,13 +319,13 @@ async fn the_consumer_span_is_a_child_of_the_received_traceparent() {
 }
 
 /// What a collector that is down or slow must not do: slow requests down, or hold the exit up
-/// beyond the drain time (1 s here), which the span flush shares.
+/// beyond the drain time (300 ms here), which the span flush shares.
 async fn nothing_waits_for(endpoint: &str, queue: &str) -> Producer {
     let sidecar = FakeSidecar::start(sidecar::Behaviour::default()).await;
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_MAX_QUEUE_SIZE", queue),
-        ("DRAIN_TIMEOUT", "1s"),
+        ("DRAIN_TIMEOUT", "300ms"),
     ];
     let producer = Producer::start(&sidecar.port(), &env).await;
     for _ in 0..5 {

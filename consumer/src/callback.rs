@@ -26,7 +26,7 @@ use tokio::{
     sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, warn};
 
@@ -42,9 +42,9 @@ const MESSAGE_ID_KEY: &str = "id";
 /// The gRPC path daprd calls with each input binding event.
 const ON_BINDING_EVENT: &str = "/dapr.proto.runtime.v1.AppCallback/OnBindingEvent";
 
-/// What the service needs from the configuration.
+/// What the [`Consumer`] service needs from the configuration.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ConsumerSettings {
     /// The one input binding this app consumes.
     pub binding_name: String,
     /// Simulated work per message.
@@ -60,13 +60,12 @@ pub struct Settings {
 /// The AppCallback and AppCallbackHealthCheck services, sharing one state.
 #[derive(Debug)]
 pub struct Consumer {
-    settings: Settings,
-    /// FIFO-fair, so messages start in the order daprd delivered them.
+    settings: ConsumerSettings,
+    /// FIFO-fair, so messages start in the order daprd delivered them. Closed once shutdown
+    /// starts: new and waiting events are turned away from then on.
     permits: Semaphore,
     /// Every binding event from arrival to response, so shutdown can wait for them.
     in_flight: TaskTracker,
-    /// Cancelled once shutdown starts: new and waiting events are turned away from then on.
-    draining: CancellationToken,
     processed: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -122,12 +121,11 @@ impl From<EventError> for Status {
 
 impl Consumer {
     /// A consumer that has not started draining.
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: ConsumerSettings) -> Self {
         Self {
             // Semaphore::new panics above usize::MAX >> 3 permits; Config caps this at u16::MAX.
             permits: Semaphore::new(settings.max_concurrency.max(1)),
             in_flight: TaskTracker::new(),
-            draining: CancellationToken::new(),
             processed: AtomicU64::new(0),
             metrics: Arc::new(Metrics::new(&settings.binding_name)),
             settings,
@@ -153,7 +151,7 @@ impl Consumer {
     /// until in-flight events have answered or `deadline` passes; returns whether all answered.
     pub async fn drain(&self, deadline: Instant) -> bool {
         let started = Instant::now();
-        self.draining.cancel();
+        self.permits.close();
         self.metrics.set_draining();
         self.in_flight.close();
         let in_flight = self.in_flight.len();
@@ -177,7 +175,7 @@ impl Consumer {
 
     /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
+        self.permits.is_closed()
     }
 
     /// Handles one event inside its span; every outcome is counted.
@@ -213,7 +211,7 @@ impl Consumer {
     /// Decodes and works on one event; returns how long the work took.
     async fn process(&self, event: &BindingEventRequest) -> Result<Duration, EventError> {
         // Once draining, every new event is turned away alike, so the broker hands it elsewhere.
-        if self.draining.is_cancelled() {
+        if self.is_draining() {
             return Err(EventError::Draining);
         }
         if event.name != self.settings.binding_name {
@@ -239,15 +237,13 @@ impl Consumer {
         Ok(done.elapsed)
     }
 
-    /// Waits for a work slot, unless shutdown starts first (or has already started).
+    /// Waits for a work slot, unless shutdown starts first (or has already started): the drain
+    /// closes the semaphore.
     async fn permit(&self) -> Result<SemaphorePermit<'_>, EventError> {
-        tokio::select! {
-            // Checked first so an event arriving during the drain never starts work.
-            biased;
-            () = self.draining.cancelled() => Err(EventError::Draining),
-            // The semaphore is never closed, so this does not fail.
-            permit = self.permits.acquire() => permit.map_err(|_| EventError::Draining),
-        }
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| EventError::Draining)
     }
 }
 
@@ -282,7 +278,8 @@ impl AppCallback for Consumer {
             .instrument(logged)
             .instrument(span.clone())
             .await;
-        end_event_span(&span, &result);
+        // OK, or the gRPC code and reason daprd receives.
+        trace_context::end_grpc_span(&span, result.as_ref().err());
         result
     }
 
@@ -359,34 +356,15 @@ fn not_served(building_block: &str) -> Status {
 /// The exported span of one event, covering the wait for a work slot and the work: a gRPC server
 /// span, and the messaging `process` of the message.
 fn event_span(binding: &str, id: Option<&str>) -> tracing::Span {
-    let (name, service, method) = trace_context::rpc_name(ON_BINDING_EVENT);
-    pipeline::otel_span!(
-        name,
+    pipeline::grpc_span!(
+        ON_BINDING_EVENT,
         "server",
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
         // The app knows the queue only by its binding's name.
         messaging.system = binding,
         messaging.destination.name = binding,
         messaging.operation.type = "process",
         messaging.message.id = id,
     )
-}
-
-/// The outcome of an event on its span: OK, or the gRPC code and reason daprd receives.
-fn end_event_span(span: &tracing::Span, result: &Result<Response<BindingEventResponse>, Status>) {
-    let code = result
-        .as_ref()
-        .map_or_else(Status::code, |_| tonic::Code::Ok);
-    trace_context::set_attribute(span, "rpc.grpc.status_code", code as i64);
-    trace_context::set_status(
-        span,
-        result
-            .as_ref()
-            .err()
-            .map(|status| format!("{code:?}: {}", status.message())),
-    );
 }
 
 /// The broker's message id from a binding event's metadata, if any.
@@ -411,8 +389,8 @@ mod tests {
 
     use super::*;
 
-    fn settings() -> Settings {
-        Settings {
+    fn settings() -> ConsumerSettings {
+        ConsumerSettings {
             binding_name: "message-queue".to_owned(),
             work_duration: Duration::from_secs(5),
             max_concurrency: 1,
@@ -526,7 +504,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn checks_the_token_only_when_configured() {
-        let consumer = Consumer::new(Settings {
+        let consumer = Consumer::new(ConsumerSettings {
             api_token: Some(ApiToken::from_config("s3cret").unwrap()),
             ..settings()
         });
@@ -629,7 +607,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_gives_up_at_the_deadline() {
-        let consumer = Arc::new(Consumer::new(Settings {
+        let consumer = Arc::new(Consumer::new(ConsumerSettings {
             work_duration: Duration::from_secs(60),
             ..settings()
         }));
@@ -645,7 +623,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn runs_up_to_max_concurrency_events_at_once() {
-        let consumer = Arc::new(Consumer::new(Settings {
+        let consumer = Arc::new(Consumer::new(ConsumerSettings {
             max_concurrency: 2,
             ..settings()
         }));
@@ -704,7 +682,7 @@ mod tests {
                 .start_paused(true)
                 .build()
                 .unwrap();
-            let consumer = Consumer::new(Settings {
+            let consumer = Consumer::new(ConsumerSettings {
                 work_duration: Duration::ZERO,
                 ..settings()
             });

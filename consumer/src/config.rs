@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use clap::Parser;
 use pipeline::telemetry::LogArgs;
 
-use crate::callback::Settings;
+use crate::callback::ConsumerSettings;
 use pipeline::{
     api_token::{ApiToken, Secret},
     cli::non_empty,
@@ -70,8 +70,8 @@ pub struct Config {
 
 impl Config {
     /// What the AppCallback service needs from the configuration.
-    pub fn settings(&self) -> Settings {
-        Settings {
+    pub fn settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
             binding_name: self.binding_name.clone(),
             work_duration: self.work_duration,
             max_concurrency: usize::from(self.max_concurrency),

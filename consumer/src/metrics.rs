@@ -4,25 +4,19 @@
 use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header::CONTENT_TYPE},
-    response::{IntoResponse, Response},
-    routing::get,
-};
+use axum::{Router, extract::State, response::Response, routing::get};
 use pipeline::{
     http_server::{self, ConnectionMetrics, HttpLimits},
     openmetrics,
 };
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 /// Work durations in seconds: fine-grained below a second for fast work, then up to a minute;
 /// 5 s is the default simulated work, and Service Bus's default lock is 60 s.
@@ -211,9 +205,7 @@ impl Metrics {
 
     /// The registry in OpenMetrics text, `# EOF` included.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        encode(&mut text, &self.registry)?;
-        Ok(text)
+        openmetrics::page(&self.registry)
     }
 }
 
@@ -293,18 +285,15 @@ fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
-        Ok(text) => ([(CONTENT_TYPE, openmetrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => {
-            error!(error = %e, "encoding the metrics failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    openmetrics::response(metrics.encode())
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
+    use axum::{
+        body::Body,
+        http::{StatusCode, header::CONTENT_TYPE},
+    };
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

@@ -127,8 +127,9 @@ pub async fn serve(
             .context("gRPC server task failed")?
             .context("gRPC server failed while stopping")?,
         Err(_) => {
-            // Only reachable when the drain ran over: unfinished events lose their connection,
-            // daprd abandons them, and the broker redelivers them.
+            // Unfinished events lose their connection here: daprd abandons them, and the broker
+            // redelivers them. After a complete drain, only a peer that holds its connection
+            // open past the GOAWAY gets here.
             if drained {
                 warn!("gRPC connections did not close before the drain timeout; closing them");
             }

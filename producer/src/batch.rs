@@ -152,7 +152,9 @@ pub struct Batches {
 
 /// A place among the MAX_BATCHES that may run at once, held until the batch ends.
 #[derive(Debug)]
-struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// A validated batch holding its place: nothing is sent until [`Accepted::run`].
 #[derive(Debug)]
@@ -222,7 +224,7 @@ impl Batches {
     /// never a queue of waiting requests that grows without bound.
     fn reserve(&self) -> Result<Slot, BatchError> {
         match Arc::clone(&self.inner.slots).try_acquire_owned() {
-            Ok(permit) => Ok(Slot(permit)),
+            Ok(permit) => Ok(Slot { _permit: permit }),
             Err(_) => {
                 self.inner.metrics.batch_refused();
                 Err(BatchError::Busy {

@@ -14,7 +14,7 @@ use pipeline::{
     telemetry::LogArgs,
 };
 
-use crate::{batch::Limits, publisher::RetryPolicy};
+use crate::{batch::Limits, publisher::SidecarRetryPolicy};
 
 /// REST + gRPC front that sends messages to a Dapr output binding.
 #[derive(Debug, Clone, Parser)]
@@ -106,8 +106,8 @@ impl Config {
     }
 
     /// How failed sidecar calls are retried.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
+    pub fn retry_policy(&self) -> SidecarRetryPolicy {
+        SidecarRetryPolicy {
             retries: self.sidecar_retries,
             backoff: Backoff {
                 base: self.retry_backoff,

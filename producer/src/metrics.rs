@@ -164,12 +164,8 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding metrics");
-        out
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        pipeline::openmetrics::page(&self.registry)
     }
 }
 
@@ -221,7 +217,7 @@ mod tests {
         let guard = m.batch_started();
         m.http_request("/MessageProducer", 200);
         m.grpc_request("Produce", Code::InvalidArgument);
-        let text = m.encode();
+        let text = m.encode().unwrap();
         for line in [
             r#"producer_messages_total{binding="message-queue",code="OK"} 2"#,
             r#"producer_messages_total{binding="message-queue",code="UNAVAILABLE"} 1"#,
@@ -239,6 +235,7 @@ mod tests {
         drop(guard);
         assert!(
             m.encode()
+                .unwrap()
                 .lines()
                 .any(|l| l == "producer_batches_in_progress 0")
         );

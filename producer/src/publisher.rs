@@ -119,11 +119,11 @@ impl PublishError {
     }
 }
 
-/// How transient failures are retried. A retry after a deadline can duplicate a message (the
-/// sidecar may have enqueued it before answering too late): delivery is at-least-once, as with
-/// Service Bus itself.
+/// How `InvokeBinding` calls that failed transiently are retried (SIDECAR_RETRIES and the
+/// backoff settings). A retry after a deadline can duplicate a message (the sidecar may have
+/// enqueued it before answering too late): delivery is at-least-once, as with Service Bus itself.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub struct SidecarRetryPolicy {
     /// Attempts after the first; 0 disables retries.
     pub retries: u32,
     pub backoff: Backoff,
@@ -135,7 +135,7 @@ pub struct Publisher {
     client: DaprClient<Channel>,
     binding: String,
     token: Option<MetadataValue<Ascii>>,
-    retry: RetryPolicy,
+    retry: SidecarRetryPolicy,
     metrics: Arc<Metrics>,
 }
 
@@ -147,7 +147,7 @@ impl Publisher {
         binding: String,
         token: Option<MetadataValue<Ascii>>,
         timeout: Duration,
-        retry: RetryPolicy,
+        retry: SidecarRetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         let channel = Endpoint::from(sidecar)
@@ -170,7 +170,7 @@ impl Publisher {
     }
 
     /// One `InvokeBinding{name, operation: "create", data}`; `Ok` once the sidecar has accepted it.
-    /// Transient failures are retried per the [`RetryPolicy`].
+    /// Transient failures are retried per the [`SidecarRetryPolicy`].
     pub async fn publish(&self, data: &[u8], trace: &Trace) -> Result<(), PublishError> {
         let mut attempt = 0;
         loop {
@@ -227,29 +227,15 @@ impl Publisher {
             .instrument(span.clone())
             .await;
         self.metrics.invoke_duration(started.elapsed());
-        if !span.is_none() {
-            let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-            trace_context::set_attribute(&span, "rpc.grpc.status_code", code as i64);
-            trace_context::set_status(
-                &span,
-                result
-                    .as_ref()
-                    .err()
-                    .map(|status| format!("{code:?}: {}", status.message())),
-            );
-        }
+        trace_context::end_grpc_span(&span, result.as_ref().err());
         result.map(drop).map_err(PublishError::from)
     }
 
     /// The span of one `InvokeBinding` attempt: an RPC client span, and a messaging send.
     fn client_span(&self, trace: &Trace) -> tracing::Span {
-        let (name, service, method) = trace_context::rpc_name(INVOKE_BINDING_PATH);
-        let span = pipeline::otel_span!(
-            name,
+        let span = pipeline::grpc_span!(
+            INVOKE_BINDING_PATH,
             "client",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
             messaging.system = %self.binding,
             messaging.destination.name = %self.binding,
             messaging.operation.type = "send",

@@ -35,7 +35,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::{
     batch::{BatchError, BatchRequest, InvalidBatch, MAX_INTERVAL, MAX_TEXT_CHARS, ProduceError},
     publisher::{PublishError, Trace},
-    server::App,
+    server::ServerState,
 };
 
 /// Largest request body accepted, in bytes. Any schema-valid body fits, however its client
@@ -320,22 +320,22 @@ fn response<'a>(operation: &'a mut Operation, status: &str) -> &'a mut openapi::
 
 /// The REST routes anyone may call, whatever PRODUCER_API_TOKEN says: probes, the metrics
 /// scrape and the API documents.
-pub fn open_router(app: App) -> Router {
-    let doc = app.contract.openapi();
+pub fn open_router(state: ServerState) -> Router {
+    let doc = state.contract.openapi();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// The REST API proper, which requires the token when one is configured.
-pub fn api_router(app: App) -> Router {
+pub fn api_router(state: ServerState) -> Router {
     Router::new()
         .route("/MessageProducer", post(produce))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .with_state(state)
 }
 
 /// Sends `count` messages through the Dapr output binding.
@@ -360,7 +360,7 @@ pub fn api_router(app: App) -> Router {
     )
 )]
 async fn produce(
-    State(app): State<App>,
+    State(state): State<ServerState>,
     headers: HeaderMap,
     body: ProduceBody,
 ) -> Result<Json<Sent>, ApiError> {
@@ -370,7 +370,7 @@ async fn produce(
         text: body.text,
         trace: Trace::from_headers(&headers),
     };
-    let sent = app.batches.produce(request).await?;
+    let sent = state.batches.produce(request).await?;
     Ok(Json(Sent { sent }))
 }
 
@@ -420,11 +420,8 @@ fn cause(error: &dyn std::error::Error) -> String {
 }
 
 /// Prometheus metrics, in OpenMetrics text format.
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
-        app.metrics.encode(),
-    )
+async fn metrics(State(state): State<ServerState>) -> Response {
+    openmetrics::response(state.metrics.encode())
 }
 
 /// Liveness: the process serves requests.
@@ -446,11 +443,12 @@ async fn healthz() -> &'static str {
         (status = 503, description = "Sidecar not reachable, or shutting down", body = ErrorBody),
     )
 )]
-async fn readyz(State(app): State<App>) -> Result<&'static str, ApiError> {
-    if app.shutdown.is_cancelled() {
+async fn readyz(State(state): State<ServerState>) -> Result<&'static str, ApiError> {
+    if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    app.publisher
+    state
+        .publisher
         .sidecar_ready()
         .await
         .map_err(ApiError::NotReady)?;

@@ -21,6 +21,7 @@ use pipeline::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, server::NamedService};
+use tonic_health::server::HealthReporter;
 use tracing::{Instrument, info, warn};
 
 use crate::{
@@ -35,9 +36,9 @@ use crate::{
 /// After running batches are stopped, how long their last calls and responses may take.
 const FINAL_GRACE: Duration = Duration::from_secs(5);
 
-/// What both fronts share, built once from the configuration.
+/// The state both fronts share (the axum router's state), built once from the configuration.
 #[derive(Debug, Clone)]
-pub struct App {
+pub struct ServerState {
     pub batches: Batches,
     /// The connection to the sidecar, which readiness asks whether it answers.
     pub publisher: Publisher,
@@ -50,7 +51,7 @@ pub struct App {
     pub contract: Contract,
 }
 
-impl App {
+impl ServerState {
     /// Wires the publisher, the batches and the metrics; connects to nothing yet.
     pub fn new(config: &Config, shutdown: CancellationToken) -> Self {
         let sidecar = config.sidecar_uri();
@@ -90,19 +91,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
-    let app = App::new(&config, shutdown.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let state = ServerState::new(&config, shutdown.clone());
+    let (router, health) = router(state.clone())?;
     health
         .set_serving::<ProducerServer<ProducerService>>()
         .await;
-
-    let router = router(app.clone(), health_service)?;
-    info!(%addr, binding = app.publisher.binding(), "listening");
+    info!(%addr, binding = state.publisher.binding(), "listening");
     let server = http_server::serve(
         listener,
         router,
         config.http.clone(),
-        app.metrics.connections.clone(),
+        state.metrics.connections.clone(),
         shutdown.clone(),
     );
     let mut server = pin!(server);
@@ -137,7 +136,7 @@ pub async fn serve(
         return Ok(());
     }
     warn!("drain timeout reached: stopping running batches");
-    app.batches.stop().await;
+    state.batches.stop().await;
     if tokio::time::timeout(FINAL_GRACE, &mut server)
         .await
         .is_err()
@@ -152,9 +151,11 @@ pub async fn serve(
 /// callers and UNIMPLEMENTED for gRPC callers; every request counted and traced. With
 /// PRODUCER_API_TOKEN, the API proper (`POST /MessageProducer`, `producer.v1.Producer`) takes
 /// only callers with the token; probes, metrics, the API docs, health and reflection stay open.
-pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
-    let producer = ProducerService::new(app.batches.clone(), Arc::clone(&app.metrics));
-    let metrics = Arc::clone(&app.metrics);
+/// Also returns the reporter of `grpc.health.v1.Health`, whose statuses the caller sets.
+pub fn router(state: ServerState) -> anyhow::Result<(Router, HealthReporter)> {
+    let producer = ProducerService::new(state.batches.clone(), Arc::clone(&state.metrics));
+    let metrics = Arc::clone(&state.metrics);
+    let (health, health_service) = tonic_health::server::health_reporter();
     // grpcurl asks v1 first and falls back to v1alpha, which older clients only know.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -169,8 +170,8 @@ pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
         .context("building gRPC reflection")?;
 
     // The API proper behind the token, when one is configured; the open routes beside it.
-    let api = grpc(rest::api_router(app.clone()), producer);
-    let api = match app.api_token.clone() {
+    let api = grpc(rest::api_router(state.clone()), producer);
+    let api = match state.api_token.clone() {
         Some(token) => {
             let gate = Gate {
                 token,
@@ -180,15 +181,16 @@ pub fn router(app: App, health: impl GrpcService) -> anyhow::Result<Router> {
         }
         None => api,
     };
-    let open = rest::open_router(app);
-    let open = grpc(open, health);
+    let open = rest::open_router(state);
+    let open = grpc(open, health_service);
     let open = grpc(open, reflection_v1);
     let open = grpc(open, reflection_v1alpha);
-    Ok(open
+    let router = open
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(metrics, observe)))
+        .layer(axum::middleware::from_fn_with_state(metrics, observe));
+    Ok((router, health))
 }
 
 /// Wraps both fronts: every request runs in its trace's span, and REST requests are counted by
@@ -249,14 +251,7 @@ fn server_span(grpc: bool, method: &Method, route: &str, path: &str) -> tracing:
         return tracing::Span::none();
     }
     if grpc {
-        let (name, service, rpc) = trace_context::rpc_name(path);
-        pipeline::otel_span!(
-            name,
-            "server",
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = rpc,
-        )
+        pipeline::grpc_span!(path, "server")
     } else {
         pipeline::otel_span!(
             format!("{method} {route}"),
@@ -280,19 +275,12 @@ fn end_server_span(span: &tracing::Span, grpc: bool, headers: &HeaderMap, status
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
             .map_or(Code::Ok, Code::from_i32);
-        trace_context::set_attribute(span, "rpc.grpc.status_code", code as i64);
-        let message = headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .map(|m| {
-                percent_encoding::percent_decode_str(m)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            });
-        trace_context::set_status(
-            span,
-            (code != Code::Ok).then(|| format!("{code:?}: {}", message.unwrap_or_default())),
-        );
+        let error = (code != Code::Ok).then(|| {
+            let message = headers.get("grpc-message").and_then(|v| v.to_str().ok());
+            let message = percent_encoding::percent_decode_str(message.unwrap_or_default());
+            tonic::Status::new(code, message.decode_utf8_lossy())
+        });
+        trace_context::end_grpc_span(span, error.as_ref());
     } else {
         trace_context::set_attribute(
             span,
@@ -335,22 +323,9 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// A generated tonic server, mountable on an axum router.
-pub trait GrpcService:
-    tower::Service<
-        http::Request<axum::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + NamedService
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S> GrpcService for S where
+/// Mounts a generated tonic server on `router`, at the paths of its service.
+fn grpc<S>(router: Router, service: S) -> Router
+where
     S: tower::Service<
             http::Request<axum::body::Body>,
             Response = http::Response<tonic::body::Body>,
@@ -360,15 +335,9 @@ impl<S> GrpcService for S where
         + Clone
         + Send
         + Sync
-        + 'static
+        + 'static,
 {
-}
-
-fn grpc(router: Router, service: impl GrpcService) -> Router {
-    fn path<S: NamedService>(_: &S) -> String {
-        format!("/{}/{{*method}}", S::NAME)
-    }
-    router.route_service(&path(&service), service)
+    router.route_service(&format!("/{}/{{*method}}", S::NAME), service)
 }
 
 async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {

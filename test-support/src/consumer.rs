@@ -1,7 +1,8 @@
 //! The real `consumer` binary on an ephemeral loopback port, a gRPC channel to it as daprd
-//! has, its metrics page, and the original sample's per-message log line.
+//! has ([`AppPort`], which `in_process::Consumer` shares), its metrics page, and the original
+//! sample's per-message log line.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr, ops::Deref};
 
 use chrono::NaiveDateTime;
 use pipeline::dapr_v1::{
@@ -11,7 +12,7 @@ use pipeline::dapr_v1::{
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tonic::{
-    Request, Response, Status,
+    Code, Request, Response, Status,
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{
@@ -29,11 +30,57 @@ pub fn bin() -> std::path::PathBuf {
     crate::process::binary("consumer")
 }
 
-/// A consumer on an ephemeral loopback port, and a channel to it.
+/// A binding event for `binding` carrying `data`, with the binding metadata `metadata` (`id`
+/// and the like, as daprd passes them on).
+pub fn event(
+    binding: &str,
+    data: &[u8],
+    metadata: &[(&str, &str)],
+) -> Request<BindingEventRequest> {
+    Request::new(BindingEventRequest {
+        name: binding.to_owned(),
+        data: data.to_vec(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<HashMap<_, _>>(),
+    })
+}
+
+/// The original sample's message as event `id` of `message-queue`.
+pub fn hello(id: &str) -> Request<BindingEventRequest> {
+    event("message-queue", br#"{"text":"Hello World"}"#, &[("id", id)])
+}
+
+/// Expects `result` to have failed with `code`; returns its status.
+pub fn assert_code(result: Result<(), Status>, code: Code, what: &str) -> Status {
+    match result {
+        Ok(()) => panic!("{what}: expected {code:?}, got OK"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{what}: {status:?}");
+            status
+        }
+    }
+}
+
+/// Series of the consumer's metrics page, for the default binding.
+pub mod series {
+    pub const RECEIVED: &str = r#"consumer_events_received_total{binding="message-queue"}"#;
+    pub const PROCESSED: &str = r#"consumer_events_processed_total{binding="message-queue"}"#;
+    pub const IN_FLIGHT: &str = "consumer_events_in_flight";
+    pub const DRAINING: &str = "consumer_draining";
+    pub const PROCESSING_COUNT: &str = "consumer_event_processing_seconds_count";
+
+    /// Events answered with an error for `reason`.
+    pub fn failed(reason: &str) -> String {
+        format!(r#"consumer_events_failed_total{{binding="message-queue",reason="{reason}"}}"#)
+    }
+}
+
+/// The real `consumer` on an ephemeral loopback port; its [`AppPort`] is at hand through `Deref`.
 pub struct Consumer {
     pub service: Service,
-    pub addr: SocketAddr,
-    channel: Channel,
+    port: AppPort,
 }
 
 impl Consumer {
@@ -43,22 +90,10 @@ impl Consumer {
         all.extend_from_slice(env);
         let mut service = Service::spawn(bin(), &all);
         let addr = service.addr().await;
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("a valid URI")
-            .connect_timeout(WAIT)
-            // Bounds every call a test makes.
-            .timeout(WAIT)
-            // Connected at the first call: a test that lets the sidecar drive it makes none.
-            .connect_lazy();
         Self {
             service,
-            addr,
-            channel,
+            port: AppPort::new(addr),
         }
-    }
-
-    pub fn callback(&self) -> AppCallbackClient<Channel> {
-        AppCallbackClient::new(self.channel.clone())
     }
 
     /// Sends `request` (with an `id` in its metadata) in the background and waits until the
@@ -77,32 +112,6 @@ impl Consumer {
             })
             .await;
         call
-    }
-
-    /// Dapr's `AppCallbackHealthCheck`.
-    pub async fn health_check(&self) -> Result<(), Status> {
-        AppCallbackHealthCheckClient::new(self.channel.clone())
-            .health_check(())
-            .await
-            .map(|_| ())
-    }
-
-    /// `grpc.health.v1.Health/Check` for `service`.
-    pub async fn grpc_health(&self, service: &str) -> Result<ServingStatus, Status> {
-        let request = HealthCheckRequest {
-            service: service.to_owned(),
-        };
-        let response = HealthClient::new(self.channel.clone())
-            .check(request)
-            .await?;
-        Ok(response.into_inner().status())
-    }
-
-    /// Sends one binding event; an OK answer must be the empty response daprd expects.
-    pub async fn send(&self, request: Request<BindingEventRequest>) -> Result<(), Status> {
-        let response = self.callback().on_binding_event(request).await?;
-        assert_eq!(response.into_inner(), BindingEventResponse::default());
-        Ok(())
     }
 
     /// The address of its metrics server, from its `metrics listening` event.
@@ -142,6 +151,65 @@ impl Consumer {
     pub async fn stop_with_lines(self) -> Vec<Value> {
         let events = self.stop_with_events().await;
         events.into_iter().filter(is_original_line).collect()
+    }
+}
+
+impl Deref for Consumer {
+    type Target = AppPort;
+
+    fn deref(&self) -> &AppPort {
+        &self.port
+    }
+}
+
+/// A consumer's app port as daprd and the kubelet call it: Dapr's `AppCallback` and
+/// `AppCallbackHealthCheck`, and gRPC health.
+pub struct AppPort {
+    pub addr: SocketAddr,
+    channel: Channel,
+}
+
+impl AppPort {
+    /// A channel to the port at `addr`, connected at its first call: a test that lets the
+    /// sidecar drive the consumer makes none.
+    pub fn new(addr: SocketAddr) -> Self {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_timeout(WAIT)
+            // Bounds every call a test makes.
+            .timeout(WAIT)
+            .connect_lazy();
+        Self { addr, channel }
+    }
+
+    pub fn callback(&self) -> AppCallbackClient<Channel> {
+        AppCallbackClient::new(self.channel.clone())
+    }
+
+    /// Dapr's `AppCallbackHealthCheck`.
+    pub async fn health_check(&self) -> Result<(), Status> {
+        AppCallbackHealthCheckClient::new(self.channel.clone())
+            .health_check(())
+            .await
+            .map(|_| ())
+    }
+
+    /// `grpc.health.v1.Health/Check` for `service`.
+    pub async fn grpc_health(&self, service: &str) -> Result<ServingStatus, Status> {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let response = HealthClient::new(self.channel.clone())
+            .check(request)
+            .await?;
+        Ok(response.into_inner().status())
+    }
+
+    /// Sends one binding event; an OK answer must be the empty response daprd expects.
+    pub async fn send(&self, request: Request<BindingEventRequest>) -> Result<(), Status> {
+        let response = self.callback().on_binding_event(request).await?;
+        assert_eq!(response.into_inner(), BindingEventResponse::default());
+        Ok(())
     }
 }
 

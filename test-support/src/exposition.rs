@@ -1,7 +1,12 @@
 //! A strict parser for the OpenMetrics text exposition a `/metrics` endpoint serves, so a test can
 //! both read the values and prove that a scraper would accept the page.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+};
+
+use super::WAIT;
 
 /// A parsed page: every sample by its series, written as on the page (`name{a="b",c="d"}`, or
 /// just `name` without labels), and each family's type.
@@ -42,6 +47,28 @@ impl Exposition {
             .map(|(_, value)| value)
             .sum()
     }
+}
+
+/// Scrapes with `scrape` until `series` reads `value`, yielding to the other tasks between two
+/// scrapes; returns that page. A metric counted just after the answer it follows (a connection's
+/// end, say) is read once it is counted, not raced. Bounded in scrapes and in real time, and it
+/// moves no clock.
+pub async fn wait_for<F, S>(mut scrape: S, series: &str, value: f64) -> Exposition
+where
+    S: FnMut() -> F,
+    F: Future<Output = Exposition>,
+{
+    let started = std::time::Instant::now();
+    let mut page = scrape().await;
+    for _ in 0..1_000 {
+        if page.samples.get(series) == Some(&value) || started.elapsed() > WAIT {
+            break;
+        }
+        tokio::task::yield_now().await;
+        page = scrape().await;
+    }
+    assert_eq!(page.get(series), value, "{series}");
+    page
 }
 
 #[derive(Default)]

@@ -1,15 +1,18 @@
-//! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive a real producer or
-//! consumer, a fake Dapr sidecar, fake consumer apps (gRPC and HTTP), devstack (its sidecar alone or the whole
-//! stack), loopback ports for servers that are not up yet, slow clients, and the official Dapr
-//! Python SDK with the scripts that use it.
-#![allow(dead_code)] // each test crate uses a different part
+//! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive
+//! a real producer or consumer, or (feature `in-process`) their libraries serving in the test
+//! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
+//! HTTP), devstack (its sidecar alone or the whole stack), loopback ports for servers that are not
+//! up yet, slow clients, and the official Dapr Python SDK with the scripts that use it.
 
 pub mod app;
 pub mod browser;
+pub mod clock;
 pub mod consumer;
 pub mod devstack;
 pub mod exposition;
 pub mod http_app;
+#[cfg(feature = "in-process")]
+pub mod in_process;
 pub mod otlp;
 pub mod port;
 pub mod process;
@@ -94,6 +97,16 @@ impl Served {
                 .unwrap_or_else(|e| panic!("{what} serves: {e:?}"))
         });
         Self { shutdown, task }
+    }
+
+    /// Tells the server to stop, as a stop signal does, without waiting for it.
+    pub fn signal(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether the server has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops serving and waits for the server to end.

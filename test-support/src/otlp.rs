@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value},
     trace::v1::span::SpanKind,
 };
+use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::{Request, Response, Status, transport::Server};
@@ -108,7 +109,7 @@ impl TraceService for Shared {
             }
         }
         let n = received.len();
-        collected.spans.lock().unwrap().extend(received);
+        collected.spans.lock().extend(received);
         collected.count.send_modify(|c| *c += n);
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
@@ -185,7 +186,7 @@ impl Receiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
-        self.collected.spans.lock().unwrap().clone()
+        self.collected.spans.lock().clone()
     }
 
     /// Waits, at most [`WAIT`], until the spans received include what `pred` looks for; returns

@@ -1,11 +1,11 @@
-//! Runs a real binary (`CARGO_BIN_EXE_*`) with a clean environment and JSON logs on loopback,
+//! Runs a real workspace binary ([`binary`]) with a clean environment and JSON logs on loopback,
 //! and waits, bounded, for its log events: the `listening` event carries the bound address, the
 //! readiness signal. Also reads a process's memory and CPU time from `/proc`.
 //!
-//! The manifest tests include this file alone, for `--help`. The pipeline benchmark includes it
-//! too (`benches/pipeline/mod.rs`), measuring its children with [`Service::measured`]: their
-//! output is then read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every line would charge the consumer with
-//! those wake-ups, and a benchmark's worth of lines would fill the memory.
+//! The pipeline benchmark measures its children with [`Service::measured`]: their output is then
+//! read in large chunks, a few hundred a second, and only its tail kept. A reader woken by every
+//! line would charge the consumer with those wake-ups, and a benchmark's worth of lines would
+//! fill the memory.
 
 use std::{
     ffi::OsStr,
@@ -14,10 +14,11 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::{
     process::{Child, Command},
@@ -151,7 +152,7 @@ impl Service {
     ) -> (Self, Value) {
         let mut service = Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES));
         let event = service.wait_for_message(ready).await;
-        service.output.lock().unwrap().paced = true;
+        service.output.lock().paced = true;
         (service, event)
     }
 
@@ -214,7 +215,7 @@ impl Service {
 
     /// Every JSON log event so far (of the tail, when measured).
     pub async fn events(&self) -> Vec<Value> {
-        let output = self.output.lock().unwrap();
+        let output = self.output.lock();
         let (lines, _) = output.lines_from(0);
         lines
             .filter_map(|l| serde_json::from_slice(l).ok())
@@ -261,11 +262,11 @@ impl Service {
     async fn wait_until<T>(&mut self, what: &str, mut look: impl FnMut(&Output) -> Option<T>) -> T {
         let found = tokio::time::timeout(WAIT, async {
             loop {
-                if let Some(found) = look(&self.output.lock().unwrap()) {
+                if let Some(found) = look(&self.output.lock()) {
                     return Some(found);
                 }
                 if self.seen.changed().await.is_err() {
-                    return look(&self.output.lock().unwrap());
+                    return look(&self.output.lock());
                 }
             }
         })
@@ -275,14 +276,14 @@ impl Service {
             _ => panic!(
                 "no {what:?} from {}; output so far:\n{}",
                 self.name,
-                self.output.lock().unwrap().strings().join("\n")
+                self.output.lock().strings().join("\n")
             ),
         }
     }
 
     /// Every output line so far, JSON or not.
     pub async fn lines(&self) -> Vec<String> {
-        self.output.lock().unwrap().strings()
+        self.output.lock().strings()
     }
 
     /// The process id.
@@ -511,7 +512,7 @@ fn read(mut pipe: File, output: &Mutex<Output>, seen: &watch::Sender<usize>) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let mut all = output.lock().unwrap();
+        let mut all = output.lock();
         if all.tail.is_none() {
             // Echoed for `cargo test -- --nocapture` when a test fails.
             print!("{}", String::from_utf8_lossy(&chunk[..n]));
@@ -525,7 +526,7 @@ fn read(mut pipe: File, output: &Mutex<Output>, seen: &watch::Sender<usize>) {
         }
     }
     // A last line without its newline is a line all the same.
-    let mut all = output.lock().unwrap();
+    let mut all = output.lock();
     if all.text.last().is_some_and(|&b| b != b'\n') {
         all.push(b"\n");
     }

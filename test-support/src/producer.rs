@@ -1,4 +1,7 @@
-//! The real `producer` binary on an ephemeral loopback port, with an HTTP and a gRPC client.
+//! The real `producer` binary on an ephemeral loopback port, and the HTTP and gRPC clients of a
+//! producer's port ([`Api`]), which `in_process::Producer` shares.
+
+use std::{net::SocketAddr, ops::Deref};
 
 use pipeline::{
     proto::{ProduceRequest, producer_client::ProducerClient},
@@ -32,14 +35,11 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// A producer on an ephemeral port, talking to the sidecar on `sidecar_port`.
+/// The real `producer` on an ephemeral port, talking to the sidecar on `sidecar_port`; its
+/// [`Api`] is at hand through `Deref`.
 pub struct Producer {
     pub service: Service,
-    /// `http://{addr}`: REST and gRPC share the port.
-    pub base: String,
-    pub http: reqwest::Client,
-    /// PRODUCER_API_TOKEN, which the helpers below then send.
-    pub token: Option<String>,
+    api: Api,
 }
 
 impl Producer {
@@ -54,6 +54,37 @@ impl Producer {
             .map(|(_, token)| (*token).to_owned());
         Self {
             service,
+            api: Api::new(addr, token),
+        }
+    }
+
+    /// SIGTERM, then expect a clean exit.
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+}
+
+impl Deref for Producer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A producer's port as its callers use it: REST and gRPC on one address, with its token.
+pub struct Api {
+    /// `http://{addr}`: REST and gRPC share the port.
+    pub base: String,
+    pub http: reqwest::Client,
+    /// PRODUCER_API_TOKEN, which the helpers below then send.
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// The port at `addr`, with PRODUCER_API_TOKEN `token` if it has one.
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
+        Self {
             base: format!("http://{addr}"),
             http: http_client(),
             token,
@@ -160,11 +191,6 @@ impl Producer {
 
     pub async fn client(&self) -> ProducerClient<tonic::transport::Channel> {
         ProducerClient::new(self.channel().await)
-    }
-
-    /// SIGTERM, then expect a clean exit.
-    pub async fn stop(self) {
-        self.service.stop().await;
     }
 
     /// The producer's `/metrics`, scraped as Prometheus would.

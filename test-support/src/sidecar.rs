@@ -5,12 +5,13 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use pipeline::{
     dapr_runtime::{BindingHandler, DaprRuntimeServer},
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
@@ -42,6 +43,8 @@ pub struct Behaviour {
     pub fail_first: Option<(usize, Code)>,
     /// Time each accepted call takes.
     pub delay: Duration,
+    /// Hold every call that would be accepted (counted in flight) until this turns true.
+    pub gate: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,14 +85,18 @@ impl Recorder {
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
         if let Some((after, code)) = self.behaviour.fail_after
-            && self.calls.lock().unwrap().len() >= after
+            && self.calls.lock().len() >= after
         {
             return Err(Status::new(code, "injected failure"));
+        }
+        if let Some(gate) = &self.behaviour.gate {
+            // The caller's deadline bounds the wait.
+            let _ = gate.clone().wait_for(|open| *open).await;
         }
         tokio::time::sleep(self.behaviour.delay).await;
         let headers = headers(&request);
         let message = request.into_inner();
-        let mut calls = self.calls.lock().unwrap();
+        let mut calls = self.calls.lock();
         calls.push(Call {
             name: message.name,
             operation: message.operation,
@@ -147,7 +154,7 @@ impl FakeSidecar {
 
     /// Calls accepted so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.recorder.calls.lock().unwrap().clone()
+        self.recorder.calls.lock().clone()
     }
 
     /// Waits, at most [`super::WAIT`], until `n` calls have been accepted.
@@ -176,6 +183,6 @@ impl FakeSidecar {
     /// Stops serving, waits for the server to end, and returns every call it accepted.
     pub async fn stop(self) -> Vec<Call> {
         self.server.stop("fake sidecar").await;
-        self.recorder.calls.lock().unwrap().clone()
+        self.recorder.calls.lock().clone()
     }
 }

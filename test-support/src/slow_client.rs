@@ -1,15 +1,15 @@
 //! Slow and abusive HTTP clients on raw TCP: connections that send part of a request and stall,
-//! bodies that trickle, and the clock on when the server closes them.
+//! bodies that trickle, and the clock on when the server closes them (Tokio's: real time, or a
+//! paused clock's in a test that holds one).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     task::JoinSet,
+    // Tokio's clock, so that times read on a paused clock are the clock's.
+    time::Instant,
 };
 
 use super::{WAIT, exposition::Exposition};
