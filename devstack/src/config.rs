@@ -19,9 +19,9 @@ use pipeline::{
 use tracing::{info, warn};
 
 use crate::{
-    delivery::{AppProtocol, AppTarget},
-    queue::Settings,
-    resiliency::{self, RetryPolicy},
+    app::{AppProtocol, AppTarget},
+    queue::QueueSettings,
+    resiliency::{self, BindingRetryPolicy},
 };
 
 /// The Resiliency devstack reads unless told otherwise: the one deployed with the consumer, in the
@@ -210,7 +210,7 @@ pub struct SidecarArgs {
 
 impl SidecarArgs {
     /// The inbound retry policy of each binding that has one, from `--resiliency`.
-    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
         let path = self.resiliency.as_path();
         if path == Path::new(NO_RESILIENCY) {
             return Ok(BTreeMap::new());
@@ -226,8 +226,8 @@ impl SidecarArgs {
         Ok(policies)
     }
 
-    pub fn queue_settings(&self) -> Settings {
-        Settings {
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
             max_delivery_count: self.max_delivery_count,
         }
     }
@@ -239,7 +239,7 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
         None => (value, None),
     };
     let address = address.trim();
-    // A bare address keeps meaning gRPC, as before HTTP apps; only `http://` opts in.
+    // A bare address means gRPC (what our consumer speaks); only `http://` opts in.
     let (protocol, address) = match address.split_once("://") {
         None => (AppProtocol::Grpc, address),
         Some(("http", address)) => (AppProtocol::Http, address),

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    app::{AppProtocol, AppTarget},
     config::UpArgs,
-    delivery::{AppProtocol, AppTarget},
     scaling::controller::{Autoscale, Controller},
-    sidecar::{App, Listeners, Sidecar},
+    sidecar::{AppHandle, Listeners, Sidecar},
 };
 
 /// Longest a child may take to stop after SIGTERM: above the consumer's default 25 s drain limit.
@@ -246,7 +246,12 @@ pub fn log_listening(command: &mut Command, args: &UpArgs, target: &str) {
 }
 
 /// Starts delivering to a consumer, and says where it is.
-pub fn add_app(sidecar: &mut Sidecar, label: &str, address: SocketAddr, args: &UpArgs) -> App {
+pub fn add_app(
+    sidecar: &mut Sidecar,
+    label: &str,
+    address: SocketAddr,
+    args: &UpArgs,
+) -> AppHandle {
     info!(part = %label, app = %address, "delivering to consumer");
     sidecar.add_app(
         AppTarget {

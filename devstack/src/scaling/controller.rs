@@ -9,10 +9,11 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::{
-    broker::{Broker, ReplicaState},
     config::UpArgs,
     queue::{Counts, Queue},
+    registry::ReplicaState,
     sidecar::Sidecar,
+    status::{CountedScaling, ReplicaCounts, ScalingReport, StatusBoard},
 };
 
 use super::{
@@ -47,6 +48,24 @@ pub struct ScalingStatus {
     /// Replicas the sidecar does not know yet, counted in by [`counted`](Self::counted).
     #[serde(skip)]
     pub unregistered: Unregistered,
+}
+
+/// The status counts the replicas at each read, so they agree with the consumers it lists.
+impl ScalingReport for ScalingStatus {
+    fn counted(&self, states: &[ReplicaState]) -> CountedScaling {
+        let counted = self.clone().counted(states.iter().copied());
+        CountedScaling {
+            replicas: ReplicaCounts {
+                desired: counted.replicas,
+                ready: counted.ready,
+                starting: counted.starting,
+                terminating: counted.terminating,
+            },
+            metric: counted.metric,
+            // Strings, numbers and maps with string keys: it always serializes.
+            json: serde_json::value::to_raw_value(&counted).expect("the scaling status serializes"),
+        }
+    }
 }
 
 impl ScalingStatus {
@@ -149,7 +168,7 @@ pub struct Controller {
     keda: Keda,
     hpa: Hpa,
     queue: Arc<Queue>,
-    broker: Arc<Broker>,
+    status: Arc<StatusBoard>,
     replicas: ReplicaSet,
     /// The Deployment's spec.replicas.
     desired: u32,
@@ -168,8 +187,8 @@ impl Controller {
     ) -> anyhow::Result<Self> {
         let spec = autoscale.spec.clone();
         let clock = Clock::start(args.time_scale);
-        let broker = Arc::clone(sidecar.broker());
-        let Some(queue) = broker.queue(&autoscale.binding).cloned() else {
+        let status = Arc::clone(sidecar.status());
+        let Some(queue) = sidecar.queues().get(&autoscale.binding).cloned() else {
             bail!("the sidecar has no binding {:?}", autoscale.binding);
         };
         let replicas =
@@ -181,7 +200,7 @@ impl Controller {
             spec,
             clock,
             queue,
-            broker,
+            status,
             replicas,
             metric: None,
             events: VecDeque::new(),
@@ -268,7 +287,7 @@ impl Controller {
     /// replica change. Whatever watches the status for changes is woken here.
     fn publish(&self) {
         let clock = &self.clock;
-        self.broker.set_scaling(ScalingStatus {
+        self.status.set_scaling(ScalingStatus {
             settings: Settings {
                 spec: self.spec.clone(),
                 time_scale: clock.scale(),
