@@ -6,12 +6,13 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
+use parking_lot::Mutex;
 use pipeline::dapr_v1::{
     BindingEventRequest, BindingEventResponse, HealthCheckResponse, JobEventRequest,
     JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse,
@@ -122,7 +123,7 @@ impl AppCallback for Recorder {
         let headers = headers(&request);
         let event = request.into_inner();
         {
-            let mut deliveries = self.deliveries.lock().unwrap();
+            let mut deliveries = self.deliveries.lock();
             deliveries.push(Delivery {
                 name: event.name,
                 data: event.data,
@@ -289,7 +290,7 @@ impl FakeApp {
 
     /// Every binding event so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        self.recorder.deliveries.lock().unwrap().clone()
+        self.recorder.deliveries.lock().clone()
     }
 
     /// Waits, at most [`super::WAIT`], until `n` binding events have arrived; returns them all.

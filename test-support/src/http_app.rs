@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -21,6 +21,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
+use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::watch};
 
 use super::{Served, wait_count};
@@ -132,12 +133,12 @@ impl HttpApp {
 
     /// Every request so far but the health checks, as `METHOD /path`, in order.
     pub fn requests(&self) -> Vec<String> {
-        self.recorder.requests.lock().unwrap().clone()
+        self.recorder.requests.lock().clone()
     }
 
     /// Every binding event so far.
     pub fn deliveries(&self) -> Vec<HttpDelivery> {
-        self.recorder.deliveries.lock().unwrap().clone()
+        self.recorder.deliveries.lock().clone()
     }
 
     /// Waits, at most [`super::WAIT`], until `n` binding events have arrived; returns them all.
@@ -155,7 +156,7 @@ impl HttpApp {
 async fn record(State(recorder): State<Arc<Recorder>>, request: Request, next: Next) -> Response {
     if request.uri().path() != "/healthz" {
         let line = format!("{} {}", request.method(), request.uri().path());
-        recorder.requests.lock().unwrap().push(line);
+        recorder.requests.lock().push(line);
     }
     next.run(request).await
 }
@@ -189,7 +190,7 @@ async fn event(
             .collect(),
         ok: !fails,
     };
-    recorder.deliveries.lock().unwrap().push(delivery);
+    recorder.deliveries.lock().push(delivery);
     recorder.received.send_modify(|n| *n += 1);
     if fails {
         recorder.behaviour.fail_with
