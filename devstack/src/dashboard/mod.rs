@@ -51,7 +51,8 @@ const PRODUCER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// of up to a minute; past this the page is told, rather than waiting forever.
 const PRODUCER_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// What the dashboard shows: the sidecar's [`StatusBoard`].
+/// What the dashboard shows: the sidecar's [`StatusBoard`]. A trait, so that what the dashboard
+/// costs (the snapshots it takes) can be observed from outside, with no counter kept for it.
 pub trait StatusSource: Send + Sync + 'static {
     /// The status now.
     fn status(&self) -> Status;
