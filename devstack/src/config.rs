@@ -19,10 +19,10 @@ use pipeline::{
 use tracing::info;
 
 use crate::{
-    delivery::{AppProtocol, AppTarget},
+    app::{AppProtocol, AppTarget},
     manifests,
-    queue::Settings,
-    resiliency::{self, RetryPolicy},
+    queue::QueueSettings,
+    resiliency::{self, BindingRetryPolicy},
 };
 
 /// `--resiliency none`: no retry policy; a failed call abandons the message at once.
@@ -197,7 +197,7 @@ pub struct SidecarArgs {
 
 impl SidecarArgs {
     /// The inbound retry policy of each binding that has one, from `--resiliency`.
-    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+    pub fn retry_policies(&self) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
         let (policies, source) = match self.resiliency.as_deref() {
             Some(path) if path == Path::new(NO_RESILIENCY) => return Ok(BTreeMap::new()),
             Some(path) => (
@@ -217,8 +217,8 @@ impl SidecarArgs {
         Ok(policies)
     }
 
-    pub fn queue_settings(&self) -> Settings {
-        Settings {
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
             max_delivery_count: self.max_delivery_count,
         }
     }

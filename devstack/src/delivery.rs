@@ -27,42 +27,14 @@ use tonic::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    broker::{AppStatus, Broker},
-    http_app::HttpApp,
-    queue::{Abandoned, Lock, Message, Queue},
+    app::{self, AppProtocol, AppTarget, CallError},
+    http_app::HttpAppClient,
+    queue::{Abandoned, Lock, Queue, QueuedMessage, Queues},
     rate_limit::RateLimiter,
-    resiliency::RetryPolicy,
+    registry::AppStatus,
+    resiliency::BindingRetryPolicy,
     service_bus, spans,
 };
-
-/// How the sidecar talks to an app: daprd's `--app-protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AppProtocol {
-    /// The AppCallback gRPC service (`--app-protocol grpc`), as our consumer serves it.
-    #[default]
-    Grpc,
-    /// Plain HTTP/1.1 (`--app-protocol http`, daprd's default): `POST /<binding-name>`.
-    Http,
-}
-
-impl AppProtocol {
-    /// The name daprd gives it, as the metadata API reports it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Grpc => "grpc",
-            Self::Http => "http",
-        }
-    }
-}
-
-/// One consumer app to deliver to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppTarget {
-    pub protocol: AppProtocol,
-    pub address: SocketAddr,
-    /// Events in flight at once per binding; Service Bus's default is 1.
-    pub max_concurrency: usize,
-}
 
 /// Delivery behaviour shared by every app.
 #[derive(Debug, Clone)]
@@ -77,29 +49,29 @@ pub struct DeliverySettings {
     /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
     pub max_retriable_errors_per_sec: u32,
     /// Each binding's inbound retry policy, from a Dapr Resiliency.
-    pub retry_policies: Arc<BTreeMap<String, RetryPolicy>>,
+    pub retry_policies: Arc<BTreeMap<String, BindingRetryPolicy>>,
 }
 
 /// Serves one app, whose status is `status`, until `shutdown` (the sidecar's, or this app's
 /// alone when it is scaled in): no message is taken for it after that, and in-flight deliveries
 /// finish (bounded by the lock duration).
 pub async fn serve_app(
-    broker: Arc<Broker>,
+    queues: Arc<Queues>,
     status: Arc<AppStatus>,
     target: AppTarget,
     settings: DeliverySettings,
     shutdown: CancellationToken,
 ) {
     let app = match target.protocol {
-        AppProtocol::Grpc => AppClient::Grpc(
+        AppProtocol::Grpc => AppChannel::Grpc(
             Endpoint::from_shared(format!("http://{}", target.address))
                 .expect("a socket address is a valid URI")
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy(),
         ),
-        AppProtocol::Http => match HttpApp::new(target.address, settings.lock_duration) {
-            Ok(app) => AppClient::Http(app),
+        AppProtocol::Http => match HttpAppClient::new(target.address, settings.lock_duration) {
+            Ok(app) => AppChannel::Http(app),
             Err(error) => {
                 warn!(app = %target.address, %error, "cannot build an HTTP client; delivering nothing to this app");
                 return;
@@ -108,26 +80,26 @@ pub async fn serve_app(
     };
 
     let Some(listed) = app
-        .subscribed_bindings(broker.names(), target.address, &shutdown)
+        .subscribed_bindings(queues.names(), target.address, &shutdown)
         .await
     else {
         return;
     };
-    let mut queues = Vec::new();
+    let mut subscribed = Vec::new();
     for binding in &listed {
-        match broker.queue(binding) {
-            Some(queue) => queues.push(Arc::clone(queue)),
+        match queues.get(binding) {
+            Some(queue) => subscribed.push(Arc::clone(queue)),
             None => {
                 warn!(app = %target.address, binding, "app listed a binding this sidecar does not have")
             }
         }
     }
-    *status.bindings.lock().expect("bindings lock") = Some(listed.clone());
-    status.changed();
+    status.set_bindings(listed.clone());
     info!(app = %target.address, protocol = target.protocol.as_str(), bindings = ?listed, "app listed its input bindings");
 
     let health = Arc::new(Health {
         app: Arc::clone(&status),
+        address: target.address,
         tx: watch::channel(false).0,
     });
     let mut tasks = JoinSet::new();
@@ -137,15 +109,16 @@ pub async fn serve_app(
         settings.health_interval,
         shutdown.clone(),
     ));
-    for queue in queues {
+    for queue in subscribed {
         // One limiter per binding of an app, as daprd has one subscription per binding.
         let retriable_errors =
             RateLimiter::new(settings.max_retriable_errors_per_sec).map(Arc::new);
         for _ in 0..target.max_concurrency {
             let worker = Worker {
                 queue: Arc::clone(&queue),
-                client: app.clone(),
+                channel: app.clone(),
                 app: Arc::clone(&status),
+                address: target.address,
                 healthy: health.tx.subscribe(),
                 health: Arc::clone(&health),
                 settings: settings.clone(),
@@ -158,35 +131,14 @@ pub async fn serve_app(
     tasks.join_all().await;
 }
 
-/// An app's channel, over the protocol it speaks.
+/// The sidecar's channel to an app, over the protocol it speaks.
 #[derive(Clone)]
-enum AppClient {
+enum AppChannel {
     Grpc(Channel),
-    Http(HttpApp),
+    Http(HttpAppClient),
 }
 
-/// Why a call to the app failed.
-#[derive(Debug)]
-pub struct CallError {
-    /// Whether the app itself answered (with an error), rather than not being there to take
-    /// the call (refused, reset, timed out, draining): only the latter makes it unhealthy.
-    pub answered: bool,
-    /// An HTTP app's status code, which a Resiliency's `matching.httpStatusCodes` tests.
-    pub http_status: Option<u16>,
-    pub reason: String,
-}
-
-impl From<tonic::Status> for CallError {
-    fn from(status: tonic::Status) -> Self {
-        Self {
-            answered: answered(&status),
-            http_status: None,
-            reason: format!("app answered {:?}: {}", status.code(), status.message()),
-        }
-    }
-}
-
-impl AppClient {
+impl AppChannel {
     /// Which of `bindings` the app takes, asking until the app answers, as daprd waits for its
     /// app at start; `None` on shutdown.
     async fn subscribed_bindings(
@@ -235,7 +187,7 @@ impl AppClient {
     async fn deliver(
         &self,
         binding: &str,
-        message: &Message,
+        message: &QueuedMessage,
         settings: &DeliverySettings,
         span: &tracing::Span,
     ) -> Result<(), CallError> {
@@ -289,7 +241,7 @@ async fn list_bindings(channel: &Channel, app: SocketAddr) -> Option<Vec<String>
     {
         Ok(response) => Some(response.into_inner().bindings),
         // Not up yet (or not answering): wait for it, as daprd waits for its app port.
-        Err(status) if !answered(&status) => {
+        Err(status) if !app::answered(&status) => {
             debug!(%app, error = %status.message(), "app not answering ListInputBindings yet");
             None
         }
@@ -304,33 +256,23 @@ async fn list_bindings(channel: &Channel, app: SocketAddr) -> Option<Vec<String>
 /// An app's health, as the workers wait on it and the status shows it.
 struct Health {
     app: Arc<AppStatus>,
+    address: SocketAddr,
     tx: watch::Sender<bool>,
 }
 
 impl Health {
     fn set(&self, now: bool) {
         if self.app.set_healthy(now) {
-            info!(app = %self.app.address, healthy = now, "app health changed");
-            self.app.changed();
+            info!(app = %self.address, healthy = now, "app health changed");
         }
         self.tx
             .send_if_modified(|h| std::mem::replace(h, now) != now);
     }
 }
 
-/// Whether the app itself answered with `status`, rather than the call failing on the way:
-/// refused or reset connections, timeouts and draining apps (UNAVAILABLE) say nothing about the
-/// request, only that the app is not there to take it.
-fn answered(status: &tonic::Status) -> bool {
-    !matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
-}
-
-/// Polls the app's health (see [`AppClient::healthy`]).
+/// Polls the app's health (see [`AppChannel::healthy`]).
 async fn watch_health(
-    app: AppClient,
+    app: AppChannel,
     health: Arc<Health>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -347,13 +289,14 @@ async fn watch_health(
 
 struct Worker {
     queue: Arc<Queue>,
-    client: AppClient,
+    channel: AppChannel,
     app: Arc<AppStatus>,
+    address: SocketAddr,
     healthy: watch::Receiver<bool>,
     health: Arc<Health>,
     settings: DeliverySettings,
     retriable_errors: Option<Arc<RateLimiter>>,
-    retry: Option<RetryPolicy>,
+    retry: Option<BindingRetryPolicy>,
 }
 
 impl Worker {
@@ -379,7 +322,7 @@ impl Worker {
             self.app.delivery_started();
             let result = tokio::time::timeout(
                 self.settings.lock_duration,
-                self.deliver_retrying(&lock.message),
+                self.deliver_retrying(lock.message()),
             )
             .await;
             self.app.delivery_ended(matches!(result, Ok(Ok(()))));
@@ -399,7 +342,7 @@ impl Worker {
     /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
     /// resiliency runner does: every error counts but an HTTP status the policy's `matching`
     /// leaves out (see `resiliency`).
-    async fn deliver_retrying(&self, message: &Message) -> Result<(), CallError> {
+    async fn deliver_retrying(&self, message: &QueuedMessage) -> Result<(), CallError> {
         let Some(policy) = &self.retry else {
             return self.deliver(message).await;
         };
@@ -418,16 +361,16 @@ impl Worker {
             let Some(delay) = retries.next_delay() else {
                 return Err(error);
             };
-            debug!(app = %self.app.address, id = message.id, policy = policy.name, reason = error.reason, ?delay, "app call failed; retrying per the Resiliency");
+            debug!(app = %self.address, id = message.id, policy = policy.name, reason = error.reason, ?delay, "app call failed; retrying per the Resiliency");
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn deliver(&self, message: &Message) -> Result<(), CallError> {
-        let grpc = matches!(self.client, AppClient::Grpc(_));
+    async fn deliver(&self, message: &QueuedMessage) -> Result<(), CallError> {
+        let grpc = matches!(self.channel, AppChannel::Grpc(_));
         let span = spans::delivery(self.queue.name(), message, grpc);
         let result = self
-            .client
+            .channel
             .deliver(self.queue.name(), message, &self.settings, &span)
             .await;
         spans::end(&span, result.as_ref().err().map(|e| e.reason.clone()));
@@ -440,11 +383,12 @@ impl Worker {
         lock: Lock,
         result: Result<Result<(), CallError>, tokio::time::error::Elapsed>,
     ) -> bool {
-        let (id, delivery_count) = (lock.message.id.clone(), lock.message.delivery_count);
-        let trace_id = lock.message.trace_id.clone();
+        let message = lock.message();
+        let (id, delivery_count) = (message.id.clone(), message.delivery_count);
+        let trace_id = message.trace_id.clone();
         let reason = match result {
             Ok(Ok(())) => {
-                debug!(app = %self.app.address, id, trace_id, "message completed");
+                debug!(app = %self.address, id, trace_id, "message completed");
                 lock.complete();
                 return true;
             }
@@ -462,10 +406,10 @@ impl Worker {
         };
         match lock.abandon(&reason) {
             Abandoned::Redelivered => {
-                info!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
+                info!(app = %self.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
             }
             Abandoned::DeadLettered => {
-                warn!(app = %self.app.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
+                warn!(app = %self.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
             }
         }
         false

@@ -14,7 +14,7 @@ use reqwest::{
 };
 use tracing::{debug, info, warn};
 
-use crate::delivery::CallError;
+use crate::app::CallError;
 
 /// daprd's default `--app-health-check-path`.
 pub const HEALTH_CHECK_PATH: &str = "/healthz";
@@ -26,16 +26,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How much of an error answer's body goes into the log line.
 const REASON_BODY_LIMIT: usize = 200;
 
-/// One HTTP app's client.
+/// The sidecar's client of one HTTP app.
 #[derive(Clone)]
-pub struct HttpApp {
+pub struct HttpAppClient {
     client: Client,
     base: String,
     /// A delivery that takes longer has lost its lock anyway.
     timeout: Duration,
 }
 
-impl HttpApp {
+impl HttpAppClient {
     pub fn new(address: SocketAddr, lock_duration: Duration) -> reqwest::Result<Self> {
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(1))

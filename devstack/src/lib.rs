@@ -11,11 +11,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod broker;
+pub mod api;
+pub mod app;
+pub mod changes;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
-pub mod http;
 pub mod http_app;
 pub mod ids;
 pub mod manifests;
@@ -23,12 +24,14 @@ pub mod metadata;
 pub mod process;
 pub mod queue;
 pub mod rate_limit;
+pub mod registry;
 pub mod resiliency;
 pub mod runtime;
 pub mod scaling;
 pub mod service_bus;
 pub mod sidecar;
 pub mod spans;
+pub mod status;
 pub mod supervisor;
 
 /// The `service.name` of the sidecar's spans, beside the children's `producer` and `consumer`.

@@ -4,10 +4,9 @@
 //! What differs from daprd, on purpose: the runtime version names devstack's sidecar, and each
 //! binding is listed as the component it stands in for in production (`deploy/base`).
 
-use std::{net::SocketAddr, sync::Mutex, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use pipeline::{
-    api_token::ApiToken,
     dapr_runtime::MetadataHandler,
     dapr_v1::{
         ActorRuntime, AppConnectionHealthProperties, AppConnectionProperties, GetMetadataRequest,
@@ -17,7 +16,7 @@ use pipeline::{
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
-use crate::{delivery::AppProtocol, http_app::HEALTH_CHECK_PATH};
+use crate::{app::AppProtocol, http_app::HEALTH_CHECK_PATH, registry::AppRegistry};
 
 /// The component type each binding stands in for, as in `deploy/base/binding-deployment.yaml`.
 pub const COMPONENT_TYPE: &str = "bindings.azure.servicebusqueues";
@@ -33,17 +32,16 @@ const CHANNEL_ADDRESS: &str = "127.0.0.1";
 /// daprd's `--app-protocol` default, reported while no app is connected.
 const DEFAULT_PROTOCOL: &str = "http";
 
-/// What the sidecar says about itself.
+/// What the sidecar says about itself. daprd requires the API token here too: the API's token
+/// layer checks it (`api::token`).
 #[derive(Debug)]
 pub struct Metadata {
     app_id: String,
     bindings: Vec<String>,
     health_interval: Duration,
-    api_token: Option<ApiToken>,
-    /// The apps delivered to, oldest first: daprd has one app, devstack's sidecar may have
-    /// several competing consumers, and reports the oldest still there as daprd would report its
-    /// only one.
-    apps: Mutex<Vec<(AppProtocol, SocketAddr, usize)>>,
+    /// The apps delivered to: daprd has one app, devstack's sidecar may have several competing
+    /// consumers, and reports the oldest still there as daprd would report its only one.
+    apps: Arc<AppRegistry>,
 }
 
 impl Metadata {
@@ -51,55 +49,29 @@ impl Metadata {
         app_id: String,
         bindings: Vec<String>,
         health_interval: Duration,
-        api_token: Option<ApiToken>,
+        apps: Arc<AppRegistry>,
     ) -> Self {
         Self {
             app_id,
             bindings,
             health_interval,
-            api_token,
-            apps: Mutex::new(Vec::new()),
+            apps,
         }
-    }
-
-    /// Records an app the sidecar delivers to; the oldest one is reported.
-    pub fn add_app(&self, protocol: AppProtocol, address: SocketAddr, max_concurrency: usize) {
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        apps.push((protocol, address, max_concurrency));
-    }
-
-    /// Forgets an app that has gone (a consumer scaled in).
-    pub fn remove_app(&self, address: SocketAddr) {
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        apps.retain(|(_, a, _)| *a != address);
-    }
-
-    /// Checks the `dapr-api-token`, which daprd requires on the metadata API too.
-    pub fn authorize(&self, headers: &http::HeaderMap) -> bool {
-        self.api_token
-            .as_ref()
-            .is_none_or(|expected| expected.check(headers).is_ok())
     }
 
     /// The answer, in daprd's protobuf form.
     pub fn response(&self) -> GetMetadataResponse {
         let version = runtime_version();
-        let app = self
-            .apps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first()
-            .copied();
-        let app_connection = match app {
-            Some((protocol, address, max_concurrency)) => AppConnectionProperties {
-                port: address.port().into(),
-                protocol: protocol.as_str().to_owned(),
-                channel_address: address.ip().to_string(),
-                max_concurrency: i32::try_from(max_concurrency).unwrap_or(i32::MAX),
+        let app_connection = match self.apps.oldest() {
+            Some(app) => AppConnectionProperties {
+                port: app.address.port().into(),
+                protocol: app.protocol.as_str().to_owned(),
+                channel_address: app.address.ip().to_string(),
+                max_concurrency: i32::try_from(app.max_concurrency).unwrap_or(i32::MAX),
                 // The sidecar always probes its apps (AppCallbackHealthCheck, or GET /healthz
                 // for an HTTP app), one failure marking an app unhealthy.
                 health: Some(AppConnectionHealthProperties {
-                    health_check_path: match protocol {
+                    health_check_path: match app.protocol {
                         AppProtocol::Grpc => String::new(),
                         AppProtocol::Http => HEALTH_CHECK_PATH.to_owned(),
                     },
@@ -150,11 +122,8 @@ pub fn runtime_version() -> String {
 impl MetadataHandler for Metadata {
     async fn get_metadata(
         &self,
-        request: Request<GetMetadataRequest>,
+        _request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
-        if !self.authorize(request.metadata().as_ref()) {
-            return Err(Status::unauthenticated("invalid api token"));
-        }
         Ok(Response::new(self.response()))
     }
 }
@@ -269,14 +238,24 @@ fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{app::AppTarget, changes::Changes};
 
     fn metadata() -> Metadata {
         Metadata::new(
             "devstack".to_owned(),
             vec!["message-queue".to_owned()],
             Duration::from_secs(1),
-            None,
+            Arc::new(AppRegistry::new(Changes::default())),
         )
+    }
+
+    fn add_app(metadata: &Metadata, protocol: AppProtocol, address: &str, max_concurrency: usize) {
+        let target = AppTarget {
+            protocol,
+            address: address.parse().unwrap(),
+            max_concurrency,
+        };
+        metadata.apps.register(address.to_owned(), target);
     }
 
     #[test]
@@ -287,8 +266,8 @@ mod tests {
             before["appConnectionProperties"],
             json!({ "protocol": "http", "channelAddress": "127.0.0.1" })
         );
-        metadata.add_app(AppProtocol::Grpc, "127.0.0.1:50051".parse().unwrap(), 4);
-        metadata.add_app(AppProtocol::Http, "127.0.0.1:50052".parse().unwrap(), 1);
+        add_app(&metadata, AppProtocol::Grpc, "127.0.0.1:50051", 4);
+        add_app(&metadata, AppProtocol::Http, "127.0.0.1:50052", 1);
         let version = format!("devstack-{}", env!("CARGO_PKG_VERSION"));
         assert_eq!(
             to_json(&metadata.response()),
@@ -317,7 +296,7 @@ mod tests {
     #[test]
     fn an_http_app_is_reported_with_its_health_check_path() {
         let metadata = metadata();
-        metadata.add_app(AppProtocol::Http, "127.0.0.1:5000".parse().unwrap(), 1);
+        add_app(&metadata, AppProtocol::Http, "127.0.0.1:5000", 1);
         let app = &to_json(&metadata.response())["appConnectionProperties"];
         assert_eq!(app["protocol"], "http");
         assert_eq!(app["port"], 5000);

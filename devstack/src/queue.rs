@@ -5,34 +5,37 @@
 //! A lock dropped without either (a consumer that vanished, a cancelled task) abandons it.
 //!
 //! Invariant: produced = active + locked + completed + dead-lettered. It holds by construction,
-//! not by a check: each message sent is in exactly one place (waiting in `ready`; `locked`; or
-//! only counted, once completed or dead-lettered), every move
-//! between them happens under the queue's one lock, and [`Queue::counts`] reads them all under
-//! it, so every snapshot adds up. The tests check it on every read.
+//! not by a check: each message sent is in exactly one place (waiting in `ready`; held by the one
+//! [`Lock`] that `locked` counts; or only counted, once completed or dead-lettered), a lock
+//! settles exactly once (completing and abandoning take it by value, and dropping settles only
+//! one that was not), every move between them happens under the queue's one lock, and
+//! [`Queue::counts`] reads them all under it, so every snapshot adds up. The tests check it on
+//! every read.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
 };
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::{broker::Changes, service_bus::Envelope};
+use crate::{changes::Changes, ids, service_bus::Envelope};
 
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
 
 /// Queue behaviour, shared by every queue of a sidecar.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub struct QueueSettings {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).
     pub max_delivery_count: u32,
 }
 
-/// One message as stored.
-#[derive(Debug, Clone)]
-pub struct Message {
+/// One message as the queue stores it, with what Service Bus keeps about it.
+#[derive(Debug, Clone, Default)]
+pub struct QueuedMessage {
     pub sequence: u64,
     pub id: String,
     pub data: Vec<u8>,
@@ -71,8 +74,9 @@ pub struct Counts {
 #[derive(Debug, Default)]
 struct State {
     next_sequence: u64,
-    ready: VecDeque<Message>,
-    locked: HashMap<u64, Message>,
+    ready: VecDeque<QueuedMessage>,
+    /// Messages held by a [`Lock`]; each lock has its message, so only the count is kept here.
+    locked: u64,
     completed: u64,
     dead_lettered: u64,
     dead_letters: VecDeque<DeadLetter>,
@@ -80,12 +84,10 @@ struct State {
 
 impl State {
     fn counts(&self) -> Counts {
-        let active = self.ready.len() as u64;
-        let locked = self.locked.len() as u64;
         Counts {
             produced: self.next_sequence,
-            active,
-            locked,
+            active: self.ready.len() as u64,
+            locked: self.locked,
             completed: self.completed,
             dead_lettered: self.dead_lettered,
         }
@@ -96,7 +98,7 @@ impl State {
 #[derive(Debug)]
 pub struct Queue {
     name: String,
-    settings: Settings,
+    settings: QueueSettings,
     state: Mutex<State>,
     available: Notify,
     /// Told after every move between states, after the lock is released.
@@ -111,13 +113,8 @@ pub enum Abandoned {
 }
 
 impl Queue {
-    #[cfg(test)]
-    pub fn new(name: impl Into<String>, settings: Settings) -> Arc<Self> {
-        Self::watched(name, settings, Changes::default())
-    }
-
     /// A queue that tells `changes` after each send, receive, complete and abandon.
-    pub fn watched(name: impl Into<String>, settings: Settings, changes: Changes) -> Arc<Self> {
+    pub fn new(name: impl Into<String>, settings: QueueSettings, changes: Changes) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             settings,
@@ -131,28 +128,20 @@ impl Queue {
         &self.name
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding the lock; a poisoned lock would mean a bug worth seeing.
-        self.state.lock().expect("queue lock poisoned")
-    }
-
     /// Enqueues a message; returns its id.
     pub fn send(&self, data: Vec<u8>, envelope: Envelope, trace_id: Option<String>) -> String {
-        let mut state = self.state();
+        let mut state = self.state.lock();
         let sequence = state.next_sequence;
         state.next_sequence += 1;
         // Service Bus keeps the sender's id; the sidecar gives one to a message sent without.
-        let id = envelope
-            .message_id
-            .clone()
-            .unwrap_or_else(crate::ids::message_id);
-        state.ready.push_back(Message {
+        let id = envelope.message_id.clone().unwrap_or_else(ids::message_id);
+        state.ready.push_back(QueuedMessage {
             sequence,
             id: id.clone(),
             data,
             envelope,
             // A message sent untraced gets a trace of its own here, so its deliveries share one.
-            trace_id: trace_id.unwrap_or_else(crate::ids::trace_id),
+            trace_id: trace_id.unwrap_or_else(ids::trace_id),
             delivery_count: 0,
         });
         drop(state);
@@ -168,10 +157,10 @@ impl Queue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut state = self.state();
+                let mut state = self.state.lock();
                 if let Some(mut message) = state.ready.pop_front() {
                     message.delivery_count += 1;
-                    state.locked.insert(message.sequence, message.clone());
+                    state.locked += 1;
                     let more = !state.ready.is_empty();
                     drop(state);
                     self.changes.notify();
@@ -190,20 +179,17 @@ impl Queue {
         }
     }
 
-    fn complete(&self, sequence: u64) {
-        let mut state = self.state();
-        if state.locked.remove(&sequence).is_some() {
-            state.completed += 1;
-        }
+    fn complete(&self) {
+        let mut state = self.state.lock();
+        state.locked -= 1;
+        state.completed += 1;
         drop(state);
         self.changes.notify();
     }
 
-    fn abandon(&self, sequence: u64, reason: &str) -> Abandoned {
-        let mut state = self.state();
-        let Some(message) = state.locked.remove(&sequence) else {
-            return Abandoned::DeadLettered; // unreachable: a Lock settles once
-        };
+    fn abandon(&self, message: QueuedMessage, reason: &str) -> Abandoned {
+        let mut state = self.state.lock();
+        state.locked -= 1;
         if message.delivery_count >= self.settings.max_delivery_count {
             state.dead_lettered += 1;
             if state.dead_letters.len() == DEAD_LETTERS_KEPT {
@@ -228,11 +214,44 @@ impl Queue {
     }
 
     pub fn counts(&self) -> Counts {
-        self.state().counts()
+        self.state.lock().counts()
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.state().dead_letters.iter().cloned().collect()
+        self.state.lock().dead_letters.iter().cloned().collect()
+    }
+}
+
+/// The sidecar's queues, one per binding name, fixed at start.
+#[derive(Debug)]
+pub struct Queues(BTreeMap<String, Arc<Queue>>);
+
+impl Queues {
+    /// One queue per name in `bindings`, each telling `changes` of its moves.
+    pub fn new(bindings: &[String], settings: QueueSettings, changes: &Changes) -> Self {
+        let queues = bindings
+            .iter()
+            .map(|name| {
+                let queue = Queue::new(name.clone(), settings, changes.clone());
+                (name.clone(), queue)
+            })
+            .collect();
+        Self(queues)
+    }
+
+    /// The queue of `binding`, if the sidecar serves it.
+    pub fn get(&self, binding: &str) -> Option<&Arc<Queue>> {
+        self.0.get(binding)
+    }
+
+    /// The bindings served, in name order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    /// Every queue, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Queue>> {
+        self.0.values()
     }
 }
 
@@ -241,27 +260,34 @@ impl Queue {
 #[derive(Debug)]
 pub struct Lock {
     queue: Arc<Queue>,
-    pub message: Message,
+    message: QueuedMessage,
     settled: bool,
 }
 
 impl Lock {
+    /// The message this lock holds.
+    pub fn message(&self) -> &QueuedMessage {
+        &self.message
+    }
+
     pub fn complete(mut self) {
         self.settled = true;
-        self.queue.complete(self.message.sequence);
+        self.queue.complete();
     }
 
     pub fn abandon(mut self, reason: &str) -> Abandoned {
         self.settled = true;
-        self.queue.abandon(self.message.sequence, reason)
+        let message = std::mem::take(&mut self.message);
+        self.queue.abandon(message, reason)
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.settled {
+            let message = std::mem::take(&mut self.message);
             self.queue
-                .abandon(self.message.sequence, "lock released without settlement");
+                .abandon(message, "lock released without settlement");
         }
     }
 }
@@ -270,9 +296,13 @@ impl Drop for Lock {
 mod tests {
     use super::*;
 
-    const SETTINGS: Settings = Settings {
+    const SETTINGS: QueueSettings = QueueSettings {
         max_delivery_count: 3,
     };
+
+    fn queue(settings: QueueSettings) -> Arc<Queue> {
+        Queue::new("q", settings, Changes::default())
+    }
 
     fn holds(counts: Counts) {
         assert_eq!(
@@ -284,11 +314,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn complete_removes_the_message_once() {
-        let q = Queue::new("q", SETTINGS);
+        let q = queue(SETTINGS);
         let id = q.send(b"a".to_vec(), Envelope::default(), None);
         let lock = q.receive().await;
         assert_eq!(
-            (lock.message.id.as_str(), lock.message.delivery_count),
+            (lock.message().id.as_str(), lock.message().delivery_count),
             (id.as_str(), 1)
         );
         assert_eq!(
@@ -312,7 +342,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn abandon_redelivers_at_once_ahead_of_the_rest_then_dead_letters() {
-        let q = Queue::new("q", SETTINGS);
+        let q = queue(SETTINGS);
         q.send(b"poison".to_vec(), Envelope::default(), None);
         q.send(b"next".to_vec(), Envelope::default(), None);
 
@@ -324,15 +354,15 @@ mod tests {
         assert_eq!(tokio::time::Instant::now(), before, "no backoff");
         assert_eq!(
             (
-                second.message.data.as_slice(),
-                second.message.delivery_count
+                second.message().data.as_slice(),
+                second.message().delivery_count
             ),
             (&b"poison"[..], 2),
             "it keeps its place"
         );
         assert_eq!(second.abandon("bad"), Abandoned::Redelivered);
         let third = q.receive().await;
-        assert_eq!(third.message.delivery_count, 3);
+        assert_eq!(third.message().delivery_count, 3);
         assert_eq!(third.abandon("still bad"), Abandoned::DeadLettered);
 
         let counts = q.counts();
@@ -358,7 +388,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_a_lock_abandons_it() {
-        let q = Queue::new("q", SETTINGS);
+        let q = queue(SETTINGS);
         q.send(b"a".to_vec(), Envelope::default(), None);
         drop(q.receive().await);
         assert_eq!(
@@ -370,17 +400,17 @@ mod tests {
             }
         );
         let again = q.receive().await;
-        assert_eq!(again.message.delivery_count, 2);
+        assert_eq!(again.message().delivery_count, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn receive_waits_for_a_send_and_order_is_fifo() {
-        let q = Queue::new("q", SETTINGS);
+        let q = queue(SETTINGS);
         let waiting = tokio::spawn({
             let q = Arc::clone(&q);
             async move {
                 let lock = q.receive().await;
-                let data = lock.message.data.clone();
+                let data = lock.message().data.clone();
                 // Settled: a dropped lock would put "1" back at the head.
                 lock.complete();
                 data
@@ -390,17 +420,14 @@ mod tests {
         q.send(b"1".to_vec(), Envelope::default(), None);
         q.send(b"2".to_vec(), Envelope::default(), None);
         assert_eq!(waiting.await.unwrap(), b"1");
-        assert_eq!(q.receive().await.message.data, b"2");
+        assert_eq!(q.receive().await.message().data, b"2");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_competing_receivers_keep_the_invariant() {
-        let q = Queue::new(
-            "q",
-            Settings {
-                max_delivery_count: 5,
-            },
-        );
+        let q = queue(QueueSettings {
+            max_delivery_count: 5,
+        });
         const N: u64 = 2_000;
         for i in 0..N {
             q.send(i.to_string().into_bytes(), Envelope::default(), None);
@@ -423,7 +450,7 @@ mod tests {
                         if (turn + w) % 7 == 0 {
                             lock.abandon("injected");
                         } else {
-                            done.push(lock.message.sequence);
+                            done.push(lock.message().sequence);
                             lock.complete();
                         }
                         holds(q.counts());

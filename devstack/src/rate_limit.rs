@@ -7,8 +7,9 @@
 //! burst, so a poison message on an idle subscription goes through its deliveries in about a
 //! second, and a steady stream of failures is held to the rate.
 
-use std::{sync::Mutex, time::Duration};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// ratelimit's default slack, in intervals.
@@ -36,7 +37,7 @@ impl RateLimiter {
     /// Takes a permit; returns when the caller may go on (now, or later: sleep until then).
     pub fn reserve(&self) -> Instant {
         let now = Instant::now();
-        let mut last = self.last.lock().expect("rate limiter lock");
+        let mut last = self.last.lock();
         let issued = match *last {
             None => now,
             // Long idle: keep at most `max_slack` of it as a burst.

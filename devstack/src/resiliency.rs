@@ -105,7 +105,7 @@ struct PolicyNames {
 
 /// How long to wait between attempts.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Backoff {
+pub enum RetryBackoff {
     Constant(Duration),
     /// 500 ms, times 1.5 per retry up to `max_interval`, each randomized by +-50%; no retry
     /// once 15 minutes have passed.
@@ -116,17 +116,17 @@ pub enum Backoff {
 
 /// One retry policy, as daprd runs it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub struct BindingRetryPolicy {
     /// Its name in the file, for the logs.
     pub name: String,
-    pub backoff: Backoff,
+    pub backoff: RetryBackoff,
     /// Retries after the first call; `None`: no limit (`maxRetries: -1`, the default).
     pub max_retries: Option<u64>,
     /// `matching.httpStatusCodes`; `None` (empty or absent): every status is retried.
     pub http_status_codes: Option<Vec<RangeInclusive<i32>>>,
 }
 
-impl RetryPolicy {
+impl BindingRetryPolicy {
     /// Whether an HTTP app's answer with `status` is retried (dapr/dapr `pkg/resiliency/retry.go`
     /// `mustRetryStatusCode`).
     pub fn retries_http_status(&self, status: u16) -> bool {
@@ -151,7 +151,7 @@ impl RetryPolicy {
 /// cenkalti/backoff's `WithMaxRetries` over a constant or exponential backoff.
 #[derive(Debug)]
 pub struct Retries<'a> {
-    policy: &'a RetryPolicy,
+    policy: &'a BindingRetryPolicy,
     done: u64,
     interval: Duration,
     started: Instant,
@@ -165,8 +165,8 @@ impl Retries<'_> {
         }
         self.done += 1;
         match self.policy.backoff {
-            Backoff::Constant(delay) => Some(delay),
-            Backoff::Exponential { max_interval } => {
+            RetryBackoff::Constant(delay) => Some(delay),
+            RetryBackoff::Exponential { max_interval } => {
                 let current = self.interval.as_secs_f64();
                 let delta = RANDOMIZATION_FACTOR * current;
                 let next =
@@ -188,7 +188,7 @@ pub fn load(
     path: &Path,
     app_id: &str,
     bindings: &[String],
-) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the Resiliency {}", path.display()))?;
     parse(&text, app_id, bindings).with_context(|| format!("in {}", path.display()))
@@ -201,7 +201,7 @@ pub fn from_text(
     name: &str,
     app_id: &str,
     bindings: &[String],
-) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
     parse(text, app_id, bindings).with_context(|| format!("in {name}"))
 }
 
@@ -209,7 +209,7 @@ fn parse(
     text: &str,
     app_id: &str,
     bindings: &[String],
-) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
     let document: Document = serde_yaml_ng::from_str(text).context("not a Resiliency")?;
     if document.api_version != API_VERSION || document.kind != KIND {
         bail!(
@@ -294,7 +294,7 @@ fn default_policy<V>(kind: &str, defined: &BTreeMap<String, V>) -> String {
     .unwrap_or_default()
 }
 
-fn retry_policy(name: &str, spec: &RetrySpec) -> anyhow::Result<RetryPolicy> {
+fn retry_policy(name: &str, spec: &RetrySpec) -> anyhow::Result<BindingRetryPolicy> {
     let duration = |field: &str, value: &Option<String>, default: Duration| match value {
         None => Ok(default),
         Some(v) => humantime::parse_duration(v)
@@ -307,9 +307,9 @@ fn retry_policy(name: &str, spec: &RetrySpec) -> anyhow::Result<RetryPolicy> {
         .as_deref()
     {
         None | Some("constant") => {
-            Backoff::Constant(duration("duration", &spec.duration, DEFAULT_DURATION)?)
+            RetryBackoff::Constant(duration("duration", &spec.duration, DEFAULT_DURATION)?)
         }
-        Some("exponential") => Backoff::Exponential {
+        Some("exponential") => RetryBackoff::Exponential {
             max_interval: duration("maxInterval", &spec.max_interval, DEFAULT_MAX_INTERVAL)?,
         },
         Some(other) => bail!("policy: {other:?} is neither constant nor exponential"),
@@ -326,7 +326,7 @@ fn retry_policy(name: &str, spec: &RetrySpec) -> anyhow::Result<RetryPolicy> {
             codes(&matching.http_status_codes, 100..=599).context("matching.httpStatusCodes")?;
         codes(&matching.grpc_status_codes, 0..=16).context("matching.gRPCStatusCodes")?;
     }
-    Ok(RetryPolicy {
+    Ok(BindingRetryPolicy {
         name: name.to_owned(),
         backoff,
         max_retries,
@@ -379,7 +379,7 @@ mod tests {
         vec!["message-queue".to_owned()]
     }
 
-    fn with(spec: &str) -> anyhow::Result<BTreeMap<String, RetryPolicy>> {
+    fn with(spec: &str) -> anyhow::Result<BTreeMap<String, BindingRetryPolicy>> {
         let text =
             format!("apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\n{spec}");
         parse(&text, "consumer", &bindings())
@@ -390,7 +390,7 @@ mod tests {
         let policies = parse(DEPLOYED, "consumer", &bindings()).unwrap();
         let policy = &policies["message-queue"];
         assert!(
-            matches!(policy.backoff, Backoff::Exponential { .. }),
+            matches!(policy.backoff, RetryBackoff::Exponential { .. }),
             "{policy:?}"
         );
         assert!(matches!(policy.max_retries, Some(1..=5)), "{policy:?}");
@@ -406,9 +406,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             policies["message-queue"],
-            RetryPolicy {
+            BindingRetryPolicy {
                 name: "r".into(),
-                backoff: Backoff::Constant(Duration::from_secs(5)),
+                backoff: RetryBackoff::Constant(Duration::from_secs(5)),
                 max_retries: None,
                 http_status_codes: None,
             }
@@ -503,9 +503,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoffs_follow_dapr_kit() {
-        let constant = RetryPolicy {
+        let constant = BindingRetryPolicy {
             name: "c".into(),
-            backoff: Backoff::Constant(Duration::from_millis(200)),
+            backoff: RetryBackoff::Constant(Duration::from_millis(200)),
             max_retries: Some(2),
             http_status_codes: None,
         };
@@ -513,9 +513,9 @@ mod tests {
         let delays: Vec<_> = std::iter::from_fn(|| retries.next_delay()).collect();
         assert_eq!(delays, [Duration::from_millis(200); 2]);
 
-        let exponential = RetryPolicy {
+        let exponential = BindingRetryPolicy {
             name: "e".into(),
-            backoff: Backoff::Exponential {
+            backoff: RetryBackoff::Exponential {
                 max_interval: Duration::from_secs(1),
             },
             max_retries: Some(5),
@@ -535,9 +535,9 @@ mod tests {
         }
 
         // maxRetries -1: no limit (a constant backoff never gives up by itself).
-        let unlimited = RetryPolicy {
+        let unlimited = BindingRetryPolicy {
             name: "u".into(),
-            backoff: Backoff::Constant(Duration::from_secs(60)),
+            backoff: RetryBackoff::Constant(Duration::from_secs(60)),
             max_retries: None,
             http_status_codes: None,
         };

@@ -1,11 +1,12 @@
 //! The runtime side, the one producers call: `dapr.proto.runtime.v1.Dapr/InvokeBinding` with
-//! operation `create` enqueues a message, as daprd with a queue binding does. Every other Dapr
-//! method but `GetMetadata` (`metadata.rs`) is UNIMPLEMENTED (see `pipeline::dapr_runtime`).
+//! operation `create` enqueues a message, as daprd with a queue binding does (over HTTP, `POST
+//! /v1.0/bindings/{name}` comes here too). Every other Dapr method but `GetMetadata`
+//! (`metadata.rs`) is UNIMPLEMENTED (see `pipeline::dapr_runtime`). The API token is checked
+//! before a call gets here (`api::token`).
 
 use std::{collections::HashMap, sync::Arc};
 
 use pipeline::{
-    api_token::{ApiToken, TokenError},
     dapr_runtime::BindingHandler,
     dapr_v1::{InvokeBindingRequest, InvokeBindingResponse},
     message::OPERATION_CREATE,
@@ -14,7 +15,7 @@ use pipeline::{
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::{broker::Broker, ids, service_bus::Envelope, spans};
+use crate::{ids, queue::Queues, service_bus::Envelope, spans};
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,24 +28,15 @@ pub enum InvokeError {
     UnsupportedOperation { binding: String, operation: String },
 }
 
-/// The runtime API's shared state: the queues and the token callers must present.
+/// The runtime API's shared state: the queues producers send to.
 #[derive(Debug, Clone)]
 pub struct Runtime {
-    broker: Arc<Broker>,
-    api_token: Option<ApiToken>,
+    queues: Arc<Queues>,
 }
 
 impl Runtime {
-    pub fn new(broker: Arc<Broker>, api_token: Option<ApiToken>) -> Self {
-        Self { broker, api_token }
-    }
-
-    /// Checks the `dapr-api-token` of a request's HTTP headers (or gRPC metadata) when a token
-    /// is configured.
-    pub fn authorize(&self, headers: &http::HeaderMap) -> Result<(), TokenError> {
-        self.api_token
-            .as_ref()
-            .map_or(Ok(()), |expected| expected.check(headers))
+    pub fn new(queues: Arc<Queues>) -> Self {
+        Self { queues }
     }
 
     /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
@@ -58,7 +50,7 @@ impl Runtime {
         trace: Option<TraceParent>,
     ) -> Result<String, InvokeError> {
         let span = spans::send(binding, trace.as_ref());
-        let queue = self.broker.queue(binding);
+        let queue = self.queues.get(binding);
         let Some(queue) = queue.filter(|_| operation == OPERATION_CREATE) else {
             let error = match queue {
                 None => InvokeError::UnknownBinding(binding.to_owned()),
@@ -92,8 +84,6 @@ impl BindingHandler for Runtime {
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
-        self.authorize(request.metadata().as_ref())
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let trace = TraceParent::from_metadata(request.metadata());
         let InvokeBindingRequest {
             name,

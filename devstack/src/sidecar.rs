@@ -7,22 +7,24 @@ use anyhow::Context;
 use futures::FutureExt;
 use pipeline::{
     api_token::ApiToken,
-    dapr_runtime::{DaprRuntimeServer, MetadataHandler},
     http_server::{self, ConnectionMetrics},
-    net,
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    broker::{AppStatus, Broker},
+    api::{self, http::HttpApi},
+    app::AppTarget,
+    changes::Changes,
     config::{SidecarArgs, SidecarOnlyArgs},
     dashboard::Dashboard,
-    delivery::{self, AppTarget, DeliverySettings},
-    http,
+    delivery::{self, DeliverySettings},
     metadata::Metadata,
+    queue::Queues,
+    registry::{AppRegistry, AppStatus},
     runtime::Runtime,
+    status::StatusBoard,
 };
 
 /// The sidecar's two ports, bound before anything is served.
@@ -74,8 +76,9 @@ pub struct Sidecar {
     pub http_addr: SocketAddr,
     /// The page on the HTTP port; told the producer's address once devstack knows it.
     pub dashboard: Arc<Dashboard>,
-    broker: Arc<Broker>,
-    metadata: Arc<Metadata>,
+    queues: Arc<Queues>,
+    apps: Arc<AppRegistry>,
+    status: Arc<StatusBoard>,
     delivery: DeliverySettings,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -93,39 +96,43 @@ impl Sidecar {
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
 
         let retry_policies = args.retry_policies()?;
-        let broker = Broker::new(&args.bindings, args.queue_settings());
-        let runtime = Runtime::new(Arc::clone(&broker), args.dapr_api_token.clone());
+        let changes = Changes::default();
+        let queues = Arc::new(Queues::new(&args.bindings, args.queue_settings(), &changes));
+        let apps = Arc::new(AppRegistry::new(changes.clone()));
+        let status = Arc::new(StatusBoard::new(
+            Arc::clone(&queues),
+            Arc::clone(&apps),
+            changes,
+        ));
+        let runtime = Runtime::new(Arc::clone(&queues));
         let metadata = Arc::new(Metadata::new(
             args.app_id.clone(),
             args.bindings.clone(),
             args.app_health_interval,
-            args.dapr_api_token.clone(),
+            Arc::clone(&apps),
         ));
         let mut tasks = JoinSet::new();
 
-        let grpc_server = args
-            .http
-            .tonic(tonic::transport::Server::builder())
-            .add_service(
-                DaprRuntimeServer::new(runtime.clone())
-                    .with_metadata(Arc::clone(&metadata) as Arc<dyn MetadataHandler>),
-            )
-            .serve_with_incoming_shutdown(
-                net::grpc_incoming(grpc),
-                shutdown.clone().cancelled_owned(),
-            );
-        tasks.spawn(async move { grpc_server.await.context("serving the gRPC runtime API") });
+        tasks.spawn(api::grpc::serve(
+            grpc,
+            args.http.clone(),
+            runtime.clone(),
+            Arc::clone(&metadata),
+            args.dapr_api_token.clone(),
+            shutdown.clone(),
+        ));
 
-        let dashboard = Dashboard::new(Arc::clone(&broker), shutdown.clone());
+        let dashboard = Dashboard::new(Arc::clone(&status) as _, shutdown.clone());
         tasks.spawn(Arc::clone(&dashboard).publish().map(Ok));
         let connections = ConnectionMetrics::default();
-        let router = http::router(
+        let router = api::http::router(HttpApi {
             runtime,
-            Arc::clone(&broker),
-            Arc::clone(&metadata),
-            connections.clone(),
-            Arc::clone(&dashboard),
-        );
+            status: Arc::clone(&status),
+            metadata,
+            connections: connections.clone(),
+            dashboard: Arc::clone(&dashboard),
+            api_token: args.dapr_api_token.clone(),
+        });
         tasks.spawn(
             http_server::serve(
                 http,
@@ -138,7 +145,7 @@ impl Sidecar {
         );
 
         tasks.spawn(log_status(
-            Arc::clone(&broker),
+            Arc::clone(&status),
             args.status_interval,
             shutdown.clone(),
         ));
@@ -148,8 +155,9 @@ impl Sidecar {
             grpc_addr,
             http_addr,
             dashboard,
-            broker,
-            metadata,
+            queues,
+            apps,
+            status,
             delivery: DeliverySettings {
                 app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
@@ -162,22 +170,23 @@ impl Sidecar {
         })
     }
 
-    /// The queues and what the status shows.
-    pub fn broker(&self) -> &Arc<Broker> {
-        &self.broker
+    /// The queues, one per binding.
+    pub fn queues(&self) -> &Arc<Queues> {
+        &self.queues
+    }
+
+    /// What the status shows; the scaling controller publishes its state there.
+    pub fn status(&self) -> &Arc<StatusBoard> {
+        &self.status
     }
 
     /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up),
     /// labelled `label` in the status.
-    pub fn add_app(&mut self, target: AppTarget, label: String) -> App {
-        self.metadata
-            .add_app(target.protocol, target.address, target.max_concurrency);
-        let status =
-            self.broker
-                .register_app(label, target.address.to_string(), target.max_concurrency);
+    pub fn add_app(&mut self, target: AppTarget, label: String) -> AppHandle {
+        let status = self.apps.register(label, target);
         let stop = self.shutdown.child_token();
         let run = delivery::serve_app(
-            Arc::clone(&self.broker),
+            Arc::clone(&self.queues),
             Arc::clone(&status),
             target,
             self.delivery.clone(),
@@ -187,7 +196,7 @@ impl Sidecar {
             run.await;
             Ok(())
         });
-        App {
+        AppHandle {
             address: target.address,
             status,
             stop,
@@ -195,11 +204,10 @@ impl Sidecar {
     }
 
     /// Forgets an app whose process has exited (its delivery stopped first, by
-    /// [`App::stop_delivery`]): gone from the status and the metadata API.
-    pub fn remove_app(&self, app: &App) {
+    /// [`AppHandle::stop_delivery`]): gone from the status and the metadata API.
+    pub fn remove_app(&self, app: &AppHandle) {
         app.stop_delivery();
-        self.broker.remove_app(&app.status);
-        self.metadata.remove_app(app.address);
+        self.apps.remove(&app.status);
     }
 
     /// Waits until shutdown has been requested and everything has stopped; in-flight deliveries
@@ -213,16 +221,17 @@ impl Sidecar {
     }
 }
 
-/// An app the sidecar delivers to.
+/// An app the sidecar delivers to: its entry in the registry, and the switch that stops its
+/// delivery.
 #[derive(Debug)]
-pub struct App {
+pub struct AppHandle {
     pub address: SocketAddr,
     pub status: Arc<AppStatus>,
     /// Stops this app's delivery alone; a child of the sidecar's shutdown.
     stop: CancellationToken,
 }
 
-impl App {
+impl AppHandle {
     /// Takes no more messages for this app, as daprd closes its input bindings at SIGTERM; what
     /// it has in flight finishes (or is abandoned, and redelivered, if the app goes away).
     pub fn stop_delivery(&self) {
@@ -231,7 +240,7 @@ impl App {
 }
 
 async fn log_status(
-    broker: Arc<Broker>,
+    board: Arc<StatusBoard>,
     interval: std::time::Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -242,7 +251,7 @@ async fn log_status(
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let status = broker.status();
+        let status = board.status();
         let now = (status.queues.clone(), status.consumers_connected);
         if last.as_ref() == Some(&now) {
             continue;

@@ -4,7 +4,7 @@
 
 use pipeline::trace_context::{self, TRACEPARENT, TraceContext, TraceParent};
 
-use crate::{ids, queue::Message};
+use crate::{ids, queue::QueuedMessage};
 
 /// The span of one output binding call (`InvokeBinding` or `POST /v1.0/bindings/...`), parented
 /// on the caller's `traceparent`.
@@ -26,7 +26,7 @@ pub fn send(binding: &str, received: Option<&TraceParent>) -> tracing::Span {
 
 /// The span of one delivery of `message` to the app: an RPC client call for a gRPC app, an HTTP
 /// one otherwise, parented on the message's send.
-pub fn delivery(binding: &str, message: &Message, grpc: bool) -> tracing::Span {
+pub fn delivery(binding: &str, message: &QueuedMessage, grpc: bool) -> tracing::Span {
     let span = if grpc {
         pipeline::otel_span!(
             "dapr.proto.runtime.v1.AppCallback/OnBindingEvent",
@@ -67,7 +67,7 @@ pub fn delivery(binding: &str, message: &Message, grpc: bool) -> tracing::Span {
 }
 
 /// The `traceparent` to pass on inside `span`: its own when exported, else a new span id of
-/// `trace_id`, as before spans were exported.
+/// `trace_id`, so every hop still carries the message's trace when no spans are exported.
 pub fn traceparent(span: &tracing::Span, trace_id: &str) -> String {
     trace_context::outgoing(span, None).map_or_else(
         || ids::traceparent(trace_id),

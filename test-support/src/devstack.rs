@@ -1,9 +1,10 @@
 //! Runs `devstack sidecar` (devstack's sidecar, which stands in for daprd and the queue) on
-//! loopback ports, reads its two addresses from its `sidecar listening` event, posts to its HTTP
-//! binding API, and reads its queue status with a bounded poll, checking the queue invariant on
-//! every read.
+//! loopback ports and reads its two addresses from its `sidecar listening` event; and, however
+//! the sidecar runs (that process, `devstack up`, or devstack's library in the test process), a
+//! client that posts to its HTTP binding API, calls its gRPC API, and reads its queue status with
+//! a bounded poll, checking the queue invariant on every read.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, ops::Deref, time::Duration};
 
 use pipeline::{api_token::API_TOKEN_METADATA, dapr_v1::dapr_client::DaprClient};
 use serde::Deserialize;
@@ -45,9 +46,24 @@ impl Counts {
     }
 }
 
-/// A running `devstack sidecar` (or the sidecar inside `devstack up`).
+/// A running `devstack sidecar` (or the sidecar inside `devstack up`); its
+/// [`SidecarClient`]'s methods are its own.
 pub struct Devstack {
     pub service: Service,
+    client: SidecarClient,
+}
+
+impl Deref for Devstack {
+    type Target = SidecarClient;
+
+    fn deref(&self) -> &SidecarClient {
+        &self.client
+    }
+}
+
+/// A client of a running sidecar's two ports.
+#[derive(Debug, Clone)]
+pub struct SidecarClient {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub http: reqwest::Client,
@@ -94,12 +110,11 @@ impl Devstack {
     /// Wraps a sidecar started some other way (inside `devstack up`), at the addresses its
     /// `sidecar listening` event gives.
     pub fn attach(service: Service, listening: &Value) -> Self {
-        Self {
-            service,
-            grpc_addr: event_addr(listening, "grpc_addr"),
-            http_addr: event_addr(listening, "http_addr"),
-            http: http_client(),
-        }
+        let client = SidecarClient::new(
+            event_addr(listening, "grpc_addr"),
+            event_addr(listening, "http_addr"),
+        );
+        Self { service, client }
     }
 
     /// Starts delivering to these apps, with extra arguments.
@@ -108,6 +123,24 @@ impl Devstack {
         let mut all: Vec<&str> = apps.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
         Self::start(&all, env).await
+    }
+
+    /// SIGTERM, then expect exit code 0 after its `sidecar stopped` event.
+    pub async fn stop(mut self) {
+        self.service.terminate();
+        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
+        self.service.wait_for_message("sidecar stopped").await;
+    }
+}
+
+impl SidecarClient {
+    /// A client of the sidecar at these addresses.
+    pub fn new(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+        Self {
+            grpc_addr,
+            http_addr,
+            http: http_client(),
+        }
     }
 
     /// The gRPC port, as a string for a producer's DAPR_GRPC_PORT.
@@ -224,13 +257,6 @@ impl Devstack {
         })
         .await;
     }
-
-    /// SIGTERM, then expect exit code 0 after its `sidecar stopped` event.
-    pub async fn stop(mut self) {
-        self.service.terminate();
-        assert_eq!(self.service.exit_code(WAIT).await, Some(0));
-        self.service.wait_for_message("sidecar stopped").await;
-    }
 }
 
 /// Every port devstack binds, 0: each part reports the address it chose, in its log and status.
@@ -273,4 +299,16 @@ pub async fn part_event(service: &mut Service, part: &str, message: &str) -> Val
 pub fn counts(status: &Value, queue: &str) -> Counts {
     serde_json::from_value(status["queues"][queue].clone())
         .unwrap_or_else(|e| panic!("status has no queue {queue}: {e}; {status}"))
+}
+
+/// A consumer app's entry in a status document, by address; `Null` until the sidecar registered
+/// it.
+pub fn consumer_status(status: &Value, addr: SocketAddr) -> Value {
+    status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|c| c["address"] == addr.to_string())
+        .cloned()
+        .unwrap_or_default()
 }

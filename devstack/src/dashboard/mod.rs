@@ -13,15 +13,7 @@
 //! client costs a copy of the latest frame per update, and a slow client skips frames rather than
 //! queueing them; no work is done while no client is connected.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -34,13 +26,17 @@ use axum::{
     routing::{get, post},
 };
 use futures::{Stream, StreamExt, stream};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::{Broker, ChangesReceiver};
+use crate::{
+    changes::ChangesReceiver,
+    status::{Status, StatusBoard},
+};
 
 /// The least time between two `status` events: at most ten a second, whatever the queue does.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
@@ -55,16 +51,47 @@ const PRODUCER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// of up to a minute; past this the page is told, rather than waiting forever.
 const PRODUCER_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What the dashboard shows: the sidecar's [`StatusBoard`]. A trait, so that what the dashboard
+/// costs (the snapshots it takes) can be observed from outside, with no counter kept for it.
+pub trait StatusSource: Send + Sync + 'static {
+    /// The status now.
+    fn status(&self) -> Status;
+    /// Wakes after each change to what [`status`](Self::status) shows.
+    fn subscribe(&self) -> ChangesReceiver;
+    /// The bindings served, for the page's settings.
+    fn bindings(&self) -> Vec<String>;
+}
+
+impl StatusSource for StatusBoard {
+    fn status(&self) -> Status {
+        StatusBoard::status(self)
+    }
+
+    fn subscribe(&self) -> ChangesReceiver {
+        StatusBoard::subscribe(self)
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        StatusBoard::bindings(self)
+    }
+}
+
 /// The dashboard's shared state: the latest frame, the producer's address once known.
-#[derive(Debug)]
 pub struct Dashboard {
-    broker: Arc<Broker>,
+    source: Arc<dyn StatusSource>,
     frames: watch::Sender<Arc<str>>,
     producer: Mutex<Option<SocketAddr>>,
     http: reqwest::Client,
     shutdown: CancellationToken,
-    /// Snapshots serialized so far, first ones of each client included.
-    serialized: AtomicU64,
+}
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard")
+            .field("clients", &self.clients())
+            .field("producer", &self.producer())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `GET /devstack/config.json`: what the page needs besides the status.
@@ -78,9 +105,9 @@ struct PageConfig {
 }
 
 impl Dashboard {
-    /// The dashboard of `broker`; its streams end when `shutdown` is cancelled. Start
+    /// The dashboard of `source`; its streams end when `shutdown` is cancelled. Start
     /// [`publish`](Self::publish) to send updates.
-    pub fn new(broker: Arc<Broker>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(source: Arc<dyn StatusSource>, shutdown: CancellationToken) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(PRODUCER_CONNECT_TIMEOUT)
             .timeout(PRODUCER_CALL_TIMEOUT)
@@ -88,39 +115,31 @@ impl Dashboard {
             // Only a TLS backend can fail to build, and this client has none.
             .expect("a plain HTTP client builds");
         Arc::new(Self {
-            broker,
+            source,
             frames: watch::Sender::new(Arc::from("")),
             producer: Mutex::new(None),
             http,
             shutdown,
-            serialized: AtomicU64::new(0),
         })
     }
 
     /// Where the page's batch form posts (the producer's REST port), once devstack knows it.
     pub fn set_producer(&self, address: SocketAddr) {
-        *self.producer.lock().expect("producer lock") = Some(address);
+        *self.producer.lock() = Some(address);
     }
 
     fn producer(&self) -> Option<SocketAddr> {
-        *self.producer.lock().expect("producer lock")
+        *self.producer.lock()
     }
 
     /// Clients connected to the event stream now.
-    #[cfg(test)]
     pub fn clients(&self) -> usize {
         self.frames.receiver_count()
     }
 
-    /// Snapshots serialized so far.
-    #[cfg(test)]
-    pub fn serialized(&self) -> u64 {
-        self.serialized.load(Ordering::Relaxed)
-    }
-
     /// The status as one `status` event's data.
     fn snapshot(&self) -> Arc<str> {
-        let mut status = self.broker.status();
+        let mut status = self.source.status();
         for letters in status.dead_letters.values_mut() {
             for letter in letters {
                 if let Some((cut, _)) = letter.data.char_indices().nth(BODY_PREVIEW_CHARS) {
@@ -128,16 +147,15 @@ impl Dashboard {
                 }
             }
         }
-        self.serialized.fetch_add(1, Ordering::Relaxed);
         // A status is maps of strings and numbers: it always serializes.
         Arc::from(serde_json::to_string(&status).expect("the status serializes"))
     }
 
-    /// Until shutdown: after each change of the broker, and at most once per [`MIN_GAP`],
+    /// Until shutdown: after each change of the status, and at most once per [`MIN_GAP`],
     /// serializes the status once for every connected client.
     /// It watches from the moment it is called, not from its first poll.
     pub fn publish(self: Arc<Self>) -> impl Future<Output = ()> + Send + use<> {
-        let mut changes = self.broker.subscribe();
+        let mut changes = self.source.subscribe();
         async move { self.run(&mut changes).await }
     }
 
@@ -149,7 +167,7 @@ impl Dashboard {
             }
             // A client that connects later serializes its own first snapshot, after subscribing:
             // skipping here loses nothing.
-            if self.frames.receiver_count() > 0 {
+            if self.clients() > 0 {
                 self.frames.send_replace(self.snapshot());
             }
             // Changes during the gap mark `changes` again: the next turn sends them as one.
@@ -273,7 +291,7 @@ async fn events(
 async fn config(State(dashboard): State<Arc<Dashboard>>) -> Json<PageConfig> {
     Json(PageConfig {
         producer: dashboard.producer().map(|a| a.to_string()),
-        bindings: dashboard.broker.names(),
+        bindings: dashboard.source.bindings(),
         heartbeat_seconds: HEARTBEAT.as_secs(),
     })
 }

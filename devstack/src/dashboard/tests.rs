@@ -1,7 +1,10 @@
 //! The event stream, the page's routes and the producer call, in process: routers through
 //! `oneshot`, time paused where the stream's pacing is the subject.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use axum::{
     body::{Body, to_bytes},
@@ -13,27 +16,90 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use super::*;
-use crate::{queue::Settings, service_bus::Envelope};
+use crate::{
+    app::{AppProtocol, AppTarget},
+    changes::Changes,
+    queue::{Queue, QueueSettings, Queues},
+    registry::AppRegistry,
+    service_bus::Envelope,
+};
 
 const QUEUE: &str = "q";
 /// Longest any one wait of these tests takes (they end on an event, not on this).
 const WAIT: Duration = Duration::from_secs(10);
 
-fn broker() -> Arc<Broker> {
-    Broker::new(
-        &[QUEUE.to_owned()],
-        Settings {
-            max_delivery_count: 1,
-        },
-    )
+/// A sidecar's status parts, and the dashboard's view of them, which counts the snapshots the
+/// dashboard takes (each one is serialized once).
+struct Sidecar {
+    queues: Arc<Queues>,
+    apps: Arc<AppRegistry>,
+    board: Arc<StatusBoard>,
+    source: Arc<Counted>,
 }
 
-fn send(broker: &Broker, body: &str) {
-    broker.queue(QUEUE).expect("the queue").send(
-        body.as_bytes().to_vec(),
-        Envelope::default(),
-        None,
-    );
+struct Counted {
+    board: Arc<StatusBoard>,
+    snapshots: AtomicU64,
+}
+
+impl StatusSource for Counted {
+    fn status(&self) -> Status {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.board.status()
+    }
+
+    fn subscribe(&self) -> ChangesReceiver {
+        self.board.subscribe()
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        self.board.bindings()
+    }
+}
+
+impl Sidecar {
+    fn new() -> Self {
+        let changes = Changes::default();
+        let settings = QueueSettings {
+            max_delivery_count: 1,
+        };
+        let queues = Arc::new(Queues::new(&[QUEUE.to_owned()], settings, &changes));
+        let apps = Arc::new(AppRegistry::new(changes.clone()));
+        let board = Arc::new(StatusBoard::new(
+            Arc::clone(&queues),
+            Arc::clone(&apps),
+            changes,
+        ));
+        let source = Arc::new(Counted {
+            board: Arc::clone(&board),
+            snapshots: AtomicU64::new(0),
+        });
+        Self {
+            queues,
+            apps,
+            board,
+            source,
+        }
+    }
+
+    fn queue(&self) -> &Arc<Queue> {
+        self.queues.get(QUEUE).expect("the queue")
+    }
+
+    /// Snapshots the dashboard serialized so far, first ones of each client included.
+    fn serialized(&self) -> u64 {
+        self.source.snapshots.load(Ordering::Relaxed)
+    }
+
+    fn dashboard(&self, shutdown: CancellationToken) -> Arc<Dashboard> {
+        Dashboard::new(Arc::clone(&self.source) as Arc<dyn StatusSource>, shutdown)
+    }
+}
+
+fn send(sidecar: &Sidecar, body: &str) {
+    sidecar
+        .queue()
+        .send(body.as_bytes().to_vec(), Envelope::default(), None);
 }
 
 /// A connected client: the body of `GET /devstack/events`, read event by event.
@@ -106,30 +172,24 @@ fn produced(status: &Value) -> u64 {
 }
 
 /// A dashboard whose publisher runs until the returned token is cancelled.
-fn started(broker: &Arc<Broker>) -> (Arc<Dashboard>, CancellationToken) {
+fn started(sidecar: &Sidecar) -> (Arc<Dashboard>, CancellationToken) {
     let shutdown = CancellationToken::new();
-    let dashboard = Dashboard::new(Arc::clone(broker), shutdown.clone());
+    let dashboard = sidecar.dashboard(shutdown.clone());
     tokio::spawn(Arc::clone(&dashboard).publish());
     (dashboard, shutdown)
 }
 
 #[tokio::test]
 async fn the_first_event_is_the_whole_status_with_bodies_cut_to_their_start() {
-    let broker = Broker::new(
-        &[QUEUE.to_owned()],
-        Settings {
-            max_delivery_count: 1,
-        },
-    );
+    let sidecar = Sidecar::new();
     let long = "é".repeat(BODY_PREVIEW_CHARS + 50);
-    send(&broker, &long);
-    send(&broker, "next");
-    let queue = broker.queue(QUEUE).unwrap();
-    queue.receive().await.abandon("rejected");
-    let (dashboard, shutdown) = started(&broker);
+    send(&sidecar, &long);
+    send(&sidecar, "next");
+    sidecar.queue().receive().await.abandon("rejected");
+    let (dashboard, shutdown) = started(&sidecar);
 
     let first = Client::connect(&dashboard).await.status().await;
-    let mut expected = serde_json::to_value(broker.status()).unwrap();
+    let mut expected = serde_json::to_value(sidecar.board.status()).unwrap();
     expected["deadLetters"][QUEUE][0]["data"] = Value::from("é".repeat(BODY_PREVIEW_CHARS));
     assert_eq!(first, expected);
     assert_eq!(
@@ -141,15 +201,14 @@ async fn the_first_event_is_the_whole_status_with_bodies_cut_to_their_start() {
 
 #[tokio::test]
 async fn each_change_sends_a_new_snapshot_and_shutdown_says_stopping() {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     let mut client = Client::connect(&dashboard).await;
     assert_eq!(produced(&client.status().await), 0);
 
-    send(&broker, "one");
+    send(&sidecar, "one");
     assert_eq!(produced(&client.status().await), 1);
-    let queue = broker.queue(QUEUE).unwrap();
-    let lock = queue.receive().await;
+    let lock = sidecar.queue().receive().await;
     lock.complete();
     // However the receive and the complete were coalesced, the stream ends on the last state.
     let mut last = client.status().await;
@@ -172,12 +231,17 @@ async fn each_change_sends_a_new_snapshot_and_shutdown_says_stopping() {
 
 #[tokio::test]
 async fn app_changes_are_sent_too_with_the_processed_and_failed_counts() {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     let mut client = Client::connect(&dashboard).await;
     assert_eq!(client.status().await["consumers"], serde_json::json!([]));
 
-    let app = broker.register_app("consumer-1".to_owned(), "127.0.0.1:1".to_owned(), 1);
+    let target = AppTarget {
+        protocol: AppProtocol::Grpc,
+        address: ([127, 0, 0, 1], 1).into(),
+        max_concurrency: 1,
+    };
+    let app = sidecar.apps.register("consumer-1".to_owned(), target);
     app.delivery_started();
     app.delivery_ended(true);
     app.delivery_started();
@@ -204,8 +268,8 @@ async fn app_changes_are_sent_too_with_the_processed_and_failed_counts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_quiet_stream_sends_a_heartbeat() {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     let mut client = Client::connect(&dashboard).await;
     client.status().await;
     let before = tokio::time::Instant::now();
@@ -219,20 +283,18 @@ async fn a_quiet_stream_sends_a_heartbeat() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_of_changes_is_coalesced_to_ten_events_a_second() {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     let mut client = Client::connect(&dashboard).await;
     client.status().await;
 
     // One send a millisecond for two seconds, read as they come.
     const SENDS: u64 = 2_000;
-    let sender = tokio::spawn({
-        let broker = Arc::clone(&broker);
-        async move {
-            for n in 0..SENDS {
-                send(&broker, &n.to_string());
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+    let queue = Arc::clone(sidecar.queue());
+    let sender = tokio::spawn(async move {
+        for n in 0..SENDS {
+            queue.send(n.to_string().into_bytes(), Envelope::default(), None);
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
     let start = tokio::time::Instant::now();
@@ -257,8 +319,8 @@ async fn a_stream_of_changes_is_coalesced_to_ten_events_a_second() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_frees_its_subscription() {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     // Over a real socket: what a closed browser tab does.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -289,19 +351,19 @@ async fn a_client_that_goes_away_frees_its_subscription() {
     // the count itself, nudged by changes.
     let freed = tokio::time::timeout(WAIT, async {
         while dashboard.clients() > 0 {
-            send(&broker, "nudge");
+            send(&sidecar, "nudge");
             tokio::time::sleep(MIN_GAP).await;
         }
     })
     .await;
     assert!(freed.is_ok(), "{} clients still held", dashboard.clients());
     // Nobody watches: changes serialize nothing.
-    let serialized = dashboard.serialized();
+    let serialized = sidecar.serialized();
     for _ in 0..5 {
-        send(&broker, "unwatched");
+        send(&sidecar, "unwatched");
         tokio::time::sleep(MIN_GAP).await;
     }
-    assert_eq!(dashboard.serialized(), serialized);
+    assert_eq!(sidecar.serialized(), serialized);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -310,23 +372,23 @@ async fn a_client_that_goes_away_frees_its_subscription() {
 /// number of snapshots the publisher serialized, after each client's first, and what each client
 /// read last.
 async fn serializations_with(clients: usize) -> (u64, Vec<u64>) {
-    let broker = broker();
-    let (dashboard, shutdown) = started(&broker);
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
     let mut connected = Vec::new();
     for _ in 0..clients {
         let mut client = Client::connect(&dashboard).await;
         client.status().await;
         connected.push(client);
     }
-    let firsts = dashboard.serialized();
+    let firsts = sidecar.serialized();
     for n in 0..1_000 {
-        send(&broker, &n.to_string());
+        send(&sidecar, &n.to_string());
         if n % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     tokio::time::sleep(MIN_GAP * 2).await;
-    let published = dashboard.serialized() - firsts;
+    let published = sidecar.serialized() - firsts;
     let mut last = Vec::new();
     for client in &mut connected {
         last.push(produced(&client.status().await));
@@ -365,7 +427,7 @@ use axum::http::HeaderMap;
 
 #[tokio::test]
 async fn the_page_and_every_asset_it_loads_are_served_from_the_binary() {
-    let dashboard = Dashboard::new(broker(), CancellationToken::new());
+    let dashboard = Sidecar::new().dashboard(CancellationToken::new());
     let (status, headers, page) = get("/devstack/", Arc::clone(&dashboard)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], HTML);
@@ -419,7 +481,7 @@ async fn post_produce(dashboard: Arc<Dashboard>, body: &str) -> (StatusCode, Val
 
 #[tokio::test]
 async fn produce_passes_the_producers_answer_or_says_it_is_unreachable() {
-    let dashboard = Dashboard::new(broker(), CancellationToken::new());
+    let dashboard = Sidecar::new().dashboard(CancellationToken::new());
     let body = r#"{"count":2,"intervalMilliseconds":0,"text":"hi"}"#;
     let (status, answer) = post_produce(Arc::clone(&dashboard), body).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

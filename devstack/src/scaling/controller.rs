@@ -8,10 +8,10 @@ use anyhow::bail;
 use tracing::info;
 
 use crate::{
-    broker::Broker,
     manifests,
     queue::{Counts, Queue},
     sidecar::Sidecar,
+    status::StatusBoard,
 };
 
 use super::{
@@ -101,7 +101,7 @@ pub struct Controller {
     keda: Keda,
     hpa: Hpa,
     queue: Arc<Queue>,
-    broker: Arc<Broker>,
+    status: Arc<StatusBoard>,
     replicas: ReplicaSet,
     /// The Deployment's spec.replicas.
     desired: u32,
@@ -119,8 +119,8 @@ impl Controller {
     ) -> anyhow::Result<Self> {
         let spec = autoscale.spec.clone();
         let clock = Clock::start(autoscale.time_scale);
-        let broker = Arc::clone(sidecar.broker());
-        let Some(queue) = broker.queue(&autoscale.binding).cloned() else {
+        let status = Arc::clone(sidecar.status());
+        let Some(queue) = sidecar.queues().get(&autoscale.binding).cloned() else {
             bail!("the sidecar has no binding {:?}", autoscale.binding);
         };
         let replicas = ReplicaSet::new(template, spec.termination_grace_period, clock);
@@ -131,7 +131,7 @@ impl Controller {
             spec,
             clock,
             queue,
-            broker,
+            status,
             replicas,
             metric: None,
             events: VecDeque::new(),
@@ -219,7 +219,7 @@ impl Controller {
     /// replica change. Whatever watches the status for changes is woken here.
     fn publish(&self) {
         let clock = &self.clock;
-        self.broker.set_scaling(ScalingStatus {
+        self.status.set_scaling(ScalingStatus {
             settings: ScalingSettings {
                 spec: self.spec.clone(),
                 time_scale: clock.scale(),

@@ -19,7 +19,7 @@ pub mod trigger;
 mod yaml;
 
 pub use clock::rfc3339;
-pub use status::{ReplicaState, ScalingStatus};
+pub use status::ScalingStatus;
 
 #[cfg(test)]
 mod tests {

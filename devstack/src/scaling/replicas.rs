@@ -5,10 +5,7 @@
 //! running after terminationGracePeriodSeconds. A victim's in-flight messages finish, or are
 //! abandoned (its lock dropped) and redelivered: none is lost.
 
-use std::{
-    cmp::Ordering, net::SocketAddr, process::ExitStatus, sync::atomic::Ordering as AtomicOrdering,
-    time::Duration,
-};
+use std::{cmp::Ordering, net::SocketAddr, process::ExitStatus, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -18,16 +15,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    broker::Terminating,
-    delivery::{AppProtocol, AppTarget},
+    app::{AppProtocol, AppTarget},
     process::{self, LISTEN_LIMIT, Launch, Listening, Process, STOP_LIMIT},
-    sidecar::{App, Sidecar},
+    registry::{ReplicaState, Terminating},
+    sidecar::{AppHandle, Sidecar},
 };
 
-use super::{
-    clock::Clock,
-    status::{ReplicaState, Unregistered},
-};
+use super::{clock::Clock, status::Unregistered};
 
 /// What every replica runs: the consumer's launch (each replica labelled `consumer-N`), and how
 /// many events the sidecar has in flight to each.
@@ -43,7 +37,7 @@ pub fn deliver_to(
     label: &str,
     address: SocketAddr,
     max_concurrency: usize,
-) -> App {
+) -> AppHandle {
     info!(part = %label, app = %address, "delivering to consumer");
     sidecar.add_app(
         AppTarget {
@@ -76,7 +70,7 @@ struct Replica {
     n: u32,
     label: String,
     /// Once its address is known: the sidecar delivers to it.
-    app: Option<App>,
+    app: Option<AppHandle>,
     /// `Some(grace)` asks its watcher to SIGTERM it and kill it after `grace`.
     stop: watch::Sender<Option<Duration>>,
     /// Picked to scale in (or stopping with the stack).
@@ -87,10 +81,7 @@ impl Replica {
     fn rank(&self) -> Rank {
         let (state, ready_since) = match &self.app {
             None => (ReplicaState::Starting, None),
-            Some(app) => (
-                app.status.state(),
-                *app.status.ready_since.lock().expect("ready lock"),
-            ),
+            Some(app) => (app.status.state(), app.status.ready_since()),
         };
         Rank {
             running: self.app.is_some(),
@@ -209,12 +200,11 @@ impl ReplicaSet {
         let mut in_flight = 0;
         if let Some(app) = &replica.app {
             app.stop_delivery();
-            *app.status.terminating.lock().expect("terminating lock") = Some(Terminating {
+            app.status.set_terminating(Terminating {
                 at: self.clock.wall_at(at),
                 kill_at: self.clock.wall_at(at + grace),
             });
-            app.status.changed();
-            in_flight = app.status.in_flight.load(AtomicOrdering::Relaxed);
+            in_flight = app.status.in_flight();
         }
         // What it has in flight finishes within the grace period, or is redelivered.
         info!(part = %replica.label, in_flight, ?grace, "scaling in: delivery stopped, sending SIGTERM");

@@ -1,11 +1,15 @@
-//! The `scaling` object of `GET /devstack/status`, and the state of each consumer replica the
-//! status shows. The sidecar's status holds these; the scaling runtime publishes them.
+//! The `scaling` object of `GET /devstack/status`. The sidecar's status holds it; the scaling
+//! runtime publishes it.
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
 
 use super::{decision::Decision, spec::ScalingSpec};
+use crate::{
+    registry::ReplicaState,
+    status::{CountedScaling, ReplicaCounts, ScalingReport},
+};
 
 /// How many scaling events the status keeps.
 pub const EVENTS_KEPT: usize = 256;
@@ -49,6 +53,24 @@ impl ScalingStatus {
     }
 }
 
+/// The status counts the replicas at each read, so they agree with the consumers it lists.
+impl ScalingReport for ScalingStatus {
+    fn counted(&self, states: &[ReplicaState]) -> CountedScaling {
+        let counted = self.clone().counted(states.iter().copied());
+        CountedScaling {
+            replicas: ReplicaCounts {
+                desired: counted.replicas,
+                ready: counted.ready,
+                starting: counted.starting,
+                terminating: counted.terminating,
+            },
+            metric: counted.metric,
+            // Strings, numbers and maps with string keys: it always serializes.
+            json: serde_json::value::to_raw_value(&counted).expect("the scaling status serializes"),
+        }
+    }
+}
+
 /// The scaling settings in force: the ScaledObject's (real seconds, before the time scale), the
 /// factor, and the HPA's sync period.
 #[derive(Debug, Clone, Serialize)]
@@ -73,16 +95,6 @@ pub struct ScalingEvent {
 pub struct Unregistered {
     pub starting: u32,
     pub terminating: u32,
-}
-
-/// A consumer's lifecycle, as a pod's: starting until it is ready, then ready (the sidecar
-/// delivers to it), then terminating once picked to scale in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicaState {
-    Starting,
-    Ready,
-    Terminating,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The HTTP side, like daprd's HTTP port: health endpoints, the metadata API (`GET /v1.0/metadata`),
-//! `POST /v1.0/bindings/{name}` (what the original ASP.NET producer called), and the sidecar's own
-//! queue status, metrics and live dashboard (`dashboard`).
+//! The HTTP side, like daprd's HTTP port: health endpoints, the metadata API (`GET /v1.0/metadata`)
+//! and `POST /v1.0/bindings/{name}` (what the original ASP.NET producer called), those two behind
+//! the API token layer; and the sidecar's own queue status, metrics and live dashboard
+//! (`dashboard`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -12,22 +13,25 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use pipeline::{http_server::ConnectionMetrics, openmetrics, trace_context::TraceParent};
+use pipeline::{
+    api_token::ApiToken, http_server::ConnectionMetrics, openmetrics, trace_context::TraceParent,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::error;
 
+use super::token::{ApiTokenLayer, HttpRefusal};
 use crate::{
-    broker::Broker,
     dashboard::{self, Dashboard},
     metadata::{self, Metadata},
     runtime::Runtime,
+    status::{Status, StatusBoard},
 };
 
 #[derive(Debug, Clone)]
 struct HttpState {
     runtime: Runtime,
-    broker: Arc<Broker>,
+    status: Arc<StatusBoard>,
     metadata: Arc<Metadata>,
     connections: ConnectionMetrics,
 }
@@ -43,28 +47,40 @@ struct OutputBindingRequest {
     metadata: HashMap<String, String>,
 }
 
-/// The routes; `/devstack/metrics` includes the port's `connections`.
-pub fn router(
-    runtime: Runtime,
-    broker: Arc<Broker>,
-    metadata: Arc<Metadata>,
-    connections: ConnectionMetrics,
-    dashboard: Arc<Dashboard>,
-) -> Router {
+/// The parts the routes answer from.
+#[derive(Debug)]
+pub struct HttpApi {
+    pub runtime: Runtime,
+    pub status: Arc<StatusBoard>,
+    pub metadata: Arc<Metadata>,
+    /// The port's connection counts, which `/devstack/metrics` includes.
+    pub connections: ConnectionMetrics,
+    pub dashboard: Arc<Dashboard>,
+    /// What callers of the Dapr routes must present as `dapr-api-token`.
+    pub api_token: Option<ApiToken>,
+}
+
+/// The routes.
+pub fn router(api: HttpApi) -> Router {
+    // The token check and its answer are daprd's (`APITokenAuthMiddleware`): the metadata API
+    // is not one of the health routes it exempts.
+    let dapr = Router::new()
+        .route("/v1.0/metadata", get(get_metadata))
+        .route("/v1.0/bindings/{name}", post(invoke_binding))
+        .route_layer(ApiTokenLayer::new(api.api_token, HttpRefusal));
     Router::new()
         .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
         .route("/v1.0/healthz/outbound", get(StatusCode::NO_CONTENT))
-        .route("/v1.0/metadata", get(get_metadata))
-        .route("/v1.0/bindings/{name}", post(invoke_binding))
+        .merge(dapr)
         .route("/devstack/status", get(status))
         .route("/devstack/metrics", get(metrics))
         .with_state(HttpState {
-            runtime,
-            broker,
-            metadata,
-            connections,
+            runtime: api.runtime,
+            status: api.status,
+            metadata: api.metadata,
+            connections: api.connections,
         })
-        .merge(dashboard::router(dashboard))
+        .merge(dashboard::router(api.dashboard))
 }
 
 /// daprd's error body.
@@ -76,21 +92,8 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// The token check and its answer are daprd's (`APITokenAuthMiddleware`): the metadata API is not
-/// one of the health routes it exempts.
-async fn get_metadata(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    if !state.metadata.authorize(&headers) {
-        return unauthorized();
-    }
-    Json(metadata::to_json(&state.metadata.response())).into_response()
-}
-
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({ "error": "invalid api token" })),
-    )
-        .into_response()
+async fn get_metadata(State(state): State<HttpState>) -> Json<Value> {
+    Json(metadata::to_json(&state.metadata.response()))
 }
 
 async fn invoke_binding(
@@ -99,9 +102,6 @@ async fn invoke_binding(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if state.runtime.authorize(&headers).is_err() {
-        return unauthorized();
-    }
     let request: OutputBindingRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -128,12 +128,12 @@ async fn invoke_binding(
     }
 }
 
-async fn status(State(state): State<HttpState>) -> Json<crate::broker::Status> {
-    Json(state.broker.status())
+async fn status(State(state): State<HttpState>) -> Json<Status> {
+    Json(state.status.status())
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.broker.metrics(&state.connections) {
+    match state.status.metrics(&state.connections) {
         Ok(page) => ([(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)], page).into_response(),
         Err(e) => {
             error!(error = %e, "encoding the metrics");

@@ -1,14 +1,12 @@
 //! Apps written with the official Dapr Python SDK (`dapr`, `dapr-ext-grpc` from PyPI, see
-//! `support::python`) against devstack's sidecar, as against daprd: its `DaprClient` as a
+//! `test_support::python`) against devstack's sidecar, as against daprd: its `DaprClient` as a
 //! producer, through the SDK's start-up wait; its gRPC `App` as a consumer behind the sidecar.
-//! All on 127.0.0.1; every wait is bounded and ends on a log line or the queue's status.
-
-use test_support as support;
 
 use pipeline::dapr_v1::InvokeBindingRequest;
-use support::{WAIT, devstack::Devstack, port::free_port, python};
+use test_support::{WAIT, port::free_port, python};
+use tracing::Level;
 
-const QUEUE: &str = "message-queue";
+use crate::{QUEUE, harness::InProcess};
 
 /// The SDK waits for its sidecar before its first call: started before the sidecar is up, it
 /// polls until the sidecar answers, then enqueues, with the API token the sidecar requires.
@@ -36,8 +34,13 @@ async fn python_sdk_client_waits_for_the_sidecar_then_invokes_the_binding() {
             l.contains("/v1.0/healthz/outbound failed")
         })
         .await;
-    let sidecar =
-        Devstack::start_at(grpc_port, http_port, &["--dapr-api-token", "s3cret"], &[]).await;
+    let sidecar = InProcess::start_at(
+        grpc_port,
+        http_port,
+        &["--dapr-api-token", "s3cret"],
+        Level::INFO,
+    )
+    .await;
 
     let invoked = producer.wait_for_message("invoked").await;
     assert_eq!(invoked["binding"], QUEUE);
@@ -55,17 +58,14 @@ async fn python_sdk_app_consumes_behind_the_sidecar() {
     python::python().await;
     let port = free_port();
     let app = format!("127.0.0.1:{port}");
-    let sidecar = Devstack::start(
-        &[
-            "--app",
-            &app,
-            "--max-delivery-count",
-            "2",
-            "--app-api-token",
-            "app-s3cret",
-        ],
-        &[],
-    )
+    let sidecar = InProcess::start(&[
+        "--app",
+        &app,
+        "--max-delivery-count",
+        "2",
+        "--app-api-token",
+        "app-s3cret",
+    ])
     .await;
     let mut consumer = python::spawn("consumer.py", &[QUEUE, &port.to_string()], &[]).await;
     consumer.wait_for_message("serving").await;
@@ -90,7 +90,7 @@ async fn python_sdk_app_consumes_behind_the_sidecar() {
     assert!(hello.is_some(), "{events:?}");
     let status = sidecar
         .wait_status("one completed, one dead-lettered", |s| {
-            let c = support::devstack::counts(s, QUEUE);
+            let c = test_support::devstack::counts(s, QUEUE);
             (c.completed, c.dead_lettered) == (1, 1) && c.settled()
         })
         .await;
