@@ -5,7 +5,7 @@
 # cargo-chef builds the dependencies in their own layer, rebuilt only when Cargo.toml or Cargo.lock
 # change. No system protoc is needed: build.rs uses a vendored one.
 
-# Cargo.toml's rust-version, which is the toolchain .ci/run builds and tests with (tests/manifests.rs
+# Cargo.toml's rust-version, which is the toolchain .ci/run builds and tests with (tests/manifests/
 # keeps the two equal). Bookworm, like the distroless runtime below, so the binaries link against
 # the glibc they run with. cargo-chef publishes `latest-rust-<tag>` for the tags Docker's official
 # rust image lists; once 1.95 leaves that list this tag stops receiving updates: raise

@@ -1,0 +1,25 @@
+//! Coherence of what deploys the code with the code itself: the kustomizations under `deploy/`,
+//! the Multi-App Run file `dapr.yaml` and the `Dockerfile` must agree with the binaries' defaults
+//! (read from their `--help`) and with each other, so a change on either side fails here.
+//!
+//! Every kustomization is rendered with `kubectl kustomize`, as `.ci/run` and
+//! `../shared/tools/validate-manifests` do; kubectl must be on PATH. No cluster, no network.
+//!
+//! - [`render`]: rendering the kustomizations and reading the objects;
+//! - [`binaries`]: the binaries' defaults, from their `--help`;
+//! - [`wiring`]: the apps wired as the code expects (names, ports, probes, tokens, shutdown);
+//! - [`exposure`]: who can reach the apps;
+//! - [`keys`]: no committed Service Bus key;
+//! - [`images`]: image tags, the Dockerfile and its build context;
+//! - [`guide`]: the deploy guide's shell blocks.
+
+mod binaries;
+mod exposure;
+mod guide;
+mod images;
+mod keys;
+mod render;
+mod wiring;
+
+/// The repository's top directory.
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
