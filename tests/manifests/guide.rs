@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::render::read;
 
 #[test]
-pub(crate) fn the_guide_creates_every_token_secret_from_a_generated_value() {
+fn the_guide_creates_every_token_secret_from_a_generated_value() {
     let created = guide_created_secrets();
     for name in ["dapr-api-token", "dapr-app-token", "producer-api-token"] {
         assert!(
@@ -48,7 +48,7 @@ pub(crate) fn the_guide_creates_every_token_secret_from_a_generated_value() {
 }
 
 #[test]
-pub(crate) fn the_guide_deletes_only_the_resource_group_it_created() {
+fn the_guide_deletes_only_the_resource_group_it_created() {
     let guide = read("deploy/README.md");
     if let Err(problem) = check_resource_groups(&guide) {
         panic!("deploy/README.md: {problem}");
@@ -60,17 +60,18 @@ pub(crate) fn the_guide_deletes_only_the_resource_group_it_created() {
 }
 
 #[test]
-pub(crate) fn the_resource_group_check_catches_a_guide_that_deletes_what_it_did_not_create() {
+fn the_resource_group_check_catches_a_guide_that_deletes_what_it_did_not_create() {
     let safe = "```sh\nGUIDE_RG=mine\n\
-        if [ \"$(az group exists --name \"$GUIDE_RG\")\" = true ]; then\n  echo taken\nelse\n\
+        if [ \"$(az group exists --name \"$GUIDE_RG\")\" = true ]; then\n  echo taken\n\
+        \x20 unset GUIDE_RG\nelse\n\
         \x20 az group create --name \"$GUIDE_RG\" --location \"$LOCATION\"\nfi\n\
-        az acr create --resource-group \"$GUIDE_RG\" --name \"$ACR\"\n```\n\
-        ```sh\naz group delete --name \"$GUIDE_RG\" --yes\n```\n";
+        az acr create --resource-group \"${GUIDE_RG:?}\" --name \"$ACR\"\n```\n\
+        ```sh\naz group delete --name \"${GUIDE_RG:?}\" --yes\n```\n";
     assert_eq!(check_resource_groups(safe), Ok(()));
     for (unsafe_guide, why) in [
         // The original guide: one RG for the user's cluster and the guide's resources.
         (
-            safe.replace("--name \"$GUIDE_RG\" --yes", "--name $RG --yes"),
+            safe.replace("--name \"${GUIDE_RG:?}\" --yes", "--name $RG --yes"),
             "deletes $RG",
         ),
         (
@@ -78,8 +79,22 @@ pub(crate) fn the_resource_group_check_catches_a_guide_that_deletes_what_it_did_
             "GUIDE_RG set from another variable",
         ),
         (
-            safe.replace("\n  echo taken\nelse\n", "\n  echo new\nfi\n"),
+            safe.replace(
+                "\n  echo taken\n  unset GUIDE_RG\nelse\n",
+                "\n  echo new\nfi\n",
+            ),
             "group created without checking that it is new",
+        ),
+        (
+            safe.replace("  unset GUIDE_RG\n", ""),
+            "a guard that only prints: the next blocks go on in the existing group",
+        ),
+        (
+            safe.replace(
+                "az acr create --resource-group \"${GUIDE_RG:?}\"",
+                "az acr create --resource-group \"$GUIDE_RG\"",
+            ),
+            "a later command that would run with GUIDE_RG unset",
         ),
         (
             safe.replace(
@@ -90,7 +105,7 @@ pub(crate) fn the_resource_group_check_catches_a_guide_that_deletes_what_it_did_
         ),
         (
             safe.replace(
-                "az acr create --resource-group \"$GUIDE_RG\"",
+                "az acr create --resource-group \"${GUIDE_RG:?}\"",
                 "az acr create --resource-group \"$AKS_RG\"",
             ),
             "creates into the cluster's group",
@@ -139,22 +154,28 @@ pub(crate) fn guide_commands() -> Vec<String> {
     commands
 }
 
-/// The guide's own resource group, as its commands write it.
-pub(crate) const GUIDE_RG: [&str; 3] = ["\"$GUIDE_RG\"", "$GUIDE_RG", "\"${GUIDE_RG}\""];
+/// The guide's own resource group as its commands name it once the guard has run: a command
+/// that meets it unset refuses to run.
+const GUIDE_RG: &str = "\"${GUIDE_RG:?}\"";
+/// As the guard itself names it, before it has decided.
+const GUIDE_RG_IN_GUARD: &str = "\"$GUIDE_RG\"";
 
 /// That a guide (markdown with `sh` blocks) deletes no resource group but its own, and that its
-/// own is one it created: `GUIDE_RG` is only ever set to a literal name, the one `az group create`
-/// names it and runs only after `az group exists` said the group is new, every `az group delete`
-/// names it, and every Azure resource the guide creates (but a cluster, whose group is the
-/// guide's when the guide makes it) goes into it.
+/// own is one it created: `GUIDE_RG` is only ever set to a literal name; a guard runs
+/// `az group create` with it only after `az group exists` said the group is new, and otherwise
+/// unsets it; every other command names it as `"${GUIDE_RG:?}"`, so that none runs once the
+/// guard has unset it (the guard stops the blocks that follow); every `az group delete` names
+/// it; and every Azure resource the guide creates (but a cluster, whose group is the guide's when
+/// the guide makes it) goes into it.
 pub(crate) fn check_resource_groups(guide: &str) -> Result<(), String> {
-    let names_guide_rg = |command: &str, option: &str| -> bool {
+    let names = |command: &str, option: &str, form: &str| -> bool {
         command
             .split(option)
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|value| GUIDE_RG.contains(&value))
+            .is_some_and(|value| value == form)
     };
+    let guard_test = format!("az group exists --name {GUIDE_RG_IN_GUARD})");
     let mut created = false;
     for block in sh_blocks(guide) {
         let commands = join_continuations(&block);
@@ -166,36 +187,59 @@ pub(crate) fn check_resource_groups(guide: &str) -> Result<(), String> {
                         "GUIDE_RG must be a new group's literal name: {command}"
                     ));
                 }
-            }
-            if command.contains("az group delete") && !names_guide_rg(command, "--name") {
-                return Err(format!("deletes a group that is not GUIDE_RG: {command}"));
+                continue;
             }
             if command.contains("az group create") {
-                if !names_guide_rg(command, "--name") {
+                if !names(command, "--name", GUIDE_RG_IN_GUARD) {
                     return Err(format!("creates a group that is not GUIDE_RG: {command}"));
                 }
-                // if [ "$(az group exists --name "$GUIDE_RG")" = true ]; then ... else <here> fi
-                let guarded = commands[..at].iter().rev().take_while(|c| *c != "fi");
-                let (mut checked, mut in_else) = (false, false);
-                for earlier in guarded {
-                    in_else |= earlier == "else";
-                    checked |= earlier.starts_with("if ")
-                        && GUIDE_RG
-                            .iter()
-                            .any(|g| earlier.contains(&format!("az group exists --name {g})")));
-                }
+                // if [ "$(az group exists --name "$GUIDE_RG")" = true ]; then ... unset GUIDE_RG
+                // else <here> fi
+                let before: Vec<&String> = commands[..at]
+                    .iter()
+                    .rev()
+                    .take_while(|c| *c != "fi")
+                    .collect();
+                let in_else = before.iter().any(|c| *c == "else");
+                let checked = before
+                    .iter()
+                    .any(|c| c.starts_with("if ") && c.contains(&guard_test));
+                let unset = before
+                    .iter()
+                    .skip_while(|c| **c != "else")
+                    .any(|c| *c == "unset GUIDE_RG");
                 if !(checked && in_else) {
                     return Err(format!(
                         "az group create without az group exists first: {command}"
                     ));
                 }
+                if !unset {
+                    return Err("the guard for an existing GUIDE_RG must unset it, or the \
+                                blocks after it go on in that group"
+                        .to_owned());
+                }
                 created = true;
+                continue;
+            }
+            let in_guard = (command.starts_with("if ") && command.contains(&guard_test))
+                || command.starts_with("echo ");
+            if !in_guard
+                && command.replace("${GUIDE_RG:?}", "").contains("GUIDE_RG")
+                && command != "unset GUIDE_RG"
+            {
+                return Err(format!(
+                    "names GUIDE_RG without ${{GUIDE_RG:?}}, so it would run with the group \
+                     unset by the guard: {command}"
+                ));
+            }
+            if command.contains("az group delete") && !names(command, "--name", GUIDE_RG) {
+                return Err(format!("deletes a group that is not GUIDE_RG: {command}"));
             }
             let creates = command.starts_with("az ") && command.contains(" create ");
             if creates && command.contains("--resource-group") {
-                let into_guide_rg = names_guide_rg(command, "--resource-group");
+                let into_guide_rg = names(command, "--resource-group", GUIDE_RG);
                 let cluster_in_guide_rg = command.starts_with("az aks create")
-                    && commands[..at].iter().any(|c| c == "AKS_RG=$GUIDE_RG");
+                    && commands[..at].iter().any(|c| c == "AKS_RG=${GUIDE_RG:?}");
                 if !into_guide_rg && !cluster_in_guide_rg {
                     return Err(format!("creates outside GUIDE_RG: {command}"));
                 }

@@ -9,7 +9,7 @@ use crate::{
 };
 
 #[test]
-pub(crate) fn images_are_set_by_the_kustomization() {
+fn images_are_set_by_the_kustomization() {
     for render in renders() {
         for deployment in render.all("Deployment") {
             for container in array(&deployment["spec"]["template"]["spec"]["containers"]) {
@@ -26,7 +26,7 @@ pub(crate) fn images_are_set_by_the_kustomization() {
 }
 
 #[test]
-pub(crate) fn the_dockerfile_builds_binaries_cargo_declares() {
+fn the_dockerfile_builds_binaries_cargo_declares() {
     let bins = cargo_bins();
     let dockerfile = read("Dockerfile");
     let named: BTreeSet<&str> = dockerfile
@@ -72,7 +72,7 @@ pub(crate) fn the_dockerfile_builds_binaries_cargo_declares() {
 }
 
 #[test]
-pub(crate) fn the_dockerfile_builds_with_the_declared_rust_version() {
+fn the_dockerfile_builds_with_the_declared_rust_version() {
     let declared = read("Cargo.toml")
         .lines()
         .find_map(|l| l.trim().strip_prefix("rust-version"))
@@ -100,7 +100,7 @@ pub(crate) fn the_dockerfile_builds_with_the_declared_rust_version() {
 }
 
 #[test]
-pub(crate) fn dockerignore_patterns_have_no_trailing_slash() {
+fn dockerignore_patterns_have_no_trailing_slash() {
     // `az acr build` ignores such a pattern (Azure/azure-cli#20413) and uploads target/.
     let ignore = read(".dockerignore");
     let slashed: Vec<&str> = ignore
@@ -140,4 +140,102 @@ pub(crate) fn dockerfile_stages(dockerfile: &str) -> BTreeMap<String, String> {
     }
     stages.extend(current);
     stages
+}
+
+/// Base images written where no registry could be reached and no trustworthy record of their
+/// digest was found: the Dockerfile marks each `# DIGEST:` and says how to pin it. An image here
+/// that gets pinned fails the test below until it is removed from the list, so the list cannot
+/// outlive the gap it records.
+const AWAITING_A_DIGEST: [&str; 2] = ["lukemathwalker/cargo-chef", "gcr.io/distroless/cc-debian12"];
+
+/// Whether `reference` (a FROM's image) is pinned: `name[:tag]@sha256:` and 64 hex digits.
+fn pinned(reference: &str) -> bool {
+    reference
+        .split_once("@sha256:")
+        .is_some_and(|(name, digest)| {
+            !name.is_empty()
+                && digest.len() == 64
+                && digest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+}
+
+/// The image of every `FROM` that names one, not an earlier stage.
+fn base_images(dockerfile: &str) -> Vec<String> {
+    let mut stages = BTreeSet::new();
+    let mut images = Vec::new();
+    for line in dockerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            continue;
+        }
+        let image = words
+            .iter()
+            .skip(1)
+            .find(|w| !w.starts_with("--"))
+            .expect("FROM names an image");
+        if !stages.contains(*image) {
+            images.push((*image).to_owned());
+        }
+        if let [.., r#as, name] = words.as_slice()
+            && r#as.eq_ignore_ascii_case("AS")
+        {
+            stages.insert((*name).to_owned());
+        }
+    }
+    images
+}
+
+#[test]
+fn base_images_are_pinned_by_digest_or_marked_as_awaiting_one() {
+    let digest = "0123456789abcdef".repeat(4);
+    assert!(pinned(&format!(
+        "gcr.io/distroless/cc-debian12:nonroot@sha256:{digest}"
+    )));
+    assert!(!pinned("gcr.io/distroless/cc-debian12:nonroot"));
+    assert!(!pinned(&format!("x@sha256:{}", &digest[1..])));
+    assert!(!pinned(&format!("x@sha256:{}", digest.to_uppercase())));
+    assert_eq!(
+        base_images("FROM a:1 AS one\nFROM one AS two\nFROM --platform=$P b@sha256:c\n"),
+        ["a:1", "b@sha256:c"]
+    );
+
+    let dockerfile = read("Dockerfile");
+    let images = base_images(&dockerfile);
+    assert!(
+        images.len() >= 2,
+        "the Dockerfile's base images: {images:?}"
+    );
+    for image in &images {
+        let name = image.split(['@', ':']).next().unwrap_or_default();
+        let awaiting = AWAITING_A_DIGEST.contains(&name);
+        if pinned(image) {
+            assert!(
+                !awaiting,
+                "{image} is pinned now: remove {name} from AWAITING_A_DIGEST"
+            );
+        } else {
+            assert!(
+                awaiting,
+                "the Dockerfile's FROM {image} is not pinned by digest (its comment says how)"
+            );
+        }
+    }
+    // Each image still awaiting its digest is marked where it goes.
+    for name in AWAITING_A_DIGEST {
+        let marked = dockerfile
+            .lines()
+            .zip(dockerfile.lines().skip(1))
+            .filter(|(above, from)| from.contains(name) && above.starts_with("# DIGEST:"))
+            .count();
+        let uses = images.iter().filter(|i| i.starts_with(name)).count();
+        assert!(
+            marked >= 1 && uses >= 1,
+            "{name}: no `# DIGEST:` mark above its FROM ({marked} marked, {uses} uses)"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::ROOT;
 
 #[test]
-pub(crate) fn no_committed_file_holds_a_service_bus_key() {
+fn no_committed_file_holds_a_service_bus_key() {
     let output = Command::new("git")
         .args(["ls-files", "-z"])
         .current_dir(ROOT)
@@ -37,7 +37,7 @@ pub(crate) fn no_committed_file_holds_a_service_bus_key() {
 }
 
 #[test]
-pub(crate) fn the_key_detector_sees_keys_in_clear_base64_encoded_and_bare() {
+fn the_key_detector_sees_keys_in_clear_base64_encoded_and_bare() {
     // Built at run time, so this file holds no such string itself: 43 characters and one `=`,
     // the shape of a 256-bit key.
     let key = format!("{}Ab1=", "Ab1+".repeat(10));

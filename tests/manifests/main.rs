@@ -6,6 +6,9 @@
 //! `../shared/tools/validate-manifests` do; kubectl must be on PATH. No cluster, no network.
 //!
 //! - [`render`]: rendering the kustomizations and reading the objects;
+//! - [`admission`]: what the API server's admission adds to a pod (daprd, tokens), modelled;
+//! - [`pod_security`]: Pod Security's `restricted` profile, as its library checks it;
+//! - [`security`]: least privilege: tokens, secret stores, Pod Security, per-app keys;
 //! - [`binaries`]: the binaries' defaults, from their `--help`;
 //! - [`wiring`]: the apps wired as the code expects (names, ports, probes, tokens, shutdown);
 //! - [`exposure`]: who can reach the apps;
@@ -13,12 +16,15 @@
 //! - [`images`]: image tags, the Dockerfile and its build context;
 //! - [`guide`]: the deploy guide's shell blocks.
 
+mod admission;
 mod binaries;
 mod exposure;
 mod guide;
 mod images;
 mod keys;
+mod pod_security;
 mod render;
+mod security;
 mod wiring;
 
 /// The repository's top directory.

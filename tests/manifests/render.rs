@@ -13,14 +13,20 @@ use std::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::ROOT;
+use test_support::process as harness;
+
+use crate::{
+    ROOT,
+    admission::{InjectorSettings, admitted},
+};
 
 /// Dapr's default for `dapr.io/graceful-shutdown-seconds`.
 const DAPR_GRACEFUL_SHUTDOWN_DEFAULT: Duration = Duration::from_secs(5);
 
 /// One kustomization, rendered.
 pub(crate) struct Render {
-    /// Its directory, relative to the repository, e.g. `deploy/base`.
+    /// Its directory, relative to the repository, e.g. `deploy/base`, and any Components on top:
+    /// `deploy/base + deploy/overlays/public`.
     pub(crate) label: String,
     pub(crate) objects: Vec<Value>,
 }
@@ -59,6 +65,47 @@ impl Render {
             .unwrap_or_else(|| panic!("{}: no Deployment for app {app}", self.label));
         assert!(found.next().is_none(), "{}: two apps {app}", self.label);
         deployment
+    }
+
+    /// Whether the kustomize Component in `dir` (e.g. `deploy/overlays/public`) is part of it.
+    pub(crate) fn has(&self, dir: &str) -> bool {
+        self.label.split(" + ").skip(1).any(|part| part == dir)
+    }
+
+    /// The render's one Namespace, which every namespaced object is in.
+    pub(crate) fn namespace(&self) -> &Value {
+        let namespaces: Vec<&Value> = self.all("Namespace").collect();
+        assert_eq!(namespaces.len(), 1, "{}: one Namespace", self.label);
+        namespaces[0]
+    }
+
+    /// Every Deployment's pod as the API server admits it (crate::admission), by Deployment.
+    pub(crate) fn admitted_pods(&self, settings: InjectorSettings) -> Vec<(&str, Value)> {
+        self.all("Deployment")
+            .map(|deployment| {
+                let template = &deployment["spec"]["template"];
+                let account = template["spec"]["serviceAccountName"]
+                    .as_str()
+                    .and_then(|name| {
+                        self.all("ServiceAccount")
+                            .find(|sa| sa["metadata"]["name"] == name)
+                    });
+                (
+                    str_at(deployment, "/metadata/name"),
+                    admitted(template, account, settings),
+                )
+            })
+            .collect()
+    }
+
+    /// The app's pod as admitted.
+    pub(crate) fn admitted_pod(&self, app: &str, settings: InjectorSettings) -> Value {
+        let name = str_at(self.app(app), "/metadata/name");
+        self.admitted_pods(settings)
+            .into_iter()
+            .find(|(deployment, _)| *deployment == name)
+            .map(|(_, pod)| pod)
+            .expect("the app's Deployment")
     }
 
     /// The container named after the app (`kubectl logs -c consumer` relies on it).
@@ -124,19 +171,64 @@ impl Render {
     }
 }
 
-/// Every kustomization under `deploy/`, rendered once for all tests.
+/// Every overlay under `deploy/` rendered once for all tests: each kustomization on its own, with
+/// each kustomize Component (an add-on such as overlays/public or overlays/monitoring) on top,
+/// and with all of them at once.
 pub(crate) fn renders() -> &'static [Render] {
     static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
     RENDERS.get_or_init(|| {
-        let mut dirs = Vec::new();
-        kustomization_dirs(&Path::new(ROOT).join("deploy"), &mut dirs);
-        dirs.sort();
-        assert!(!dirs.is_empty(), "no kustomization under deploy/");
-        dirs.iter().map(|dir| render(dir)).collect()
+        let (kustomizations, components) = kustomization_roots();
+        assert!(!kustomizations.is_empty(), "no kustomization under deploy/");
+        let mut sets: Vec<Vec<&PathBuf>> = vec![vec![]];
+        sets.extend(components.iter().map(|c| vec![c]));
+        if components.len() > 1 {
+            sets.push(components.iter().collect());
+        }
+        let mut renders = Vec::new();
+        for set in &sets {
+            for dir in &kustomizations {
+                renders.push(if set.is_empty() {
+                    render(dir)
+                } else {
+                    render_with(dir, set)
+                });
+            }
+        }
+        renders
     })
 }
 
-pub(crate) fn kustomization_dirs(dir: &Path, found: &mut Vec<PathBuf>) {
+/// Each kustomize Component under `deploy/`, rendered on its own, as validate-manifests does.
+pub(crate) fn component_renders() -> &'static [Render] {
+    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
+    RENDERS.get_or_init(|| {
+        kustomization_roots()
+            .1
+            .iter()
+            .map(|dir| render(dir))
+            .collect()
+    })
+}
+
+/// The directories holding a kustomization file: Kustomizations, then Components.
+fn kustomization_roots() -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut dirs = Vec::new();
+    kustomization_dirs(&Path::new(ROOT).join("deploy"), &mut dirs);
+    dirs.sort();
+    let is_component = |dir: &PathBuf| {
+        let file = ["kustomization.yaml", "kustomization.yml"]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file())
+            .expect("a kustomization file");
+        yaml_documents(&fs::read_to_string(&file).expect("readable"))
+            .first()
+            .is_some_and(|k| k["kind"] == "Component")
+    };
+    dirs.into_iter().partition(|dir| !is_component(dir))
+}
+
+fn kustomization_dirs(dir: &Path, found: &mut Vec<PathBuf>) {
     let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir:?}: {e}"));
     let mut is_root = false;
     for entry in entries {
@@ -155,12 +247,54 @@ pub(crate) fn kustomization_dirs(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-pub(crate) fn render(dir: &Path) -> Render {
-    let label = dir
-        .strip_prefix(ROOT)
+/// The repository-relative name of a directory, e.g. `deploy/base`.
+fn label_of(dir: &Path) -> String {
+    dir.strip_prefix(ROOT)
         .unwrap()
         .to_string_lossy()
-        .into_owned();
+        .into_owned()
+}
+
+fn render(dir: &Path) -> Render {
+    kustomize(dir, label_of(dir))
+}
+
+/// `dir` with `components` on top, as a user's overlay lists them: a kustomization of its own in
+/// a scratch directory under the target directory, naming them by relative paths (kustomize takes
+/// no absolute one).
+fn render_with(dir: &Path, components: &[&PathBuf]) -> Render {
+    let label = std::iter::once(label_of(dir))
+        .chain(components.iter().map(|c| label_of(c)))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let scratch = harness::target_tmp()
+        .join("manifests")
+        .join(label.replace(['/', ' ', '+'], "_"));
+    fs::create_dir_all(&scratch).expect("a scratch directory");
+    let listed: String = components
+        .iter()
+        .map(|c| format!("  - {}\n", relative(&scratch, c).display()))
+        .collect();
+    let kustomization = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources:\n  - {}\ncomponents:\n{listed}",
+        relative(&scratch, dir).display(),
+    );
+    fs::write(scratch.join("kustomization.yaml"), kustomization).expect("writing a kustomization");
+    kustomize(&scratch, label)
+}
+
+/// `to` as a path relative to the directory `from`; both absolute.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut path: PathBuf = std::iter::repeat_n("..", from.len() - common).collect();
+    path.extend(&to[common..]);
+    path
+}
+
+fn kustomize(dir: &Path, label: String) -> Render {
     let output = Command::new("kubectl")
         .arg("kustomize")
         .arg(dir)

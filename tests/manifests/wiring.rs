@@ -15,18 +15,42 @@ use crate::{
 };
 
 #[test]
-pub(crate) fn every_kustomization_renders_the_whole_pair() {
+fn every_kustomization_renders_the_whole_pair() {
     let roots: BTreeSet<&str> = renders().iter().map(|r| r.label.as_str()).collect();
     for expected in [
         "deploy/base",
         "deploy/overlays/workload-identity",
         "deploy/overlays/local-rabbitmq",
-        "deploy/overlays/public",
+        "deploy/base + deploy/overlays/public",
+        "deploy/overlays/workload-identity + deploy/overlays/public",
+        "deploy/base + deploy/overlays/monitoring",
+        "deploy/base + deploy/overlays/monitoring + deploy/overlays/public",
     ] {
         assert!(
             roots.contains(expected),
             "{expected} not rendered: {roots:?}"
         );
+    }
+    // The Components add to an overlay and change nothing it has; on their own they render only
+    // their additions, as validate-manifests renders them.
+    let components = component_renders();
+    assert_eq!(
+        components.len(),
+        2,
+        "overlays/public and overlays/monitoring"
+    );
+    for component in components {
+        for object in &component.objects {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            assert!(
+                !matches!(
+                    kind,
+                    "Deployment" | "Namespace" | "Component" | "ScaledObject"
+                ),
+                "{}: a Component adds no {kind}",
+                component.label
+            );
+        }
     }
     for render in renders() {
         render.one("Deployment", "producer");
@@ -44,7 +68,7 @@ pub(crate) fn every_kustomization_renders_the_whole_pair() {
 }
 
 #[test]
-pub(crate) fn the_component_is_named_after_both_binaries_binding_name() {
+fn the_component_is_named_after_both_binaries_binding_name() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
     for render in renders() {
@@ -78,7 +102,7 @@ pub(crate) fn the_component_is_named_after_both_binaries_binding_name() {
 }
 
 #[test]
-pub(crate) fn dapr_calls_the_consumer_on_its_port_and_never_the_producer() {
+fn dapr_calls_the_consumer_on_its_port_and_never_the_producer() {
     let consumer = Defaults::of("consumer");
     for render in renders() {
         let port = effective(render.app_container("consumer"), &consumer, "APP_PORT");
@@ -136,7 +160,7 @@ pub(crate) fn dapr_calls_the_consumer_on_its_port_and_never_the_producer() {
 }
 
 #[test]
-pub(crate) fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
+fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
     for render in renders() {
@@ -199,7 +223,7 @@ pub(crate) fn probes_and_the_service_point_at_the_ports_the_binaries_serve() {
 }
 
 #[test]
-pub(crate) fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() {
+fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
     // The variables the binaries read: a rename on either side fails here.
@@ -240,7 +264,7 @@ pub(crate) fn both_sidecars_use_daprs_tokens_and_the_apps_get_the_same_values() 
 }
 
 #[test]
-pub(crate) fn both_sidecars_and_both_apps_export_spans_to_one_collector() {
+fn both_sidecars_and_both_apps_export_spans_to_one_collector() {
     for bin in ["producer", "consumer"] {
         assert!(
             Defaults::of(bin).reads("OTEL_EXPORTER_OTLP_ENDPOINT"),
@@ -283,7 +307,7 @@ pub(crate) fn both_sidecars_and_both_apps_export_spans_to_one_collector() {
 }
 
 #[test]
-pub(crate) fn prometheus_scrapes_the_port_each_binary_serves_metrics_on() {
+fn prometheus_scrapes_the_port_each_binary_serves_metrics_on() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
     for render in renders() {
@@ -318,7 +342,7 @@ pub(crate) fn prometheus_scrapes_the_port_each_binary_serves_metrics_on() {
 }
 
 #[test]
-pub(crate) fn keda_scales_the_consumer_on_the_components_queue() {
+fn keda_scales_the_consumer_on_the_components_queue() {
     for render in renders() {
         let queue = component_value(render.component(), "queueName");
         let scaled = render.one("ScaledObject", "consumer");
@@ -348,7 +372,7 @@ pub(crate) fn keda_scales_the_consumer_on_the_components_queue() {
 }
 
 #[test]
-pub(crate) fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_creates() {
+fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_creates() {
     let created = guide_created_secrets();
     let mut checked = 0;
     let mut unresolved = Vec::new();
@@ -419,7 +443,7 @@ pub(crate) fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_t
 }
 
 #[test]
-pub(crate) fn the_grace_period_covers_the_work_and_daprs_shutdown() {
+fn the_grace_period_covers_the_work_and_daprs_shutdown() {
     let producer = Defaults::of("producer");
     let consumer = Defaults::of("consumer");
     for render in renders() {
