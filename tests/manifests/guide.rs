@@ -299,10 +299,19 @@ pub(crate) fn join_continuations(lines: &[&str]) -> Vec<String> {
 }
 
 /// The Secrets deploy/README.md creates with `kubectl create secret generic NAME
-/// --from-literal=KEY=...`, by name, with their keys.
+/// --from-literal=KEY=...` and `kubectl create secret tls NAME`, by name, with their keys.
 pub(crate) fn guide_created_secrets() -> BTreeMap<String, BTreeSet<String>> {
     let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for command in guide_commands() {
+        // A TLS Secret always has these two keys.
+        if let Some(rest) = command.split("kubectl create secret tls ").nth(1) {
+            let name = rest.split_whitespace().next().expect("a Secret name");
+            secrets
+                .entry(name.to_owned())
+                .or_default()
+                .extend(["tls.crt".to_owned(), "tls.key".to_owned()]);
+            continue;
+        }
         let Some(rest) = command.split("kubectl create secret generic ").nth(1) else {
             continue;
         };

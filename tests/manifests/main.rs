@@ -12,16 +12,20 @@
 //! - [`binaries`]: the binaries' defaults, from their `--help`;
 //! - [`wiring`]: the apps wired as the code expects (names, ports, probes, tokens, shutdown);
 //! - [`exposure`]: who can reach the apps;
+//! - [`availability`]: replicas, budgets, preStop, spread, KEDA's fallback, startup probes;
 //! - [`keys`]: no committed Service Bus key;
+//! - [`monitoring`]: the alerting rules name real metrics, the PodMonitor real ports;
 //! - [`images`]: image tags, the Dockerfile and its build context;
 //! - [`guide`]: the deploy guide's shell blocks.
 
 mod admission;
+mod availability;
 mod binaries;
 mod exposure;
 mod guide;
 mod images;
 mod keys;
+mod monitoring;
 mod pod_security;
 mod render;
 mod security;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::{
     binaries::{Defaults, effective},
-    guide::guide_created_secrets,
+    guide::{guide_commands, guide_created_secrets},
     render::*,
 };
 
@@ -418,6 +418,16 @@ fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_cr
                     refs.push((annotation.to_owned(), name.as_str().unwrap(), "token"));
                 }
             }
+            // NAME=secret:key pairs the injector maps into daprd's environment.
+            let mapped = annotations
+                .and_then(|a| a.get("dapr.io/env-from-secret"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            for pair in mapped.split(',').filter(|p| !p.trim().is_empty()) {
+                let (variable, source) = pair.trim().split_once('=').expect("NAME=secret:key");
+                let (name, key) = source.split_once(':').unwrap_or((source, source));
+                refs.push((format!("daprd env {variable}"), name, key));
+            }
             for container in array(&pod["spec"]["containers"]) {
                 for env in array(&container["env"]) {
                     if let Some(r) = env.pointer("/valueFrom/secretKeyRef") {
@@ -425,6 +435,17 @@ fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_cr
                             format!("env {}", env["name"]),
                             str_at(r, "/name"),
                             str_at(r, "/key"),
+                        ));
+                    }
+                }
+            }
+            for volume in array(&pod["spec"]["volumes"]) {
+                if let Some(name) = volume["secret"]["secretName"].as_str() {
+                    for item in array(&volume["secret"]["items"]) {
+                        refs.push((
+                            format!("volume {}", volume["name"]),
+                            name,
+                            str_at(item, "/key"),
                         ));
                     }
                 }
@@ -438,8 +459,28 @@ fn every_secret_reference_resolves_to_a_key_the_manifests_define_or_the_guide_cr
         }
     }
     assert!(unresolved.is_empty(), "unresolved: {unresolved:#?}");
-    // The base alone has two (the component's key and KEDA's): this test checks something.
-    assert!(checked >= 2, "only {checked} secret references found");
+    // The base alone has three (each sidecar's key and KEDA's): this test checks something.
+    assert!(checked >= 3, "only {checked} secret references found");
+
+    // The env file the guide writes for its secretGenerator holds exactly the keys of the base's
+    // placeholder Secret, which it replaces.
+    let base = renders().iter().find(|r| r.label == "deploy/base").unwrap();
+    let placeholder: BTreeSet<&str> = base.one("Secret", "servicebus")["stringData"]
+        .as_object()
+        .expect("the placeholder's stringData")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let env_file = guide_commands()
+        .into_iter()
+        .find(|c| c.starts_with("printf ") && c.contains("servicebus.env"))
+        .expect("the guide writes servicebus.env with printf");
+    let format = env_file.split('\'').nth(1).expect("a quoted format");
+    let written: BTreeSet<&str> = format
+        .split("\\n")
+        .filter_map(|line| line.strip_suffix("=%s"))
+        .collect();
+    assert_eq!(written, placeholder, "servicebus.env's keys: {env_file}");
 }
 
 #[test]
@@ -493,9 +534,26 @@ fn the_grace_period_covers_the_work_and_daprs_shutdown() {
             drain <= block,
             "{label}: producer DRAIN_TIMEOUT {drain:?} outlasts its sidecar's block {block:?}"
         );
+        // The producer gets SIGTERM only after its preStop sleep, daprd at once: the sidecar
+        // must still serve at the end of the sleep and the drain.
+        let sleep = pre_stop_sleep(render.app_container("producer"));
+        assert!(
+            sleep + drain <= block,
+            "{label}: the producer's preStop sleep {sleep:?} and DRAIN_TIMEOUT {drain:?} \
+             outlast its sidecar's block {block:?}"
+        );
+        assert!(
+            sleep + drain < grace,
+            "{label}: preStop {sleep:?} + DRAIN_TIMEOUT {drain:?} >= grace {grace:?}"
+        );
         assert!(
             drain < grace,
             "{label}: producer DRAIN_TIMEOUT {drain:?} >= grace {grace:?}"
         );
     }
+}
+
+/// A container's preStop `sleep`, zero without one.
+pub(crate) fn pre_stop_sleep(container: &Value) -> Duration {
+    Duration::from_secs(u64_at(container, "/lifecycle/preStop/sleep/seconds", 0))
 }
