@@ -1,9 +1,10 @@
-//! The deploy guide's shell blocks: it creates every token from a generated value, and deletes
-//! no resource group but the one it created.
+//! The deploy guide's shell blocks: it creates every token from a generated value, deletes no
+//! resource group but the one it created (and stops when that one exists already), and gives
+//! each key and identity only the rights its user needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::render::read;
+use crate::render::{read, renders};
 
 #[test]
 fn the_guide_creates_every_token_secret_from_a_generated_value() {
@@ -325,4 +326,205 @@ pub(crate) fn guide_created_secrets() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     secrets
+}
+
+/// The value of `--option` in a command, quotes removed.
+fn option<'a>(command: &'a str, name: &str) -> Option<&'a str> {
+    command
+        .split(&format!("{name} "))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|v| v.trim_matches('"'))
+}
+
+/// The variable a command assigns, and the rest: `NAME=$(...)` gives `("NAME", "...")`.
+fn assignment(command: &str) -> Option<(&str, &str)> {
+    let (name, value) = command.split_once('=')?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .then_some((name, value))
+}
+
+#[test]
+fn the_guide_gives_each_key_and_identity_only_its_rights() {
+    let commands = guide_commands();
+
+    // SAS: a queue-level rule per user, with its rights.
+    let mut rules: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for command in commands
+        .iter()
+        .filter(|c| c.starts_with("az servicebus queue authorization-rule create"))
+    {
+        let name = option(command, "--name").expect("a rule's name");
+        let rights = command
+            .split("--rights ")
+            .nth(1)
+            .expect("its rights")
+            .split_whitespace()
+            .take_while(|w| !w.starts_with("--"))
+            .collect();
+        assert_eq!(
+            option(command, "--queue-name"),
+            Some("msgqueue"),
+            "{command}"
+        );
+        rules.insert(name, rights);
+    }
+    assert_eq!(
+        rules["producer"],
+        BTreeSet::from(["Send"]),
+        "the producer only sends"
+    );
+    assert_eq!(
+        rules["consumer"],
+        BTreeSet::from(["Listen"]),
+        "the consumer only listens"
+    );
+    assert!(
+        rules["keda"].contains("Manage"),
+        "KEDA reads through the management API"
+    );
+    // Each rule's key lands in the Secret key of the same user (and the manifests hand that key
+    // to that user's daprd alone: security.rs).
+    let key_variable = |rule: &str| -> String {
+        commands
+            .iter()
+            .filter_map(|c| assignment(c))
+            .find(|(_, value)| {
+                value.contains("authorization-rule keys list")
+                    && option(value, "--name") == Some(rule)
+            })
+            .map(|(name, _)| name.to_owned())
+            .unwrap_or_else(|| panic!("the guide never reads the {rule} rule's key"))
+    };
+    let env_file = commands
+        .iter()
+        .find(|c| c.starts_with("printf ") && c.contains("servicebus.env"))
+        .expect("the env file");
+    let format = env_file.split('\'').nth(1).unwrap();
+    let keys: Vec<&str> = format
+        .split("\\n")
+        .filter_map(|l| l.strip_suffix("=%s"))
+        .collect();
+    let values: Vec<&str> = env_file
+        .split('\'')
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .take_while(|w| *w != ">")
+        .map(|w| w.trim_matches('"').trim_start_matches('$'))
+        .collect();
+    assert_eq!(keys.len(), values.len(), "{env_file}");
+    for (key, value) in keys.iter().zip(&values) {
+        let user = key
+            .strip_suffix("-connection-string")
+            .expect("<user>-connection-string");
+        assert_eq!(*value, key_variable(user), "{key} holds another rule's key");
+    }
+    // The same keys when the Secret is made with kubectl.
+    let literal = commands
+        .iter()
+        .find(|c| c.starts_with("kubectl create secret generic servicebus"))
+        .expect("the kubectl way");
+    for key in &guide_created_secrets()["servicebus"] {
+        let user = key.strip_suffix("-connection-string").unwrap();
+        let expected = format!("--from-literal={key}=\"${}\"", key_variable(user));
+        assert!(literal.contains(&expected), "{literal} lacks {expected}");
+    }
+
+    // Workload ID: an identity per user with one built-in data role on the queue, federated with
+    // the user's own ServiceAccount in the pair's namespace.
+    let namespace = renders()
+        .iter()
+        .find(|r| r.label == "deploy/overlays/workload-identity")
+        .map(|r| {
+            r.namespace()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap();
+    assert!(
+        commands.iter().any(|c| *c == format!("NS={namespace}")),
+        "the guide's NS is not the manifests' namespace {namespace}"
+    );
+    let identity_of = |variable: &str| -> String {
+        commands
+            .iter()
+            .filter_map(|c| assignment(c))
+            .find(|(name, _)| *name == variable)
+            .and_then(|(_, value)| option(value, "--name"))
+            .unwrap_or_else(|| panic!("{variable} is not read from an identity"))
+            .to_owned()
+    };
+    let mut roles: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for command in commands
+        .iter()
+        .filter(|c| c.starts_with("az role assignment create"))
+    {
+        let principal = option(command, "--assignee-object-id").unwrap();
+        let identity = identity_of(principal.trim_start_matches('$'));
+        let role = command
+            .split("--role \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("a quoted role");
+        assert_eq!(
+            option(command, "--scope"),
+            Some("$QUEUE_ID"),
+            "on the queue only: {command}"
+        );
+        roles.entry(identity).or_default().push(role.to_owned());
+    }
+    let expected = [
+        ("producer", "Azure Service Bus Data Sender"),
+        ("consumer", "Azure Service Bus Data Receiver"),
+        ("keda-operator", "Azure Service Bus Data Owner"),
+    ];
+    for (identity, role) in expected {
+        assert_eq!(
+            roles.get(identity),
+            Some(&vec![role.to_owned()]),
+            "{identity}'s roles"
+        );
+    }
+    for app in ["producer", "consumer"] {
+        let federated = commands
+            .iter()
+            .find(|c| {
+                c.starts_with("az identity federated-credential create")
+                    && option(c, "--identity-name") == Some(app)
+            })
+            .unwrap_or_else(|| panic!("no federated credential for {app}"));
+        assert_eq!(
+            option(federated, "--subject"),
+            Some(format!("system:serviceaccount:$NS:{app}").as_str()),
+            "{federated}"
+        );
+    }
+    // The ServiceAccounts are annotated with their own identity's client id.
+    let guide = read("deploy/README.md");
+    for app in ["producer", "consumer"] {
+        let patch = guide
+            .split(&format!("- target: {{kind: ServiceAccount, name: {app}}}"))
+            .nth(1)
+            .and_then(|rest| rest.split("- target:").next())
+            .unwrap_or_else(|| panic!("no client id patch for {app}"));
+        let variable = patch
+            .split("value: \"$")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .expect("a client id variable");
+        assert_eq!(
+            identity_of(variable),
+            app,
+            "{app}'s ServiceAccount names another identity"
+        );
+        assert!(
+            commands
+                .iter()
+                .filter_map(|c| assignment(c))
+                .any(|(name, value)| name == variable && value.contains("--query clientId")),
+            "{variable} is not a client id"
+        );
+    }
 }

@@ -16,13 +16,15 @@
 //! - [`keys`]: no committed Service Bus key;
 //! - [`monitoring`]: the alerting rules name real metrics, the PodMonitor real ports;
 //! - [`images`]: image tags, the Dockerfile and its build context;
-//! - [`guide`]: the deploy guide's shell blocks.
+//! - [`guide`]: the deploy guide's shell blocks: tokens, resource groups, keys and identities;
+//! - [`guide_flow`]: the guide's flow as code: version check, tags, quota, key clean-up.
 
 mod admission;
 mod availability;
 mod binaries;
 mod exposure;
 mod guide;
+mod guide_flow;
 mod images;
 mod keys;
 mod monitoring;
