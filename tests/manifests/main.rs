@@ -17,7 +17,8 @@
 //! - [`monitoring`]: the alerting rules name real metrics, the PodMonitor real ports;
 //! - [`images`]: image tags, the Dockerfile and its build context;
 //! - [`guide`]: the deploy guide's shell blocks: tokens, resource groups, keys and identities;
-//! - [`guide_flow`]: the guide's flow as code: version check, tags, quota, key clean-up.
+//! - [`guide_flow`]: the guide's flow as code: version check, tags, quota, key clean-up;
+//! - [`guide_overlays`]: the overlays the guide has the reader write render as it says.
 
 mod admission;
 mod availability;
@@ -25,6 +26,7 @@ mod binaries;
 mod exposure;
 mod guide;
 mod guide_flow;
+mod guide_overlays;
 mod images;
 mod keys;
 mod monitoring;
