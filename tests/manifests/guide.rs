@@ -122,37 +122,10 @@ fn the_resource_group_check_catches_a_guide_that_deletes_what_it_did_not_create(
 /// The shell commands in deploy/README.md's `sh` blocks, continuation lines joined and comments
 /// dropped.
 pub(crate) fn guide_commands() -> Vec<String> {
-    let mut commands = Vec::new();
-    let mut in_sh = false;
-    let mut current = String::new();
-    for line in read("deploy/README.md").lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("```") {
-            in_sh = trimmed == "```sh";
-            continue;
-        }
-        if !in_sh {
-            continue;
-        }
-        let code = trimmed.split(" #").next().unwrap_or_default();
-        if code.starts_with('#') {
-            continue;
-        }
-        match code.strip_suffix('\\') {
-            Some(head) => {
-                current.push_str(head.trim());
-                current.push(' ');
-            }
-            None => {
-                current.push_str(code);
-                if !current.trim().is_empty() {
-                    commands.push(current.trim().to_owned());
-                }
-                current.clear();
-            }
-        }
-    }
-    commands
+    sh_blocks(&read("deploy/README.md"))
+        .iter()
+        .flat_map(|block| join_continuations(block))
+        .collect()
 }
 
 /// The guide's own resource group as its commands name it once the guard has run: a command
