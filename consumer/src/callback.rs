@@ -32,6 +32,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     metrics::{Metrics, Reason},
+    token_hint::MissingTokenHint,
     work,
 };
 
@@ -68,6 +69,7 @@ pub struct Consumer {
     in_flight: TaskTracker,
     processed: AtomicU64,
     metrics: Arc<Metrics>,
+    token_hint: MissingTokenHint,
 }
 
 /// Why a binding event is not processed; each maps to the gRPC code daprd acts on.
@@ -128,6 +130,7 @@ impl Consumer {
             in_flight: TaskTracker::new(),
             processed: AtomicU64::new(0),
             metrics: Arc::new(Metrics::new(&settings.binding_name)),
+            token_hint: MissingTokenHint::default(),
             settings,
         }
     }
@@ -188,6 +191,7 @@ impl Consumer {
             && !token.authorizes(request.metadata())
         {
             warn!("binding event refused: missing or wrong dapr-api-token");
+            self.token_hint.refused(request.metadata());
             outcome.failed(Reason::Unauthenticated);
             return Err(EventError::Unauthenticated.into());
         }

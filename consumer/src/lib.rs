@@ -6,6 +6,7 @@
 //! - [`work`]: the simulated work and the original's log line.
 //! - [`metrics`]: the Prometheus metrics and their HTTP server.
 //! - [`server`]: serving both ports, and draining in-flight work at shutdown.
+//! - [`token_hint`]: the one-time hint when daprd sends no app token (daprd before 1.16.2).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod callback;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod token_hint;
 pub mod work;
 
 pub use config::Config;
