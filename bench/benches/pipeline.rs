@@ -1,6 +1,6 @@
 //! `cargo bench --bench pipeline`: the producer, the consumer and the local stack measured against
 //! the transport they run on, on loopback; prints a table, then one JSON line with every figure.
-//! See README.md, "Performance", for what each row means.
+//! See docs/performance.md for what each row means.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

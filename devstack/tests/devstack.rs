@@ -157,7 +157,7 @@ async fn a_resiliency_the_sidecar_cannot_honour_stops_it_at_once() {
 #[tokio::test]
 async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
     let mut env = EPHEMERAL.to_vec();
-    // WORK_DURATION passes through to the consumers, as the README says.
+    // WORK_DURATION passes through to the consumers, as docs/local-stack.md says.
     env.extend([("CONSUMERS", "2"), ("WORK_DURATION", "300ms")]);
     // Service::spawn sets LOG_FORMAT=json, which every part inherits: each line is `label | {json}`.
     let mut service = Service::spawn(devstack::bin(), &env);
