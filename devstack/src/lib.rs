@@ -6,8 +6,12 @@
 //! - `supervisor`: `devstack up`, the sidecar in this process and the parts beside it;
 //! - `process`: starting a part, relaying its output, learning its port, stopping it;
 //! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale;
-//! - the sidecar (`sidecar`, with `broker`, `queue`, `delivery`, `runtime`, `http`, `metadata`,
-//!   `resiliency` and the `dashboard`).
+//! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues), `registry`
+//!   (the consumer apps and their state), `changes` (the change notice), `status` (the status and
+//!   its metrics), `api` (daprd's gRPC and HTTP APIs behind one token layer), `runtime`
+//!   (`InvokeBinding`), `metadata`, `delivery` with `app` and `http_app` (calls to the apps),
+//!   `service_bus` (the binding's metadata), `resiliency`, `rate_limit`, `spans`, `ids`, and the
+//!   `dashboard`.
 
 #![forbid(unsafe_code)]
 
