@@ -14,6 +14,7 @@ pub mod controller;
 pub mod decision;
 pub mod hpa;
 pub mod keda;
+pub mod plan;
 pub mod replicas;
 pub mod spec;
 pub mod status;
