@@ -288,7 +288,7 @@ fn markdown(rows: &[Vec<String>]) -> String {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        format!("| {} |\n", cells.join(" | ")).replace("  |\n", " |\n")
+        format!("| {} |\n", cells.join(" | "))
     };
     let mut out = line(&rows[0]);
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
@@ -357,4 +357,110 @@ pub fn svg(title: &str, spec: &ScalingSpec, plan: &Plan) -> String {
         queue_max: peak_queue,
         replicas_max: u64::from(spec.max_replica_count),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::scaling::plan::{Distribution, plan};
+
+    fn planned() -> (ScalingSpec, Scenario, Plan) {
+        let spec = ScalingSpec::committed().unwrap();
+        let scenario = Scenario {
+            arrivals: vec!["50@30s".parse().unwrap()],
+            work: Distribution::Fixed(Duration::from_secs(5)),
+            max_concurrency: 1,
+            pod_startup: Distribution::Fixed(Duration::from_secs(10)),
+            drain_timeout: Duration::from_secs(25),
+            max_delivery_count: 10,
+            hpa_first_sync: Duration::from_millis(7500),
+            seed: 1,
+        };
+        let workload = scenario.workload().unwrap();
+        let plan = plan(&spec, &scenario, &workload);
+        (spec, scenario, plan)
+    }
+
+    #[test]
+    fn the_text_logs_each_decision_as_autoscale_does_at_its_cluster_time() {
+        let (spec, scenario, plan) = planned();
+        let text = text("so.yaml", &spec, &scenario, &plan);
+        assert!(text.starts_with("devstack plan: so.yaml\n"), "{text}");
+        assert!(
+            text.contains("  arrivals: burst of 50 at 30s (50 messages)\n"),
+            "{text}"
+        );
+        for t in &plan.run.decisions {
+            let line = format!("  {:>9}  {}\n", secs(t.at), t.decision);
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
+        assert!(
+            text.contains(
+                "\n        30s  keda: metric 50 > activation 0, scaling consumer 0 -> 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("drained in 42.5 s, 1.70x the ideal 25.0 s"),
+            "{text}"
+        );
+        assert!(text.ends_with("warnings:\n  none\n"), "{text}");
+    }
+
+    #[test]
+    fn the_json_holds_the_inputs_decisions_summary_and_warnings() {
+        let (spec, scenario, plan) = planned();
+        let json = json("so.yaml", &spec, &scenario, &plan);
+        assert_eq!(json["scaledObject"], "so.yaml");
+        assert_eq!(json["settings"]["pollingInterval"], 2.0);
+        assert_eq!(
+            json["inputs"]["arrivals"],
+            serde_json::json!(["burst of 50 at 30s"])
+        );
+        assert_eq!(json["inputs"]["messages"], 50);
+        assert_eq!(json["inputs"]["hpaFirstSync"], 7.5);
+        let first = &json["decisions"][0];
+        assert_eq!(
+            (
+                &first["clusterTime"],
+                &first["by"],
+                &first["from"],
+                &first["to"]
+            ),
+            (
+                &serde_json::json!(30.0),
+                &serde_json::json!("keda"),
+                &serde_json::json!(0),
+                &serde_json::json!(1)
+            )
+        );
+        assert_eq!(json["summary"]["drain"], 42.5);
+        assert_eq!(json["summary"]["peakReplicas"], 10);
+        assert_eq!(json["warnings"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_chart_counts_from_the_first_message() {
+        let (spec, _, plan) = planned();
+        let svg = svg("planned", &spec, &plan);
+        assert!(svg.contains("ideal 25 s"), "{svg}");
+        assert!(
+            svg.contains("seconds after the first message (cluster time)"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows = vec![
+            vec!["a".to_owned(), "long header".to_owned()],
+            vec!["value".to_owned(), "1".to_owned()],
+        ];
+        assert_eq!(
+            markdown(&rows),
+            "| a     | long header |\n| ----- | ----------- |\n| value | 1           |\n"
+        );
+    }
 }

@@ -367,4 +367,145 @@ mod tests {
                 .contains("negative")
         );
     }
+
+    fn scenario() -> Scenario {
+        Scenario {
+            arrivals: vec!["50@1s".parse().unwrap()],
+            work: super::super::Distribution::Fixed(Duration::from_secs(5)),
+            max_concurrency: 1,
+            pod_startup: super::super::Distribution::Fixed(Duration::from_secs(10)),
+            drain_timeout: Duration::from_secs(25),
+            max_delivery_count: 10,
+            hpa_first_sync: Duration::from_millis(7500),
+            seed: 1,
+        }
+    }
+
+    fn sweep(fields: &[&str], target: Option<&str>) -> anyhow::Result<Sweep> {
+        let manifest = Manifest::committed().unwrap();
+        let scenario = scenario();
+        let workload = scenario.workload().unwrap();
+        let fields: Vec<SweepField> = fields.iter().map(|f| f.parse().unwrap()).collect();
+        run(
+            &manifest,
+            &scenario,
+            &workload,
+            &fields,
+            target.map(|t| t.parse().unwrap()),
+        )
+    }
+
+    #[test]
+    fn every_combination_is_planned_and_the_cheapest_meeting_the_target_is_marked() {
+        let sweep = sweep(
+            &["pollingInterval=2,30", "cooldownPeriod=60,300"],
+            Some("60s"),
+        )
+        .unwrap();
+        let values: Vec<Vec<&str>> = sweep
+            .rows
+            .iter()
+            .map(|r| r.values.iter().map(|(_, v)| v.as_str()).collect())
+            .collect();
+        assert_eq!(
+            values,
+            [["2", "60"], ["2", "300"], ["30", "60"], ["30", "300"]]
+        );
+        let polling: Vec<u64> = sweep
+            .rows
+            .iter()
+            .map(|r| r.spec.polling_interval.as_secs())
+            .collect();
+        assert_eq!(polling, [2, 2, 30, 30]);
+        // A 30 s poll finds the burst 29 s late: past the 60 s target.
+        let meets: Vec<bool> = sweep.rows.iter().map(|r| r.meets).collect();
+        assert_eq!(meets, [true, true, false, false]);
+        assert_eq!(sweep.cheapest, Some(0), "the shorter cooldown costs less");
+        let cheapest = sweep.rows[0].plan.summary.pod_seconds;
+        assert!(
+            sweep.rows[1..]
+                .iter()
+                .all(|r| r.plan.summary.pod_seconds > cheapest)
+        );
+        // Without a target every combination meets it.
+        let all = super::tests::sweep(&["cooldownPeriod=300,60"], None).unwrap();
+        assert!(all.rows.iter().all(|r| r.meets));
+        assert_eq!(all.cheapest, Some(1));
+    }
+
+    #[test]
+    fn behavior_grace_and_concurrency_are_swept_too() {
+        let sweep = sweep(
+            &[
+                "behavior=file,none",
+                "terminationGracePeriodSeconds=5",
+                "MAX_CONCURRENCY=1,2",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(sweep.rows.len(), 4);
+        assert!(sweep.rows[0].spec.behavior.is_some());
+        assert!(sweep.rows[2].spec.behavior.is_none());
+        assert!(
+            sweep
+                .rows
+                .iter()
+                .all(|r| r.spec.termination_grace_period == Duration::from_secs(5))
+        );
+        let concurrency: Vec<usize> = sweep
+            .rows
+            .iter()
+            .map(|r| r.scenario.max_concurrency)
+            .collect();
+        assert_eq!(concurrency, [1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn values_devstack_cannot_honour_are_errors_naming_the_field_as_autoscale_does() {
+        let error = |fields: &[&str]| sweep(fields, None).unwrap_err().to_string();
+        assert_eq!(
+            error(&["pollingInterval=2,-5"]),
+            "--sweep pollingInterval=-5: deploy/base/consumer-scaling.yaml (built in): spec.pollingInterval: -5 must be 1 or more (seconds)"
+        );
+        assert_eq!(
+            error(&["messageCount=five"]),
+            "--sweep messageCount=five: deploy/base/consumer-scaling.yaml (built in): spec.triggers[0].metadata.messageCount: \"five\" is not a whole number"
+        );
+        assert_eq!(
+            error(&["value=5"]),
+            "--sweep value=5: the trigger is azure-servicebus, which does not read value (it reads messageCount, activationMessageCount)"
+        );
+        assert_eq!(
+            error(&["behavior=fast"]),
+            "--sweep behavior=fast: behavior is file (the ScaledObject's own) or none (without it: the HPA's legacy path)"
+        );
+        assert_eq!(
+            error(&["MAX_CONCURRENCY=0"]),
+            "--sweep MAX_CONCURRENCY=0: MAX_CONCURRENCY is a whole number, 1 or more"
+        );
+        assert_eq!(
+            error(&[
+                "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleUp.policies[3].value=4"
+            ]),
+            "--sweep spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleUp.policies[3].value=4: deploy/base/consumer-scaling.yaml (built in): spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleUp.policies[3]: no such item (the list holds 1)"
+        );
+        assert_eq!(
+            error(&["spec.cooldownPeriods=1"]),
+            "--sweep spec.cooldownPeriods=1: deploy/base/consumer-scaling.yaml (built in): spec.cooldownPeriods: unknown field (known here: scaleTargetRef, pollingInterval, initialCooldownPeriod, cooldownPeriod, idleReplicaCount, minReplicaCount, maxReplicaCount, advanced, triggers, fallback)"
+        );
+        assert_eq!(
+            error(&["cooldownPeriod=1", "cooldownPeriod=2"]),
+            "--sweep cooldownPeriod: swept twice"
+        );
+        let many = [
+            "pollingInterval=1,2,3,4,5,6,7,8,9,10",
+            "cooldownPeriod=1,2,3,4,5,6,7,8,9,10",
+            "minReplicaCount=0,1,2,3,4,5,6,7,8,9,10",
+        ];
+        assert_eq!(
+            error(&many),
+            "the sweep has more than 1000 combinations; sweep fewer values"
+        );
+    }
 }
