@@ -4,7 +4,7 @@
 
 use test_support as support;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
@@ -13,6 +13,7 @@ use support::{
     WAIT,
     consumer::is_original_line,
     devstack::{self, Devstack, EPHEMERAL, counts, part_event, part_events},
+    files::Files,
     process::{Service, event_addr, run_to_end},
 };
 
@@ -193,7 +194,7 @@ async fn without_a_behavior_the_committed_scaled_object_climbs_the_legacy_way() 
         "/../deploy/base/consumer-deployment.yaml"
     ))
     .unwrap();
-    let manifests = Manifests::new(
+    let manifests = Files::new(
         "legacy",
         &[
             ("consumer-scaling.yaml", &legacy),
@@ -371,31 +372,6 @@ async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale
     );
 }
 
-/// A directory holding a ScaledObject (and maybe the Deployment it scales), removed on drop.
-struct Manifests(PathBuf);
-
-impl Manifests {
-    fn new(name: &str, files: &[(&str, &str)]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("devstack-autoscale-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (file, text) in files {
-            std::fs::write(dir.join(file), text).unwrap();
-        }
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Manifests {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Scales 1 -> 4 at once, and back down as soon as the metric falls: the HPA's `behavior`
 /// without a scale-down stabilisation window. Each consumer holds its message 1.5 s, longer than
 /// the 1 s grace period and the HPA's sync period (0.15 s at [`BUSY_TIME_SCALE`]) together, so
@@ -455,7 +431,7 @@ spec:
 /// victim held is completed by it or redelivered to another; none is lost.
 #[tokio::test]
 async fn scaling_in_busy_consumers_loses_no_message() {
-    let manifests = Manifests::new(
+    let manifests = Files::new(
         "busy",
         &[
             ("scaling.yaml", BUSY_SCALED_OBJECT),
@@ -608,7 +584,7 @@ async fn a_scaled_object_devstack_cannot_honour_stops_it_at_once() {
         ),
     ];
     for (name, text, field) in cases {
-        let manifests = Manifests::new(name, &[("scaling.yaml", &text)]);
+        let manifests = Files::new(name, &[("scaling.yaml", &text)]);
         let path = manifests.path("scaling.yaml");
         let (code, output) = run_to_end(devstack::bin(), &["--autoscale", &path], &EPHEMERAL).await;
         assert_eq!(code, Some(1), "{name}: {output}");
@@ -679,7 +655,7 @@ fn at_rest(min: u32) -> String {
 #[tokio::test]
 async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
     let text = at_rest(2);
-    let manifests = Manifests::new("rest", &[("scaling.yaml", &text)]);
+    let manifests = Files::new("rest", &[("scaling.yaml", &text)]);
     let path = manifests.path("scaling.yaml");
     let stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
     let status = stack
@@ -704,7 +680,7 @@ async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
 #[tokio::test]
 async fn a_replica_that_dies_on_its_own_stops_the_stack() {
     let text = at_rest(1);
-    let manifests = Manifests::new("dies", &[("scaling.yaml", &text)]);
+    let manifests = Files::new("dies", &[("scaling.yaml", &text)]);
     let path = manifests.path("scaling.yaml");
     let mut stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
     stack
