@@ -1,11 +1,15 @@
 //! `devstack --autoscale`: the consumers run as the replicas of a Deployment that KEDA and the
-//! HPA scale, from the ScaledObject that `kubectl apply -k deploy/base` applies.
+//! HPA scale, from the ScaledObject that `kubectl apply -k deploy/base` applies; and `devstack
+//! plan`, the same decisions in simulated time.
 //!
-//! The rules (`spec` with its `trigger`, `keda`, `hpa`, and the `decision` they return) are pure: they take the
-//! cluster time (time since the controller started, in the ScaledObject's own units, before
-//! `--time-scale`), the metric and the Deployment's replica count, and return the change to make.
-//! The runtime (`replicas`, `controller`) runs them on the `clock` and turns their decisions into
-//! processes, and publishes its state to the sidecar's status (`status`).
+//! The rules (`spec` with its `trigger`, `keda`, `hpa`, and the `decision` they return) are pure:
+//! they take the cluster time (time since the controller started, in the ScaledObject's own units,
+//! before `--time-scale`), the metric and the Deployment's replica count, and return the change to
+//! make. `hpa` and `keda` run Kubernetes' and KEDA's own test cases (`upstream/`, as data).
+//! `autoscaler` runs both loops on one clock. The runtime (`replicas`, `controller`) runs it on the
+//! `clock` against the sidecar's queue, turns its decisions into processes, and publishes its state
+//! to the sidecar's status (`status`); `plan` runs it over simulated pods and a simulated queue.
+//! `chart` draws a queue and its replicas over time.
 
 pub mod autoscaler;
 pub mod chart;
