@@ -9,7 +9,7 @@ use std::{
 };
 
 use devstack::scaling::{
-    plan::{Arrival, Distribution, Scenario, plan},
+    plan::{Arrival, Scenario, plan},
     spec::ScalingSpec,
 };
 
@@ -29,13 +29,7 @@ fn main() -> ExitCode {
     let spec = ScalingSpec::committed().expect("the committed ScaledObject");
     let scenario = Scenario {
         arrivals: vec![DAY.parse::<Arrival>().expect("a rate")],
-        work: Distribution::Fixed(Duration::from_secs(5)),
-        max_concurrency: 1,
-        pod_startup: Distribution::Fixed(Duration::from_secs(10)),
-        drain_timeout: Duration::from_secs(25),
-        max_delivery_count: 10,
-        hpa_first_sync: Duration::from_millis(7500),
-        seed: 1,
+        ..Scenario::default()
     };
     let in_process = median(
         (0..RUNS)

@@ -431,13 +431,10 @@ async fn fifty_messages_from_zero_to_the_peak_and_back(
             count: 50,
             at: burst_at,
         }],
-        work: Distribution::Fixed(Duration::from_secs(5)),
-        max_concurrency: 1,
         pod_startup: Distribution::Fixed(startup),
-        drain_timeout: Duration::from_secs(25),
-        max_delivery_count: 10,
         hpa_first_sync: clock.hpa_first_sync,
-        seed: 1,
+        // 5 s of work, one message at a time, as the consumers had.
+        ..Scenario::default()
     };
     let planned = plan(&spec, &scenario, &scenario.workload().unwrap());
     let plan_drained = planned

@@ -218,6 +218,18 @@ fn differs<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Optio
     (got != want).then(|| format!("{what}: got {got:?}, upstream expects {want:?}"))
 }
 
+/// How a converted count differs from upstream's `replicas` and ScalingLimited `condition`.
+fn converted_differs(converted: Converted, replicas: i64, condition: &str) -> Option<String> {
+    first([
+        differs("replicas", converted.replicas, replicas),
+        differs(
+            "condition",
+            format!("{:?}", converted.limited).as_str(),
+            condition,
+        ),
+    ])
+}
+
 /// The first difference among several checks.
 fn first(diffs: impl IntoIterator<Item = Option<String>>) -> Option<String> {
     diffs.into_iter().flatten().next()
@@ -337,14 +349,7 @@ fn test_convert_desired_replicas_with_rules() {
                 max: c.max,
             };
             let converted = convert_with_rules(c.current, c.desired, bounds, factor);
-            first([
-                differs("replicas", converted.replicas, c.replicas),
-                differs(
-                    "condition",
-                    format!("{:?}", converted.limited),
-                    c.condition.clone(),
-                ),
-            ])
+            converted_differs(converted, c.replicas, &c.condition)
         },
     );
     run.expect(5, 0);
@@ -424,14 +429,7 @@ fn test_scaling_with_rules() {
         hpa.scale_up_events = events(&c.scale_up_events);
         hpa.scale_down_events = events(&c.scale_down_events);
         let (converted, _) = hpa.convert_with_behavior_rate(NOW, c.current, c.desired, &behavior);
-        first([
-            differs("replicas", converted.replicas, c.replicas),
-            differs(
-                "condition",
-                format!("{:?}", converted.limited),
-                c.condition.clone(),
-            ),
-        ])
+        converted_differs(converted, c.replicas, &c.condition)
     });
     run.expect(40, 0);
 }

@@ -103,10 +103,7 @@ impl PlanArgs {
             arrivals.push(Arrival::csv(file)?);
         }
         if arrivals.is_empty() {
-            arrivals.push(Arrival::Burst {
-                count: 50,
-                at: Duration::ZERO,
-            });
+            arrivals = Scenario::default().arrivals;
         }
         Ok(Scenario {
             arrivals,

@@ -46,6 +46,28 @@ pub struct Scenario {
     pub seed: u64,
 }
 
+/// The walk-through, what `devstack plan` runs without options: a burst of 50 at the start, 5 s
+/// of work a message, one at a time, pods that take messages 10 s after their creation, the
+/// consumer's DRAIN_TIMEOUT of 25 s, Service Bus's 10 deliveries, the HPA's first sync at 7.5 s
+/// (the mean of its random phase), seed 1.
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            arrivals: vec![Arrival::Burst {
+                count: 50,
+                at: Duration::ZERO,
+            }],
+            work: Distribution::Fixed(Duration::from_secs(5)),
+            max_concurrency: 1,
+            pod_startup: Distribution::Fixed(Duration::from_secs(10)),
+            drain_timeout: Duration::from_secs(25),
+            max_delivery_count: 10,
+            hpa_first_sync: Duration::from_millis(7500),
+            seed: 1,
+        }
+    }
+}
+
 impl Scenario {
     /// The messages: arrival times, and each one's work drawn with the seed. Drawn once for a
     /// sweep, so that every combination sees the same messages.
@@ -119,13 +141,7 @@ mod tests {
     fn scenario(arrivals: &[&str]) -> Scenario {
         Scenario {
             arrivals: arrivals.iter().map(|a| a.parse().unwrap()).collect(),
-            work: Distribution::Fixed(s(5)),
-            max_concurrency: 1,
-            pod_startup: Distribution::Fixed(s(10)),
-            drain_timeout: s(25),
-            max_delivery_count: 10,
-            hpa_first_sync: Duration::from_millis(7500),
-            seed: 1,
+            ..Scenario::default()
         }
     }
 

@@ -361,22 +361,14 @@ pub fn svg(title: &str, spec: &ScalingSpec, plan: &Plan) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::scaling::plan::{Distribution, plan};
+    use crate::scaling::plan::plan;
 
     fn planned() -> (ScalingSpec, Scenario, Plan) {
         let spec = ScalingSpec::committed().unwrap();
         let scenario = Scenario {
             arrivals: vec!["50@30s".parse().unwrap()],
-            work: Distribution::Fixed(Duration::from_secs(5)),
-            max_concurrency: 1,
-            pod_startup: Distribution::Fixed(Duration::from_secs(10)),
-            drain_timeout: Duration::from_secs(25),
-            max_delivery_count: 10,
-            hpa_first_sync: Duration::from_millis(7500),
-            seed: 1,
+            ..Scenario::default()
         };
         let workload = scenario.workload().unwrap();
         let plan = plan(&spec, &scenario, &workload);

@@ -371,13 +371,7 @@ mod tests {
     fn scenario() -> Scenario {
         Scenario {
             arrivals: vec!["50@1s".parse().unwrap()],
-            work: super::super::Distribution::Fixed(Duration::from_secs(5)),
-            max_concurrency: 1,
-            pod_startup: super::super::Distribution::Fixed(Duration::from_secs(10)),
-            drain_timeout: Duration::from_secs(25),
-            max_delivery_count: 10,
-            hpa_first_sync: Duration::from_millis(7500),
-            seed: 1,
+            ..Scenario::default()
         }
     }
 
