@@ -351,6 +351,19 @@ mod tests {
     }
 
     #[test]
+    fn no_message_is_a_plan_too() {
+        let plan = run(&committed(), &scenario(&["0"]));
+        assert_eq!(steps(&plan), []);
+        let summary = &plan.summary;
+        assert_eq!(
+            (summary.messages, summary.drain, summary.pod_seconds),
+            (0, None, 0.0)
+        );
+        assert!(summary.pod_seconds.is_sign_positive());
+        assert!(summary.settled);
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_plan_and_another_seed_other_draws() {
         let mut scenario = scenario(&["100", "1/s:5m@1m"]);
         scenario.work = Distribution::Exponential(s(5));

@@ -131,6 +131,9 @@ fn seconds(s: f64) -> String {
 fn summary(s: &Summary) -> String {
     let mut out = String::new();
     match (s.drain, s.ideal, s.multiple_of_ideal) {
+        _ if s.messages == 0 => {
+            let _ = writeln!(out, "  no message arrived");
+        }
         (Some(drain), Some(ideal), Some(multiple)) => {
             let _ = writeln!(
                 out,

@@ -550,16 +550,14 @@ impl Sim<'_> {
 
     fn finish(mut self) -> Run {
         let end = self.now;
-        self.run.pod_seconds = self
-            .pods
-            .iter()
-            .map(|p| {
-                p.ended
-                    .unwrap_or(end)
-                    .saturating_sub(p.created)
-                    .as_secs_f64()
-            })
-            .sum();
+        // A fold from +0: an empty f64 sum is -0.
+        self.run.pod_seconds = self.pods.iter().fold(0.0, |sum, p| {
+            sum + p
+                .ended
+                .unwrap_or(end)
+                .saturating_sub(p.created)
+                .as_secs_f64()
+        });
         self.run.left = self.queue.len() as u64 + self.locked;
         self.run.end = end;
         self.run
