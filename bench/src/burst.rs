@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
+use devstack::scaling::chart::{self, Chart};
 use serde_json::{Value, json};
 
 use super::{
@@ -53,18 +54,8 @@ pub struct Bursts {
     pub chart: Option<PathBuf>,
 }
 
-/// One point of a run's timeline, at full scale.
-#[derive(Debug, Clone, Copy)]
-pub struct Point {
-    /// Seconds since the POST.
-    pub at: f64,
-    /// Messages not completed: waiting or held by a consumer (what KEDA reads).
-    pub queue: u64,
-    /// The Deployment's desired replicas.
-    pub replicas: u64,
-    /// Replicas the sidecar delivers to.
-    pub ready: u64,
-}
+/// One point of a run's timeline, at full scale: devstack's, which draws the chart.
+pub use devstack::scaling::chart::Point;
 
 /// One scaling decision, at full scale.
 #[derive(Debug, Clone)]
@@ -366,154 +357,17 @@ pub fn timeline_line(run: &Run) -> String {
 }
 
 /// An SVG chart of a run: queue length (left axis) and desired and ready replicas (right axis)
-/// against full-scale seconds. Hand-written: three polylines and their axes are not worth a crate.
+/// against full-scale seconds, drawn as `devstack plan --svg` draws a planned one.
 pub fn chart(burst: &Burst, run: &Run, title: &str) -> String {
-    const W: f64 = 720.0;
-    const H: f64 = 380.0;
-    const LEFT: f64 = 60.0;
-    const RIGHT: f64 = 60.0;
-    const TOP: f64 = 36.0;
-    const BOTTOM: f64 = 74.0;
-    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
-    let t_max = run.drained.max(burst.ideal()).max(1.0);
-    let t_step = nice_step(t_max / 8.0);
-    let t_max = (t_max / t_step).ceil() * t_step;
-    let q_step = nice_step(f64::from(burst.messages).max(1.0) / 5.0);
-    let q_max = (f64::from(burst.messages).max(1.0) / q_step).ceil() * q_step;
-    let r_step = nice_step(burst.max_replicas.max(1) as f64 / 5.0).max(1.0);
-    let r_max = (burst.max_replicas.max(1) as f64 / r_step).ceil() * r_step;
-    let x = |t: f64| LEFT + t / t_max * pw;
-    let yq = |q: f64| TOP + ph - q / q_max * ph;
-    let yr = |r: f64| TOP + ph - r / r_max * ph;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
-    // Axes and grid.
-    let _ = writeln!(
-        svg,
-        r##"<path d="M{LEFT},{TOP} V{} H{}" fill="none" stroke="#333"/>"##,
-        TOP + ph,
-        LEFT + pw
-    );
-    let _ = writeln!(
-        svg,
-        r##"<path d="M{},{TOP} V{}" fill="none" stroke="#333"/>"##,
-        LEFT + pw,
-        TOP + ph
-    );
-    let mut t = 0.0;
-    while t <= t_max + 1e-9 {
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#eee"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
-            x(t),
-            TOP + ph,
-            TOP + ph + 16.0,
-            t
-        );
-        t += t_step;
-    }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">seconds after the POST (full scale)</text>"#,
-        LEFT + pw / 2.0,
-        TOP + ph + 34.0
-    );
-    let mut q = 0.0;
-    while q <= q_max + 1e-9 {
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{q}</text>"##,
-            LEFT - 6.0,
-            yq(q) + 4.0
-        );
-        q += q_step;
-    }
-    let mut r = 0.0;
-    while r <= r_max + 1e-9 {
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="{:.1}" fill="#d62728">{r}</text>"##,
-            LEFT + pw + 6.0,
-            yr(r) + 4.0
-        );
-        r += r_step;
-    }
-    // The ideal: every replica from the first moment.
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#2ca02c" stroke-dasharray="4 3"/><text x="{2:.1}" y="{3}" fill="#2ca02c">ideal {4} s</text>"##,
-        x(burst.ideal()),
-        TOP + ph,
-        x(burst.ideal()) + 4.0,
-        TOP + 12.0,
-        burst.ideal()
-    );
-    let line = |points: Vec<(f64, f64)>, colour: &str, dash: &str| {
-        let d: Vec<String> = points
-            .iter()
-            .map(|(px, py)| format!("{px:.1},{py:.1}"))
-            .collect();
-        format!(
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
-            d.join(" ")
-        )
-    };
-    // Replicas change in steps: each value holds until the next sample.
-    let steps_of = |value: fn(&Point) -> u64| {
-        let mut points = Vec::new();
-        for (i, p) in run.timeline.iter().enumerate() {
-            if i > 0 {
-                points.push((x(p.at), yr(value(&run.timeline[i - 1]) as f64)));
-            }
-            points.push((x(p.at), yr(value(p) as f64)));
-        }
-        points
-    };
-    let queue: Vec<(f64, f64)> = run
-        .timeline
-        .iter()
-        .map(|p| (x(p.at), yq(p.queue as f64)))
-        .collect();
-    let _ = writeln!(svg, "{}", line(queue, "#1f77b4", ""));
-    let _ = writeln!(svg, "{}", line(steps_of(|p| p.replicas), "#d62728", ""));
-    let _ = writeln!(
-        svg,
-        "{}",
-        line(
-            steps_of(|p| p.ready),
-            "#ff9896",
-            r#" stroke-dasharray="5 3""#
-        )
-    );
-    // Legend, in one row under the plot.
-    let legend = [
-        ("#1f77b4", "", "messages not completed (left axis)"),
-        ("#d62728", "", "desired replicas (right axis)"),
-        ("#ff9896", r#" stroke-dasharray="5 3""#, "ready replicas"),
-    ];
-    for (i, (colour, dash, label)) in legend.iter().enumerate() {
-        let y = H - 14.0;
-        let lx = LEFT + [0.0, 250.0, 450.0][i];
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{lx}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/><text x="{}" y="{}">{label}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            y + 4.0
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    chart::svg(&Chart {
+        title,
+        x_label: "seconds after the POST (full scale)",
+        points: &run.timeline,
+        until: run.drained,
+        ideal: burst.ideal(),
+        queue_max: u64::from(burst.messages),
+        replicas_max: burst.max_replicas,
+    })
 }
 
 /// `path` relative to the repository when it lies inside it, as the README names files.
@@ -525,20 +379,4 @@ pub fn shown(path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
-}
-
-/// 1, 2 or 5 times a power of ten, at least `raw`.
-fn nice_step(raw: f64) -> f64 {
-    let power = 10f64.powf(raw.max(1e-9).log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * power)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * power)
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

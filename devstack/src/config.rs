@@ -23,6 +23,8 @@ use crate::{
     manifests,
     queue::QueueSettings,
     resiliency::{self, BindingRetryPolicy},
+    // `devstack plan`'s arguments live with the command.
+    scaling::plan::command::PlanArgs,
 };
 
 /// `--resiliency none`: no retry policy; a failed call abandons the message at once.
@@ -52,6 +54,9 @@ pub enum Command {
     Up(UpArgs),
     /// Run only the sidecar, for a producer and consumers started by hand.
     Sidecar(SidecarOnlyArgs),
+    /// Plan what a ScaledObject will do under a load, in simulated time, before deploying it:
+    /// the --autoscale rules, no process started.
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,8 @@
 //! - `config`: the command line; `manifests`: the committed ones it defaults to, built in;
 //! - `supervisor`: `devstack up`, the sidecar in this process and the parts beside it;
 //! - `process`: starting a part, relaying its output, learning its port, stopping it;
-//! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale;
+//! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale, and
+//!   `devstack plan`, the same rules in simulated time;
 //! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues), `registry`
 //!   (the consumer apps and their state), `changes` (the change notice), `status` (the status and
 //!   its metrics), `api` (daprd's gRPC and HTTP APIs behind one token layer), `runtime`

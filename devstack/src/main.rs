@@ -9,6 +9,7 @@ use devstack::{
     SERVICE_NAME,
     config::{Cli, Command},
     process::OWN_LABEL,
+    scaling::plan::command as plan,
     sidecar::{self, Listeners},
     supervisor,
 };
@@ -18,6 +19,8 @@ use pipeline::{shutdown, telemetry};
 async fn main() -> anyhow::Result<()> {
     let Cli { command, up } = Cli::parse();
     let (telemetry, served) = match command.unwrap_or(Command::Up(up)) {
+        // Prints its plan and exits: no telemetry, no port.
+        Command::Plan(args) => return plan::run(&args, &mut std::io::stdout().lock()),
         Command::Sidecar(args) => {
             let telemetry = telemetry::init(&args.sidecar.log, SERVICE_NAME)?;
             let listeners = Listeners::bind(&args.sidecar).await?;

@@ -4,8 +4,12 @@
 
 use test_support as support;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
+use ::devstack::scaling::{
+    plan::{Arrival, Distribution, Scenario, plan},
+    spec::Manifest,
+};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -13,6 +17,7 @@ use support::{
     WAIT,
     consumer::is_original_line,
     devstack::{self, Devstack, EPHEMERAL, counts, part_event, part_events},
+    files::Files,
     process::{Service, event_addr, run_to_end},
 };
 
@@ -37,6 +42,12 @@ const LEGACY_SCALE_UP: [u32; 5] = [0, 1, 4, 8, 10];
 /// 20 ms of real time per cluster second: the committed 2 s poll takes 40 ms, the HPA's 15 s
 /// sync 0.3 s, the 60 s cooldown 1.2 s.
 const TIME_SCALE: &str = "0.02";
+/// The fifty-message walk-throughs' scale: 50 ms of real time per cluster second, so that their
+/// consumers' 250 ms of work is the original's 5 s, and a 2 s poll (the tolerance the comparison
+/// with `devstack plan` allows) is 100 ms.
+const PLANNED_TIME_SCALE: f64 = 0.05;
+/// The consumers' work at that scale: 5 s.
+const PLANNED_WORK: &str = "250ms";
 
 /// `devstack --autoscale` running, with the producer's port.
 struct Stack {
@@ -170,16 +181,19 @@ fn abandoned(lines: &[String]) -> Vec<(String, String)> {
 
 /// The original walk-through: 50 messages, the committed ScaledObject. The consumers go
 /// 0 -> 1 -> 10, the queue drains with nothing lost or dead-lettered, and after the cooldown KEDA
-/// takes them back to 0, each consumer exiting cleanly.
+/// takes them back to 0, each consumer exiting cleanly; `devstack plan` takes the same decisions.
 #[tokio::test]
 async fn the_committed_scaled_object_takes_fifty_messages_from_zero_to_ten_consumers_and_back() {
     let committed = std::fs::read_to_string(COMMITTED).unwrap();
     assert!(committed.contains("\n  advanced:\n"), "{committed}");
-    fifty_messages_from_zero_to_the_peak_and_back(&["--autoscale"], &COMMITTED_SCALE_UP).await;
+    let manifest = Manifest::committed().unwrap();
+    fifty_messages_from_zero_to_the_peak_and_back(&["--autoscale"], &COMMITTED_SCALE_UP, &manifest)
+        .await;
 }
 
 /// The same walk-through on the HPA's legacy path, which a ScaledObject without `advanced` gets:
-/// a copy of the committed one without it climbs 0 -> 1 -> 4 -> 8 -> 10.
+/// a copy of the committed one without it climbs 0 -> 1 -> 4 -> 8 -> 10, and `devstack plan` of
+/// that copy with it.
 #[tokio::test]
 async fn without_a_behavior_the_committed_scaled_object_climbs_the_legacy_way() {
     let committed = std::fs::read_to_string(COMMITTED).unwrap();
@@ -193,7 +207,7 @@ async fn without_a_behavior_the_committed_scaled_object_climbs_the_legacy_way() 
         "/../deploy/base/consumer-deployment.yaml"
     ))
     .unwrap();
-    let manifests = Manifests::new(
+    let manifests = Files::new(
         "legacy",
         &[
             ("consumer-scaling.yaml", &legacy),
@@ -201,7 +215,14 @@ async fn without_a_behavior_the_committed_scaled_object_climbs_the_legacy_way() 
         ],
     );
     let path = manifests.path("consumer-scaling.yaml");
-    fifty_messages_from_zero_to_the_peak_and_back(&["--autoscale", &path], &LEGACY_SCALE_UP).await;
+    let manifest = Manifest::load(Path::new(&path)).unwrap();
+    assert!(manifest.spec().unwrap().behavior.is_none());
+    fifty_messages_from_zero_to_the_peak_and_back(
+        &["--autoscale", &path],
+        &LEGACY_SCALE_UP,
+        &manifest,
+    )
+    .await;
 }
 
 /// `yaml` without the ScaledObject's `advanced` block (the line `  advanced:` and every line
@@ -224,23 +245,40 @@ fn without_advanced(yaml: &str) -> String {
     out
 }
 
-/// 50 messages through `devstack` started with `autoscale` (the `--autoscale` flag and maybe a
-/// path): the scaling steps are exactly `scale_up`, the queue drains with nothing lost or
-/// dead-lettered, and after the cooldown KEDA takes the consumers back to 0, each exiting cleanly.
-async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale_up: &[u32]) {
+/// 50 messages of 5 s work through `devstack` started with `autoscale` (the `--autoscale` flag and
+/// maybe a path to `manifest`): the scaling steps are exactly `scale_up`, the queue drains with
+/// nothing lost or dead-lettered, and after the cooldown KEDA takes the consumers back to 0, each
+/// exiting cleanly. `devstack plan`, given the burst's time, the HPA's phase and the consumers'
+/// start-up the live run had, takes the same decisions in the same order, each within a polling
+/// period of the live one: counted from the burst for those the burst sets off, from the moment
+/// the queue emptied for those that follow it (KEDA's N -> 0). When real processes on a loaded
+/// machine finish their last message is theirs to say, not the plan's; what the rules make of it
+/// is what must agree.
+///
+/// The burst is sent just after an HPA sync, so the next sync, the first to see a replica, comes
+/// 14 s (700 ms) after the whole burst is in the queue: sent at a random point, a sync could read a
+/// burst still being produced and ask for fewer replicas (1 -> 7 -> 10).
+async fn fifty_messages_from_zero_to_the_peak_and_back(
+    autoscale: &[&str],
+    scale_up: &[u32],
+    manifest: &Manifest,
+) {
     let mut args = autoscale.to_vec();
-    args.extend(["--time-scale", TIME_SCALE]);
-    // 50 messages of 250 ms over 10 consumers drain in about 1.25 s: the peak is held well before
-    // the drain ends, and the first HPA sync, which sets it, finds at most one message done.
-    let stack = Stack::start(&args, &[("WORK_DURATION", "250ms")]).await;
+    let scale = PLANNED_TIME_SCALE.to_string();
+    args.extend(["--time-scale", &scale]);
+    // 50 messages of 5 s over 10 consumers drain in about 25 s (1.25 s): the peak is held well
+    // before the drain ends, and the first HPA sync after the burst finds at most two done.
+    let stack = Stack::start(&args, &[("WORK_DURATION", PLANNED_WORK)]).await;
     let status = stack.devstack.status().await;
     let scaling = &status["scaling"];
     assert_eq!(scaling["replicas"], 0, "{scaling}");
-    assert_eq!(scaling["settings"]["timeScale"], 0.02);
+    assert_eq!(scaling["settings"]["timeScale"], PLANNED_TIME_SCALE);
     assert_eq!(scaling["settings"]["hpaSyncPeriod"], 15.0);
     assert_eq!(scaling["settings"]["maxReplicaCount"], 10);
     assert_eq!(status["consumers"], json!([]));
 
+    let clock = ClusterClock::of(&status);
+    let burst_at = clock.after_next_sync().await;
     stack.produce(50).await;
     let peak = *scale_up.last().unwrap();
     let up: Vec<(u64, u64)> = scale_up
@@ -308,7 +346,7 @@ async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale
         "{last}"
     );
     // The one-step N -> 0 came no sooner than the cooldown after the trigger was last active.
-    let cooldown = Duration::from_secs(60).mul_f64(0.02);
+    let cooldown = Duration::from_secs(60).mul_f64(PLANNED_TIME_SCALE);
     let last_active = time(&status["scaling"]["lastActiveTime"]);
     assert!(
         time(&last["at"]) >= last_active + cooldown,
@@ -369,30 +407,158 @@ async fn fifty_messages_from_zero_to_the_peak_and_back(autoscale: &[&str], scale
             .any(|l| l.starts_with("hpa: ") && l.ends_with(&first_hpa_step)),
         "{lines:?}"
     );
+
+    // `devstack plan` with what the live run had.
+    let live: Vec<(String, u64, u64, f64)> = status["scaling"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let (by, from, to) = (e["by"].as_str().unwrap(), &e["from"], &e["to"]);
+            let at = e["clusterTime"].as_f64().expect("clusterTime");
+            (
+                by.to_owned(),
+                from.as_u64().unwrap(),
+                to.as_u64().unwrap(),
+                at,
+            )
+        })
+        .collect();
+    let startup = clock.mean_startup(&output, &live);
+    let spec = manifest.spec().unwrap();
+    let scenario = Scenario {
+        arrivals: vec![Arrival::Burst {
+            count: 50,
+            at: burst_at,
+        }],
+        pod_startup: Distribution::Fixed(startup),
+        hpa_first_sync: clock.hpa_first_sync,
+        // 5 s of work, one message at a time, as the consumers had.
+        ..Scenario::default()
+    };
+    let planned = plan(&spec, &scenario, &scenario.workload().unwrap());
+    let plan_drained = planned
+        .run
+        .last_completion
+        .expect("the plan drains")
+        .as_secs_f64();
+    let live_drained = clock.drained(&output, u64::from(peak)).as_secs_f64();
+    let planned: Vec<(String, u64, u64, f64)> = planned
+        .run
+        .decisions
+        .iter()
+        .map(|t| {
+            let d = &t.decision;
+            let by = serde_json::to_value(d.by).unwrap();
+            let by = by.as_str().unwrap().to_owned();
+            (by, u64::from(d.from), u64::from(d.to), t.at.as_secs_f64())
+        })
+        .collect();
+    let why = format!(
+        "live {live:?}, drained at {live_drained}\nplanned {planned:?}, drained at {plan_drained}\nburst at {burst_at:?}, HPA phase {:?}, start-up {startup:?}",
+        clock.hpa_first_sync
+    );
+    let order = |steps: &[(String, u64, u64, f64)]| {
+        steps
+            .iter()
+            .map(|(by, from, to, _)| (by.clone(), *from, *to))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order(&planned), order(&live), "{why}");
+    let polling = spec.polling_interval.as_secs_f64();
+    for (p, l) in planned.iter().zip(&live) {
+        let (p_at, l_at) = match l.3 > live_drained {
+            true => (p.3 - plan_drained, l.3 - live_drained),
+            false => (p.3, l.3),
+        };
+        assert!((p_at - l_at).abs() <= polling, "{p:?} against {l:?}: {why}");
+    }
 }
 
-/// A directory holding a ScaledObject (and maybe the Deployment it scales), removed on drop.
-struct Manifests(PathBuf);
+/// The live run's cluster time, from its status: when it started, its scale and the HPA's phase.
+struct ClusterClock {
+    started_at: DateTime<Utc>,
+    scale: f64,
+    hpa_first_sync: Duration,
+}
 
-impl Manifests {
-    fn new(name: &str, files: &[(&str, &str)]) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("devstack-autoscale-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (file, text) in files {
-            std::fs::write(dir.join(file), text).unwrap();
+impl ClusterClock {
+    fn of(status: &Value) -> Self {
+        let settings = &status["scaling"]["settings"];
+        Self {
+            started_at: time(&settings["startedAt"]),
+            scale: settings["timeScale"].as_f64().expect("timeScale"),
+            hpa_first_sync: Duration::from_secs_f64(
+                settings["hpaFirstSync"].as_f64().expect("hpaFirstSync"),
+            ),
         }
-        Self(dir)
     }
 
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_owned()
+    /// Cluster time at a wall-clock time.
+    fn at(&self, wall: DateTime<Utc>) -> Duration {
+        let real = (wall - self.started_at).to_std().unwrap_or_default();
+        real.div_f64(self.scale)
     }
-}
 
-impl Drop for Manifests {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    /// Waits until 1 s (cluster time) after the HPA's next sync, at least 2 s from now; returns
+    /// the cluster time then. A wait for a moment of the control plane's cadence, bounded by
+    /// one sync period: not a readiness wait.
+    async fn after_next_sync(&self) -> Duration {
+        let now = self.at(Utc::now()) + Duration::from_secs(2);
+        let period = Duration::from_secs(15);
+        let mut sync = self.hpa_first_sync;
+        while sync < now {
+            sync += period;
+        }
+        let target = sync + Duration::from_secs(1);
+        let wall = self.started_at
+            + chrono::Duration::from_std(target.mul_f64(self.scale)).expect("a short time");
+        let wait = (wall - Utc::now()).to_std().unwrap_or_default();
+        assert!(wait <= period.mul_f64(self.scale) * 2, "{wait:?}");
+        tokio::time::sleep(wait).await;
+        self.at(Utc::now())
+    }
+
+    /// The mean time, in cluster time, from a replica's creation (the decision that asked for it)
+    /// to its readiness (the sidecar's `app listed its input bindings`, right before its first
+    /// health check), over the replicas of `decisions`' scale-ups.
+    fn mean_startup(&self, output: &[String], decisions: &[(String, u64, u64, f64)]) -> Duration {
+        let events = part_events(output, "sidecar");
+        let address = |label: &str| {
+            events
+                .iter()
+                .find(|e| e["message"] == "delivering to consumer" && e["part"] == label)
+                .map(|e| e["app"].as_str().unwrap().to_owned())
+        };
+        let ready = |app: &str| {
+            events
+                .iter()
+                .find(|e| e["message"] == "app listed its input bindings" && e["app"] == app)
+                .map(|e| self.at(time(&e["timestamp"])))
+        };
+        let mut startups = Vec::new();
+        for (_, from, to, at) in decisions.iter().filter(|(_, from, to, _)| to > from) {
+            for n in from + 1..=*to {
+                let label = format!("consumer-{n}");
+                let app = address(&label).unwrap_or_else(|| panic!("{label} never listened"));
+                let ready =
+                    ready(&app).unwrap_or_else(|| panic!("{label} never listed its bindings"));
+                startups.push(ready.saturating_sub(Duration::from_secs_f64(*at)));
+            }
+        }
+        assert!(!startups.is_empty());
+        startups.iter().sum::<Duration>() / u32::try_from(startups.len()).unwrap()
+    }
+
+    /// When the last message was done, in cluster time: the latest line a consumer logged for one
+    /// of the `consumers`.
+    fn drained(&self, output: &[String], consumers: u64) -> Duration {
+        (1..=consumers)
+            .flat_map(|n| part_events(output, &format!("consumer-{n}")))
+            .filter(is_original_line)
+            .map(|e| self.at(time(&e["timestamp"])))
+            .max()
+            .expect("the consumers logged their messages")
     }
 }
 
@@ -455,7 +621,7 @@ spec:
 /// victim held is completed by it or redelivered to another; none is lost.
 #[tokio::test]
 async fn scaling_in_busy_consumers_loses_no_message() {
-    let manifests = Manifests::new(
+    let manifests = Files::new(
         "busy",
         &[
             ("scaling.yaml", BUSY_SCALED_OBJECT),
@@ -608,7 +774,7 @@ async fn a_scaled_object_devstack_cannot_honour_stops_it_at_once() {
         ),
     ];
     for (name, text, field) in cases {
-        let manifests = Manifests::new(name, &[("scaling.yaml", &text)]);
+        let manifests = Files::new(name, &[("scaling.yaml", &text)]);
         let path = manifests.path("scaling.yaml");
         let (code, output) = run_to_end(devstack::bin(), &["--autoscale", &path], &EPHEMERAL).await;
         assert_eq!(code, Some(1), "{name}: {output}");
@@ -679,7 +845,7 @@ fn at_rest(min: u32) -> String {
 #[tokio::test]
 async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
     let text = at_rest(2);
-    let manifests = Manifests::new("rest", &[("scaling.yaml", &text)]);
+    let manifests = Files::new("rest", &[("scaling.yaml", &text)]);
     let path = manifests.path("scaling.yaml");
     let stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
     let status = stack
@@ -704,7 +870,7 @@ async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
 #[tokio::test]
 async fn a_replica_that_dies_on_its_own_stops_the_stack() {
     let text = at_rest(1);
-    let manifests = Manifests::new("dies", &[("scaling.yaml", &text)]);
+    let manifests = Files::new("dies", &[("scaling.yaml", &text)]);
     let path = manifests.path("scaling.yaml");
     let mut stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
     stack

@@ -1,8 +1,9 @@
 //! Shared test support: run the real binaries and read their JSON logs, headless Chromium, drive
 //! a real producer or consumer, or (feature `in-process`) their libraries serving in the test
 //! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
-//! HTTP), devstack (its sidecar alone or the whole stack), loopback ports for servers that are not
-//! up yet, slow clients, and the official Dapr Python SDK with the scripts that use it.
+//! HTTP), devstack (its sidecar alone or the whole stack), files for a binary to read, loopback
+//! ports for servers that are not up yet, slow clients, and the official Dapr Python SDK with the
+//! scripts that use it.
 
 pub mod app;
 pub mod browser;
@@ -10,6 +11,7 @@ pub mod clock;
 pub mod consumer;
 pub mod devstack;
 pub mod exposition;
+pub mod files;
 pub mod http_app;
 #[cfg(feature = "in-process")]
 pub mod in_process;

@@ -15,10 +15,10 @@ use crate::{
 };
 
 use super::{
+    autoscaler::Autoscaler,
     clock::{Clock, rfc3339},
     decision::Decision,
     hpa::{HPA_SYNC_PERIOD, Hpa},
-    keda::Keda,
     replicas::{ReplicaSet, Template},
     spec::ScalingSpec,
     status::{EVENTS_KEPT, ScalingEvent, ScalingSettings, ScalingStatus},
@@ -98,13 +98,10 @@ pub fn metric(kind: TriggerKind, counts: Counts) -> u64 {
 pub struct Controller {
     spec: ScalingSpec,
     clock: Clock,
-    keda: Keda,
-    hpa: Hpa,
+    autoscaler: Autoscaler,
     queue: Arc<Queue>,
     status: Arc<StatusBoard>,
     replicas: ReplicaSet,
-    /// The Deployment's spec.replicas.
-    desired: u32,
     metric: Option<u64>,
     events: VecDeque<ScalingEvent>,
 }
@@ -125,9 +122,7 @@ impl Controller {
         };
         let replicas = ReplicaSet::new(template, spec.termination_grace_period, clock);
         let mut controller = Self {
-            keda: Keda::new(&spec),
-            hpa: spec.hpa(),
-            desired: spec.min_replica_count,
+            autoscaler: Autoscaler::new(&spec, Hpa::first_sync(Duration::ZERO)),
             spec,
             clock,
             queue,
@@ -136,7 +131,9 @@ impl Controller {
             metric: None,
             events: VecDeque::new(),
         };
-        controller.replicas.scale_to(controller.desired)?;
+        controller
+            .replicas
+            .scale_to(controller.autoscaler.desired())?;
         controller.publish();
         Ok(controller)
     }
@@ -144,17 +141,13 @@ impl Controller {
     /// Runs both loops until a replica stops on its own or cannot be started (an error: the
     /// stack stops); cancel-safe, the caller stops it on shutdown.
     pub async fn run(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
-        let mut poll_at = self.clock.now();
-        let mut sync_at = Hpa::first_sync(poll_at);
         loop {
+            let (due, _) = self.autoscaler.next();
             tokio::select! {
-                _ = tokio::time::sleep_until(self.clock.instant(poll_at)) => {
-                    self.poll()?;
-                    poll_at = self.keda.next_poll(poll_at, self.clock.now());
-                }
-                _ = tokio::time::sleep_until(self.clock.instant(sync_at)) => {
-                    self.sync()?;
-                    sync_at = Hpa::next_sync(sync_at, self.clock.now());
+                _ = tokio::time::sleep_until(self.clock.instant(due)) => {
+                    let metric = self.read_metric();
+                    let (at, decision) = self.autoscaler.run_due(metric, self.clock.now());
+                    self.apply(at, decision)?;
                 }
                 event = self.replicas.next_event() => {
                     let handled = self.replicas.handle(event, sidecar);
@@ -171,20 +164,6 @@ impl Controller {
         self.publish();
     }
 
-    /// One KEDA poll.
-    fn poll(&mut self) -> anyhow::Result<()> {
-        let (now, metric) = (self.clock.now(), self.read_metric());
-        let decision = self.keda.poll(now, metric, self.desired);
-        self.apply(now, decision)
-    }
-
-    /// One HPA sync.
-    fn sync(&mut self) -> anyhow::Result<()> {
-        let (now, metric) = (self.clock.now(), self.read_metric());
-        let decision = self.hpa.sync(now, metric, self.desired);
-        self.apply(now, decision)
-    }
-
     /// The metric, read fresh from the queue.
     fn read_metric(&mut self) -> u64 {
         let metric = metric(self.spec.trigger.kind, self.queue.counts());
@@ -192,22 +171,23 @@ impl Controller {
         metric
     }
 
-    fn apply(&mut self, now: Duration, decision: Option<Decision>) -> anyhow::Result<()> {
+    /// Applies what a loop decided at cluster time `at`.
+    fn apply(&mut self, at: Duration, decision: Option<Decision>) -> anyhow::Result<()> {
         let scaled = match decision {
             Some(decision) => {
                 info!("{decision}");
-                self.desired = decision.to;
                 if self.events.len() == EVENTS_KEPT {
                     self.events.pop_front();
                 }
                 self.events.push_back(ScalingEvent {
-                    at: rfc3339(self.clock.wall(now)),
+                    at: rfc3339(self.clock.wall(at)),
+                    cluster_time: at.as_secs_f64(),
                     decision,
                 });
                 // The decision is in the status before any replica it scales in shows as
                 // terminating there.
                 self.publish();
-                self.replicas.scale_to(self.desired)
+                self.replicas.scale_to(self.autoscaler.desired())
             }
             None => Ok(()),
         };
@@ -219,20 +199,23 @@ impl Controller {
     /// replica change. Whatever watches the status for changes is woken here.
     fn publish(&self) {
         let clock = &self.clock;
+        let keda = self.autoscaler.keda();
         self.status.set_scaling(ScalingStatus {
             settings: ScalingSettings {
                 spec: self.spec.clone(),
                 time_scale: clock.scale(),
                 hpa_sync_period: HPA_SYNC_PERIOD.as_secs_f64(),
+                started_at: rfc3339(clock.wall(Duration::ZERO)),
+                hpa_first_sync: self.autoscaler.hpa_first_sync().as_secs_f64(),
             },
-            replicas: self.desired,
+            replicas: self.autoscaler.desired(),
             ready: 0,
             starting: 0,
             terminating: 0,
             metric: self.metric,
-            active: self.keda.active(),
-            last_active_time: self.keda.last_active_time().map(|t| rfc3339(clock.wall(t))),
-            cooldown_ends_at: self.keda.cooldown_ends().map(|t| rfc3339(clock.wall(t))),
+            active: keda.active(),
+            last_active_time: keda.last_active_time().map(|t| rfc3339(clock.wall(t))),
+            cooldown_ends_at: keda.cooldown_ends().map(|t| rfc3339(clock.wall(t))),
             events: self.events.clone(),
             unregistered: self.replicas.unregistered(),
         });

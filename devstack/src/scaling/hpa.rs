@@ -273,39 +273,35 @@ impl Hpa {
         })
     }
 
-    /// replica_calculator.go: GetExternalPerPodMetricReplicas. The ratio is usage / (target ×
-    /// replicas); inside the tolerance band the proposal is the current count, else
-    /// ceil(usage / target).
+    /// The proposal for `metric` at `current` replicas, and the rule in words.
     ///
     /// The controller divides by the scale's `status.replicas` (pods that exist, starting ones
     /// included); devstack passes `spec.replicas`, which its pods reach as soon as they are
     /// started, so the two differ only while terminating pods are being replaced.
     fn propose(&self, metric: u64, current: i64) -> (i64, String) {
         // KEDA serves the queue length in milli-units (scaler.go: GenerateMetricInMili).
-        let usage = metric.saturating_mul(1000) as f64;
-        let target = self.target_milli as f64;
-        let ratio = usage / (target * current as f64);
-        let (down, up) = self.tolerances();
-        // replica_calculator.go: Tolerances.isWithin, both bounds inclusive.
-        if (1.0 - down) <= ratio && ratio <= 1.0 + up {
-            return (
-                current,
-                format!(
-                    "proposal {current} ({metric}/({}*{current})={ratio:.2} within {:.2}..{:.2})",
-                    self.target,
-                    1.0 - down,
-                    1.0 + up
-                ),
-            );
-        }
-        let proposed = (usage / target).ceil().min(f64::from(i32::MAX)) as i64;
-        (
-            proposed,
-            format!("proposal ceil({metric}/{})={proposed}", self.target),
-        )
+        let usage = i64::try_from(metric.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let tolerances = self.tolerances();
+        let proposal = per_pod_replicas(usage, self.target_milli, current, tolerances);
+        let (down, up) = tolerances;
+        let text = if proposal.within {
+            format!(
+                "proposal {current} ({metric}/({}*{current})={:.2} within {:.2}..{:.2})",
+                self.target,
+                proposal.ratio,
+                1.0 - down,
+                1.0 + up
+            )
+        } else {
+            format!(
+                "proposal ceil({metric}/{})={}",
+                self.target, proposal.replicas
+            )
+        };
+        (proposal.replicas, text)
     }
 
-    /// horizontal.go: tolerancesForHpa.
+    /// horizontal.go: tolerancesForHpa, as (scale-down, scale-up).
     fn tolerances(&self) -> (f64, f64) {
         match &self.behavior {
             None => (HPA_TOLERANCE, HPA_TOLERANCE),
@@ -334,22 +330,25 @@ impl Hpa {
                 secs(DOWNSCALE_STABILISATION_WINDOW)
             )
         };
-        let scale_up_limit = (SCALE_UP_LIMIT_FACTOR * current).max(SCALE_UP_LIMIT_MINIMUM);
-        let desired = if stabilised < self.min {
-            text.push_str(&format!(", raised to minReplicas {}", self.min));
-            self.min
-        } else if self.max > scale_up_limit && stabilised > scale_up_limit {
-            text.push_str(&format!(
-                ", capped by max({SCALE_UP_LIMIT_FACTOR}*{current},{SCALE_UP_LIMIT_MINIMUM})={scale_up_limit}"
-            ));
-            scale_up_limit
-        } else if self.max <= scale_up_limit && stabilised > self.max {
-            text.push_str(&format!(", capped by maxReplicas {}", self.max));
-            self.max
-        } else {
-            stabilised
+        let bounds = Bounds {
+            min: self.min,
+            max: self.max,
         };
-        (desired, stabilised, scale_up_limit, text)
+        let converted = convert_with_rules(current, stabilised, bounds, SCALE_UP_LIMIT_FACTOR);
+        match converted.limited {
+            Limited::TooFewReplicas => {
+                text.push_str(&format!(", raised to minReplicas {}", self.min));
+            }
+            Limited::ScaleUpLimit => text.push_str(&format!(
+                ", capped by max({SCALE_UP_LIMIT_FACTOR}*{current},{SCALE_UP_LIMIT_MINIMUM})={}",
+                converted.limit
+            )),
+            Limited::TooManyReplicas => {
+                text.push_str(&format!(", capped by maxReplicas {}", self.max));
+            }
+            Limited::DesiredWithinRange | Limited::ScaleDownLimit => {}
+        }
+        (converted.replicas, stabilised, converted.limit, text)
     }
 
     /// horizontal.go: stabilizeRecommendation. Records `proposed` (over the oldest record left out
@@ -379,47 +378,69 @@ impl Hpa {
         proposed: i64,
         behavior: &Behavior,
     ) -> (i64, i64, i64, String) {
-        let (stabilised, stab_text) =
-            self.stabilize_with_behavior(now, current, proposed, behavior);
-        let mut text = stab_text;
-        let (desired, cap) = if stabilised > current {
+        let (stabilised, mut text) = self.stabilize_with_behavior(now, current, proposed, behavior);
+        let (converted, why) = self.convert_with_behavior_rate(now, current, stabilised, behavior);
+        match converted.limited {
+            Limited::ScaleUpLimit => text.push_str(&format!(
+                ", capped by scaleUp limit {} ({why})",
+                converted.limit
+            )),
+            Limited::TooManyReplicas => {
+                text.push_str(&format!(", capped by maxReplicas {}", self.max));
+            }
+            Limited::ScaleDownLimit => text.push_str(&format!(
+                ", held at scaleDown limit {} ({why})",
+                converted.limit
+            )),
+            Limited::TooFewReplicas => {
+                text.push_str(&format!(", raised to minReplicas {}", self.min));
+            }
+            Limited::DesiredWithinRange => {}
+        }
+        (converted.replicas, stabilised, converted.limit, text)
+    }
+
+    /// horizontal.go: convertDesiredReplicasWithBehaviorRate. Above the current count, the
+    /// scaleUp policies' limit (never below the current count) or maxReplicas, whichever is lower;
+    /// below it, the scaleDown policies' limit (never above the current count) or minReplicas,
+    /// whichever is higher. The limit comes with its policies in words.
+    fn convert_with_behavior_rate(
+        &self,
+        now: Duration,
+        current: i64,
+        desired: i64,
+        behavior: &Behavior,
+    ) -> (Converted, String) {
+        if desired > current {
             let (raw, why) = self.scale_up_limit(now, current, &behavior.scale_up);
             // "We shouldn't scale up further until the scaleUpEvents will be cleaned up".
             let cap = raw.max(current);
-            if self.max > cap {
-                if stabilised > cap {
-                    text.push_str(&format!(", capped by scaleUp limit {cap} ({why})"));
-                    (cap, cap)
-                } else {
-                    (stabilised, cap)
-                }
-            } else if stabilised > self.max {
-                text.push_str(&format!(", capped by maxReplicas {}", self.max));
-                (self.max, cap)
+            let (allowed, limited) = if self.max > cap {
+                (cap, Limited::ScaleUpLimit)
             } else {
-                (stabilised, cap)
-            }
-        } else if stabilised < current {
+                (self.max, Limited::TooManyReplicas)
+            };
+            (Converted::within(desired, allowed, limited, cap), why)
+        } else if desired < current {
             let (raw, why) = self.scale_down_limit(now, current, &behavior.scale_down);
             // "We shouldn't scale down further until the scaleDownEvents will be cleaned up".
             let floor = raw.min(current);
-            if self.min < floor {
-                if stabilised < floor {
-                    text.push_str(&format!(", held at scaleDown limit {floor} ({why})"));
-                    (floor, floor)
-                } else {
-                    (stabilised, floor)
-                }
-            } else if stabilised < self.min {
-                text.push_str(&format!(", raised to minReplicas {}", self.min));
-                (self.min, floor)
+            let (allowed, limited) = if self.min < floor {
+                (floor, Limited::ScaleDownLimit)
             } else {
-                (stabilised, floor)
-            }
+                (self.min, Limited::TooFewReplicas)
+            };
+            (Converted::within(desired, allowed, limited, floor), why)
         } else {
-            (stabilised, current)
-        };
-        (desired, stabilised, cap, text)
+            (
+                Converted {
+                    replicas: desired,
+                    limited: Limited::DesiredWithinRange,
+                    limit: current,
+                },
+                String::new(),
+            )
+        }
     }
 
     /// horizontal.go: stabilizeRecommendationWithBehaviors. The lowest recommendation of the
@@ -470,54 +491,64 @@ impl Hpa {
     /// horizontal.go: calculateScaleUpLimitWithScalingRules. Each policy allows its value on top
     /// of the count at the start of its period; selectPolicy picks among them.
     fn scale_up_limit(&self, now: Duration, current: i64, rules: &ScalingRules) -> (i64, String) {
-        if rules.select_policy == SelectPolicy::Disabled {
-            return (current, "scaleUp selectPolicy Disabled".into());
-        }
-        let mut picked: Option<i64> = None;
-        let mut parts = Vec::new();
-        for policy in &rules.policies {
-            let start = self.period_start(now, current, policy.period);
-            let value = i64::from(policy.value);
-            let proposed = match policy.kind {
-                PolicyKind::Pods => start + value,
-                // "has to be rounded up because the proposed change might not increase the
-                // replica count causing the target to never scale up".
-                PolicyKind::Percent => (start as f64 * (1.0 + value as f64 / 100.0)).ceil() as i64,
-            };
-            parts.push(policy_text(policy, start, proposed));
-            picked = Some(match (picked, rules.select_policy) {
-                (None, _) => proposed,
-                (Some(p), SelectPolicy::Min) => p.min(proposed),
-                (Some(p), _) => p.max(proposed),
-            });
-        }
-        (
-            picked.unwrap_or(current),
-            format!("{:?} of {}", rules.select_policy, parts.join(", ")),
-        )
+        self.policy_limit(now, current, rules, Direction::Up)
     }
 
     /// horizontal.go: calculateScaleDownLimitWithBehaviors, the mirror image: the lowest count
     /// each policy allows, Max picking the biggest change (the lowest count).
     fn scale_down_limit(&self, now: Duration, current: i64, rules: &ScalingRules) -> (i64, String) {
+        self.policy_limit(now, current, rules, Direction::Down)
+    }
+
+    /// The count `rules`' policies allow in `direction`, from the count at the start of each
+    /// policy's period; the current count when the direction is Disabled or has no policy.
+    fn policy_limit(
+        &self,
+        now: Duration,
+        current: i64,
+        rules: &ScalingRules,
+        direction: Direction,
+    ) -> (i64, String) {
         if rules.select_policy == SelectPolicy::Disabled {
-            return (current, "scaleDown selectPolicy Disabled".into());
+            let name = match direction {
+                Direction::Up => "scaleUp",
+                Direction::Down => "scaleDown",
+            };
+            return (current, format!("{name} selectPolicy Disabled"));
         }
         let mut picked: Option<i64> = None;
         let mut parts = Vec::new();
         for policy in &rules.policies {
             let start = self.period_start(now, current, policy.period);
             let value = i64::from(policy.value);
-            let proposed = match policy.kind {
-                PolicyKind::Pods => start - value,
+            let proposed = match (direction, policy.kind) {
+                (Direction::Up, PolicyKind::Pods) => start + value,
+                // "has to be rounded up because the proposed change might not increase the
+                // replica count causing the target to never scale up".
+                (Direction::Up, PolicyKind::Percent) => {
+                    (start as f64 * (1.0 + value as f64 / 100.0)).ceil() as i64
+                }
+                (Direction::Down, PolicyKind::Pods) => start - value,
                 // int32(float64(...)): truncated toward zero.
-                PolicyKind::Percent => (start as f64 * (1.0 - value as f64 / 100.0)) as i64,
+                (Direction::Down, PolicyKind::Percent) => {
+                    (start as f64 * (1.0 - value as f64 / 100.0)) as i64
+                }
             };
             parts.push(policy_text(policy, start, proposed));
+            // Max picks the biggest change: the highest count up, the lowest down; Min the
+            // smallest.
+            let biggest = match direction {
+                Direction::Up => i64::max,
+                Direction::Down => i64::min,
+            };
+            let smallest = match direction {
+                Direction::Up => i64::min,
+                Direction::Down => i64::max,
+            };
             picked = Some(match (picked, rules.select_policy) {
                 (None, _) => proposed,
-                (Some(p), SelectPolicy::Min) => p.max(proposed),
-                (Some(p), _) => p.min(proposed),
+                (Some(p), SelectPolicy::Min) => smallest(p, proposed),
+                (Some(p), _) => biggest(p, proposed),
             });
         }
         (
@@ -527,17 +558,10 @@ impl Hpa {
     }
 
     /// The replica count at the start of a policy's period: the current one less what the HPA
-    /// added, plus what it removed, in that period (horizontal.go: getReplicasChangePerPeriod).
+    /// added, plus what it removed, in that period.
     fn period_start(&self, now: Duration, current: i64, period: Duration) -> i64 {
-        let cut = cutoff(now, period);
-        let sum = |events: &[ScaleEvent]| -> i64 {
-            events
-                .iter()
-                .filter(|e| after(e.at, cut))
-                .map(|e| e.change)
-                .sum()
-        };
-        current - sum(&self.scale_up_events) + sum(&self.scale_down_events)
+        current - change_in_period(&self.scale_up_events, now, period)
+            + change_in_period(&self.scale_down_events, now, period)
     }
 
     /// horizontal.go: storeScaleEvent. Only with a behavior; an event older than the direction's
@@ -580,6 +604,127 @@ impl Hpa {
     }
 }
 
+/// Which way a policy limits.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// horizontal.go: getReplicasChangePerPeriod. The pods `events` added (or removed) strictly
+/// after now - period.
+fn change_in_period(events: &[ScaleEvent], now: Duration, period: Duration) -> i64 {
+    let cut = cutoff(now, period);
+    events
+        .iter()
+        .filter(|e| after(e.at, cut))
+        .map(|e| e.change)
+        .sum()
+}
+
+/// replica_calculator.go: GetExternalPerPodMetricReplicas, the proposal for an AverageValue
+/// external metric: `usage` and `target` in milli-units. The ratio is usage / (target ×
+/// current); inside the tolerance band (both bounds inclusive, Tolerances.isWithin) the proposal
+/// is the current count, else ceil(usage / target), saturated at int32's maximum.
+fn per_pod_replicas(usage: i64, target: i64, current: i64, (down, up): (f64, f64)) -> Proposal {
+    let ratio = usage as f64 / (target as f64 * current as f64);
+    let within = (1.0 - down) <= ratio && ratio <= 1.0 + up;
+    let replicas = if within {
+        current
+    } else {
+        (usage as f64 / target as f64)
+            .ceil()
+            .min(f64::from(i32::MAX)) as i64
+    };
+    Proposal {
+        replicas,
+        ratio,
+        within,
+    }
+}
+
+/// What the metric calls for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Proposal {
+    replicas: i64,
+    ratio: f64,
+    /// The ratio was within the tolerance band: the proposal is the current count.
+    within: bool,
+}
+
+/// The HPA's bounds, minReplicas and maxReplicas.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: i64,
+    max: i64,
+}
+
+/// What limited a normalised count: the `ScalingLimited` condition's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limited {
+    DesiredWithinRange,
+    TooFewReplicas,
+    TooManyReplicas,
+    ScaleUpLimit,
+    ScaleDownLimit,
+}
+
+/// A count after the rate limits and the bounds, with what limited it and the limit in force
+/// (the legacy cap, or the policies' limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Converted {
+    replicas: i64,
+    limited: Limited,
+    limit: i64,
+}
+
+impl Converted {
+    /// `desired` against `allowed` (the bound that applies in its direction): held at it, with
+    /// `limited` as the reason, when past it.
+    fn within(desired: i64, allowed: i64, limited: Limited, limit: i64) -> Self {
+        let past = match limited {
+            Limited::ScaleUpLimit | Limited::TooManyReplicas => desired > allowed,
+            _ => desired < allowed,
+        };
+        match past {
+            true => Self {
+                replicas: allowed,
+                limited,
+                limit,
+            },
+            false => Self {
+                replicas: desired,
+                limited: Limited::DesiredWithinRange,
+                limit,
+            },
+        }
+    }
+}
+
+/// horizontal.go: convertDesiredReplicasWithRules, the legacy path's bounds: never below
+/// minReplicas, never above max(`factor` × current, 4) (calculateScaleUpLimit) nor maxReplicas,
+/// whichever of the two is lower.
+fn convert_with_rules(current: i64, desired: i64, bounds: Bounds, factor: i64) -> Converted {
+    let scale_up_limit = (factor * current).max(SCALE_UP_LIMIT_MINIMUM);
+    let (maximum, over) = if bounds.max > scale_up_limit {
+        (scale_up_limit, Limited::ScaleUpLimit)
+    } else {
+        (bounds.max, Limited::TooManyReplicas)
+    };
+    let (replicas, limited) = if desired < bounds.min {
+        (bounds.min, Limited::TooFewReplicas)
+    } else if desired > maximum {
+        (maximum, over)
+    } else {
+        (desired, Limited::DesiredWithinRange)
+    };
+    Converted {
+        replicas,
+        limited,
+        limit: scale_up_limit,
+    }
+}
+
 /// Stores a recommendation over the record at `old`, or appends it.
 fn record(records: &mut Vec<Recommendation>, old: Option<usize>, replicas: i64, at: Duration) {
     let rec = Recommendation { replicas, at };
@@ -601,6 +746,9 @@ fn policy_text(policy: &ScalingPolicy, start: i64, proposed: i64) -> String {
         secs(policy.period)
     )
 }
+
+#[cfg(test)]
+mod upstream;
 
 #[cfg(test)]
 mod tests {

@@ -149,6 +149,9 @@ impl Keda {
 }
 
 #[cfg(test)]
+mod upstream;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::scaling::trigger::{Trigger, TriggerKind};

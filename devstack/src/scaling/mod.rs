@@ -1,17 +1,24 @@
 //! `devstack --autoscale`: the consumers run as the replicas of a Deployment that KEDA and the
-//! HPA scale, from the ScaledObject that `kubectl apply -k deploy/base` applies.
+//! HPA scale, from the ScaledObject that `kubectl apply -k deploy/base` applies; and `devstack
+//! plan`, the same decisions in simulated time.
 //!
-//! The rules (`spec` with its `trigger`, `keda`, `hpa`, and the `decision` they return) are pure: they take the
-//! cluster time (time since the controller started, in the ScaledObject's own units, before
-//! `--time-scale`), the metric and the Deployment's replica count, and return the change to make.
-//! The runtime (`replicas`, `controller`) runs them on the `clock` and turns their decisions into
-//! processes, and publishes its state to the sidecar's status (`status`).
+//! The rules (`spec` with its `trigger`, `keda`, `hpa`, and the `decision` they return) are pure:
+//! they take the cluster time (time since the controller started, in the ScaledObject's own units,
+//! before `--time-scale`), the metric and the Deployment's replica count, and return the change to
+//! make. `hpa` and `keda` run Kubernetes' and KEDA's own test cases (`upstream/`, as data).
+//! `autoscaler` runs both loops on one clock. The runtime (`replicas`, `controller`) runs it on the
+//! `clock` against the sidecar's queue, turns its decisions into processes, and publishes its state
+//! to the sidecar's status (`status`); `plan` runs it over simulated pods and a simulated queue.
+//! `chart` draws a queue and its replicas over time.
 
+pub mod autoscaler;
+pub mod chart;
 pub mod clock;
 pub mod controller;
 pub mod decision;
 pub mod hpa;
 pub mod keda;
+pub mod plan;
 pub mod replicas;
 pub mod spec;
 pub mod status;
@@ -25,38 +32,22 @@ pub use status::ScalingStatus;
 mod tests {
     use std::time::Duration;
 
-    use super::{decision::By, hpa::HPA_SYNC_PERIOD, keda::Keda, spec::ScalingSpec};
+    use super::{autoscaler::Autoscaler, decision::By, spec::ScalingSpec};
 
-    /// Both loops on one clock, as the runtime runs them: KEDA every pollingInterval, the HPA
-    /// every 15 s, both from 0 (the HPA first when they coincide), each change applied at once.
+    /// Both loops on one clock, as the runtime runs them, the HPA's first sync at 0, each change
+    /// applied at once.
     fn simulate(
         spec: &ScalingSpec,
         until: u64,
         metric: impl Fn(u64) -> u64,
     ) -> Vec<(u64, By, u32, u32)> {
-        let mut keda = Keda::new(spec);
-        let mut hpa = spec.hpa();
-        let mut replicas = 0;
+        let mut autoscaler = Autoscaler::new(spec, Duration::ZERO);
         let mut changes = Vec::new();
-        let polling = spec.polling_interval.as_secs();
-        let sync = HPA_SYNC_PERIOD.as_secs();
-        for t in 0..=until {
-            let now = Duration::from_secs(t);
-            let mut decisions = Vec::new();
-            if t % sync == 0 {
-                decisions.extend(hpa.sync(now, metric(t), replicas));
-                if let Some(d) = decisions.last() {
-                    replicas = d.to;
-                }
-            }
-            if t % polling == 0 {
-                decisions.extend(keda.poll(now, metric(t), replicas));
-                if let Some(d) = decisions.last() {
-                    replicas = d.to;
-                }
-            }
-            for d in decisions {
-                changes.push((t, d.by, d.from, d.to));
+        while autoscaler.next().0 <= Duration::from_secs(until) {
+            let at = autoscaler.next().0;
+            let (at, decision) = autoscaler.run_due(metric(at.as_secs()), at);
+            if let Some(d) = decision {
+                changes.push((at.as_secs(), d.by, d.from, d.to));
             }
         }
         changes

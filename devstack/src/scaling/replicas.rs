@@ -321,13 +321,14 @@ async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duratio
     }
 }
 
-/// What the ReplicaSet controller ranks a pod on to delete it, for processes on one node.
+/// What the ReplicaSet controller ranks a pod on to delete it, for processes on one node. `T` is
+/// the time: the replica set's instants, or `plan`'s simulated cluster time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rank {
+pub struct Rank<T = Instant> {
     /// Its server is up (it logged its address): a pod past Pending.
     pub running: bool,
     /// Since when it has been ready; `None` while not ready.
-    pub ready_since: Option<Instant>,
+    pub ready_since: Option<T>,
     /// Its creation order: higher is newer.
     pub n: u32,
 }
@@ -337,7 +338,7 @@ pub struct Rank {
 /// ready first, then the newest first. The rest (node, deletion cost, co-located pods, restarts)
 /// is the same for every process here. The LogarithmicScaleDown buckets are not emulated: times
 /// compare exactly, so the order is deterministic.
-pub fn deletion_order(a: &Rank, b: &Rank) -> Ordering {
+pub fn deletion_order<T: Ord>(a: &Rank<T>, b: &Rank<T>) -> Ordering {
     // `false` sorts first: pending before running, not ready before ready.
     a.running
         .cmp(&b.running)
@@ -349,7 +350,7 @@ pub fn deletion_order(a: &Rank, b: &Rank) -> Ordering {
 
 /// The indices of the `count` replicas to scale in, first victims first
 /// (replica_set.go `getPodsToDelete`).
-pub fn victims(ranks: &[Rank], count: usize) -> Vec<usize> {
+pub fn victims<T: Ord>(ranks: &[Rank<T>], count: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..ranks.len()).collect();
     order.sort_by(|&a, &b| deletion_order(&ranks[a], &ranks[b]));
     order.truncate(count);

@@ -70,48 +70,85 @@ pub struct ScalingSpec {
 
 impl ScalingSpec {
     /// Reads the ScaledObject at `path` (a YAML file, possibly with other documents) and the
-    /// Deployment it scales from the YAML files in the same directory.
-    ///
-    /// The Deployment is optional: a ScaledObject on its own (say, copied out to be tuned) runs
-    /// with Kubernetes' default grace period of 30 s, as its pods would if the Deployment's
-    /// template set none. A Deployment that is there but unreadable, or found twice, is an error.
+    /// Deployment it scales from the YAML files in the same directory (see [`Manifest::load`]).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{file}: cannot read the file"))?;
-        let spec = Self::parse(&file, &text)?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let grace = grace_period(&spec.target, yaml_files(&dir)?, &dir.display().to_string())?;
-        Ok(Self {
-            termination_grace_period: grace,
-            ..spec
-        })
+        Manifest::load(path)?.spec()
     }
 
     /// The committed ScaledObject and its Deployment (`deploy/base`), built into devstack.
     pub fn committed() -> anyhow::Result<Self> {
-        let spec = Self::parse(
-            &manifests::SCALED_OBJECT.to_string(),
-            manifests::SCALED_OBJECT.text,
-        )?;
-        let deployment = manifests::DEPLOYMENT.to_string();
-        let docs = documents(&deployment, manifests::DEPLOYMENT.text);
-        let grace = grace_period(
-            &spec.target,
-            [docs.map(|d| (deployment.clone(), d))],
-            &deployment,
-        )?;
-        Ok(Self {
-            termination_grace_period: grace,
-            ..spec
-        })
+        Manifest::committed()?.spec()
     }
 
     /// The ScaledObject in `text`, the YAML of `file`, with the default grace period.
+    #[cfg(test)]
     fn parse(file: &str, text: &str) -> anyhow::Result<Self> {
+        Manifest::from_text(file, text)?.spec()
+    }
+
+    /// The HPA KEDA creates for this ScaledObject.
+    pub fn hpa(&self) -> Hpa {
+        Hpa::new(
+            self.min_replica_count,
+            self.max_replica_count,
+            self.trigger.target,
+            self.behavior.clone(),
+        )
+    }
+}
+
+/// A ScaledObject as written, with the grace period of the Deployment it scales: what a
+/// [`ScalingSpec`] is read from, and what `plan --sweep` edits field by field before reading each
+/// copy the same way, with the same errors.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Where it was read: its path, or the built-in one's name.
+    file: String,
+    doc: Value,
+    grace: Duration,
+}
+
+impl Manifest {
+    /// The ScaledObject at `path` and the grace period of its Deployment, from the YAML files in
+    /// the same directory.
+    ///
+    /// The Deployment is optional: a ScaledObject on its own (say, copied out to be tuned) runs
+    /// with Kubernetes' default grace period of 30 s, as its pods would if the Deployment's
+    /// template set none. A Deployment that is there but unreadable, or found twice, is an error,
+    /// reported after any error of the ScaledObject itself.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{file}: cannot read the file"))?;
+        let mut manifest = Self::from_text(&file, &text)?;
+        let target = manifest.spec()?.target;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        manifest.grace = grace_period(&target, yaml_files(&dir)?, &dir.display().to_string())?;
+        Ok(manifest)
+    }
+
+    /// The committed ScaledObject and its Deployment (`deploy/base`), built into devstack.
+    pub fn committed() -> anyhow::Result<Self> {
+        let mut manifest = Self::from_text(
+            &manifests::SCALED_OBJECT.to_string(),
+            manifests::SCALED_OBJECT.text,
+        )?;
+        let target = manifest.spec()?.target;
+        let deployment = manifests::DEPLOYMENT.to_string();
+        let docs = documents(&deployment, manifests::DEPLOYMENT.text);
+        manifest.grace = grace_period(
+            &target,
+            [docs.map(|d| (deployment.clone(), d))],
+            &deployment,
+        )?;
+        Ok(manifest)
+    }
+
+    /// The one ScaledObject in `text`, the YAML of `file`, on its own: the default grace period.
+    pub fn from_text(file: &str, text: &str) -> anyhow::Result<Self> {
         let mut found = None;
         for doc in documents(file, text)? {
             if doc.get("kind").and_then(Value::as_str) != Some("ScaledObject") {
@@ -129,17 +166,39 @@ impl ScalingSpec {
                 "{file}: no ScaledObject (kind: ScaledObject, apiVersion: keda.sh/v1alpha1) in this file"
             ));
         };
-        yaml::parse::<ScaledObject>(file, doc)?.validate(&At::root(file))
+        Ok(Self {
+            file: file.to_owned(),
+            doc,
+            grace: DEFAULT_TERMINATION_GRACE_PERIOD,
+        })
     }
 
-    /// The HPA KEDA creates for this ScaledObject.
-    pub fn hpa(&self) -> Hpa {
-        Hpa::new(
-            self.min_replica_count,
-            self.max_replica_count,
-            self.trigger.target,
-            self.behavior.clone(),
-        )
+    /// Where it was read: its path, or the built-in one's name.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Its settings, as KEDA and the HPA apply them; an error names what devstack cannot honour.
+    pub fn spec(&self) -> anyhow::Result<ScalingSpec> {
+        let spec = yaml::parse::<ScaledObject>(&self.file, self.doc.clone())?
+            .validate(&At::root(&self.file))?;
+        Ok(ScalingSpec {
+            termination_grace_period: self.grace,
+            ..spec
+        })
+    }
+
+    /// Sets the field at `path` (written as errors write it, from the document's root:
+    /// `spec.triggers[0].metadata.messageCount`) to `value`, or removes it when `None`. Mappings
+    /// on the way are made as needed; whether the value is one devstack honours is for
+    /// [`spec`](Self::spec) to say.
+    pub fn set(&mut self, path: &str, value: Option<Value>) -> anyhow::Result<()> {
+        yaml::set(&mut self.doc, &At::root(&self.file), path, value)
+    }
+
+    /// The pods' terminationGracePeriodSeconds, in place of the Deployment's.
+    pub fn set_grace_period(&mut self, grace: Duration) {
+        self.grace = grace;
     }
 }
 

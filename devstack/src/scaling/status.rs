@@ -72,7 +72,8 @@ impl ScalingReport for ScalingStatus {
 }
 
 /// The scaling settings in force: the ScaledObject's (real seconds, before the time scale), the
-/// factor, and the HPA's sync period.
+/// factor, the HPA's sync period, and when cluster time started and the HPA first synced, by which
+/// a decision's `clusterTime` can be set beside `devstack plan`'s.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingSettings {
@@ -80,12 +81,20 @@ pub struct ScalingSettings {
     pub spec: ScalingSpec,
     pub time_scale: f64,
     pub hpa_sync_period: f64,
+    /// The wall-clock time of cluster time 0, the controller's start (RFC 3339).
+    pub started_at: String,
+    /// The HPA's phase: its first sync, in cluster seconds (random within a sync period).
+    pub hpa_first_sync: f64,
 }
 
 /// One change of the replica count, when it was made.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ScalingEvent {
+    /// Wall-clock time (RFC 3339).
     pub at: String,
+    /// Cluster seconds since the controller started, as `devstack plan` gives its decisions.
+    pub cluster_time: f64,
     #[serde(flatten)]
     pub decision: Decision,
 }
@@ -108,6 +117,8 @@ mod tests {
                 spec: ScalingSpec::committed().expect("the committed one"),
                 time_scale: 1.0,
                 hpa_sync_period: 15.0,
+                started_at: "2026-12-06T10:00:00.000Z".into(),
+                hpa_first_sync: 7.5,
             },
             replicas: 5,
             ready: 9,

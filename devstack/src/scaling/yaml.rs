@@ -92,6 +92,91 @@ pub fn parse<T: DeserializeOwned>(file: &str, value: Value) -> anyhow::Result<T>
     })
 }
 
+/// Sets the field at `path` of `doc` (`spec.triggers[0].metadata.messageCount`, as errors write
+/// paths) to `value`, or removes it when `None`; `at` is the document, for the errors. Mappings
+/// missing on the way are made; a list item must be there.
+pub fn set(doc: &mut Value, at: &At<'_>, path: &str, value: Option<Value>) -> anyhow::Result<()> {
+    let steps = steps(path).ok_or_else(|| at.error(format!("{path:?} is not a field path")))?;
+    let mut node = doc;
+    let mut here = at.clone();
+    let last = steps.len() - 1;
+    for (i, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Key(key) => {
+                if node.is_null() {
+                    *node = Value::Mapping(serde_yaml_ng::Mapping::new());
+                }
+                let Value::Mapping(map) = node else {
+                    return Err(here.error(format!("{} has no fields", describe(node))));
+                };
+                here = here.field(key);
+                let key = Value::String(key.to_owned());
+                if i == last {
+                    match value {
+                        Some(value) => {
+                            map.insert(key, value);
+                        }
+                        None => {
+                            map.remove(&key);
+                        }
+                    }
+                    return Ok(());
+                }
+                node = map.entry(key).or_insert(Value::Null);
+            }
+            Step::Index(index) => {
+                let Value::Sequence(list) = node else {
+                    return Err(here.error(format!("{} is not a list", describe(node))));
+                };
+                let len = list.len();
+                here = here.index(index);
+                if index >= len {
+                    return Err(here.error(format!("no such item (the list holds {len})")));
+                }
+                if i == last {
+                    match value {
+                        Some(value) => list[index] = value,
+                        None => {
+                            list.remove(index);
+                        }
+                    }
+                    return Ok(());
+                }
+                node = &mut list[index];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One step of a field path.
+#[derive(Debug, PartialEq, Eq)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `a.b[0].c` as its steps; `None` when malformed (an empty name, an index that is not a number).
+fn steps(path: &str) -> Option<Vec<Step<'_>>> {
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if name.is_empty() {
+            return None;
+        }
+        steps.push(Step::Key(name));
+        while !rest.is_empty() {
+            let (index, after) = rest.split_once(']')?;
+            steps.push(Step::Index(index.parse().ok()?));
+            rest = match after {
+                "" => "",
+                more => more.strip_prefix('[')?,
+            };
+        }
+    }
+    Some(steps)
+}
+
 /// How an error describes a value it did not want: `the string "2"`, `a list`.
 pub fn describe(value: &Value) -> String {
     match value {
@@ -517,6 +602,53 @@ mod tests {
         assert_eq!(
             annotation.error("y").to_string(),
             "f.yaml: metadata.\"a.b/c\": y"
+        );
+    }
+
+    #[test]
+    fn set_writes_and_removes_fields_along_a_path_making_mappings_on_the_way() {
+        let at = At::root("so.yaml");
+        let mut doc: Value =
+            serde_yaml_ng::from_str("spec:\n  triggers:\n    - metadata: {queueName: q}\n")
+                .unwrap();
+        set(&mut doc, &at, "spec.pollingInterval", Some(Value::from(10))).unwrap();
+        set(
+            &mut doc,
+            &at,
+            "spec.triggers[0].metadata.messageCount",
+            Some(Value::from("7")),
+        )
+        .unwrap();
+        set(
+            &mut doc,
+            &at,
+            "spec.advanced.horizontalPodAutoscalerConfig.behavior",
+            Some(Value::from(1)),
+        )
+        .unwrap();
+        set(&mut doc, &at, "spec.advanced", None).unwrap();
+        let want: Value = serde_yaml_ng::from_str(
+            "spec:\n  triggers:\n    - metadata: {queueName: q, messageCount: \"7\"}\n  pollingInterval: 10\n",
+        )
+        .unwrap();
+        assert_eq!(doc, want);
+        let error = |path: &str| {
+            set(&mut doc.clone(), &at, path, Some(Value::from(1)))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("spec.triggers[3].type"),
+            "so.yaml: spec.triggers[3]: no such item (the list holds 1)"
+        );
+        assert_eq!(
+            error("spec.pollingInterval.x"),
+            "so.yaml: spec.pollingInterval: the number 10 has no fields"
+        );
+        assert_eq!(error("spec..x"), "so.yaml: \"spec..x\" is not a field path");
+        assert_eq!(
+            error("spec.triggers[x]"),
+            "so.yaml: \"spec.triggers[x]\" is not a field path"
         );
     }
 }
