@@ -6,7 +6,8 @@
 //! - `supervisor`: `devstack up`, the sidecar in this process and the parts beside it;
 //! - `process`: starting a part, relaying its output, learning its port, stopping it;
 //! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale;
-//! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues), `registry`
+//! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues) with `dedup`
+//!   (duplicate detection) and `schedule` (scheduled messages, time-to-live), `registry`
 //!   (the consumer apps and their state), `changes` (the change notice), `status` (the status and
 //!   its metrics), `api` (daprd's gRPC and HTTP APIs behind one token layer), `runtime`
 //!   (`InvokeBinding`), `metadata`, `delivery` with `app` and `http_app` (calls to the apps),
@@ -20,6 +21,7 @@ pub mod app;
 pub mod changes;
 pub mod config;
 pub mod dashboard;
+pub mod dedup;
 pub mod delivery;
 pub mod http_app;
 pub mod ids;
@@ -32,6 +34,7 @@ pub mod registry;
 pub mod resiliency;
 pub mod runtime;
 pub mod scaling;
+pub mod schedule;
 pub mod service_bus;
 pub mod sidecar;
 pub mod spans;
