@@ -26,7 +26,7 @@ use utoipa::{
     openapi::{
         self, RefOr, Schema,
         path::Operation,
-        schema::Object,
+        schema::{Object, SchemaType, Type},
         security::{Http, HttpAuthScheme, SecurityScheme},
     },
 };
@@ -282,7 +282,11 @@ impl Modify for Contract {
         let produce = operation(doc, "/MessageProducer");
         let too_large = format!("Body larger than {MAX_BODY_BYTES} bytes; nothing was sent");
         response(produce, "413").description = too_large;
-        header_schema(produce, "Idempotency-Key").pattern = Some(idempotency_key_pattern());
+        // A string when present: the derive's `Option` would also allow null, which a header
+        // cannot carry and a client would send as the text "null".
+        let key = header_schema(produce, "Idempotency-Key");
+        key.schema_type = SchemaType::new(Type::String);
+        key.pattern = Some(idempotency_key_pattern());
         if !self.bearer {
             produce.security = None;
             produce.responses.responses.remove("401");
@@ -598,6 +602,7 @@ mod tests {
             (&key["in"], &key["required"]),
             (&json!("header"), &json!(false))
         );
+        assert_eq!(key["schema"]["type"], "string", "not null");
         assert_eq!(
             key["schema"]["pattern"],
             r#"^("[A-Za-z0-9._~-]{16,255}"|[A-Za-z0-9._~-]{16,255})$"#
