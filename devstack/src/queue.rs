@@ -25,6 +25,7 @@ use chrono::Utc;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::{sync::Notify, time::Instant};
+use tracing::debug;
 
 use crate::{
     changes::Changes,
@@ -225,6 +226,7 @@ impl Queue {
         {
             let id = id.clone();
             drop(state);
+            debug!(queue = %self.name, id, "duplicate dropped: a message with this id was accepted within the detection window");
             self.changes.notify();
             return id;
         }
