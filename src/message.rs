@@ -1,10 +1,15 @@
 //! The queue payload: `{"text": "Hello World"}`, byte for byte what the original ASP.NET sample sent,
-//! so either half can be swapped with the original's; and the binding operation that enqueues it.
+//! so either half can be swapped with the original's; the binding operation that enqueues it, and
+//! the metadata key that names it.
 
 use serde::{Deserialize, Serialize};
 
 /// The output binding operation that enqueues a message (the queue bindings support only this).
 pub const OPERATION_CREATE: &str = "create";
+
+/// The binding metadata key that sets the Service Bus message's `MessageId` (components-contrib
+/// `common/component/azure/servicebus/message.go`), the one property duplicate detection compares.
+pub const MESSAGE_ID_METADATA: &str = "MessageId";
 
 /// Text of a message when the caller gives none, as in the original sample.
 pub const DEFAULT_TEXT: &str = "Hello World";

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 use pipeline::{
     api_token::{ApiToken, Secret},
     cli::positive_duration,
@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::{
     app::{AppProtocol, AppTarget},
+    dedup::{self, DetectionSettings},
     manifests,
     queue::QueueSettings,
     resiliency::{self, BindingRetryPolicy},
@@ -167,6 +168,20 @@ pub struct SidecarArgs {
     /// How long a consumer may hold a message before its lock expires (Service Bus default: 60s).
     #[arg(long, env = "LOCK_DURATION", default_value = "60s", value_parser = positive_duration)]
     pub lock_duration: Duration,
+    /// Duplicate detection, as the deployment guide creates the queue: a send whose MessageId the
+    /// queue accepted within the window is answered with success and dropped (counted in
+    /// /devstack/status and /devstack/metrics). `false` takes every copy, and counts them, to
+    /// show what happens without it.
+    #[arg(long, env = "DUPLICATE_DETECTION", default_value_t = true, action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub duplicate_detection: bool,
+    /// How long the queue remembers an accepted MessageId: the guide's queue keeps Service Bus's
+    /// default, 10 minutes; Service Bus takes 20 s to 7 days.
+    #[arg(long, env = "DUPLICATE_DETECTION_WINDOW", default_value = "10m", value_parser = detection_window)]
+    pub duplicate_detection_window: Duration,
+    /// Dead-letter a message whose time-to-live (`ttl`, `ttlInSeconds`) runs out, rather than
+    /// remove it: the queue's `deadLetteringOnMessageExpiration` (Service Bus default: false).
+    #[arg(long, env = "DEAD_LETTER_ON_EXPIRATION", default_value_t = false, action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub dead_letter_on_expiration: bool,
     /// Failed deliveries handled per second, per app and binding, before the sidecar pauses
     /// receiving: the Service Bus binding's `maxRetriableErrorsPerSec` (its default: 10; 0: no
     /// limit). An abandoned message is available again at once, as in Service Bus; this is what
@@ -225,6 +240,11 @@ impl SidecarArgs {
     pub fn queue_settings(&self) -> QueueSettings {
         QueueSettings {
             max_delivery_count: self.max_delivery_count,
+            duplicate_detection: DetectionSettings {
+                enabled: self.duplicate_detection,
+                window: self.duplicate_detection_window,
+            },
+            dead_letter_on_expiration: self.dead_letter_on_expiration,
         }
     }
 }
@@ -260,6 +280,17 @@ fn parse_app(value: &str) -> Result<AppSpec, String> {
         address,
         max_concurrency,
     })
+}
+
+/// A duplicate detection window Service Bus would take.
+fn detection_window(value: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
+    if !(dedup::MIN_WINDOW..=dedup::MAX_WINDOW).contains(&window) {
+        return Err(format!(
+            "{value:?} is outside the 20s to 7days Service Bus takes"
+        ));
+    }
+    Ok(window)
 }
 
 /// A positive, finite factor.
@@ -302,6 +333,17 @@ mod tests {
             (50001, 3500, 10)
         );
         assert_eq!(s.bindings, ["message-queue"]);
+        // The guide's queue: duplicate detection for 10 minutes, expired messages removed.
+        let queue = s.queue_settings();
+        let detection = queue.duplicate_detection;
+        assert_eq!(
+            (
+                detection.enabled,
+                detection.window,
+                queue.dead_letter_on_expiration
+            ),
+            (true, Duration::from_secs(600), false)
+        );
         let cli = parse(&["--consumers", "5"]).unwrap();
         assert_eq!(cli.up.consumers.get(), 5);
     }
@@ -329,6 +371,32 @@ mod tests {
             panic!("sidecar")
         };
         assert!(args.sidecar.retry_policies().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_queue_flags_set_detection_and_expiry() {
+        let cli = parse(&[
+            "sidecar",
+            "--duplicate-detection",
+            "false",
+            "--duplicate-detection-window",
+            "20s",
+            "--dead-letter-on-expiration",
+            "true",
+        ])
+        .unwrap();
+        let Some(Command::Sidecar(args)) = cli.command else {
+            panic!("sidecar")
+        };
+        let queue = args.sidecar.queue_settings();
+        assert_eq!(
+            queue.duplicate_detection,
+            DetectionSettings {
+                enabled: false,
+                window: Duration::from_secs(20)
+            }
+        );
+        assert!(queue.dead_letter_on_expiration);
     }
 
     #[test]
@@ -390,6 +458,15 @@ mod tests {
             (&["sidecar", "--bindings", "a b"], "binding name"),
             (&["sidecar", "--max-delivery-count", "0"], "0"),
             (&["sidecar", "--lock-duration", "0s"], "greater than 0"),
+            (
+                &["sidecar", "--duplicate-detection-window", "19s"],
+                "outside the 20s to 7days",
+            ),
+            (
+                &["sidecar", "--duplicate-detection-window", "8days"],
+                "outside the 20s to 7days",
+            ),
+            (&["sidecar", "--duplicate-detection", "maybe"], "maybe"),
             (&["--time-scale", "0"], "positive number"),
             (&["--time-scale=-1"], "positive number"),
             (&["--time-scale", "inf"], "positive number"),

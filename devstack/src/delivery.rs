@@ -5,9 +5,18 @@
 //! and binding.
 //! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
 //! abandoned (available again at once) and the worker takes a retriable-error permit before it
-//! receives again, as daprd's Service Bus binding does.
+//! receives again, as daprd's Service Bus binding does. Under a retry policy an HTTP app's 2xx
+//! other than 200 is a failed call too, as daprd's retry runner has it.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use pipeline::{
     api_token::API_TOKEN_METADATA,
@@ -102,6 +111,8 @@ pub async fn serve_app(
         address: target.address,
         tx: watch::channel(false).0,
     });
+    // Once per app: every worker of every binding shares it.
+    let warned_not_200 = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
     tasks.spawn(watch_health(
         app.clone(),
@@ -124,6 +135,7 @@ pub async fn serve_app(
                 settings: settings.clone(),
                 retriable_errors: retriable_errors.clone(),
                 retry: settings.retry_policies.get(queue.name()).cloned(),
+                warned_not_200: Arc::clone(&warned_not_200),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
@@ -183,14 +195,14 @@ impl AppChannel {
         }
     }
 
-    /// Sends one binding event.
+    /// Sends one binding event; an HTTP app's 2xx status when it took it.
     async fn deliver(
         &self,
         binding: &str,
         message: &QueuedMessage,
         settings: &DeliverySettings,
         span: &tracing::Span,
-    ) -> Result<(), CallError> {
+    ) -> Result<Option<u16>, CallError> {
         let metadata = service_bus::event_metadata(&message.id, &message.envelope);
         let traceparent = spans::traceparent(span, &message.trace_id);
         match self {
@@ -211,11 +223,11 @@ impl AppChannel {
                 AppCallbackClient::new(channel.clone())
                     .on_binding_event(request)
                     .await
-                    .map(drop)
+                    .map(|_| None)
                     .map_err(CallError::from)
             }
-            Self::Http(http) => {
-                http.deliver(
+            Self::Http(http) => http
+                .deliver(
                     binding,
                     message.data.clone(),
                     &metadata,
@@ -226,7 +238,7 @@ impl AppChannel {
                         .map(|token| token.as_bytes()),
                 )
                 .await
-            }
+                .map(Some),
         }
     }
 }
@@ -297,6 +309,8 @@ struct Worker {
     settings: DeliverySettings,
     retriable_errors: Option<Arc<RateLimiter>>,
     retry: Option<BindingRetryPolicy>,
+    /// Whether this app was told that it answered a 2xx other than 200 under a retry policy.
+    warned_not_200: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -342,14 +356,23 @@ impl Worker {
     /// Calls the app, and again as the binding's retry policy says while it fails, as daprd's
     /// resiliency runner does: every error counts but an HTTP status the policy's `matching`
     /// leaves out (see `resiliency`).
+    ///
+    /// daprd's runner for HTTP apps fails every answer but 200 (dapr/dapr
+    /// `pkg/runtime/processor/binding/send.go`: `rResp.Status().GetCode() != http.StatusOK`), and
+    /// discards each failed answer (`pkg/resiliency/policy.go`, the runner's `Disposer`), so a 201
+    /// or 204 is POSTed again up to the policy's retries (once, when `matching` leaves it out)
+    /// and then fails the delivery ("error invoking app: response object is nil"): the binding
+    /// abandons the message, and Service Bus redelivers it up to its max delivery count. Without
+    /// a retry policy the final check takes any 2xx.
     async fn deliver_retrying(&self, message: &QueuedMessage) -> Result<(), CallError> {
         let Some(policy) = &self.retry else {
-            return self.deliver(message).await;
+            return self.deliver(message).await.map(drop);
         };
         let mut retries = policy.retries();
         loop {
             let error = match self.deliver(message).await {
-                Ok(()) => return Ok(()),
+                Ok(None | Some(200)) => return Ok(()),
+                Ok(Some(status)) => self.not_200(status, policy),
                 Err(error) => error,
             };
             if error
@@ -366,7 +389,30 @@ impl Worker {
         }
     }
 
-    async fn deliver(&self, message: &QueuedMessage) -> Result<(), CallError> {
+    /// An HTTP app's 2xx other than 200, under a retry policy: a failed call. Warns once per app.
+    fn not_200(&self, status: u16, policy: &BindingRetryPolicy) -> CallError {
+        if !self.warned_not_200.swap(true, Ordering::Relaxed) {
+            warn!(
+                app = %self.address,
+                binding = self.queue.name(),
+                status,
+                policy = policy.name,
+                "the app answered a 2xx other than 200 under a Resiliency retry policy: daprd posts \
+                 the event again up to the policy's retries, then fails it, and Service Bus \
+                 redelivers it until it is dead-lettered; answer 200"
+            );
+        }
+        CallError {
+            answered: true,
+            http_status: Some(status),
+            reason: format!(
+                "app answered HTTP {status}, not 200: under a retry policy daprd takes only 200 \
+                 (error invoking app: response object is nil)"
+            ),
+        }
+    }
+
+    async fn deliver(&self, message: &QueuedMessage) -> Result<Option<u16>, CallError> {
         let grpc = matches!(self.channel, AppChannel::Grpc(_));
         let span = spans::delivery(self.queue.name(), message, grpc);
         let result = self

@@ -3,7 +3,8 @@
 //! `OPTIONS /<binding-name>` at start asks whether the app takes a binding (any 2xx, or 405,
 //! means yes); each event is `POST /<binding-name>` with the data as the body, `Content-Type:
 //! application/json`, the event metadata as headers, `traceparent` and, with an app token,
-//! `dapr-api-token`; any 2xx completes it. Health is `GET /healthz`, any 2xx healthy.
+//! `dapr-api-token`; any 2xx completes it, unless a Resiliency retry policy applies (`delivery`
+//! then takes only 200). Health is `GET /healthz`, any 2xx healthy.
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -100,7 +101,7 @@ impl HttpAppClient {
         }
     }
 
-    /// `POST /<binding>` with one event.
+    /// `POST /<binding>` with one event; the status of a 2xx answer, an error otherwise.
     pub async fn deliver(
         &self,
         binding: &str,
@@ -108,7 +109,7 @@ impl HttpAppClient {
         metadata: &HashMap<String, String>,
         traceparent: &str,
         app_api_token: Option<&[u8]>,
-    ) -> Result<(), CallError> {
+    ) -> Result<u16, CallError> {
         let mut headers = metadata_headers(metadata);
         if let Ok(value) = HeaderValue::from_str(traceparent) {
             headers.insert(TRACEPARENT, value);
@@ -134,7 +135,7 @@ impl HttpAppClient {
         // daprd reads the whole answer either way; so the connection can be reused.
         let body = response.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(());
+            return Ok(status.as_u16());
         }
         let body = String::from_utf8_lossy(&body[..body.len().min(REASON_BODY_LIMIT)]).into_owned();
         Err(CallError {

@@ -7,7 +7,8 @@
 //! - `process`: starting a part, relaying its output, learning its port, stopping it;
 //! - `scaling`: `--autoscale`, KEDA's and the HPA's rules and the replicas they scale, and
 //!   `devstack plan`, the same rules in simulated time;
-//! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues), `registry`
+//! - the sidecar, put together in `sidecar`: `queue` (Service Bus peek-lock queues) with `dedup`
+//!   (duplicate detection) and `schedule` (scheduled messages, time-to-live), `registry`
 //!   (the consumer apps and their state), `changes` (the change notice), `status` (the status and
 //!   its metrics), `api` (daprd's gRPC and HTTP APIs behind one token layer), `runtime`
 //!   (`InvokeBinding`), `metadata`, `delivery` with `app` and `http_app` (calls to the apps),
@@ -21,6 +22,7 @@ pub mod app;
 pub mod changes;
 pub mod config;
 pub mod dashboard;
+pub mod dedup;
 pub mod delivery;
 pub mod http_app;
 pub mod ids;
@@ -33,6 +35,7 @@ pub mod registry;
 pub mod resiliency;
 pub mod runtime;
 pub mod scaling;
+pub mod schedule;
 pub mod service_bus;
 pub mod sidecar;
 pub mod spans;

@@ -3,10 +3,14 @@
 //! with its delivery count up by one, as Service Bus does), and past the max delivery count it
 //! moves to the dead-letter list.
 //! A lock dropped without either (a consumer that vanished, a cancelled task) abandons it.
+//! Duplicate detection (`dedup`) judges each send first; scheduled messages and time-to-live
+//! (`schedule`) decide when a sent message is active and until when.
 //!
-//! Invariant: produced = active + locked + completed + dead-lettered. It holds by construction,
-//! not by a check: each message sent is in exactly one place (waiting in `ready`; held by the one
-//! [`Lock`] that `locked` counts; or only counted, once completed or dead-lettered), a lock
+//! Invariant: produced = scheduled + active + locked + completed + dead-lettered + expired. It
+//! holds by construction, not by a check: each message sent is in exactly one place (waiting for
+//! its time in the schedule; waiting in `ready`; held by the one [`Lock`] that `locked` counts; or
+//! only counted, once completed, dead-lettered or expired; a dropped duplicate is never produced),
+//! a lock
 //! settles exactly once (completing and abandoning take it by value, and dropping settles only
 //! one that was not), every move between them happens under the queue's one lock, and
 //! [`Queue::counts`] reads them all under it, so every snapshot adds up. The tests check it on
@@ -17,11 +21,19 @@ use std::{
     sync::Arc,
 };
 
+use chrono::Utc;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
+use tracing::debug;
 
-use crate::{changes::Changes, ids, service_bus::Envelope};
+use crate::{
+    changes::Changes,
+    dedup::{DetectionSettings, DuplicateDetection, Verdict},
+    ids,
+    schedule::{self, Schedule},
+    service_bus::Envelope,
+};
 
 /// How many dead letters the status keeps in full (the count is always exact).
 const DEAD_LETTERS_KEPT: usize = 100;
@@ -31,6 +43,21 @@ const DEAD_LETTERS_KEPT: usize = 100;
 pub struct QueueSettings {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).
     pub max_delivery_count: u32,
+    /// `requiresDuplicateDetection` and its window.
+    pub duplicate_detection: DetectionSettings,
+    /// `deadLetteringOnMessageExpiration`: an expired message is dead-lettered, not removed.
+    pub dead_letter_on_expiration: bool,
+}
+
+impl Default for QueueSettings {
+    /// The deployment guide's queue.
+    fn default() -> Self {
+        Self {
+            max_delivery_count: 10,
+            duplicate_detection: DetectionSettings::default(),
+            dead_letter_on_expiration: false,
+        }
+    }
 }
 
 /// One message as the queue stores it, with what Service Bus keeps about it.
@@ -46,6 +73,8 @@ pub struct QueuedMessage {
     pub trace_id: String,
     /// Deliveries so far, the current one included (1 on the first delivery).
     pub delivery_count: u32,
+    /// When it expires, from its time-to-live; never without one.
+    pub expires_at: Option<Instant>,
 }
 
 /// A dead-lettered message and why.
@@ -64,14 +93,23 @@ pub struct DeadLetter {
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub produced: u64,
+    /// Waiting for their scheduled enqueue time: not yet active.
+    pub scheduled: u64,
     /// Waiting for delivery, abandoned ones included.
     pub active: u64,
     pub locked: u64,
     pub completed: u64,
     pub dead_lettered: u64,
+    /// Past their time-to-live, and removed (not dead-lettered).
+    pub expired: u64,
+    /// Sends of a message id accepted within the detection window, answered with success and
+    /// dropped (duplicate detection on): never produced.
+    pub duplicates_dropped: u64,
+    /// The same with duplicate detection off: enqueued again, and produced.
+    pub duplicates_enqueued: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     next_sequence: u64,
     ready: VecDeque<QueuedMessage>,
@@ -80,17 +118,63 @@ struct State {
     completed: u64,
     dead_lettered: u64,
     dead_letters: VecDeque<DeadLetter>,
+    duplicates: DuplicateDetection,
+    schedule: Schedule,
 }
 
 impl State {
+    fn new(settings: &QueueSettings) -> Self {
+        Self {
+            next_sequence: 0,
+            ready: VecDeque::new(),
+            locked: 0,
+            completed: 0,
+            dead_lettered: 0,
+            dead_letters: VecDeque::new(),
+            duplicates: DuplicateDetection::new(settings.duplicate_detection),
+            schedule: Schedule::new(settings.dead_letter_on_expiration),
+        }
+    }
+
     fn counts(&self) -> Counts {
         Counts {
             produced: self.next_sequence,
+            scheduled: self.schedule.scheduled(),
             active: self.ready.len() as u64,
             locked: self.locked,
             completed: self.completed,
             dead_lettered: self.dead_lettered,
+            expired: self.schedule.expired(),
+            duplicates_dropped: self.duplicates.dropped(),
+            duplicates_enqueued: self.duplicates.enqueued(),
         }
+    }
+
+    fn dead_letter(&mut self, message: QueuedMessage, reason: &str) {
+        self.dead_lettered += 1;
+        if self.dead_letters.len() == DEAD_LETTERS_KEPT {
+            self.dead_letters.pop_front();
+        }
+        self.dead_letters.push_back(DeadLetter {
+            id: message.id,
+            delivery_count: message.delivery_count,
+            reason: reason.to_owned(),
+            data: String::from_utf8_lossy(&message.data).into_owned(),
+        });
+    }
+
+    /// Brings the schedule up to now: due messages become active, expired ones leave. True when
+    /// a message moved.
+    fn advance(&mut self) -> bool {
+        if self.schedule.is_idle() {
+            return false;
+        }
+        let advanced = self.schedule.advance(Instant::now(), &mut self.ready);
+        let moved = advanced.any();
+        for message in advanced.dead_letters {
+            self.dead_letter(message, schedule::EXPIRED_REASON);
+        }
+        moved
     }
 }
 
@@ -101,6 +185,8 @@ pub struct Queue {
     settings: QueueSettings,
     state: Mutex<State>,
     available: Notify,
+    /// Told when a message is timed, for [`schedule::keep_time`].
+    timing: Notify,
     /// Told after every move between states, after the lock is released.
     changes: Changes,
 }
@@ -118,8 +204,9 @@ impl Queue {
         Arc::new(Self {
             name: name.into(),
             settings,
-            state: Mutex::default(),
+            state: Mutex::new(State::new(&settings)),
             available: Notify::new(),
+            timing: Notify::new(),
             changes,
         })
     }
@@ -128,14 +215,26 @@ impl Queue {
         &self.name
     }
 
-    /// Enqueues a message; returns its id.
+    /// Enqueues a message, or schedules it, or drops it as a duplicate of one accepted within
+    /// the detection window; returns its id. All three are a success to the sender.
     pub fn send(&self, data: Vec<u8>, envelope: Envelope, trace_id: Option<String>) -> String {
+        let now = Instant::now();
+        let timed = envelope.scheduled_enqueue_time.is_some() || envelope.time_to_live.is_some();
         let mut state = self.state.lock();
+        if let Some(id) = &envelope.message_id
+            && state.duplicates.check(id, now) == Verdict::Dropped
+        {
+            let id = id.clone();
+            drop(state);
+            debug!(queue = %self.name, id, "duplicate dropped: a message with this id was accepted within the detection window");
+            self.changes.notify();
+            return id;
+        }
         let sequence = state.next_sequence;
         state.next_sequence += 1;
         // Service Bus keeps the sender's id; the sidecar gives one to a message sent without.
         let id = envelope.message_id.clone().unwrap_or_else(ids::message_id);
-        state.ready.push_back(QueuedMessage {
+        let message = QueuedMessage {
             sequence,
             id: id.clone(),
             data,
@@ -143,9 +242,18 @@ impl Queue {
             // A message sent untraced gets a trace of its own here, so its deliveries share one.
             trace_id: trace_id.unwrap_or_else(ids::trace_id),
             delivery_count: 0,
-        });
+            expires_at: None,
+        };
+        let active = state.schedule.admit(message, now, Utc::now());
+        let enqueued = active.is_some();
+        state.ready.extend(active);
         drop(state);
-        self.available.notify_one();
+        if enqueued {
+            self.available.notify_one();
+        }
+        if timed {
+            self.timing.notify_one();
+        }
         self.changes.notify();
         id
     }
@@ -158,6 +266,7 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock();
+                let moved = state.advance();
                 if let Some(mut message) = state.ready.pop_front() {
                     message.delivery_count += 1;
                     state.locked += 1;
@@ -173,6 +282,11 @@ impl Queue {
                         message,
                         settled: false,
                     };
+                }
+                drop(state);
+                if moved {
+                    // Expired ones left, nothing is due: only the status changed.
+                    self.changes.notify();
                 }
             }
             notified.await;
@@ -191,30 +305,60 @@ impl Queue {
         let mut state = self.state.lock();
         state.locked -= 1;
         if message.delivery_count >= self.settings.max_delivery_count {
-            state.dead_lettered += 1;
-            if state.dead_letters.len() == DEAD_LETTERS_KEPT {
-                state.dead_letters.pop_front();
-            }
-            state.dead_letters.push_back(DeadLetter {
-                id: message.id,
-                delivery_count: message.delivery_count,
-                reason: reason.to_owned(),
-                data: String::from_utf8_lossy(&message.data).into_owned(),
-            });
+            state.dead_letter(message, reason);
             drop(state);
             self.changes.notify();
             return Abandoned::DeadLettered;
         }
+        // Its expiry, which its lock held off, takes effect again.
+        let timed = message.expires_at.is_some();
+        state.schedule.entered_queue(&message);
         // Service Bus keeps an abandoned message's place (its sequence number): it is next.
         state.ready.push_front(message);
         drop(state);
         self.available.notify_one();
+        if timed {
+            self.timing.notify_one();
+        }
         self.changes.notify();
         Abandoned::Redelivered
     }
 
+    /// The counts now, the schedule brought up to date first.
     pub fn counts(&self) -> Counts {
-        self.state.lock().counts()
+        let mut state = self.state.lock();
+        let moved = state.advance();
+        let counts = state.counts();
+        drop(state);
+        if moved {
+            self.moved();
+        }
+        counts
+    }
+
+    /// When the schedule next has something to do: a scheduled message's time, or an expiry.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.state.lock().schedule.next_due()
+    }
+
+    /// Resolves when a message is timed after this was called; `enable` it before reading
+    /// [`next_due`](Self::next_due).
+    pub fn timing_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.timing.notified()
+    }
+
+    /// Brings the schedule up to now (see [`schedule::keep_time`]).
+    pub fn advance(&self) {
+        let moved = self.state.lock().advance();
+        if moved {
+            self.moved();
+        }
+    }
+
+    /// After messages moved in the schedule: receivers may have one, and the status changed.
+    fn moved(&self) {
+        self.available.notify_one();
+        self.changes.notify();
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
@@ -298,6 +442,11 @@ mod tests {
 
     const SETTINGS: QueueSettings = QueueSettings {
         max_delivery_count: 3,
+        duplicate_detection: DetectionSettings {
+            enabled: true,
+            window: crate::dedup::DEFAULT_WINDOW,
+        },
+        dead_letter_on_expiration: false,
     };
 
     fn queue(settings: QueueSettings) -> Arc<Queue> {
@@ -307,7 +456,12 @@ mod tests {
     fn holds(counts: Counts) {
         assert_eq!(
             counts.produced,
-            counts.active + counts.locked + counts.completed + counts.dead_lettered,
+            counts.scheduled
+                + counts.active
+                + counts.locked
+                + counts.completed
+                + counts.dead_lettered
+                + counts.expired,
             "{counts:?}"
         );
     }
@@ -427,6 +581,7 @@ mod tests {
     async fn many_competing_receivers_keep_the_invariant() {
         let q = queue(QueueSettings {
             max_delivery_count: 5,
+            ..SETTINGS
         });
         const N: u64 = 2_000;
         for i in 0..N {

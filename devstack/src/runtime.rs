@@ -15,7 +15,12 @@ use pipeline::{
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::{ids, queue::Queues, service_bus::Envelope, spans};
+use crate::{
+    ids,
+    queue::Queues,
+    service_bus::{Envelope, MessageError},
+    spans,
+};
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +31,12 @@ pub enum InvokeError {
         "binding {binding} does not support operation {operation}. supported operations:{OPERATION_CREATE}"
     )]
     UnsupportedOperation { binding: String, operation: String },
+    /// The binding could not build a Service Bus message from the request's metadata.
+    #[error("error invoking output binding {binding}: failed to create message: {source}")]
+    Message {
+        binding: String,
+        source: MessageError,
+    },
 }
 
 /// The runtime API's shared state: the queues producers send to.
@@ -69,7 +80,17 @@ impl Runtime {
         // daprd adds its span's `traceparent` to an output binding's metadata, where the Service
         // Bus binding makes it an application property: consumers find it in the event metadata.
         metadata.insert(TRACEPARENT.to_owned(), spans::traceparent(&span, &trace_id));
-        let envelope = Envelope::from_invoke_metadata(metadata);
+        let envelope = match Envelope::from_invoke_metadata(metadata) {
+            Ok(envelope) => envelope,
+            Err(source) => {
+                let error = InvokeError::Message {
+                    binding: binding.to_owned(),
+                    source,
+                };
+                spans::end(&span, Some(error.to_string()));
+                return Err(error);
+            }
+        };
         let id = queue.send(data, envelope, Some(trace_id));
         spans::enqueued(&span, &id);
         spans::end(&span, None);

@@ -24,6 +24,7 @@ use crate::{
     queue::Queues,
     registry::{AppRegistry, AppStatus},
     runtime::Runtime,
+    schedule,
     status::StatusBoard,
 };
 
@@ -98,6 +99,11 @@ impl Sidecar {
         let retry_policies = args.retry_policies()?;
         let changes = Changes::default();
         let queues = Arc::new(Queues::new(&args.bindings, args.queue_settings(), &changes));
+        let mut tasks = JoinSet::new();
+        for queue in queues.iter() {
+            let keep_time = schedule::keep_time(Arc::clone(queue), shutdown.clone());
+            tasks.spawn(keep_time.map(Ok));
+        }
         let apps = Arc::new(AppRegistry::new(changes.clone()));
         let status = Arc::new(StatusBoard::new(
             Arc::clone(&queues),
@@ -111,7 +117,6 @@ impl Sidecar {
             args.app_health_interval,
             Arc::clone(&apps),
         ));
-        let mut tasks = JoinSet::new();
 
         tasks.spawn(api::grpc::serve(
             grpc,
@@ -260,10 +265,14 @@ async fn log_status(
             info!(
                 queue,
                 produced = c.produced,
+                scheduled = c.scheduled,
                 active = c.active,
                 locked = c.locked,
                 completed = c.completed,
                 dead_lettered = c.dead_lettered,
+                expired = c.expired,
+                duplicates_dropped = c.duplicates_dropped,
+                duplicates_enqueued = c.duplicates_enqueued,
                 consumers = status.consumers_connected,
                 "queue status"
             );

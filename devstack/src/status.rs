@@ -156,10 +156,12 @@ impl Collector for StatusBoard {
         )?;
         for (queue, c) in &status.queues {
             for (state, value) in [
+                ("scheduled", c.scheduled),
                 ("active", c.active),
                 ("locked", c.locked),
                 ("completed", c.completed),
                 ("dead_lettered", c.dead_lettered),
+                ("expired", c.expired),
             ] {
                 let labels = [("queue", queue.as_str()), ("state", state)];
                 ConstGauge::new(value).encode(messages.encode_family(&labels)?)?;
@@ -175,6 +177,21 @@ impl Collector for StatusBoard {
         for (queue, c) in &status.queues {
             let labels = [("queue", queue.as_str())];
             ConstCounter::new(c.produced).encode(produced.encode_family(&labels)?)?;
+        }
+        let mut duplicates = encoder.encode_descriptor(
+            "devstack_queue_duplicates",
+            "Sends of a MessageId the queue accepted within its duplicate detection window: dropped (detection on) or enqueued again (off).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, c) in &status.queues {
+            for (outcome, value) in [
+                ("dropped", c.duplicates_dropped),
+                ("enqueued", c.duplicates_enqueued),
+            ] {
+                let labels = [("queue", queue.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(duplicates.encode_family(&labels)?)?;
+            }
         }
         let connected = encoder.encode_descriptor(
             "devstack_consumers_connected",
@@ -229,6 +246,7 @@ mod tests {
         let bindings: Vec<String> = bindings.iter().map(|b| (*b).to_owned()).collect();
         let settings = QueueSettings {
             max_delivery_count: 1,
+            ..QueueSettings::default()
         };
         let queues = Arc::new(Queues::new(&bindings, settings, &changes));
         let apps = Arc::new(AppRegistry::new(changes.clone()));
@@ -239,19 +257,28 @@ mod tests {
     #[test]
     fn metrics_are_openmetrics_with_escaped_labels() {
         let (board, queues, _) = board(&["q", "a\"b\\c"]);
-        queues
-            .get("q")
-            .expect("queue q")
-            .send(b"x".to_vec(), Envelope::default(), None);
+        let q = queues.get("q").expect("queue q");
+        let copy = Envelope {
+            message_id: Some("m-1".into()),
+            ..Envelope::default()
+        };
+        for _ in 0..3 {
+            q.send(b"x".to_vec(), copy.clone(), None);
+        }
         let page = board
             .metrics(&ConnectionMetrics::default())
             .expect("encodes");
         for line in [
             "# TYPE devstack_queue_messages gauge",
             r#"devstack_queue_messages{queue="q",state="active"} 1"#,
+            r#"devstack_queue_messages{queue="q",state="scheduled"} 0"#,
+            r#"devstack_queue_messages{queue="q",state="expired"} 0"#,
             r#"devstack_queue_messages{queue="a\"b\\c",state="locked"} 0"#,
             "# TYPE devstack_queue_produced counter",
             r#"devstack_queue_produced_total{queue="q"} 1"#,
+            "# TYPE devstack_queue_duplicates counter",
+            r#"devstack_queue_duplicates_total{queue="q",outcome="dropped"} 2"#,
+            r#"devstack_queue_duplicates_total{queue="q",outcome="enqueued"} 0"#,
             "devstack_consumers_connected 0",
         ] {
             assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");

@@ -15,6 +15,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, warn};
 
 use crate::{
+    message_id::{IdempotencyKey, MessageIds},
     metrics::Metrics,
     publisher::{PublishError, Publisher, Trace},
 };
@@ -117,6 +118,9 @@ pub struct BatchRequest {
     pub interval_ms: i64,
     /// Message text; the default text when absent.
     pub text: Option<String>,
+    /// The caller's idempotency key, from which the messages' ids are derived; random ids
+    /// without one.
+    pub idempotency_key: Option<IdempotencyKey>,
     /// Forwarded on each sidecar call.
     pub trace: Trace,
 }
@@ -162,6 +166,7 @@ pub struct Accepted {
     batches: Batches,
     slot: Slot,
     batch: Batch,
+    ids: MessageIds,
     trace: Trace,
 }
 
@@ -203,14 +208,17 @@ impl Batches {
             count,
             interval_ms,
             text,
+            idempotency_key,
             trace,
         } = request;
         let batch = Batch::validate(count, interval_ms, text, self.inner.max_count)?;
+        let ids = MessageIds::new(idempotency_key.as_ref(), &batch);
         let slot = self.reserve()?;
         Ok(Accepted {
             batches: self.clone(),
             slot,
             batch,
+            ids,
             trace,
         })
     }
@@ -256,6 +264,7 @@ impl Accepted {
             batches,
             slot,
             batch,
+            ids,
             trace,
         } = self;
         let cancel = batches.inner.stop.child_token();
@@ -268,7 +277,7 @@ impl Accepted {
             async move {
                 let _slot = slot;
                 let _in_progress = inner.metrics.batch_started();
-                inner.send_all(batch, trace, cancel, on_sent).await
+                inner.send_all(batch, ids, trace, cancel, on_sent).await
             }
             .instrument(span),
         );
@@ -283,6 +292,7 @@ impl Inner {
     async fn send_all(
         &self,
         batch: Batch,
+        ids: MessageIds,
         trace: Trace,
         cancel: CancellationToken,
         mut on_sent: impl FnMut(u32),
@@ -315,7 +325,8 @@ impl Inner {
                 } else if cancel.is_cancelled() {
                     break;
                 }
-                in_flight.push(self.publisher.publish(&data, &trace));
+                // Made once, here: every retry of the message carries this id.
+                in_flight.push(self.publisher.publish(&data, ids.id(started), &trace));
                 started += 1;
             }
             match in_flight.next().await {

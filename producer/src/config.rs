@@ -66,8 +66,8 @@ pub struct Config {
     pub max_batches: NonZeroU32,
 
     /// Retries of an InvokeBinding that failed with UNAVAILABLE, lost its connection, or ran past
-    /// its deadline; 0 disables. A retry after a deadline or a lost connection can duplicate a
-    /// message: delivery is at-least-once.
+    /// its deadline; 0 disables. A retry after a deadline or a lost connection can send a message
+    /// twice, both with its one MessageId: a queue with duplicate detection keeps one copy.
     #[arg(long, env = "SIDECAR_RETRIES", default_value_t = 3)]
     pub sidecar_retries: u32,
 

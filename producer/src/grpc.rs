@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataValue, server::Na
 
 use crate::{
     batch::{BatchError, BatchRequest, Batches, InvalidBatch, ProduceError},
+    message_id::{IdempotencyKey, InvalidKey},
     metrics::Metrics,
     publisher::{PublishError, Trace},
 };
@@ -51,15 +52,18 @@ impl ProducerService {
     }
 }
 
-/// The batch a `ProduceRequest` asks for, with the trace context of its metadata.
-fn batch_request(request: Request<ProduceRequest>) -> BatchRequest {
+/// The batch a `ProduceRequest` asks for, with the idempotency key and the trace context of its
+/// metadata.
+fn batch_request(request: Request<ProduceRequest>) -> Result<BatchRequest, Status> {
     let (metadata, _, message) = request.into_parts();
-    BatchRequest {
+    let headers = metadata.as_ref();
+    Ok(BatchRequest {
         count: message.count.into(),
         interval_ms: message.interval_milliseconds.into(),
         text: message.text,
-        trace: Trace::from_headers(metadata.as_ref()),
-    }
+        idempotency_key: IdempotencyKey::from_headers(headers)?,
+        trace: Trace::from_headers(headers),
+    })
 }
 
 #[tonic::async_trait]
@@ -68,11 +72,10 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceReply>, Status> {
-        let result = self
-            .batches
-            .produce(batch_request(request))
-            .await
-            .map_err(Status::from);
+        let result = match batch_request(request) {
+            Ok(batch) => self.batches.produce(batch).await.map_err(Status::from),
+            Err(status) => Err(status),
+        };
         self.count(PRODUCE, &result);
         Ok(Response::new(ProduceReply { sent: result? }))
     }
@@ -83,10 +86,11 @@ impl Producer for ProducerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let accepted = match self.batches.accept(batch_request(request)) {
+        let accepted = batch_request(request)
+            .and_then(|batch| self.batches.accept(batch).map_err(Status::from));
+        let accepted = match accepted {
             Ok(accepted) => accepted,
-            Err(error) => {
-                let status = Status::from(error);
+            Err(status) => {
                 self.count::<()>(PRODUCE_STREAM, &Err(status.clone()));
                 return Err(status);
             }
@@ -135,6 +139,12 @@ impl From<ProduceError> for Status {
 
 impl From<InvalidBatch> for Status {
     fn from(error: InvalidBatch) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+impl From<InvalidKey> for Status {
+    fn from(error: InvalidKey) -> Self {
         Status::invalid_argument(error.to_string())
     }
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: the settings, from flags and Dapr's environment variables.
 //! - [`publisher`]: the long-lived channel to the sidecar and the call for each message.
 //! - [`batch`]: validating a batch, its place among `MAX_BATCHES`, pacing and concurrency.
+//! - [`message_id`]: each message's `MessageId`, random or derived from an idempotency key.
 //! - [`rest`]: `POST /MessageProducer`, the OpenAPI document and Swagger UI.
 //! - [`grpc`]: `producer.v1.Producer`, with health and reflection.
 //! - [`metrics`]: the Prometheus metrics.
@@ -14,6 +15,7 @@
 pub mod batch;
 pub mod config;
 pub mod grpc;
+pub mod message_id;
 pub mod metrics;
 pub mod publisher;
 pub mod rest;

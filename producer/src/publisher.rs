@@ -1,6 +1,7 @@
 //! The producer's one connection to its Dapr sidecar: `InvokeBinding` calls over a single
 //! long-lived, lazily connected channel that reconnects by itself after the sidecar restarts.
-//! Calls that fail with UNAVAILABLE or run past their deadline are retried with backoff.
+//! Calls that fail with UNAVAILABLE or run past their deadline are retried with backoff, each
+//! attempt at a message with the same `MessageId`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +10,7 @@ use pipeline::{
     backoff::Backoff,
     dapr_runtime::INVOKE_BINDING_PATH,
     dapr_v1::{GetMetadataRequest, InvokeBindingRequest, dapr_client::DaprClient},
-    message::OPERATION_CREATE,
+    message::{MESSAGE_ID_METADATA, OPERATION_CREATE},
     trace_context::{self, TRACEPARENT, TRACESTATE, TraceContext},
 };
 use tokio::time::Instant;
@@ -120,8 +121,9 @@ impl PublishError {
 }
 
 /// How `InvokeBinding` calls that failed transiently are retried (SIDECAR_RETRIES and the
-/// backoff settings). A retry after a deadline can duplicate a message (the sidecar may have
-/// enqueued it before answering too late): delivery is at-least-once, as with Service Bus itself.
+/// backoff settings). A retry after a deadline can send a message twice (the sidecar may have
+/// enqueued it before answering too late); every attempt carries the message's one `MessageId`, so
+/// a queue with duplicate detection keeps one copy, and one without it has at-least-once delivery.
 #[derive(Debug, Clone, Copy)]
 pub struct SidecarRetryPolicy {
     /// Attempts after the first; 0 disables retries.
@@ -169,12 +171,18 @@ impl Publisher {
         &self.binding
     }
 
-    /// One `InvokeBinding{name, operation: "create", data}`; `Ok` once the sidecar has accepted it.
-    /// Transient failures are retried per the [`SidecarRetryPolicy`].
-    pub async fn publish(&self, data: &[u8], trace: &Trace) -> Result<(), PublishError> {
+    /// One `InvokeBinding{name, operation: "create", data, metadata: {MessageId: message_id}}`;
+    /// `Ok` once the sidecar has accepted it. Transient failures are retried per the
+    /// [`SidecarRetryPolicy`], with the same `message_id`.
+    pub async fn publish(
+        &self,
+        data: &[u8],
+        message_id: String,
+        trace: &Trace,
+    ) -> Result<(), PublishError> {
         let mut attempt = 0;
         loop {
-            let error = match self.invoke(data.to_vec(), trace).await {
+            let error = match self.invoke(data.to_vec(), &message_id, trace).await {
                 Ok(()) => {
                     self.metrics.message(&self.binding, Code::Ok);
                     return Ok(());
@@ -188,21 +196,27 @@ impl Publisher {
             }
             self.metrics.retry(&self.binding, error.code());
             let delay = self.retry.backoff.jittered(attempt);
-            debug!(binding = %self.binding, attempt, ?delay, error = %error, "retrying InvokeBinding");
+            debug!(binding = %self.binding, message_id, attempt, ?delay, error = %error, "retrying InvokeBinding");
             tokio::time::sleep(delay).await;
         }
     }
 
     /// One attempt, in a client span of its own when spans are exported, whose id the sidecar
     /// receives as the parent id.
-    async fn invoke(&self, data: Vec<u8>, trace: &Trace) -> Result<(), PublishError> {
+    async fn invoke(
+        &self,
+        data: Vec<u8>,
+        message_id: &str,
+        trace: &Trace,
+    ) -> Result<(), PublishError> {
+        let metadata = [(MESSAGE_ID_METADATA.to_owned(), message_id.to_owned())];
         let mut request = Request::new(InvokeBindingRequest {
             name: self.binding.clone(),
             data,
-            metadata: Default::default(),
+            metadata: metadata.into(),
             operation: OPERATION_CREATE.to_owned(),
         });
-        let span = self.client_span(trace);
+        let span = self.client_span(trace, message_id);
         self.decorate(&mut request, trace);
         if !span.is_none()
             && let Some(own) = trace_context::outgoing(&span, None)
@@ -232,13 +246,14 @@ impl Publisher {
     }
 
     /// The span of one `InvokeBinding` attempt: an RPC client span, and a messaging send.
-    fn client_span(&self, trace: &Trace) -> tracing::Span {
+    fn client_span(&self, trace: &Trace, message_id: &str) -> tracing::Span {
         let span = pipeline::grpc_span!(
             INVOKE_BINDING_PATH,
             "client",
             messaging.system = %self.binding,
             messaging.destination.name = %self.binding,
             messaging.operation.type = "send",
+            messaging.message.id = %message_id,
         );
         trace_context::set_parent(&span, &trace.parent);
         span

@@ -26,7 +26,7 @@ use utoipa::{
     openapi::{
         self, RefOr, Schema,
         path::Operation,
-        schema::Object,
+        schema::{Object, SchemaType, Type},
         security::{Http, HttpAuthScheme, SecurityScheme},
     },
 };
@@ -34,6 +34,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     batch::{BatchError, BatchRequest, InvalidBatch, MAX_INTERVAL, MAX_TEXT_CHARS, ProduceError},
+    message_id::{IdempotencyKey, InvalidKey, MAX_KEY_CHARS, MIN_KEY_CHARS},
     publisher::{PublishError, Trace},
     server::ServerState,
 };
@@ -146,6 +147,8 @@ pub enum ApiError {
     #[error("invalid request: {}", cause(.0))]
     Data(JsonDataError),
     #[error(transparent)]
+    IdempotencyKey(#[from] InvalidKey),
+    #[error(transparent)]
     Invalid(#[from] InvalidBatch),
     #[error(transparent)]
     Batch(#[from] BatchError),
@@ -161,7 +164,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MissingBody | Self::Syntax(_) => StatusCode::BAD_REQUEST,
+            Self::MissingBody | Self::Syntax(_) | Self::IdempotencyKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(rejection) => rejection.status(),
             Self::NotAnObject | Self::Data(_) | Self::Invalid(_) => {
@@ -277,6 +282,11 @@ impl Modify for Contract {
         let produce = operation(doc, "/MessageProducer");
         let too_large = format!("Body larger than {MAX_BODY_BYTES} bytes; nothing was sent");
         response(produce, "413").description = too_large;
+        // A string when present: the derive's `Option` would also allow null, which a header
+        // cannot carry and a client would send as the text "null".
+        let key = header_schema(produce, "Idempotency-Key");
+        key.schema_type = SchemaType::new(Type::String);
+        key.pattern = Some(idempotency_key_pattern());
         if !self.bearer {
             produce.security = None;
             produce.responses.responses.remove("401");
@@ -310,6 +320,30 @@ fn operation<'a>(doc: &'a mut openapi::OpenApi, path: &str) -> &'a mut Operation
         .unwrap_or_else(|| panic!("ApiDoc has no POST {path}"))
 }
 
+/// The schema of one of an operation's header parameters; the derive makes each an inline object.
+fn header_schema<'a>(operation: &'a mut Operation, name: &str) -> &'a mut Object {
+    let parameter = operation
+        .parameters
+        .iter_mut()
+        .flatten()
+        .find_map(|p| match p {
+            RefOr::T(parameter) if parameter.name == name => Some(parameter),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no inline parameter {name}"));
+    match parameter.schema.as_mut() {
+        Some(RefOr::T(Schema::Object(schema))) => schema,
+        _ => panic!("{name} has no inline object schema"),
+    }
+}
+
+/// The `Idempotency-Key` values [`IdempotencyKey::parse`] takes, as a JSON Schema pattern: the
+/// key bare or in quotes.
+fn idempotency_key_pattern() -> String {
+    let key = format!("[A-Za-z0-9._~-]{{{MIN_KEY_CHARS},{MAX_KEY_CHARS}}}");
+    format!("^(\"{key}\"|{key})$")
+}
+
 /// One of an operation's documented responses.
 fn response<'a>(operation: &'a mut Operation, status: &str) -> &'a mut openapi::Response {
     match operation.responses.responses.get_mut(status) {
@@ -339,15 +373,27 @@ pub fn api_router(state: ServerState) -> Router {
 }
 
 /// Sends `count` messages through the Dapr output binding.
+///
+/// Each message carries a `MessageId`, made once and sent again on every retry of it, so a queue
+/// with duplicate detection (the deployment guide's) keeps one copy of a message the producer
+/// retried after a lost answer. Random by default; with an `Idempotency-Key`, the ids are derived
+/// from the key, this request's body and each message's index, so resending a request with the
+/// same key and body sends the same ids, and the queue drops the messages it already has.
+/// Duplicates are dropped only within the queue's detection window (10 minutes in the guide), and
+/// only by a queue created with duplicate detection; a consumer can still see a message twice
+/// (a redelivery after its lock was lost), so its work must be idempotent too.
 #[utoipa::path(
     post,
     path = "/MessageProducer",
     request_body = ProduceBody,
-    params(("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to the sidecar")),
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, forwarded to the sidecar"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this request (IETF draft-ietf-httpapi-idempotency-key-header): 16 to 255 ASCII letters, digits, `-`, `.`, `_` or `~`, bare or as the draft's quoted String. A resend with the same key and body sends the same `MessageId`s"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "All messages were handed to the sidecar", body = Sent),
-        (status = 400, description = "Malformed JSON or missing body", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, missing body, or an invalid `Idempotency-Key`", body = ErrorBody),
         (status = 401, description = "No token, or a wrong one: send `Authorization: Bearer <token>`", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` for a wrong token"))),
         (status = 413, description = "Body too large (the figure is set at start)", body = ErrorBody),
@@ -368,6 +414,7 @@ async fn produce(
         count: body.count,
         interval_ms: body.interval_milliseconds,
         text: body.text,
+        idempotency_key: IdempotencyKey::from_headers(&headers)?,
         trace: Trace::from_headers(&headers),
     };
     let sent = state.batches.produce(request).await?;
@@ -540,6 +587,40 @@ mod tests {
         ] {
             assert!(Batch::validate(count, interval, text, max).is_err());
         }
+    }
+
+    #[test]
+    fn the_idempotency_key_is_documented_as_it_is_parsed() {
+        let doc = document(5, false);
+        let produce = &doc["paths"]["/MessageProducer"]["post"];
+        let parameters = produce["parameters"].as_array().unwrap();
+        let key = parameters
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .expect("documented");
+        assert_eq!(
+            (&key["in"], &key["required"]),
+            (&json!("header"), &json!(false))
+        );
+        assert_eq!(key["schema"]["type"], "string", "not null");
+        assert_eq!(
+            key["schema"]["pattern"],
+            r#"^("[A-Za-z0-9._~-]{16,255}"|[A-Za-z0-9._~-]{16,255})$"#
+        );
+        let description = produce["description"].as_str().unwrap();
+        for what in [
+            "MessageId",
+            "Idempotency-Key",
+            "detection window",
+            "idempotent",
+        ] {
+            assert!(description.contains(what), "{what}: {description}");
+        }
+        let bad = produce["responses"]["400"]["description"].as_str().unwrap();
+        assert!(bad.contains("Idempotency-Key"), "{bad}");
+        let (status, _, body) = status_and_body(ApiError::from(InvalidKey::Repeated));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "Idempotency-Key is given more than once");
     }
 
     #[test]
@@ -841,7 +922,22 @@ mod properties {
         })
     }
 
+    /// The documented key pattern without its anchors, which proptest's generator does not take.
+    fn documented_key() -> impl Strategy<Value = String> {
+        let pattern = idempotency_key_pattern();
+        let unanchored = &pattern[1..pattern.len() - 1];
+        proptest::string::string_regex(unanchored).expect("a regex proptest takes")
+    }
+
     proptest! {
+        #[test]
+        fn every_key_the_document_allows_is_taken(key in documented_key()) {
+            match IdempotencyKey::parse(key.as_bytes()) {
+                Ok(parsed) => prop_assert_eq!(parsed.as_str(), key.trim_matches('"')),
+                Err(error) => prop_assert!(false, "{key:?}: {error}"),
+            }
+        }
+
         #[test]
         fn any_bytes_get_a_batch_or_a_clear_4xx(body in prop::collection::vec(any::<u8>(), 0..300), json in any::<bool>()) {
             assert_clear_4xx(outcome(json.then_some("application/json"), body));

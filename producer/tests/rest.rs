@@ -38,7 +38,9 @@ async fn original_body_becomes_one_invoke_binding_with_token_and_trace() {
         call.data, br#"{"text":"Hello World"}"#,
         "exactly the original's JSON"
     );
-    assert!(call.metadata.is_empty());
+    // Only the message's id: nothing else is added to the binding's metadata.
+    let keys: Vec<_> = call.metadata.keys().collect();
+    assert_eq!(keys, ["MessageId"]);
     assert_eq!(
         call.headers.get("dapr-api-token").map(String::as_str),
         Some("s3cret")

@@ -33,16 +33,20 @@ const POLL_PACING: Duration = Duration::from_millis(50);
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub produced: u64,
+    pub scheduled: u64,
     pub active: u64,
     pub locked: u64,
     pub completed: u64,
     pub dead_lettered: u64,
+    pub expired: u64,
+    pub duplicates_dropped: u64,
+    pub duplicates_enqueued: u64,
 }
 
 impl Counts {
-    /// Nothing waiting and nothing in flight.
+    /// Nothing waiting (scheduled ones included) and nothing in flight.
     pub fn settled(&self) -> bool {
-        self.active == 0 && self.locked == 0
+        self.scheduled == 0 && self.active == 0 && self.locked == 0
     }
 }
 
@@ -193,7 +197,8 @@ impl SidecarClient {
         DaprClient::new(self.channel().await)
     }
 
-    /// `GET /devstack/status`; asserts produced = active + locked + completed + dead-lettered.
+    /// `GET /devstack/status`; asserts produced = scheduled + active + locked + completed +
+    /// dead-lettered + expired.
     pub async fn status(&self) -> Value {
         let response = self
             .http
@@ -207,7 +212,7 @@ impl SidecarClient {
             let c: Counts = serde_json::from_value(counts.clone()).expect("queue counts");
             assert_eq!(
                 c.produced,
-                c.active + c.locked + c.completed + c.dead_lettered,
+                c.scheduled + c.active + c.locked + c.completed + c.dead_lettered + c.expired,
                 "queue {queue} breaks the invariant: {c:?}"
             );
         }

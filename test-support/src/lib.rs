@@ -2,8 +2,8 @@
 //! a real producer or consumer, or (feature `in-process`) their libraries serving in the test
 //! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
 //! HTTP), devstack (its sidecar alone or the whole stack), files for a binary to read, loopback
-//! ports for servers that are not up yet, slow clients, and the official Dapr Python SDK with the
-//! scripts that use it.
+//! ports for servers that are not up yet, slow clients, a proxy that loses a gRPC server's answers,
+//! and the official Dapr Python SDK with the scripts that use it.
 
 pub mod app;
 pub mod browser;
@@ -15,6 +15,7 @@ pub mod files;
 pub mod http_app;
 #[cfg(feature = "in-process")]
 pub mod in_process;
+pub mod lost_answers;
 pub mod otlp;
 pub mod port;
 pub mod process;

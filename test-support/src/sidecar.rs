@@ -41,6 +41,10 @@ pub struct Behaviour {
     pub fail_after: Option<(usize, Code)>,
     /// Answer the first this-many calls with this code (then accept).
     pub fail_first: Option<(usize, Code)>,
+    /// Accept and record the first this-many calls, then answer them `UNAVAILABLE`, as a caller
+    /// sees a connection that broke after the sidecar enqueued its message: it retries a message
+    /// the sidecar already has.
+    pub lose_answers: usize,
     /// Time each accepted call takes.
     pub delay: Duration,
     /// Hold every call that would be accepted (counted in flight) until this turns true.
@@ -105,7 +109,11 @@ impl Recorder {
             headers,
             at: Instant::now(),
         });
-        self.accepted.send_replace(calls.len());
+        let accepted = calls.len();
+        self.accepted.send_replace(accepted);
+        if accepted <= self.behaviour.lose_answers {
+            return Err(Status::unavailable("injected: the answer was lost"));
+        }
         Ok(Response::new(InvokeBindingResponse::default()))
     }
 }

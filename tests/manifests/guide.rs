@@ -302,7 +302,7 @@ pub(crate) fn guide_created_secrets() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// The value of `--option` in a command, quotes removed.
-fn option<'a>(command: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn option<'a>(command: &'a str, name: &str) -> Option<&'a str> {
     command
         .split(&format!("{name} "))
         .nth(1)

@@ -18,7 +18,8 @@
 //! - [`images`]: image tags, the Dockerfile and its build context;
 //! - [`guide`]: the deploy guide's shell blocks: tokens, resource groups, keys and identities;
 //! - [`guide_flow`]: the guide's flow as code: version check, tags, quota, key clean-up;
-//! - [`guide_overlays`]: the overlays the guide has the reader write render as it says.
+//! - [`guide_overlays`]: the overlays the guide has the reader write render as it says;
+//! - [`queue`]: the guide's queue is the one the Component expects and devstack emulates.
 
 mod admission;
 mod availability;
@@ -31,6 +32,7 @@ mod images;
 mod keys;
 mod monitoring;
 mod pod_security;
+mod queue;
 mod render;
 mod security;
 mod wiring;

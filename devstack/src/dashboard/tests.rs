@@ -62,6 +62,7 @@ impl Sidecar {
         let changes = Changes::default();
         let settings = QueueSettings {
             max_delivery_count: 1,
+            ..QueueSettings::default()
         };
         let queues = Arc::new(Queues::new(&[QUEUE.to_owned()], settings, &changes));
         let apps = Arc::new(AppRegistry::new(changes.clone()));
@@ -194,7 +195,10 @@ async fn the_first_event_is_the_whole_status_with_bodies_cut_to_their_start() {
     assert_eq!(first, expected);
     assert_eq!(
         first["queues"][QUEUE],
-        serde_json::json!({"produced": 2, "active": 1, "locked": 0, "completed": 0, "deadLettered": 1})
+        serde_json::json!({
+            "produced": 2, "scheduled": 0, "active": 1, "locked": 0, "completed": 0,
+            "deadLettered": 1, "expired": 0, "duplicatesDropped": 0, "duplicatesEnqueued": 0,
+        })
     );
     shutdown.cancel();
 }

@@ -228,12 +228,18 @@ mod tests {
 
     #[test]
     fn the_service_bus_metric_counts_locked_messages_and_not_dead_letters() {
+        // Nor scheduled ones before their time (Service Bus counts them apart, in
+        // ScheduledMessageCount), expired ones, or dropped duplicates.
         let counts = Counts {
-            produced: 20,
+            produced: 27,
+            scheduled: 5,
             active: 7,
             locked: 3,
             completed: 6,
             dead_lettered: 4,
+            expired: 2,
+            duplicates_dropped: 8,
+            duplicates_enqueued: 0,
         };
         assert_eq!(metric(TriggerKind::AzureServicebus, counts), 10);
         let rabbit = |exclude_unacknowledged| TriggerKind::Rabbitmq {

@@ -1,9 +1,12 @@
 //! Delivery to HTTP apps (daprd's `--app-protocol http`), as daprd's HTTP app channel drives
 //! them: the OPTIONS probe per binding, each event a POST with its metadata as headers, the
-//! trace and the app token; `GET /healthz`; failures redelivered, and a Resiliency's
-//! `matching.httpStatusCodes`.
+//! trace and the app token; `GET /healthz`; failures redelivered, a Resiliency's
+//! `matching.httpStatusCodes`, and daprd's retry runner taking only 200 from an HTTP app.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
 
 use pipeline::{dapr_v1::InvokeBindingRequest, trace_context::TraceParent};
 use reqwest::StatusCode;
@@ -181,19 +184,28 @@ async fn unhealthy_http_app_gets_no_deliveries_until_its_healthz_passes() {
     app.stop().await;
 }
 
+/// A Resiliency file for this test process, named after `name`: one constant 10 ms retry policy
+/// with `max_retries` and, if given, `matching.httpStatusCodes`, for the binding's inbound calls.
+fn resiliency_file(name: &str, max_retries: &str, http_status_codes: Option<&str>) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "devstack-test-http-{name}-{}.yaml",
+        std::process::id()
+    ));
+    let matching = http_status_codes
+        .map(|codes| format!("        matching:\n          httpStatusCodes: \"{codes}\"\n"))
+        .unwrap_or_default();
+    let yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      busy:\n        policy: constant\n        duration: 10ms\n        maxRetries: {max_retries}\n{matching}  targets:\n    components:\n      message-queue:\n        inbound:\n          retry: busy\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
 /// A Resiliency's `matching.httpStatusCodes` applies to an HTTP app's answers, as in daprd: a
 /// listed status is retried per the policy within the delivery, any other abandons at once.
 #[tokio::test]
 async fn http_app_answers_are_retried_as_the_resiliency_matching_says() {
-    let path = std::env::temp_dir().join(format!(
-        "devstack-test-http-matching-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &path,
-        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: r\nspec:\n  policies:\n    retries:\n      busy:\n        policy: constant\n        duration: 10ms\n        maxRetries: 2\n        matching:\n          httpStatusCodes: \"503\"\n  targets:\n    components:\n      message-queue:\n        inbound:\n          retry: busy\n",
-    )
-    .unwrap();
+    let path = resiliency_file("matching", "2", Some("503"));
     let resiliency = path.to_str().unwrap();
     for (status, calls) in [
         (StatusCode::SERVICE_UNAVAILABLE, 3),
@@ -231,4 +243,75 @@ async fn http_app_answers_are_retried_as_the_resiliency_matching_says() {
         app.stop().await;
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// daprd's retry runner takes only 200 from an HTTP app: under a retry policy a 204 is POSTed
+/// again up to the retries (once when `matching` leaves it out), then the delivery fails (the
+/// runner discarded the answer), so Service Bus redelivers the message until it is
+/// dead-lettered. The sidecar warns once. Without a retry policy, any 2xx completes.
+#[tokio::test]
+async fn an_http_app_answering_204_under_a_retry_policy_is_posted_again_then_fails() {
+    let retried = resiliency_file("no-content", "2", None);
+    let not_matched = resiliency_file("no-content-matching", "2", Some("503"));
+    let retried = retried.to_str().unwrap();
+    let not_matched = not_matched.to_str().unwrap();
+    // (Resiliency, POSTs, dead-lettered): 2 deliveries of 3 calls, 2 of 1, 1 that completes.
+    for (resiliency, posts, dead) in [
+        (retried, 6, true),
+        (not_matched, 2, true),
+        ("none", 1, false),
+    ] {
+        let app = HttpApp::start(HttpBehaviour {
+            fail_body: Some("Hello".to_owned()),
+            fail_with: StatusCode::NO_CONTENT,
+            ..Default::default()
+        })
+        .await;
+        let app_arg = app.app_arg();
+        let args = [
+            &app_arg,
+            "--resiliency",
+            resiliency,
+            "--max-delivery-count=2",
+        ];
+        let sidecar = InProcess::start(&args).await;
+        sidecar.wait_consumers(1).await;
+        for _ in 0..2 {
+            let response = sidecar.post_binding(QUEUE, ASPNET_BODY, None).await;
+            assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        }
+        let status = sidecar
+            .wait_status("both messages settled", |s| {
+                let c = counts(s, QUEUE);
+                c.completed + c.dead_lettered == 2
+            })
+            .await;
+        let c = counts(&status, QUEUE);
+        let deliveries = app.deliveries();
+        assert_eq!(deliveries.len(), 2 * posts, "{resiliency}: {c:?}");
+        assert!(deliveries.iter().all(|d| !d.ok), "every answer a 204");
+        let warnings = sidecar.logs.events();
+        let warnings: Vec<_> = warnings
+            .iter()
+            .filter(|e| {
+                e["message"].as_str().is_some_and(|m| {
+                    m.contains("a 2xx other than 200 under a Resiliency retry policy")
+                })
+            })
+            .collect();
+        if dead {
+            assert_eq!(c.dead_lettered, 2, "{resiliency}: {c:?}");
+            let reason = status["deadLetters"][QUEUE][0]["reason"].as_str().unwrap();
+            assert!(reason.contains("HTTP 204, not 200"), "{reason}");
+            assert_eq!(warnings.len(), 1, "once per app: {warnings:?}");
+            assert_eq!(warnings[0]["status"], 204);
+        } else {
+            assert_eq!(c.completed, 2, "{c:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
+        sidecar.stop().await;
+        app.stop().await;
+    }
+    std::fs::remove_file(retried).unwrap();
+    std::fs::remove_file(not_matched).unwrap();
 }

@@ -2,7 +2,8 @@
 //! ([`harness::InProcess`], served on 127.0.0.1:0 listeners): against the `dapr` crate's generated
 //! client and AppCallback server, fake gRPC and HTTP apps, the real `producer` and `consumer`
 //! binaries where the test is end to end, and the official Dapr Python SDK; a bounded load test
-//! with injected consumer failures. What only the process shows (its command line, signals,
+//! with injected consumer failures; duplicate detection against a producer whose answers are
+//! lost. What only the process shows (its command line, signals,
 //! `devstack up`) is in `tests/devstack.rs`.
 //! Every wait is bounded and ends on an event or a status.
 
@@ -13,6 +14,7 @@ use serde_json::Value;
 use test_support::{app::Delivery, with_token};
 use tonic::Request;
 
+mod duplicates;
 mod end_to_end;
 mod grpc_apps;
 mod harness;
@@ -21,6 +23,7 @@ mod load;
 mod python_sdk;
 mod redelivery;
 mod runtime_api;
+mod send_metadata;
 
 const QUEUE: &str = "message-queue";
 /// The original sample's payload, byte for byte.

@@ -315,6 +315,7 @@ impl Sim<'_> {
                 locked: self.locked,
                 completed: self.run.completed,
                 dead_lettered: self.run.dead_lettered,
+                ..Counts::default()
             };
             let metric = metric(self.spec.trigger.kind, counts);
             let desired = autoscaler.desired();
