@@ -2,7 +2,7 @@
 //! operation `create` enqueues a message, as daprd with a queue binding does (over HTTP, `POST
 //! /v1.0/bindings/{name}` comes here too). Every other Dapr method but `GetMetadata`
 //! (`metadata.rs`) is UNIMPLEMENTED (see `pipeline::dapr_runtime`). The API token is checked
-//! before a call gets here (`api::token`).
+//! before a call gets here (`api::token`). The `unavailable` and `latency` faults act here.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -15,7 +15,14 @@ use pipeline::{
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::{ids, queue::Queues, service_bus::Envelope, spans};
+use crate::{
+    faults::{Faults, Unavailable},
+    ids,
+    journey::Via,
+    queue::Queues,
+    service_bus::Envelope,
+    spans,
+};
 
 /// Why an output binding call was refused; worded as daprd words it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,30 +33,39 @@ pub enum InvokeError {
         "binding {binding} does not support operation {operation}. supported operations:{OPERATION_CREATE}"
     )]
     UnsupportedOperation { binding: String, operation: String },
+    /// The `unavailable` fault.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
-/// The runtime API's shared state: the queues producers send to.
+/// The runtime API's shared state: the queues producers send to, and the faults in force.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     queues: Arc<Queues>,
+    faults: Arc<Faults>,
 }
 
 impl Runtime {
-    pub fn new(queues: Arc<Queues>) -> Self {
-        Self { queues }
+    pub fn new(queues: Arc<Queues>, faults: Arc<Faults>) -> Self {
+        Self { queues, faults }
     }
 
-    /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
+    /// Enqueues one message on `binding`'s queue, sent `via` gRPC or HTTP; returns its id.
     /// `metadata` maps onto the message as the Service Bus binding maps it.
-    pub fn invoke(
+    pub async fn invoke(
         &self,
         binding: &str,
         operation: &str,
         data: Vec<u8>,
         mut metadata: HashMap<String, String>,
         trace: Option<TraceParent>,
+        via: Via,
     ) -> Result<String, InvokeError> {
         let span = spans::send(binding, trace.as_ref());
+        if let Err(unavailable) = self.faults.before_send().await {
+            spans::end(&span, Some(unavailable.to_string()));
+            return Err(unavailable.into());
+        }
         let queue = self.queues.get(binding);
         let Some(queue) = queue.filter(|_| operation == OPERATION_CREATE) else {
             let error = match queue {
@@ -70,7 +86,7 @@ impl Runtime {
         // Bus binding makes it an application property: consumers find it in the event metadata.
         metadata.insert(TRACEPARENT.to_owned(), spans::traceparent(&span, &trace_id));
         let envelope = Envelope::from_invoke_metadata(metadata);
-        let id = queue.send(data, envelope, Some(trace_id));
+        let id = queue.send(data, envelope, Some(trace_id), via);
         spans::enqueued(&span, &id);
         spans::end(&span, None);
         debug!(binding, id, "message enqueued");
@@ -91,8 +107,13 @@ impl BindingHandler for Runtime {
             metadata,
             operation,
         } = request.into_inner();
-        self.invoke(&name, &operation, data, metadata, trace)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        self.invoke(&name, &operation, data, metadata, trace, Via::Grpc)
+            .await
+            .map_err(|e| match e {
+                // What a producer retries, as it retries daprd's UNAVAILABLE.
+                InvokeError::Unavailable(e) => Status::unavailable(e.to_string()),
+                e => Status::internal(e.to_string()),
+            })?;
         Ok(Response::new(InvokeBindingResponse::default()))
     }
 }

@@ -8,6 +8,7 @@ use anyhow::bail;
 use tracing::info;
 
 use crate::{
+    faults::ConsumerControl,
     manifests,
     queue::{Counts, Queue},
     sidecar::Sidecar,
@@ -111,11 +112,14 @@ pub struct Controller {
 
 impl Controller {
     /// The controller for `autoscale`, its clock starting now; starts minReplicaCount consumers
-    /// (the Deployment at rest), each from `template`.
+    /// (the Deployment at rest), each from `template`. A consumer that exits on its own is
+    /// restarted after its back-off on the controller's clock, or stops the stack with
+    /// `stop_on_crash`.
     pub fn start(
         autoscale: &Autoscale,
         template: Template,
-        sidecar: &Sidecar,
+        sidecar: &mut Sidecar,
+        stop_on_crash: bool,
     ) -> anyhow::Result<Self> {
         let spec = autoscale.spec.clone();
         let clock = Clock::start(autoscale.time_scale);
@@ -123,7 +127,12 @@ impl Controller {
         let Some(queue) = sidecar.queues().get(&autoscale.binding).cloned() else {
             bail!("the sidecar has no binding {:?}", autoscale.binding);
         };
-        let replicas = ReplicaSet::new(template, spec.termination_grace_period, clock);
+        let replicas = ReplicaSet::new(
+            template,
+            spec.termination_grace_period,
+            clock,
+            stop_on_crash,
+        );
         let mut controller = Self {
             keda: Keda::new(&spec),
             hpa: spec.hpa(),
@@ -136,24 +145,29 @@ impl Controller {
             metric: None,
             events: VecDeque::new(),
         };
-        controller.replicas.scale_to(controller.desired)?;
+        controller.replicas.scale_to(controller.desired, sidecar)?;
         controller.publish();
         Ok(controller)
     }
 
-    /// Runs both loops until a replica stops on its own or cannot be started (an error: the
-    /// stack stops); cancel-safe, the caller stops it on shutdown.
+    /// Where the process faults for the replicas go.
+    pub fn control(&self) -> ConsumerControl {
+        self.replicas.control()
+    }
+
+    /// Runs both loops until a replica cannot be started or (with `stop_on_crash`) stops on its
+    /// own (an error: the stack stops); cancel-safe, the caller stops it on shutdown.
     pub async fn run(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
         let mut poll_at = self.clock.now();
         let mut sync_at = Hpa::first_sync(poll_at);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(self.clock.instant(poll_at)) => {
-                    self.poll()?;
+                    self.poll(sidecar)?;
                     poll_at = self.keda.next_poll(poll_at, self.clock.now());
                 }
                 _ = tokio::time::sleep_until(self.clock.instant(sync_at)) => {
-                    self.sync()?;
+                    self.sync(sidecar)?;
                     sync_at = Hpa::next_sync(sync_at, self.clock.now());
                 }
                 event = self.replicas.next_event() => {
@@ -165,6 +179,16 @@ impl Controller {
         }
     }
 
+    /// Looks after the replicas only (restarts, faults), before the loops start; cancel-safe.
+    pub async fn run_replicas(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
+        loop {
+            let event = self.replicas.next_event().await;
+            let handled = self.replicas.handle(event, sidecar);
+            self.publish();
+            handled?;
+        }
+    }
+
     /// Stops every replica (SIGTERM, bounded wait), as the stack stops.
     pub async fn stop(&mut self, sidecar: &mut Sidecar) {
         self.replicas.stop_all(sidecar).await;
@@ -172,17 +196,17 @@ impl Controller {
     }
 
     /// One KEDA poll.
-    fn poll(&mut self) -> anyhow::Result<()> {
+    fn poll(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
         let (now, metric) = (self.clock.now(), self.read_metric());
         let decision = self.keda.poll(now, metric, self.desired);
-        self.apply(now, decision)
+        self.apply(now, decision, sidecar)
     }
 
     /// One HPA sync.
-    fn sync(&mut self) -> anyhow::Result<()> {
+    fn sync(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
         let (now, metric) = (self.clock.now(), self.read_metric());
         let decision = self.hpa.sync(now, metric, self.desired);
-        self.apply(now, decision)
+        self.apply(now, decision, sidecar)
     }
 
     /// The metric, read fresh from the queue.
@@ -192,7 +216,12 @@ impl Controller {
         metric
     }
 
-    fn apply(&mut self, now: Duration, decision: Option<Decision>) -> anyhow::Result<()> {
+    fn apply(
+        &mut self,
+        now: Duration,
+        decision: Option<Decision>,
+        sidecar: &mut Sidecar,
+    ) -> anyhow::Result<()> {
         let scaled = match decision {
             Some(decision) => {
                 info!("{decision}");
@@ -207,7 +236,7 @@ impl Controller {
                 // The decision is in the status before any replica it scales in shows as
                 // terminating there.
                 self.publish();
-                self.replicas.scale_to(self.desired)
+                self.replicas.scale_to(self.desired, sidecar)
             }
             None => Ok(()),
         };
@@ -229,6 +258,7 @@ impl Controller {
             ready: 0,
             starting: 0,
             terminating: 0,
+            restarting: 0,
             metric: self.metric,
             active: self.keda.active(),
             last_active_time: self.keda.last_active_time().map(|t| rfc3339(clock.wall(t))),
@@ -251,6 +281,7 @@ mod tests {
             locked: 3,
             completed: 6,
             dead_lettered: 4,
+            ..Counts::default()
         };
         assert_eq!(metric(TriggerKind::AzureServicebus, counts), 10);
         let rabbit = |exclude_unacknowledged| TriggerKind::Rabbitmq {

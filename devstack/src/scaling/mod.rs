@@ -5,10 +5,12 @@
 //! cluster time (time since the controller started, in the ScaledObject's own units, before
 //! `--time-scale`), the metric and the Deployment's replica count, and return the change to make.
 //! The runtime (`replicas`, `controller`) runs them on the `clock` and turns their decisions into
-//! processes, and publishes its state to the sidecar's status (`status`).
+//! processes, restarted as the kubelet restarts a container (`crashloop`), and publishes its
+//! state to the sidecar's status (`status`).
 
 pub mod clock;
 pub mod controller;
+pub mod crashloop;
 pub mod decision;
 pub mod hpa;
 pub mod keda;

@@ -13,14 +13,18 @@ use serde_json::Value;
 use test_support::{app::Delivery, with_token};
 use tonic::Request;
 
+mod dead_letters;
 mod end_to_end;
+mod faults;
 mod grpc_apps;
 mod harness;
 mod http_apps;
 mod load;
+mod locks;
 mod python_sdk;
 mod redelivery;
 mod runtime_api;
+mod safety;
 
 const QUEUE: &str = "message-queue";
 /// The original sample's payload, byte for byte.
