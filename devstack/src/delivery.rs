@@ -61,8 +61,8 @@ pub struct DeliverySettings {
     /// APP_API_TOKEN.
     pub app_api_token: Option<MetadataValue<Ascii>>,
     pub health_interval: Duration,
-    /// The queue's lock duration: an HTTP app's call is bounded by it, and a delivery still in
-    /// flight when its app is stopped gets this long to end.
+    /// The queue's lock duration: a delivery still in flight when its app is told to stop gets
+    /// this long to end.
     pub lock_duration: Duration,
     /// How often a subscription renews the locks of the messages in flight: the binding's
     /// `lockRenewalInSec`.
@@ -95,7 +95,7 @@ pub async fn serve_app(
                 .tcp_nodelay(true)
                 .connect_lazy(),
         ),
-        AppProtocol::Http => match HttpAppClient::new(target.address, settings.lock_duration) {
+        AppProtocol::Http => match HttpAppClient::new(target.address) {
             Ok(app) => AppChannel::Http(app),
             Err(error) => {
                 warn!(app = %target.address, %error, "cannot build an HTTP client; delivering nothing to this app");
@@ -452,7 +452,7 @@ impl Worker {
             };
             self.active.0.lock().remove(&token);
             self.app.delivery_ended(matches!(result, Some(Ok(()))));
-            let answered_ok = self.settle(lock, result);
+            let answered_ok = self.settle(lock, result, shutdown.is_cancelled());
             self.settings.faults.settled(self.queue.name(), token);
             if !answered_ok && let Some(limiter) = &self.retriable_errors {
                 // The abandoned message is available again at once; like the binding, this
@@ -519,8 +519,9 @@ impl Worker {
     }
 
     /// Completes or abandons the message; true when the app answered OK (whether or not the
-    /// complete took). `None`: the sidecar stopped before the app answered.
-    fn settle(&self, lock: Lock, result: Option<Result<(), CallError>>) -> bool {
+    /// complete took). `None`: the sidecar stopped before the app answered. A delivery told to
+    /// stop (its app exited, or is scaled in) leaves the app's health to the delivery after it.
+    fn settle(&self, lock: Lock, result: Option<Result<(), CallError>>, stopped: bool) -> bool {
         let message = lock.message();
         let (id, delivery_count) = (message.id.clone(), message.delivery_count);
         let trace_id = message.trace_id.clone();
@@ -541,7 +542,7 @@ impl Worker {
                 return true;
             }
             Some(Err(error)) => {
-                if !error.answered {
+                if !error.answered && !stopped {
                     // The app is gone or draining: stop delivering until its health check passes.
                     self.health.set(false);
                 }

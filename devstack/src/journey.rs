@@ -22,10 +22,21 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 use crate::scaling::rfc3339;
+
+/// A time as the status writes it, formatted only when a journey is read: recording stays cheap
+/// on the queue's hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At(pub DateTime<Utc>);
+
+impl Serialize for At {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&rfc3339(self.0))
+    }
+}
 
 /// Events kept per message: a poison message's ten deliveries, their abandons and renewals fit.
 pub const EVENTS_KEPT: usize = 64;
@@ -80,14 +91,14 @@ pub enum Step {
         attempt: u32,
         /// The delivery's own number in this journey, from 1.
         number: u32,
-        ended_at: Option<String>,
+        ended_at: Option<At>,
         outcome: Option<Outcome>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     LockRenewed {
-        locked_until: String,
+        locked_until: At,
     },
     /// The lock ran out: the message is available again (or dead-lettered, past the max
     /// delivery count). `at` is when it ran out.
@@ -138,7 +149,7 @@ pub enum Place {
 /// One event of a journey, when it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    pub at: String,
+    pub at: At,
     #[serde(flatten)]
     pub step: Step,
 }
@@ -168,8 +179,8 @@ pub struct Summary {
     pub processed: u32,
     pub duplicate: bool,
     pub deliveries: u32,
-    pub first_at: Option<String>,
-    pub last_at: Option<String>,
+    pub first_at: Option<At>,
+    pub last_at: Option<At>,
     pub last_event: Option<Step>,
 }
 
@@ -222,7 +233,9 @@ impl Journeys {
 
     /// Records `step` about message `id`, now.
     pub fn record(&self, id: &str, step: Step) {
-        self.record_at(id, Utc::now(), step);
+        if self.0.capacity > 0 {
+            self.record_at(id, Utc::now(), step);
+        }
     }
 
     /// Records `step` about message `id`, at `instant` on the runtime's clock (a lock that ran
@@ -238,9 +251,14 @@ impl Journeys {
             return;
         }
         let mut store = self.0.store.lock();
-        let store = &mut *store;
+        Self::push(&mut store, self.0.capacity, id, at, step);
+    }
+
+    /// Adds `step` to message `id`'s journey in `store`, starting one (and forgetting the oldest,
+    /// past `capacity`) when there is none.
+    fn push(store: &mut Store, capacity: usize, id: &str, at: DateTime<Utc>, step: Step) {
         if !store.by_id.contains_key(id) {
-            if store.order.len() >= self.0.capacity
+            if store.order.len() >= capacity
                 && let Some(oldest) = store.order.pop_front()
             {
                 store.by_id.remove(&oldest);
@@ -278,10 +296,7 @@ impl Journeys {
             journey.events.remove(1);
             journey.events_dropped += 1;
         }
-        journey.events.push_back(Event {
-            at: rfc3339(at),
-            step,
-        });
+        journey.events.push_back(Event { at: At(at), step });
     }
 
     /// Records the start of one call to an app: attempt `attempt` of delivery `delivery_count`
@@ -293,13 +308,11 @@ impl Journeys {
         delivery_count: u32,
         attempt: u32,
     ) -> DeliveryRef {
-        let number = {
-            let store = self.0.store.lock();
-            store.by_id.get(id).map_or(0, |j| j.deliveries) + 1
-        };
-        self.record(
-            id,
-            Step::Delivery {
+        let mut number = 0;
+        if self.0.capacity > 0 {
+            let mut store = self.0.store.lock();
+            number = store.by_id.get(id).map_or(0, |j| j.deliveries) + 1;
+            let step = Step::Delivery {
                 consumer: consumer.to_owned(),
                 delivery_count,
                 attempt,
@@ -307,8 +320,9 @@ impl Journeys {
                 ended_at: None,
                 outcome: None,
                 error: None,
-            },
-        );
+            };
+            Self::push(&mut store, self.0.capacity, id, Utc::now(), step);
+        }
         DeliveryRef {
             id: id.to_owned(),
             number,
@@ -329,7 +343,7 @@ impl Journeys {
                 store.duplicates += 1;
             }
         }
-        let now = rfc3339(Utc::now());
+        let now = At(Utc::now());
         let found = journey
             .events
             .iter_mut()
@@ -373,8 +387,8 @@ impl Journeys {
                 processed: j.processed,
                 duplicate: j.duplicate,
                 deliveries: j.deliveries,
-                first_at: j.events.front().map(|e| e.at.clone()),
-                last_at: j.events.back().map(|e| e.at.clone()),
+                first_at: j.events.front().map(|e| e.at),
+                last_at: j.events.back().map(|e| e.at),
                 last_event: j.events.back().map(|e| e.step.clone()),
             })
             .collect()

@@ -39,7 +39,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     changes::Changes,
     ids,
-    journey::{Journeys, Step, Via},
+    journey::{At, Journeys, Step, Via},
     scaling::rfc3339,
     service_bus::Envelope,
 };
@@ -481,7 +481,7 @@ impl Queue {
                 locked.message.id.clone(),
                 None,
                 Step::LockRenewed {
-                    locked_until: rfc3339(Utc::now() + self.settings.lock_duration),
+                    locked_until: At(Utc::now() + self.settings.lock_duration),
                 },
             ));
             Ok(until)

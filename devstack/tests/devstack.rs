@@ -27,6 +27,21 @@ fn id_of(event: &Value) -> String {
     event["id"].as_str().expect("event has an id").to_owned()
 }
 
+/// SIGTERM to `devstack up`; expects exit code 0 and returns its whole output.
+async fn stop_up(stack: &mut Devstack) -> Vec<String> {
+    stack.service.terminate();
+    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
+    stack
+        .service
+        .wait_for_lines("the whole output", |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("sidecar stopped"))
+                .then(|| lines.to_vec())
+        })
+        .await
+}
+
 // --- Command line -----------------------------------------------------------------------------
 
 #[tokio::test]
@@ -41,6 +56,11 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "BINDING_NAME",
         "MAX_DELIVERY_COUNT",
         "LOCK_DURATION",
+        "LOCK_RENEWAL_INTERVAL",
+        "JOURNEY_MESSAGES",
+        "DEVSTACK_ALLOWED_HOSTS",
+        "CHAOS",
+        "STOP_ON_CRASH",
         "MAX_RETRIABLE_ERRORS_PER_SEC",
         "RESILIENCY",
         "APP_HEALTH_INTERVAL",
@@ -246,17 +266,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
         .collect();
     assert_eq!(pids.len(), 3, "{pids:?}");
 
-    stack.service.terminate();
-    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
-    let output = stack
-        .service
-        .wait_for_lines("the whole output", |lines| {
-            lines
-                .iter()
-                .any(|l| l.contains("sidecar stopped"))
-                .then(|| lines.to_vec())
-        })
-        .await;
+    let output = stop_up(&mut stack).await;
     let own = part_events(&output, "sidecar");
     for (part, pid) in &pids {
         assert!(
@@ -475,17 +485,7 @@ async fn kill_9_of_a_consumer_leaves_the_stack_up_and_the_faults_api_signals_con
         "{answer}"
     );
 
-    stack.service.terminate();
-    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
-    let output = stack
-        .service
-        .wait_for_lines("the whole output", |lines| {
-            lines
-                .iter()
-                .any(|l| l.contains("sidecar stopped"))
-                .then(|| lines.to_vec())
-        })
-        .await;
+    let output = stop_up(&mut stack).await;
     // Every message processed at least once, by one consumer or the other: none lost.
     let done: HashSet<String> = ["consumer-1", "consumer-2"]
         .into_iter()

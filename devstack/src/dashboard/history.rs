@@ -35,17 +35,7 @@ pub struct Sample {
 impl Sample {
     /// The sample of `status`, taken now.
     pub fn of(status: &Status) -> Self {
-        let mut sample = Self {
-            t: Utc::now().timestamp_millis() as f64 / 1e3,
-            active: 0,
-            locked: 0,
-            dead: 0,
-            completed: 0,
-            replicas: None,
-            ready: None,
-            terminating: None,
-            restarting: None,
-        };
+        let mut sample = Self::at(Utc::now().timestamp_millis() as f64 / 1e3);
         for counts in status.queues.values() {
             sample.active += counts.active;
             sample.locked += counts.locked;
@@ -60,6 +50,21 @@ impl Sample {
             sample.restarting = Some(r.restarting);
         }
         sample
+    }
+
+    /// An empty sample at time `t`.
+    fn at(t: f64) -> Self {
+        Self {
+            t,
+            active: 0,
+            locked: 0,
+            dead: 0,
+            completed: 0,
+            replicas: None,
+            ready: None,
+            terminating: None,
+            restarting: None,
+        }
     }
 }
 
@@ -100,15 +105,8 @@ mod tests {
 
     fn sample(t: f64) -> Sample {
         Sample {
-            t,
             active: 1,
-            locked: 0,
-            dead: 0,
-            completed: 0,
-            replicas: None,
-            ready: None,
-            terminating: None,
-            restarting: None,
+            ..Sample::at(t)
         }
     }
 
