@@ -521,8 +521,17 @@ pub fn shown(path: &Path) -> String {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ is in the repository");
-    path.strip_prefix(repository)
-        .unwrap_or(path)
+    // The defaults are written `bench/../deploy/...`: fold the `..` away, as the reader would.
+    let mut folded = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir if folded.pop() => {}
+            part => folded.push(part),
+        }
+    }
+    folded
+        .strip_prefix(repository)
+        .unwrap_or(&folded)
         .display()
         .to_string()
 }

@@ -325,6 +325,19 @@ mod tests {
     }
 
     #[test]
+    fn the_scaled_object_is_named_from_the_repository() {
+        let default = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/base/consumer-scaling.yaml"
+        );
+        assert_eq!(
+            shown(Path::new(default)),
+            "deploy/base/consumer-scaling.yaml"
+        );
+        assert_eq!(shown(Path::new("/tmp/so.yaml")), "/tmp/so.yaml");
+    }
+
+    #[test]
     fn every_message_enqueued_is_processed_or_dead_lettered_and_duplicates_are_counted() {
         let lines = vec![
             line("sidecar", json!({"message": "message enqueued", "id": "a"})),

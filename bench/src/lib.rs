@@ -98,12 +98,14 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The optimized binaries, built by `cargo build --release --bins` under the cargo that runs
-    /// the benchmark (`CARGO`), so that they are never older than their sources.
+    /// The optimized binaries, built by `cargo build --release --bins --workspace` under the
+    /// cargo that runs the benchmark (`CARGO`), so that they are never older than their sources.
+    /// `--workspace`: cargo runs a benchmark in its own package's directory, where `--bins` alone
+    /// builds only that package's (none).
     pub fn build_release() -> anyhow::Result<Self> {
         let cargo = std::env::var_os("CARGO").context("CARGO is not set: run `cargo bench`")?;
         let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--bins", "--quiet"])
+            .args(["build", "--release", "--bins", "--workspace", "--quiet"])
             .status()
             .context("running cargo build")?;
         ensure!(status.success(), "cargo build --release --bins: {status}");
