@@ -4,8 +4,15 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use pipeline_bench as pipeline;
+
+/// A row the benchmark can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Row 8: a batch under a seeded chaos schedule, every message accounted for.
+    Chaos,
+}
 
 /// Pipeline benchmark: transport limit, producer, consumer, end to end, the original's approach,
 /// the producer against a sidecar with a broker's latency, the drain time of a burst under
@@ -64,6 +71,28 @@ struct Args {
     /// Where row 7's chart goes (SVG): replicas and queue length of the first burst's median run.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/burst-drain.svg"))]
     chart: PathBuf,
+    /// Runs only this row (and builds the binaries first): `chaos`, row 8.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Row 8's batch: messages through devstack --autoscale under the chaos schedule.
+    #[arg(long, default_value_t = 10_000)]
+    chaos_messages: u32,
+    /// Row 8's `devstack --chaos` SPEC: the seeded schedule of faults.
+    #[arg(
+        long,
+        default_value = "seed=23,every=250ms,kill,sigterm,pause=2s,unavailable=1s,latency=200ms/1s,lost-complete,lost-lock"
+    )]
+    chaos_spec: String,
+    /// Row 8's time scale: the control plane's periods and the consumers' restart back-off.
+    #[arg(long, default_value_t = 0.01)]
+    chaos_time_scale: f64,
+    /// Row 8's WORK_DURATION: each message's work.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    chaos_work: Duration,
+    /// Row 8's LOCK_DURATION: short, so that lost completes and lost locks come back within the
+    /// run; the binding renews every quarter of it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    chaos_lock_duration: Duration,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -87,12 +116,20 @@ fn main() -> ExitCode {
         sweep_concurrency: args.sweep_concurrency,
         sweep_latencies: args.sweep_latency,
         bursts: pipeline::burst::Bursts {
-            scaled_object: args.scaled_object,
+            scaled_object: args.scaled_object.clone(),
             time_scale: args.time_scale,
             sizes: args.bursts,
             runs: args.burst_runs,
             chart: Some(args.chart),
         },
+        chaos: Some(pipeline::chaos::Chaos {
+            messages: args.chaos_messages,
+            spec: args.chaos_spec,
+            scaled_object: args.scaled_object,
+            time_scale: args.chaos_time_scale,
+            work: args.chaos_work,
+            lock_duration: args.chaos_lock_duration,
+        }),
     };
     let progress = |step: &str| eprintln!("pipeline: {step}");
     // Cargo builds a benchmark's own crate only: the binaries it measures are built here, optimized.
@@ -103,6 +140,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(Only::Chaos), Some(chaos)) = (args.only, &sizes.chaos) {
+        let progress = |step: String| eprintln!("pipeline: {step}");
+        return match pipeline::run_chaos(chaos, &binaries, &progress) {
+            Ok(run) => {
+                print!("{}", run.table(chaos));
+                println!("{}", serde_json::json!({ "chaos": run.json(chaos) }));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("pipeline: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match pipeline::run(&sizes, &binaries, &progress) {
         Ok(report) => {
             print!("{}", report.table());

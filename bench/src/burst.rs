@@ -26,7 +26,7 @@ use super::{
 /// simulated 5 s, which the ScaledObject's `messageCount` is chosen for.
 pub const WORK: Duration = Duration::from_secs(5);
 /// Every port `devstack` binds, 0: each part logs the address it chose.
-const EPHEMERAL: [(&str, &str); 5] = [
+pub(crate) const EPHEMERAL: [(&str, &str); 5] = [
     ("PORT", "0"),
     ("APP_PORT", "0"),
     ("METRICS_PORT", "0"),
@@ -172,13 +172,13 @@ pub async fn run(
 }
 
 /// A `devstack up` output line, `label | line`, as (label, JSON event).
-fn part_event(line: &str) -> Option<(&str, Value)> {
+pub(crate) fn part_event(line: &str) -> Option<(&str, Value)> {
     let (label, rest) = line.split_once(" | ")?;
     Some((label.trim_end(), serde_json::from_str(rest).ok()?))
 }
 
 /// Waits for `part`'s first event `message` in `devstack up`'s output.
-async fn wait_part(service: &mut Service, part: &str, message: &str) -> Value {
+pub(crate) async fn wait_part(service: &mut Service, part: &str, message: &str) -> Value {
     service
         .wait_for_lines(&format!("{part}'s {message:?} event"), |lines| {
             lines
@@ -375,8 +375,17 @@ pub fn shown(path: &Path) -> String {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ is in the repository");
-    path.strip_prefix(repository)
-        .unwrap_or(path)
+    // The defaults are written `bench/../deploy/...`: fold the `..` away, as the reader would.
+    let mut folded = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir if folded.pop() => {}
+            part => folded.push(part),
+        }
+    }
+    folded
+        .strip_prefix(repository)
+        .unwrap_or(&folded)
         .display()
         .to_string()
 }

@@ -9,6 +9,8 @@
 //!   and after a broker's latency (row 6), in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
 //! - `burst`: row 7, a burst drained by `devstack --autoscale`, and its chart.
+//! - `chaos`: row 8, a batch through `devstack --autoscale` under a seeded `--chaos` schedule,
+//!   every message accounted for.
 //! - `test_support::process`: the real binaries as child processes, their memory and CPU time
 //!   (the tests' harness).
 //! - `report`: the figures, the table and the JSON line.
@@ -18,6 +20,7 @@
 //! a rate is the cores divided by the sum of those costs, which says what limits it.
 
 pub mod burst;
+pub mod chaos;
 mod load;
 mod null;
 mod report;
@@ -64,6 +67,8 @@ pub struct Sizes {
     pub sweep_latencies: Vec<Duration>,
     /// Row 7.
     pub bursts: burst::Bursts,
+    /// Row 8; `None` leaves it out.
+    pub chaos: Option<chaos::Chaos>,
 }
 
 impl Sizes {
@@ -93,12 +98,14 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The optimized binaries, built by `cargo build --release --bins` under the cargo that runs
-    /// the benchmark (`CARGO`), so that they are never older than their sources.
+    /// The optimized binaries, built by `cargo build --release --bins --workspace` under the
+    /// cargo that runs the benchmark (`CARGO`), so that they are never older than their sources.
+    /// `--workspace`: cargo runs a benchmark in its own package's directory, where `--bins` alone
+    /// builds only that package's (none).
     pub fn build_release() -> anyhow::Result<Self> {
         let cargo = std::env::var_os("CARGO").context("CARGO is not set: run `cargo bench`")?;
         let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--bins", "--quiet"])
+            .args(["build", "--release", "--bins", "--workspace", "--quiet"])
             .status()
             .context("running cargo build")?;
         ensure!(status.success(), "cargo build --release --bins: {status}");
@@ -123,6 +130,20 @@ fn run_limit(m: u32) -> Duration {
 }
 /// How often the sidecar's status is read while waiting for the last completion.
 const POLL: Duration = Duration::from_millis(5);
+
+/// Row 8 alone (`--only chaos`): its figures, or why the run failed.
+pub fn run_chaos(
+    chaos: &chaos::Chaos,
+    bins: &Binaries,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<chaos::ChaosRun> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::builder().timeout(WAIT).build()?;
+    runtime.block_on(chaos::run(&bins.devstack, chaos, &http, progress))
+}
 
 /// Runs every stage and returns the figures. The clients run on two worker threads, like the
 /// binaries; the null servers in their own process. `main` must call
@@ -410,6 +431,10 @@ impl<'a> Bench<'a> {
             );
             std::fs::write(path, burst::chart(first, run, &title))
                 .with_context(|| format!("writing the chart to {}", path.display()))?;
+        }
+        if let Some(chaos) = &sizes.chaos {
+            report.chaos =
+                Some(chaos::run(&self.bins.devstack, chaos, &self.http, &progress).await?);
         }
         report.load_average = [load_before, report::load_average()];
         report.elapsed = started.elapsed();

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{
     Binaries, Sizes,
     burst::{self, Burst},
+    chaos::ChaosRun,
     process::Memory,
     profile_of,
 };
@@ -126,6 +127,8 @@ pub struct Report {
     pub sweep: Vec<SweepPoint>,
     /// Row 7, one entry a burst size.
     pub bursts: Vec<Burst>,
+    /// Row 8, when it ran.
+    pub chaos: Option<ChaosRun>,
     pub producer_fp: Footprint,
     pub consumer_fp: Footprint,
     /// VmHWM of the sidecar during row 4, in KiB.
@@ -219,6 +222,7 @@ impl Report {
             shipped_concurrency,
             sweep,
             bursts: Vec::new(),
+            chaos: None,
             producer_fp: producer,
             consumer_fp: consumer,
             stack_peak_kib: 0,
@@ -355,9 +359,13 @@ impl Report {
             self.rates_table(&verdicts),
             self.sweep_table(),
             self.burst_table(&verdicts),
+            self.chaos_table(),
             self.footprint_table(&verdicts),
             self.cpu_table(&machine),
         ]
+        .into_iter()
+        .filter(|section| !section.is_empty())
+        .collect::<Vec<_>>()
         .join("\n");
         // Columns are padded for rows that have a verdict; no line needs to end in spaces.
         out.lines()
@@ -525,6 +533,14 @@ impl Report {
             out.push('\n');
         }
         out
+    }
+
+    /// Row 8, when it ran.
+    fn chaos_table(&self) -> String {
+        match (&self.chaos, &self.sizes.chaos) {
+            (Some(run), Some(chaos)) => run.table(chaos),
+            _ => String::new(),
+        }
     }
 
     /// Row 7: each burst's median drain time against the ideal, and the median run's steps.
@@ -749,6 +765,10 @@ impl Report {
                 "time_scale": self.sizes.bursts.time_scale,
                 "work_s": burst::WORK.as_secs_f64(),
                 "runs": self.bursts.iter().map(Burst::json).collect::<Vec<_>>(),
+            },
+            "chaos": match (&self.chaos, &self.sizes.chaos) {
+                (Some(run), Some(chaos)) => run.json(chaos),
+                _ => Value::Null,
             },
             "targets": targets,
             "elapsed_s": round(self.elapsed.as_secs_f64(), 1),

@@ -35,6 +35,20 @@ fn main() -> ExitCode {
             runs: vec![1],
             chart: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("burst-drain.svg")),
         },
+        // Row 8 small: 200 messages under eight faults, one every 300 ms or so, at 10 ms of real
+        // time per cluster second.
+        chaos: Some(pipeline::chaos::Chaos {
+            messages: 200,
+            spec: "seed=5,every=300ms,count=8,kill,sigterm,pause=300ms,unavailable=300ms,lost-complete,lost-lock".to_owned(),
+            scaled_object: concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/base/consumer-scaling.yaml"
+            )
+            .into(),
+            time_scale: 0.01,
+            work: std::time::Duration::from_millis(30),
+            lock_duration: std::time::Duration::from_secs(1),
+        }),
     };
     // `run` fails when a stage loses or duplicates a message, or a binary misbehaves.
     let report = pipeline::run(&sizes, &pipeline::Binaries::from_cargo(), &|_| {})
@@ -57,6 +71,17 @@ fn main() -> ExitCode {
         burst.median() > 0.0 && !burst.runs[0].steps.is_empty(),
         "{burst:?}"
     );
+    // Row 8 ran under faults, and every message was accounted for (`run` fails otherwise).
+    let chaos = report.chaos.as_ref().expect("row 8 ran");
+    assert_eq!(chaos.lost, 0, "{chaos:?}");
+    assert_eq!(
+        chaos.completed + chaos.dead_lettered,
+        chaos.produced,
+        "{chaos:?}"
+    );
+    assert!(chaos.produced >= 200, "{chaos:?}");
+    assert!(chaos.faults.values().sum::<u64>() > 0, "{chaos:?}");
+    assert!(json["chaos"]["wall_s"].is_number(), "{json}");
     let chart = std::fs::read_to_string(sizes.bursts.chart.as_ref().unwrap()).unwrap();
     assert!(
         chart.starts_with("<svg") && chart.contains("<polyline"),

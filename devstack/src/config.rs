@@ -20,7 +20,9 @@ use tracing::info;
 
 use crate::{
     app::{AppProtocol, AppTarget},
+    chaos::Schedule,
     dedup::{self, DetectionSettings},
+    journey,
     manifests,
     queue::QueueSettings,
     resiliency::{self, BindingRetryPolicy},
@@ -105,6 +107,18 @@ pub struct UpArgs {
     /// Events in flight per consumer; passed to each consumer too.
     #[arg(long, env = "MAX_CONCURRENCY", default_value = "1")]
     pub max_concurrency: NonZeroUsize,
+    // Failures, provoked and survived.
+    /// A seeded random schedule of faults: comma-separated fault kinds (kill, sigterm,
+    /// pause[=5s], unavailable[=2s], latency[=500ms/5s], lost-complete, lost-lock, all) and
+    /// settings (every=5s: the mean gap; seed=N; count=N), e.g.
+    /// `seed=7,every=2s,kill,pause=3s,lost-lock`. See docs/failure.md.
+    #[arg(long, env = "CHAOS", value_name = "SPEC", value_parser = Schedule::parse)]
+    pub chaos: Option<Schedule>,
+    /// Stop the whole stack when a consumer exits on its own, instead of restarting it as the
+    /// kubelet does (restartPolicy: Always, with CrashLoopBackOff): for scripts that must fail
+    /// on a consumer's crash.
+    #[arg(long, env = "STOP_ON_CRASH")]
+    pub stop_on_crash: bool,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
 }
@@ -165,9 +179,14 @@ pub struct SidecarArgs {
     /// Deliveries before a message is dead-lettered (Service Bus default: 10).
     #[arg(long, env = "MAX_DELIVERY_COUNT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_delivery_count: u32,
-    /// How long a consumer may hold a message before its lock expires (Service Bus default: 60s).
+    /// How long a receive locks a message (Service Bus default: 60s); the binding renews the
+    /// lock while the app works on it. A lock that runs out makes the message available again.
     #[arg(long, env = "LOCK_DURATION", default_value = "60s", value_parser = positive_duration)]
     pub lock_duration: Duration,
+    /// How often the binding renews the locks of the messages its app holds: the Service Bus
+    /// binding's lockRenewalInSec (its default: 20s). Keep it below LOCK_DURATION.
+    #[arg(long, env = "LOCK_RENEWAL_INTERVAL", default_value = "20s", value_parser = positive_duration)]
+    pub lock_renewal_interval: Duration,
     /// Duplicate detection, as the deployment guide creates the queue: a send whose MessageId the
     /// queue accepted within the window is answered with success and dropped (counted in
     /// /devstack/status and /devstack/metrics). `false` takes every copy, and counts them, to
@@ -208,6 +227,15 @@ pub struct SidecarArgs {
     /// Token sent to apps as `dapr-api-token` on OnBindingEvent, like daprd's APP_API_TOKEN.
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true, value_parser = Secret(ApiToken::from_config))]
     pub app_api_token: Option<ApiToken>,
+    /// Messages whose journey the sidecar keeps (GET /devstack/messages/{id}), the oldest
+    /// forgotten first; 0 keeps none. At most 64 events each.
+    #[arg(long, env = "JOURNEY_MESSAGES", default_value_t = journey::DEFAULT_CAPACITY)]
+    pub journey_messages: usize,
+    /// Host names the HTTP port answers besides localhost, 127.0.0.1 and [::1] (comma-separated),
+    /// for a forwarded port: `devbox.lan`, or `.app.github.dev` for that domain and its
+    /// subdomains. Any other Host header is refused (a DNS-rebinding page's).
+    #[arg(long, env = "DEVSTACK_ALLOWED_HOSTS", value_delimiter = ',', value_parser = allowed_host)]
+    pub allowed_hosts: Vec<String>,
     /// Limits of the HTTP port; the HTTP/2 ones apply to the gRPC port too.
     #[command(flatten)]
     pub http: HttpLimits,
@@ -240,6 +268,7 @@ impl SidecarArgs {
     pub fn queue_settings(&self) -> QueueSettings {
         QueueSettings {
             max_delivery_count: self.max_delivery_count,
+            lock_duration: self.lock_duration,
             duplicate_detection: DetectionSettings {
                 enabled: self.duplicate_detection,
                 window: self.duplicate_detection_window,
@@ -299,6 +328,19 @@ fn time_scale(value: &str) -> Result<f64, String> {
         Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
         _ => Err(format!("{value:?} is not a positive number (e.g. 0.1)")),
     }
+}
+
+/// A host name (`devbox.lan`), or a domain and its subdomains (`.app.github.dev`): no scheme,
+/// port or path.
+fn allowed_host(value: &str) -> Result<String, String> {
+    let name = value.trim().strip_prefix('.').unwrap_or(value.trim());
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    ok.then(|| value.trim().to_ascii_lowercase()).ok_or_else(|| {
+        format!("{value:?} is not a host name (devbox.lan, or .example.dev for a domain and its subdomains)")
+    })
 }
 
 /// Binding names go into metric labels and URLs: keep them to Kubernetes-style names.
@@ -445,6 +487,32 @@ mod tests {
     }
 
     #[test]
+    fn failure_settings_default_to_the_binding_and_take_what_they_are_given() {
+        let cli = parse(&[]).unwrap();
+        let s = &cli.up.sidecar;
+        assert_eq!(
+            (s.lock_duration, s.lock_renewal_interval),
+            (Duration::from_secs(60), Duration::from_secs(20))
+        );
+        assert_eq!(s.journey_messages, 10_000);
+        assert!(s.allowed_hosts.is_empty() && cli.up.chaos.is_none() && !cli.up.stop_on_crash);
+        let cli = parse(&[
+            "--chaos",
+            "seed=3,kill",
+            "--stop-on-crash",
+            "--allowed-hosts",
+            "DevBox.lan,.app.github.dev",
+        ])
+        .unwrap();
+        assert_eq!(cli.up.chaos.unwrap().seed, Some(3));
+        assert!(cli.up.stop_on_crash);
+        assert_eq!(
+            cli.up.sidecar.allowed_hosts,
+            ["devbox.lan", ".app.github.dev"]
+        );
+    }
+
+    #[test]
     fn refuses_bad_values() {
         for (args, reason) in [
             (&["--consumers", "0"][..], "0"),
@@ -467,6 +535,17 @@ mod tests {
                 "outside the 20s to 7days",
             ),
             (&["sidecar", "--duplicate-detection", "maybe"], "maybe"),
+            (
+                &["sidecar", "--lock-renewal-interval", "0s"],
+                "greater than 0",
+            ),
+            (
+                &["sidecar", "--allowed-hosts", "http://x"],
+                "not a host name",
+            ),
+            (&["sidecar", "--allowed-hosts", "x:80"], "not a host name"),
+            (&["--chaos", "explode"], "not a fault kind"),
+            (&["sidecar", "--chaos", "kill"], "unexpected argument"),
             (&["--time-scale", "0"], "positive number"),
             (&["--time-scale=-1"], "positive number"),
             (&["--time-scale", "inf"], "positive number"),

@@ -180,6 +180,7 @@ mod tests {
     async fn a_queue_drops_copies_or_takes_them_and_counts_them() {
         use crate::{
             changes::Changes,
+            journey::{Journeys, Via},
             queue::{Queue, QueueSettings},
             service_bus::Envelope,
         };
@@ -196,13 +197,14 @@ mod tests {
                 },
                 ..QueueSettings::default()
             };
-            let q = Queue::new("q", settings, Changes::default());
+            let journeys = Journeys::new(100);
+            let q = Queue::new("q", settings, Changes::default(), journeys.clone());
             for _ in 0..3 {
-                assert_eq!(q.send(b"x".to_vec(), copy(), None), "order-1");
+                assert_eq!(q.send(b"x".to_vec(), copy(), None, Via::Grpc), "order-1");
             }
             // Messages without a sender's id are never duplicates.
-            q.send(b"y".to_vec(), Envelope::default(), None);
-            q.send(b"y".to_vec(), Envelope::default(), None);
+            q.send(b"y".to_vec(), Envelope::default(), None, Via::Grpc);
+            q.send(b"y".to_vec(), Envelope::default(), None, Via::Grpc);
             let counts = q.counts();
             let copies = if enabled { 1 } else { 3 };
             assert_eq!(counts.produced, copies + 2, "{enabled}: {counts:?}");
@@ -212,9 +214,24 @@ mod tests {
                 (counts.duplicates_dropped, counts.duplicates_enqueued),
                 (dropped, enqueued)
             );
+            // The drops are in the message's journey, after its enqueue.
+            let journey =
+                serde_json::to_value(journeys.get("order-1").expect("a journey")).unwrap();
+            let steps: Vec<&str> = journey["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event"].as_str().unwrap())
+                .collect();
+            let expected: &[&str] = if enabled {
+                &["enqueued", "duplicateDropped", "duplicateDropped"]
+            } else {
+                &["enqueued", "enqueued", "enqueued"]
+            };
+            assert_eq!(steps, expected, "{enabled}");
             // A window later the id is new again.
             tokio::time::advance(WINDOW).await;
-            q.send(b"x".to_vec(), copy(), None);
+            q.send(b"x".to_vec(), copy(), None, Via::Grpc);
             assert_eq!(q.counts().produced, copies + 3);
         }
     }

@@ -3,13 +3,18 @@
 //! `OnBindingEvent` for each locked message of a listed binding. An HTTP app (`http_app`): the
 //! same steps as daprd's HTTP app channel takes them. At most `max_concurrency` in flight per app
 //! and binding.
+//! While a delivery holds a message, its subscription renews the lock every `lockRenewalInSec`,
+//! as the binding's renewal loop does (components-contrib `common/component/azure/servicebus`,
+//! `renewLocksBlocking`); the app call itself has no time limit, as the binding's handler has
+//! none (`handlerTimeoutInSec` 0).
 //! A failed call is retried per the binding's Resiliency retry policy, if any; then the message is
 //! abandoned (available again at once) and the worker takes a retriable-error permit before it
 //! receives again, as daprd's Service Bus binding does. Under a retry policy an HTTP app's 2xx
 //! other than 200 is a failed call too, as daprd's retry runner has it.
+//! Each call is recorded in the message's journey, with its consumer, attempt and outcome.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         Arc,
@@ -17,6 +22,8 @@ use std::{
     },
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use pipeline::{
     api_token::API_TOKEN_METADATA,
@@ -26,7 +33,11 @@ use pipeline::{
     },
     trace_context::TRACEPARENT,
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::watch,
+    task::JoinSet,
+    time::{Instant, MissedTickBehavior},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Code, Request,
@@ -37,8 +48,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     app::{self, AppProtocol, AppTarget, CallError},
+    faults::Faults,
     http_app::HttpAppClient,
-    queue::{Abandoned, Lock, Queue, QueuedMessage, Queues},
+    journey::{DeliveryRef, Journeys, Outcome},
+    queue::{Abandoned, Lock, LockLost, Queue, QueuedMessage, Queues},
     rate_limit::RateLimiter,
     registry::AppStatus,
     resiliency::BindingRetryPolicy,
@@ -52,18 +65,25 @@ pub struct DeliverySettings {
     /// APP_API_TOKEN.
     pub app_api_token: Option<MetadataValue<Ascii>>,
     pub health_interval: Duration,
-    /// How long a delivery may take before its lock expires and the message is abandoned.
+    /// The queue's lock duration: a delivery still in flight when its app is told to stop gets
+    /// this long to end.
     pub lock_duration: Duration,
+    /// How often a subscription renews the locks of the messages in flight: the binding's
+    /// `lockRenewalInSec`.
+    pub lock_renewal: Duration,
     /// Failed deliveries per second, per app and binding, before the worker pauses (0: no
     /// limit); the Service Bus binding's `maxRetriableErrorsPerSec`.
     pub max_retriable_errors_per_sec: u32,
     /// Each binding's inbound retry policy, from a Dapr Resiliency.
     pub retry_policies: Arc<BTreeMap<String, BindingRetryPolicy>>,
+    /// The faults that act on deliveries: lost completes and lost locks.
+    pub faults: Arc<Faults>,
+    pub journeys: Journeys,
 }
 
 /// Serves one app, whose status is `status`, until `shutdown` (the sidecar's, or this app's
-/// alone when it is scaled in): no message is taken for it after that, and in-flight deliveries
-/// finish (bounded by the lock duration).
+/// alone when it is scaled in or has exited): no message is taken for it after that, and
+/// in-flight deliveries finish (bounded by the lock duration).
 pub async fn serve_app(
     queues: Arc<Queues>,
     status: Arc<AppStatus>,
@@ -79,7 +99,7 @@ pub async fn serve_app(
                 .tcp_nodelay(true)
                 .connect_lazy(),
         ),
-        AppProtocol::Http => match HttpAppClient::new(target.address, settings.lock_duration) {
+        AppProtocol::Http => match HttpAppClient::new(target.address) {
             Ok(app) => AppChannel::Http(app),
             Err(error) => {
                 warn!(app = %target.address, %error, "cannot build an HTTP client; delivering nothing to this app");
@@ -114,6 +134,10 @@ pub async fn serve_app(
     // Once per app: every worker of every binding shares it.
     let warned_not_200 = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
+    // The renewals go on while a delivery is in flight, past `shutdown`, until every worker
+    // has ended.
+    let renewing = CancellationToken::new();
+    let mut renewals = JoinSet::new();
     tasks.spawn(watch_health(
         app.clone(),
         Arc::clone(&health),
@@ -121,9 +145,19 @@ pub async fn serve_app(
         shutdown.clone(),
     ));
     for queue in subscribed {
-        // One limiter per binding of an app, as daprd has one subscription per binding.
+        // One limiter and one renewal loop per binding of an app, as daprd has one subscription
+        // per binding.
         let retriable_errors =
             RateLimiter::new(settings.max_retriable_errors_per_sec).map(Arc::new);
+        let active = Arc::new(InFlight::default());
+        renewals.spawn(renew_locks(
+            Arc::clone(&queue),
+            Arc::clone(&active),
+            Arc::clone(&settings.faults),
+            target.address,
+            settings.lock_renewal,
+            renewing.clone(),
+        ));
         for _ in 0..target.max_concurrency {
             let worker = Worker {
                 queue: Arc::clone(&queue),
@@ -136,11 +170,58 @@ pub async fn serve_app(
                 retriable_errors: retriable_errors.clone(),
                 retry: settings.retry_policies.get(queue.name()).cloned(),
                 warned_not_200: Arc::clone(&warned_not_200),
+                active: Arc::clone(&active),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
     }
     tasks.join_all().await;
+    renewing.cancel();
+    renewals.join_all().await;
+}
+
+/// The locks a subscription holds now, by token, with their message's id.
+#[derive(Debug, Default)]
+struct InFlight(Mutex<HashMap<u64, String>>);
+
+/// Renews the locks of `active` every `every`, as the binding's renewal loop does: a ticker
+/// for the whole subscription, its first tick one period after the start; a lock whose renewal
+/// has stopped (the `lost-lock` fault) is skipped.
+async fn renew_locks(
+    queue: Arc<Queue>,
+    active: Arc<InFlight>,
+    faults: Arc<Faults>,
+    app: SocketAddr,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    // Go's ticker drops the ticks a slow receiver missed.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let locks: Vec<(u64, String)> = active
+            .0
+            .lock()
+            .iter()
+            .map(|(token, id)| (*token, id.clone()))
+            .collect();
+        for (token, id) in locks {
+            if faults.renewal_stopped(queue.name(), token) {
+                debug!(%app, id, "lock renewal stopped by a fault; not renewing");
+                continue;
+            }
+            match queue.renew(token) {
+                Ok(_) => debug!(%app, id, "message lock renewed"),
+                Err(LockLost) => {
+                    warn!(%app, id, "couldn't renew active message lock: lock has been lost")
+                }
+            }
+        }
+    }
 }
 
 /// The sidecar's channel to an app, over the protocol it speaks.
@@ -311,6 +392,36 @@ struct Worker {
     retry: Option<BindingRetryPolicy>,
     /// Whether this app was told that it answered a 2xx other than 200 under a retry policy.
     warned_not_200: Arc<AtomicBool>,
+    active: Arc<InFlight>,
+}
+
+/// A call's journey entry, ended when the call ends; a call dropped unfinished (the sidecar
+/// stopped first) ends as cancelled.
+struct Journal<'a> {
+    journeys: &'a Journeys,
+    delivery: DeliveryRef,
+    ended: bool,
+}
+
+impl Journal<'_> {
+    fn end(mut self, result: &Result<(), CallError>) {
+        self.ended = true;
+        let (outcome, error) = match result {
+            Ok(()) => (Outcome::Ok, None),
+            Err(e) if e.answered => (Outcome::Error, Some(e.reason.clone())),
+            Err(e) => (Outcome::NoAnswer, Some(e.reason.clone())),
+        };
+        self.journeys.delivery_ended(&self.delivery, outcome, error);
+    }
+}
+
+impl Drop for Journal<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.journeys
+                .delivery_ended(&self.delivery, Outcome::Cancelled, None);
+        }
+    }
 }
 
 impl Worker {
@@ -333,16 +444,26 @@ impl Worker {
                 // to waiting for its health. (receive() takes a lock only when it returns.)
                 _ = self.healthy.wait_for(|healthy| !*healthy) => continue,
             };
+            let token = lock.token();
+            self.active
+                .0
+                .lock()
+                .insert(token, lock.message().id.clone());
             self.app.delivery_started();
-            let result = tokio::time::timeout(
-                self.settings.lock_duration,
-                self.deliver_retrying(lock.message()),
-            )
-            .await;
-            self.app.delivery_ended(matches!(result, Ok(Ok(()))));
-            if !self.settle(lock, result)
-                && let Some(limiter) = &self.retriable_errors
-            {
+            // Once the app is told to stop, what it has in flight gets a lock duration to end.
+            let stopped = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.settings.lock_duration).await;
+            };
+            let result = tokio::select! {
+                result = self.deliver_retrying(lock.message()) => Some(result),
+                _ = stopped => None,
+            };
+            self.active.0.lock().remove(&token);
+            self.app.delivery_ended(matches!(result, Some(Ok(()))));
+            let answered_ok = self.settle(lock, result, shutdown.is_cancelled());
+            self.settings.faults.settled(self.queue.name(), token);
+            if !answered_ok && let Some(limiter) = &self.retriable_errors {
                 // The abandoned message is available again at once; like the binding, this
                 // worker takes a retriable-error permit before it receives again.
                 tokio::select! {
@@ -366,13 +487,14 @@ impl Worker {
     /// a retry policy the final check takes any 2xx.
     async fn deliver_retrying(&self, message: &QueuedMessage) -> Result<(), CallError> {
         let Some(policy) = &self.retry else {
-            return self.deliver(message).await.map(drop);
+            return self.deliver(message, 1, None).await;
         };
         let mut retries = policy.retries();
+        let mut attempt = 0;
         loop {
-            let error = match self.deliver(message).await {
-                Ok(None | Some(200)) => return Ok(()),
-                Ok(Some(status)) => self.not_200(status, policy),
+            attempt += 1;
+            let error = match self.deliver(message, attempt, Some(policy)).await {
+                Ok(()) => return Ok(()),
                 Err(error) => error,
             };
             if error
@@ -412,50 +534,81 @@ impl Worker {
         }
     }
 
-    async fn deliver(&self, message: &QueuedMessage) -> Result<Option<u16>, CallError> {
+    /// One call to the app: `attempt` of this delivery, per the Resiliency. Under a retry
+    /// `policy`, an HTTP app's 2xx other than 200 fails the call, as daprd's runner has it.
+    async fn deliver(
+        &self,
+        message: &QueuedMessage,
+        attempt: u32,
+        policy: Option<&BindingRetryPolicy>,
+    ) -> Result<(), CallError> {
         let grpc = matches!(self.channel, AppChannel::Grpc(_));
         let span = spans::delivery(self.queue.name(), message, grpc);
+        let journeys = &self.settings.journeys;
+        let journal = Journal {
+            journeys,
+            delivery: journeys.delivery_started(
+                &message.id,
+                self.app.label(),
+                message.delivery_count,
+                attempt,
+            ),
+            ended: false,
+        };
         let result = self
             .channel
             .deliver(self.queue.name(), message, &self.settings, &span)
-            .await;
+            .await
+            .and_then(|status| match (status, policy) {
+                (Some(status), Some(policy)) if status != 200 => Err(self.not_200(status, policy)),
+                _ => Ok(()),
+            });
+        journal.end(&result);
         spans::end(&span, result.as_ref().err().map(|e| e.reason.clone()));
         result
     }
 
-    /// Completes or abandons the message; true when it completed.
-    fn settle(
-        &self,
-        lock: Lock,
-        result: Result<Result<(), CallError>, tokio::time::error::Elapsed>,
-    ) -> bool {
+    /// Completes or abandons the message; true when the app answered OK (whether or not the
+    /// complete took). `None`: the sidecar stopped before the app answered. A delivery told to
+    /// stop (its app exited, or is scaled in) leaves the app's health to the delivery after it.
+    fn settle(&self, lock: Lock, result: Option<Result<(), CallError>>, stopped: bool) -> bool {
         let message = lock.message();
         let (id, delivery_count) = (message.id.clone(), message.delivery_count);
         let trace_id = message.trace_id.clone();
         let reason = match result {
-            Ok(Ok(())) => {
-                debug!(app = %self.address, id, trace_id, "message completed");
-                lock.complete();
+            Some(Ok(())) => {
+                if self.settings.faults.take_lost_complete(&id) {
+                    warn!(app = %self.address, id, trace_id, "message completed, but the complete is lost (fault); its lock will run out");
+                    lock.forget();
+                    return true;
+                }
+                match lock.complete() {
+                    Ok(()) => debug!(app = %self.address, id, trace_id, "message completed"),
+                    // As the binding logs it: the message comes back, at-least-once.
+                    Err(e) => {
+                        warn!(app = %self.address, id, trace_id, error = %e, "error completing message; it will be delivered again")
+                    }
+                }
                 return true;
             }
-            Ok(Err(error)) => {
-                if !error.answered {
+            Some(Err(error)) => {
+                if !error.answered && !stopped {
                     // The app is gone or draining: stop delivering until its health check passes.
                     self.health.set(false);
                 }
                 error.reason
             }
-            Err(_) => format!(
-                "no answer within the lock duration ({:?})",
-                self.settings.lock_duration
-            ),
+            None => "the app did not answer before the sidecar stopped delivering to it".to_owned(),
         };
         match lock.abandon(&reason) {
-            Abandoned::Redelivered => {
+            Ok(Abandoned::Redelivered) => {
                 info!(app = %self.address, id, trace_id, delivery_count, %reason, "message abandoned; will be redelivered")
             }
-            Abandoned::DeadLettered => {
+            Ok(Abandoned::DeadLettered) => {
                 warn!(app = %self.address, id, trace_id, delivery_count, %reason, "message dead-lettered")
+            }
+            Err(e) => {
+                warn!(app = %self.address, id, trace_id, delivery_count, %reason, error = %e, "error abandoning message")
             }
         }
         false

@@ -27,17 +27,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How much of an error answer's body goes into the log line.
 const REASON_BODY_LIMIT: usize = 200;
 
-/// The sidecar's client of one HTTP app.
+/// The sidecar's client of one HTTP app. An event's call has no time limit of its own, as the
+/// binding's handler has none (`handlerTimeoutInSec` 0): the binding renews the message's lock
+/// while the app works.
 #[derive(Clone)]
 pub struct HttpAppClient {
     client: Client,
     base: String,
-    /// A delivery that takes longer has lost its lock anyway.
-    timeout: Duration,
 }
 
 impl HttpAppClient {
-    pub fn new(address: SocketAddr, lock_duration: Duration) -> reqwest::Result<Self> {
+    pub fn new(address: SocketAddr) -> reqwest::Result<Self> {
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
@@ -47,7 +47,6 @@ impl HttpAppClient {
         Ok(Self {
             client,
             base: format!("http://{address}"),
-            timeout: lock_duration,
         })
     }
 
@@ -123,7 +122,6 @@ impl HttpAppClient {
             .post(self.url(binding))
             .headers(headers)
             .body(data)
-            .timeout(self.timeout)
             .send()
             .await
             .map_err(|error| CallError {

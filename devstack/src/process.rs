@@ -143,6 +143,18 @@ impl Process {
         self.child.wait().await
     }
 
+    /// Sends `signal` to it; returns its pid. An error once it has been reaped.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> io::Result<u32> {
+        // Not reaped yet (only `wait` reaps it): the pid is still its own.
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| io::Error::other("the process has exited"))?;
+        let raw = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)?;
+        Ok(pid)
+    }
+
     /// SIGTERM, then SIGKILL if it is still running after `grace`, as the kubelet stops a pod;
     /// returns how it exited.
     pub async fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
@@ -198,17 +210,26 @@ pub struct Listening {
     rx: oneshot::Receiver<SocketAddr>,
 }
 
+/// Why a part's address is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum NotListening {
+    #[error("{0} stopped before logging its `listening` event")]
+    Exited(String),
+    #[error(
+        "{0} did not log its `listening` event within {LISTEN_LIMIT:?}; on port 0, devstack \
+         learns the address from it"
+    )]
+    Silent(String),
+}
+
 impl Listening {
     /// Waits, until `deadline`, for the address.
-    pub async fn address(self, deadline: Instant) -> anyhow::Result<SocketAddr> {
+    pub async fn address(self, deadline: Instant) -> Result<SocketAddr, NotListening> {
         let label = self.label;
         match tokio::time::timeout_at(deadline, self.rx).await {
             Ok(Ok(address)) => Ok(address),
-            Ok(Err(_)) => anyhow::bail!("{label} stopped before logging its `listening` event"),
-            Err(_) => anyhow::bail!(
-                "{label} did not log its `listening` event within {LISTEN_LIMIT:?}; on port 0, \
-                 devstack learns the address from it"
-            ),
+            Ok(Err(_)) => Err(NotListening::Exited(label)),
+            Err(_) => Err(NotListening::Silent(label)),
         }
     }
 }

@@ -1,19 +1,20 @@
 //! The consumer apps the sidecar delivers to, oldest first, and what each one is doing. The one
-//! record of them: the status lists them, the metadata API reports the oldest, and scaling ranks
-//! them. Every change goes through a method that sends the change notice itself, so no caller
-//! can forget it.
+//! record of them: the status lists them (in replica order), the metadata API reports the
+//! oldest, and scaling ranks them. A consumer keeps its record across restarts, with its restart
+//! count and how it last exited, as a pod keeps its status. Every change goes through a method
+//! that sends the change notice itself, so no caller can forget it.
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::{app::AppTarget, changes::Changes};
+use crate::{app::AppTarget, changes::Changes, scaling::rfc3339};
 
 /// Every app the sidecar delivers to now.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub struct AppRegistry {
     /// Oldest first: daprd has one app, devstack's sidecar may have several competing consumers,
     /// and the metadata API reports the oldest still there as daprd would report its only one.
     apps: Mutex<Vec<Arc<AppStatus>>>,
+    /// Restarts of every consumer ever, those scaled in since included.
+    restarts: Arc<AtomicU64>,
     changes: Changes,
 }
 
@@ -29,6 +32,7 @@ impl AppRegistry {
     pub fn new(changes: Changes) -> Self {
         Self {
             apps: Mutex::default(),
+            restarts: Arc::default(),
             changes,
         }
     }
@@ -37,11 +41,20 @@ impl AppRegistry {
     pub fn register(&self, label: String, target: AppTarget) -> Arc<AppStatus> {
         let app = Arc::new(AppStatus {
             label,
-            target,
-            state: Mutex::default(),
+            state: Mutex::new(Lifecycle {
+                target,
+                bindings: None,
+                healthy: false,
+                ready_since: None,
+                terminating: None,
+                down: None,
+                restarts: 0,
+                last_exit: None,
+            }),
             in_flight: AtomicUsize::new(0),
             processed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            restarts_ever: Arc::clone(&self.restarts),
             changes: self.changes.clone(),
         });
         self.apps.lock().push(Arc::clone(&app));
@@ -49,7 +62,7 @@ impl AppRegistry {
         app
     }
 
-    /// Forgets an app whose process has exited: the status lists live consumers only.
+    /// Forgets an app whose process has exited for good: the status lists live consumers only.
     pub fn remove(&self, app: &Arc<AppStatus>) {
         self.apps.lock().retain(|a| !Arc::ptr_eq(a, app));
         self.changes.notify();
@@ -57,13 +70,28 @@ impl AppRegistry {
 
     /// The oldest app still registered.
     pub fn oldest(&self) -> Option<AppTarget> {
-        self.apps.lock().first().map(|app| app.target)
+        self.apps.lock().first().map(|app| app.target())
     }
 
-    /// Each app's row of the status, oldest first.
+    /// Each app's row of the status, in replica order (`consumer-2` before `consumer-10`).
     pub fn consumers(&self) -> Vec<ConsumerStatus> {
-        self.apps.lock().iter().map(|app| app.status()).collect()
+        let mut rows: Vec<ConsumerStatus> =
+            self.apps.lock().iter().map(|app| app.status()).collect();
+        rows.sort_by(|a, b| replica_order(&a.label).cmp(&replica_order(&b.label)));
+        rows
     }
+
+    /// Restarts of every consumer ever, those scaled in since included.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+}
+
+/// A label's place in replica order: its text, then the number it ends with, as a number.
+fn replica_order(label: &str) -> (&str, u64, &str) {
+    let digits = label.len() - label.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (prefix, number) = label.split_at(label.len() - digits);
+    (prefix, number.parse().unwrap_or(0), label)
 }
 
 /// Live state of one consumer app, as the delivery side sees it.
@@ -72,7 +100,6 @@ pub struct AppStatus {
     /// The part label of its process (`consumer-3`), or its address for an app devstack did not
     /// start.
     label: String,
-    target: AppTarget,
     state: Mutex<Lifecycle>,
     in_flight: AtomicUsize,
     /// Deliveries the app answered OK.
@@ -80,13 +107,17 @@ pub struct AppStatus {
     /// Deliveries that failed (an error answer, or none), each counted once when its message
     /// was abandoned, after the Resiliency's retries.
     failed: AtomicU64,
+    /// The registry's count of every restart.
+    restarts_ever: Arc<AtomicU64>,
     changes: Changes,
 }
 
 /// What changes together: read and written under one lock, so a reader never sees a half
 /// update (healthy, but not yet `ready_since`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lifecycle {
+    /// Where the app listens: a restarted process may listen elsewhere.
+    target: AppTarget,
     /// Bindings the app listed, once it answered ListInputBindings.
     bindings: Option<Vec<String>>,
     healthy: bool,
@@ -95,16 +126,28 @@ struct Lifecycle {
     ready_since: Option<Instant>,
     /// Set when it was picked to scale in: delivery stopped, SIGTERM sent.
     terminating: Option<Terminating>,
+    /// Set when its process exited on its own, until it is ready again.
+    down: Option<Down>,
+    /// Times its process was restarted, as a container's restartCount.
+    restarts: u32,
+    last_exit: Option<Exit>,
 }
 
 impl Lifecycle {
     fn state(&self) -> ReplicaState {
-        if self.terminating.is_some() {
-            ReplicaState::Terminating
-        } else if self.healthy && self.bindings.is_some() {
-            ReplicaState::Ready
-        } else {
-            ReplicaState::Starting
+        match (&self.terminating, &self.down) {
+            (Some(_), _) => ReplicaState::Terminating,
+            (None, Some(Down::Restarting)) => ReplicaState::Restarting,
+            (None, Some(Down::CrashLoop { .. })) => ReplicaState::Crashloop,
+            (None, None) if self.healthy && self.bindings.is_some() => ReplicaState::Ready,
+            (None, None) => ReplicaState::Starting,
+        }
+    }
+
+    /// Ready again after a restart: no longer down.
+    fn after_change(&mut self) {
+        if self.healthy && self.bindings.is_some() {
+            self.down = None;
         }
     }
 }
@@ -116,14 +159,53 @@ pub struct Terminating {
     pub kill_at: DateTime<Utc>,
 }
 
+/// Why a consumer whose process exited on its own is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Being restarted now.
+    Restarting,
+    /// Waiting out the kubelet's back-off before the restart: CrashLoopBackOff.
+    CrashLoop { until: DateTime<Utc> },
+}
+
+/// How a consumer's process last exited, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub status: String,
+    pub at: DateTime<Utc>,
+}
+
 /// A consumer's lifecycle, as a pod's: starting until it is ready, then ready (the sidecar
-/// delivers to it), then terminating once picked to scale in.
+/// delivers to it), then terminating once picked to scale in; restarting, or crashloop while it
+/// waits out the back-off, after its process exited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicaState {
     Starting,
     Ready,
     Terminating,
+    Restarting,
+    Crashloop,
+}
+
+impl ReplicaState {
+    pub const ALL: [Self; 5] = [
+        Self::Starting,
+        Self::Ready,
+        Self::Terminating,
+        Self::Restarting,
+        Self::Crashloop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Terminating => "terminating",
+            Self::Restarting => "restarting",
+            Self::Crashloop => "crashloop",
+        }
+    }
 }
 
 /// One consumer's row in `GET /devstack/status`.
@@ -143,6 +225,12 @@ pub struct ConsumerStatus {
     pub max_concurrency: usize,
     pub processed: u64,
     pub failed: u64,
+    pub restarts: u32,
+    /// How its process last exited on its own (`signal: 9 (SIGKILL)`, `exit status: 1`).
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<String>,
+    /// In crashloop: when the back-off ends and it is restarted.
+    pub restart_at: Option<String>,
 }
 
 impl ConsumerStatus {
@@ -158,13 +246,21 @@ impl AppStatus {
     }
 
     pub fn target(&self) -> AppTarget {
-        self.target
+        self.state.lock().target
+    }
+
+    /// Applies `change` to the lifecycle, then sends the change notice.
+    fn change(&self, change: impl FnOnce(&mut Lifecycle)) {
+        let mut state = self.state.lock();
+        change(&mut state);
+        state.after_change();
+        drop(state);
+        self.changes.notify();
     }
 
     /// Records the bindings the app listed.
     pub fn set_bindings(&self, bindings: Vec<String>) {
-        self.state.lock().bindings = Some(bindings);
-        self.changes.notify();
+        self.change(|state| state.bindings = Some(bindings));
     }
 
     /// Records a health probe's answer; true when it changed.
@@ -174,6 +270,7 @@ impl AppStatus {
         if changed {
             state.healthy = now;
             state.ready_since = now.then(Instant::now);
+            state.after_change();
         }
         drop(state);
         if changed {
@@ -184,8 +281,36 @@ impl AppStatus {
 
     /// Marks the app picked to scale in.
     pub fn set_terminating(&self, terminating: Terminating) {
-        self.state.lock().terminating = Some(terminating);
-        self.changes.notify();
+        self.change(|state| state.terminating = Some(terminating));
+    }
+
+    /// Records that its process exited on its own (`status`), and is `down` until it is ready
+    /// again: not healthy, its bindings to be listed again by the next process.
+    pub fn set_exited(&self, status: String, down: Down) {
+        self.change(|state| {
+            state.last_exit = Some(Exit {
+                status,
+                at: Utc::now(),
+            });
+            state.down = Some(down);
+            state.healthy = false;
+            state.bindings = None;
+            state.ready_since = None;
+        });
+    }
+
+    /// Records that its process was started again.
+    pub fn set_restarted(&self) {
+        self.restarts_ever.fetch_add(1, Ordering::Relaxed);
+        self.change(|state| {
+            state.restarts += 1;
+            state.down = Some(Down::Restarting);
+        });
+    }
+
+    /// Records where the app listens now (a restarted process may listen elsewhere).
+    pub fn set_target(&self, target: AppTarget) {
+        self.change(|state| state.target = target);
     }
 
     /// A delivery to the app began.
@@ -212,6 +337,11 @@ impl AppStatus {
         self.state.lock().state()
     }
 
+    /// Times its process was restarted.
+    pub fn restarts(&self) -> u32 {
+        self.state.lock().restarts
+    }
+
     /// Since when the app has been healthy; `None` while it is not.
     pub fn ready_since(&self) -> Option<Instant> {
         self.state.lock().ready_since
@@ -225,20 +355,22 @@ impl AppStatus {
             state: state.state(),
             terminating_at: state.terminating.map(|t| rfc3339(t.at)),
             kill_at: state.terminating.map(|t| rfc3339(t.kill_at)),
-            address: self.target.address.to_string(),
+            address: state.target.address.to_string(),
             bindings: state.bindings.clone(),
             healthy: state.healthy,
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            max_concurrency: self.target.max_concurrency,
+            max_concurrency: state.target.max_concurrency,
             processed: self.processed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            restarts: state.restarts,
+            last_exit: state.last_exit.as_ref().map(|e| e.status.clone()),
+            last_exit_at: state.last_exit.as_ref().map(|e| rfc3339(e.at)),
+            restart_at: match state.down {
+                Some(Down::CrashLoop { until }) => Some(rfc3339(until)),
+                _ => None,
+            },
         }
     }
-}
-
-/// The status's times: RFC 3339 in UTC to the millisecond, as the scaling status writes its own.
-fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -254,18 +386,19 @@ mod tests {
         }
     }
 
+    fn noticed(watcher: &mut crate::changes::ChangesReceiver) -> bool {
+        let mut changed = std::pin::pin!(watcher.changed());
+        changed
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_change_is_noticed_and_the_state_follows_the_lifecycle() {
         let changes = Changes::default();
         let mut watcher = changes.subscribe();
         let registry = AppRegistry::new(changes);
-        let noticed = |watcher: &mut crate::changes::ChangesReceiver| {
-            let mut changed = std::pin::pin!(watcher.changed());
-            changed
-                .as_mut()
-                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-                .is_ready()
-        };
         let app = registry.register("consumer-1".to_owned(), target(1));
         assert!(noticed(&mut watcher), "registered");
         assert_eq!(app.state(), ReplicaState::Starting);
@@ -315,5 +448,79 @@ mod tests {
         assert_eq!(registry.oldest(), Some(second.target()));
         let labels: Vec<_> = registry.consumers().into_iter().map(|c| c.label).collect();
         assert_eq!(labels, ["consumer-2"]);
+    }
+
+    /// A consumer whose process exits keeps its row: restarting or crashloop, its last exit,
+    /// then its restart count, and ready again at its new address once healthy.
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_consumer_keeps_its_row_with_its_restarts_and_last_exit() {
+        let changes = Changes::default();
+        let mut watcher = changes.subscribe();
+        let registry = AppRegistry::new(changes);
+        let app = registry.register("consumer-1".to_owned(), target(1));
+        app.set_bindings(vec!["q".to_owned()]);
+        app.set_healthy(true);
+        assert!(noticed(&mut watcher));
+
+        let until = DateTime::parse_from_rfc3339("2026-12-06T10:00:10Z")
+            .unwrap()
+            .to_utc();
+        app.set_exited("signal: 9 (SIGKILL)".into(), Down::CrashLoop { until });
+        assert!(noticed(&mut watcher), "exited");
+        let row = app.status();
+        assert_eq!(row.state, ReplicaState::Crashloop);
+        assert_eq!(
+            (row.last_exit.as_deref(), row.restart_at.as_deref()),
+            (
+                Some("signal: 9 (SIGKILL)"),
+                Some("2026-12-06T10:00:10.000Z")
+            )
+        );
+        assert!(!row.healthy && row.bindings.is_none());
+
+        app.set_restarted();
+        app.set_target(target(7));
+        assert_eq!(app.state(), ReplicaState::Restarting);
+        assert_eq!((app.restarts(), registry.restarts()), (1, 1));
+        app.set_healthy(true);
+        assert_eq!(
+            app.state(),
+            ReplicaState::Restarting,
+            "bindings not listed yet"
+        );
+        app.set_bindings(vec!["q".to_owned()]);
+        let row = app.status();
+        assert_eq!(
+            (row.state, row.address.as_str(), row.restarts),
+            (ReplicaState::Ready, "127.0.0.1:7", 1)
+        );
+        assert_eq!(row.last_exit.as_deref(), Some("signal: 9 (SIGKILL)"));
+        registry.remove(&app);
+        assert_eq!(registry.restarts(), 1, "kept once the consumer is gone");
+    }
+
+    #[test]
+    fn consumers_are_listed_in_replica_order() {
+        let registry = AppRegistry::new(Changes::default());
+        for label in [
+            "consumer-1",
+            "consumer-2",
+            "consumer-10",
+            "consumer-7",
+            "consumer-3",
+        ] {
+            registry.register(label.to_owned(), target(1));
+        }
+        let labels: Vec<_> = registry.consumers().into_iter().map(|c| c.label).collect();
+        assert_eq!(
+            labels,
+            [
+                "consumer-1",
+                "consumer-2",
+                "consumer-3",
+                "consumer-7",
+                "consumer-10"
+            ]
+        );
     }
 }

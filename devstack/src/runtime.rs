@@ -2,7 +2,7 @@
 //! operation `create` enqueues a message, as daprd with a queue binding does (over HTTP, `POST
 //! /v1.0/bindings/{name}` comes here too). Every other Dapr method but `GetMetadata`
 //! (`metadata.rs`) is UNIMPLEMENTED (see `pipeline::dapr_runtime`). The API token is checked
-//! before a call gets here (`api::token`).
+//! before a call gets here (`api::token`). The `unavailable` and `latency` faults act here.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::{
+    faults::{Faults, Unavailable},
     ids,
+    journey::Via,
     queue::Queues,
     service_bus::{Envelope, MessageError},
     spans,
@@ -37,30 +39,39 @@ pub enum InvokeError {
         binding: String,
         source: MessageError,
     },
+    /// The `unavailable` fault.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
-/// The runtime API's shared state: the queues producers send to.
+/// The runtime API's shared state: the queues producers send to, and the faults in force.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     queues: Arc<Queues>,
+    faults: Arc<Faults>,
 }
 
 impl Runtime {
-    pub fn new(queues: Arc<Queues>) -> Self {
-        Self { queues }
+    pub fn new(queues: Arc<Queues>, faults: Arc<Faults>) -> Self {
+        Self { queues, faults }
     }
 
-    /// Enqueues one message on `binding`'s queue; returns its id. Shared by gRPC and HTTP.
+    /// Enqueues one message on `binding`'s queue, sent `via` gRPC or HTTP; returns its id.
     /// `metadata` maps onto the message as the Service Bus binding maps it.
-    pub fn invoke(
+    pub async fn invoke(
         &self,
         binding: &str,
         operation: &str,
         data: Vec<u8>,
         mut metadata: HashMap<String, String>,
         trace: Option<TraceParent>,
+        via: Via,
     ) -> Result<String, InvokeError> {
         let span = spans::send(binding, trace.as_ref());
+        if let Err(unavailable) = self.faults.before_send().await {
+            spans::end(&span, Some(unavailable.to_string()));
+            return Err(unavailable.into());
+        }
         let queue = self.queues.get(binding);
         let Some(queue) = queue.filter(|_| operation == OPERATION_CREATE) else {
             let error = match queue {
@@ -91,7 +102,7 @@ impl Runtime {
                 return Err(error);
             }
         };
-        let id = queue.send(data, envelope, Some(trace_id));
+        let id = queue.send(data, envelope, Some(trace_id), via);
         spans::enqueued(&span, &id);
         spans::end(&span, None);
         debug!(binding, id, "message enqueued");
@@ -112,8 +123,13 @@ impl BindingHandler for Runtime {
             metadata,
             operation,
         } = request.into_inner();
-        self.invoke(&name, &operation, data, metadata, trace)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        self.invoke(&name, &operation, data, metadata, trace, Via::Grpc)
+            .await
+            .map_err(|e| match e {
+                // What a producer retries, as it retries daprd's UNAVAILABLE.
+                InvokeError::Unavailable(e) => Status::unavailable(e.to_string()),
+                e => Status::internal(e.to_string()),
+            })?;
         Ok(Response::new(InvokeBindingResponse::default()))
     }
 }

@@ -45,10 +45,10 @@ pub struct Schedule {
 /// What [`Schedule::advance`] changed.
 #[derive(Debug, Default)]
 pub struct Advanced {
-    /// Scheduled messages that became active.
-    pub activated: usize,
-    /// Expired messages removed.
-    pub expired: usize,
+    /// The ids of the scheduled messages that became active.
+    pub activated: Vec<String>,
+    /// The ids of the expired messages removed.
+    pub expired: Vec<String>,
     /// Expired messages to dead-letter, with [`EXPIRED_REASON`].
     pub dead_letters: Vec<QueuedMessage>,
 }
@@ -56,7 +56,7 @@ pub struct Advanced {
 impl Advanced {
     /// Whether anything moved.
     pub fn any(&self) -> bool {
-        self.activated + self.expired + self.dead_letters.len() > 0
+        !(self.activated.is_empty() && self.expired.is_empty() && self.dead_letters.is_empty())
     }
 }
 
@@ -114,8 +114,8 @@ impl Schedule {
         {
             let message = entry.remove();
             self.entered_queue(&message);
+            advanced.activated.push(message.id.clone());
             active.push_back(message);
-            advanced.activated += 1;
         }
         let mut due = false;
         while self.expiries.peek().is_some_and(|Reverse(at)| *at <= now) {
@@ -130,14 +130,14 @@ impl Schedule {
                     if self.dead_letter_on_expiration {
                         advanced.dead_letters.push(message);
                     } else {
-                        advanced.expired += 1;
+                        advanced.expired.push(message.id);
                     }
                 } else {
                     kept.push_back(message);
                 }
             }
             *active = kept;
-            self.expired += advanced.expired as u64;
+            self.expired += advanced.expired.len() as u64;
         }
         advanced
     }
@@ -237,6 +237,7 @@ mod tests {
         use super::super::*;
         use crate::{
             changes::Changes,
+            journey::{Journeys, Via},
             queue::{Counts, Queue, QueueSettings},
             service_bus::Envelope,
         };
@@ -249,7 +250,7 @@ mod tests {
             settings: QueueSettings,
             changes: Changes,
         ) -> (Arc<Queue>, CancellationToken) {
-            let queue = Queue::new("q", settings, changes);
+            let queue = Queue::new("q", settings, changes, Journeys::new(100));
             let shutdown = CancellationToken::new();
             tokio::spawn(keep_time(Arc::clone(&queue), shutdown.clone()));
             (queue, shutdown)
@@ -280,21 +281,21 @@ mod tests {
         async fn a_scheduled_message_reaches_a_waiting_receiver_and_the_counts_at_its_time() {
             let (q, shutdown) = queue(QueueSettings::default());
             let start = tokio::time::Instant::now();
-            q.send(b"later".to_vec(), in_secs(30), None);
-            q.send(b"now".to_vec(), Envelope::default(), None);
+            q.send(b"later".to_vec(), in_secs(30), None, Via::Grpc);
+            q.send(b"now".to_vec(), Envelope::default(), None, Via::Grpc);
             let counts = q.counts();
             assert_eq!(
                 (counts.produced, counts.scheduled, counts.active),
                 (2, 1, 1)
             );
-            q.receive().await.complete();
+            q.receive().await.complete().expect("the lock is held");
 
             let receiver = tokio::spawn({
                 let q = Arc::clone(&q);
                 async move {
                     let lock = q.receive().await;
                     let data = lock.message().data.clone();
-                    lock.complete();
+                    lock.complete().expect("the lock is held");
                     (data, tokio::time::Instant::now())
                 }
             });
@@ -319,8 +320,8 @@ mod tests {
         async fn an_expired_message_is_removed_at_its_expiry_with_nobody_reading() {
             let changes = Changes::default();
             let (q, shutdown) = queue_telling(QueueSettings::default(), changes.clone());
-            q.send(b"brief".to_vec(), living(10), None);
-            q.send(b"lasting".to_vec(), Envelope::default(), None);
+            q.send(b"brief".to_vec(), living(10), None, Via::Grpc);
+            q.send(b"lasting".to_vec(), Envelope::default(), None, Via::Grpc);
             tokio::time::sleep(Duration::from_secs(9)).await;
             assert_eq!(q.counts().active, 2);
             let start = tokio::time::Instant::now() - Duration::from_secs(9);
@@ -347,11 +348,12 @@ mod tests {
                 ..QueueSettings::default()
             };
             let (q, shutdown) = queue(settings);
-            q.send(b"slow".to_vec(), living(5), None);
+            q.send(b"slow".to_vec(), living(5), None, Via::Grpc);
             let lock = q.receive().await;
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            // Past its TTL, within its lock.
+            tokio::time::sleep(Duration::from_secs(30)).await;
             assert_eq!(q.counts().locked, 1, "locked: not expired");
-            lock.abandon("failed");
+            lock.abandon("failed").expect("the lock is held");
             settle().await;
             let counts = q.counts();
             assert_eq!(
@@ -367,6 +369,30 @@ mod tests {
                 (dead[0].reason.as_str(), dead[0].delivery_count),
                 (EXPIRED_REASON, 1)
             );
+            shutdown.cancel();
+        }
+
+        /// A lock that runs out puts the message back as an abandon does: its expiry, which the
+        /// lock held off, takes effect then.
+        #[tokio::test(start_paused = true)]
+        async fn a_message_whose_lock_runs_out_past_its_ttl_expires_then() {
+            let settings = QueueSettings {
+                dead_letter_on_expiration: true,
+                ..QueueSettings::default()
+            };
+            let (q, shutdown) = queue(settings);
+            q.send(b"slow".to_vec(), living(5), None, Via::Grpc);
+            let lock = q.receive().await;
+            lock.forget();
+            tokio::time::sleep(settings.lock_duration).await;
+            settle().await;
+            let counts = q.counts();
+            assert_eq!(
+                (counts.active, counts.dead_lettered, counts.locks_expired),
+                (0, 1, 1),
+                "{counts:?}"
+            );
+            assert_eq!(q.dead_letters()[0].reason, EXPIRED_REASON);
             shutdown.cancel();
         }
     }
@@ -389,7 +415,7 @@ mod tests {
         let advanced = schedule.advance(start + Duration::from_secs(9), &mut active);
         assert!(!advanced.any());
         let advanced = schedule.advance(start + Duration::from_secs(10), &mut active);
-        assert_eq!(advanced.activated, 1);
+        assert_eq!(advanced.activated.len(), 1);
         assert_eq!(ids(&active), [2, 3, 1]);
         schedule.advance(start + Duration::from_secs(60), &mut active);
         assert_eq!(ids(&active), [2, 3, 1, 0]);
@@ -413,7 +439,7 @@ mod tests {
         schedule.advance(start + Duration::from_secs(29), &mut active);
         assert_eq!(ids(&active), [0, 2, 1], "1 active from 20 s");
         let advanced = schedule.advance(start + Duration::from_secs(30), &mut active);
-        assert_eq!((advanced.expired, schedule.expired()), (1, 1));
+        assert_eq!((advanced.expired.len(), schedule.expired()), (1, 1));
         schedule.advance(start + Duration::from_secs(34), &mut active);
         assert_eq!(ids(&active), [2, 1], "scheduled at 20 s, alive until 35 s");
         schedule.advance(start + Duration::from_secs(35), &mut active);
@@ -431,7 +457,7 @@ mod tests {
             .collect();
         let advanced = schedule.advance(start + Duration::from_secs(1), &mut active);
         assert_eq!(advanced.dead_letters.len(), 1);
-        assert_eq!((advanced.expired, schedule.expired()), (0, 0));
+        assert_eq!((advanced.expired.len(), schedule.expired()), (0, 0));
         assert!(active.is_empty());
     }
 
@@ -451,6 +477,6 @@ mod tests {
         schedule.entered_queue(&locked);
         active.push_front(locked);
         let advanced = schedule.advance(start + Duration::from_secs(10), &mut active);
-        assert_eq!(advanced.expired, 1);
+        assert_eq!(advanced.expired.len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! devstack's sidecar, which stands in for daprd and the queue: the runtime gRPC API, the HTTP
-//! API, the queues and the delivery to consumer apps, served together on loopback.
+//! API, the queues and the delivery to consumer apps, the faults and the journeys, served
+//! together on loopback.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -14,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    api::{self, http::HttpApi},
+    api::{self, devstack::DevstackApi, guard::AllowedHosts, http::HttpApi},
     app::AppTarget,
     changes::Changes,
     config::{SidecarArgs, SidecarOnlyArgs},
     dashboard::Dashboard,
     delivery::{self, DeliverySettings},
+    faults::Faults,
+    journey::Journeys,
     metadata::Metadata,
     queue::Queues,
     registry::{AppRegistry, AppStatus},
@@ -80,6 +83,7 @@ pub struct Sidecar {
     queues: Arc<Queues>,
     apps: Arc<AppRegistry>,
     status: Arc<StatusBoard>,
+    faults: Arc<Faults>,
     delivery: DeliverySettings,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -98,19 +102,32 @@ impl Sidecar {
 
         let retry_policies = args.retry_policies()?;
         let changes = Changes::default();
-        let queues = Arc::new(Queues::new(&args.bindings, args.queue_settings(), &changes));
+        let journeys = Journeys::new(args.journey_messages);
+        let queues = Arc::new(Queues::new(
+            &args.bindings,
+            args.queue_settings(),
+            &changes,
+            &journeys,
+        ));
         let mut tasks = JoinSet::new();
         for queue in queues.iter() {
             let keep_time = schedule::keep_time(Arc::clone(queue), shutdown.clone());
             tasks.spawn(keep_time.map(Ok));
         }
         let apps = Arc::new(AppRegistry::new(changes.clone()));
+        let faults = Arc::new(Faults::new(
+            Arc::clone(&queues),
+            journeys.clone(),
+            changes.clone(),
+        ));
         let status = Arc::new(StatusBoard::new(
             Arc::clone(&queues),
             Arc::clone(&apps),
+            Arc::clone(&faults),
+            journeys.clone(),
             changes,
         ));
-        let runtime = Runtime::new(Arc::clone(&queues));
+        let runtime = Runtime::new(Arc::clone(&queues), Arc::clone(&faults));
         let metadata = Arc::new(Metadata::new(
             args.app_id.clone(),
             args.bindings.clone(),
@@ -129,14 +146,21 @@ impl Sidecar {
 
         let dashboard = Dashboard::new(Arc::clone(&status) as _, shutdown.clone());
         tasks.spawn(Arc::clone(&dashboard).publish().map(Ok));
+        tasks.spawn(Arc::clone(&dashboard).sample().map(Ok));
         let connections = ConnectionMetrics::default();
         let router = api::http::router(HttpApi {
             runtime,
-            status: Arc::clone(&status),
             metadata,
-            connections: connections.clone(),
+            devstack: DevstackApi {
+                status: Arc::clone(&status),
+                connections: connections.clone(),
+                queues: Arc::clone(&queues),
+                faults: Arc::clone(&faults),
+                journeys: journeys.clone(),
+            },
             dashboard: Arc::clone(&dashboard),
             api_token: args.dapr_api_token.clone(),
+            allowed_hosts: AllowedHosts::new(&args.allowed_hosts),
         });
         tasks.spawn(
             http_server::serve(
@@ -163,12 +187,16 @@ impl Sidecar {
             queues,
             apps,
             status,
+            faults: Arc::clone(&faults),
             delivery: DeliverySettings {
                 app_api_token: args.app_api_token.as_ref().map(ApiToken::metadata_value),
                 health_interval: args.app_health_interval,
                 lock_duration: args.lock_duration,
+                lock_renewal: args.lock_renewal_interval,
                 max_retriable_errors_per_sec: args.max_retriable_errors_per_sec,
                 retry_policies: Arc::new(retry_policies),
+                faults,
+                journeys,
             },
             shutdown,
             tasks,
@@ -185,10 +213,32 @@ impl Sidecar {
         &self.status
     }
 
+    /// The faults: where the consumers' process faults go is set there.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// The consumer apps, as the status lists them.
+    pub fn apps(&self) -> &Arc<AppRegistry> {
+        &self.apps
+    }
+
     /// Starts delivering to a consumer app (its ListInputBindings is retried until it is up),
     /// labelled `label` in the status.
     pub fn add_app(&mut self, target: AppTarget, label: String) -> AppHandle {
         let status = self.apps.register(label, target);
+        self.deliver(status, target)
+    }
+
+    /// Delivers to `app`'s consumer again, restarted at `target`: the same row of the status,
+    /// a delivery of its own (the old one stopped when the process exited).
+    pub fn redeliver(&mut self, app: AppHandle, target: AppTarget) -> AppHandle {
+        app.stop_delivery();
+        app.status.set_target(target);
+        self.deliver(app.status, target)
+    }
+
+    fn deliver(&mut self, status: Arc<AppStatus>, target: AppTarget) -> AppHandle {
         let stop = self.shutdown.child_token();
         let run = delivery::serve_app(
             Arc::clone(&self.queues),

@@ -1,6 +1,7 @@
 //! What `GET /devstack/status`, `GET /devstack/metrics`, the dashboard and the periodic status log
-//! show: each queue's counts and dead letters, the consumer apps, and with `--autoscale` the
-//! scaling controller's report; as JSON, and as an OpenMetrics page.
+//! show: each queue's counts, dead letters and dead-letter operations, the consumer apps (their
+//! state, restarts and last exit), the faults provoked, the journeys kept, and with `--autoscale`
+//! the scaling controller's report; as JSON, and as an OpenMetrics page.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -17,7 +18,9 @@ use serde_json::value::RawValue;
 
 use crate::{
     changes::{Changes, ChangesReceiver},
-    queue::{Counts, DeadLetter, Queues},
+    faults::{FaultStatus, Faults},
+    journey::{JourneyCounts, Journeys},
+    queue::{Counts, DeadLetter, DeadLetterOps, Queues},
     registry::{AppRegistry, ConsumerStatus, ReplicaState},
 };
 
@@ -26,6 +29,8 @@ use crate::{
 pub struct StatusBoard {
     queues: Arc<Queues>,
     apps: Arc<AppRegistry>,
+    faults: Arc<Faults>,
+    journeys: Journeys,
     /// With `--autoscale`: what the scaling controller last published.
     scaling: Mutex<Option<Box<dyn ScalingReport>>>,
     changes: Changes,
@@ -62,27 +67,44 @@ pub struct ReplicaCounts {
     pub ready: u32,
     pub starting: u32,
     pub terminating: u32,
+    /// Restarting, or waiting out a CrashLoopBackOff.
+    pub restarting: u32,
 }
 
-/// JSON status: counts per queue, consumers, recent dead letters.
+/// JSON status: counts per queue, consumers, recent dead letters, faults, journeys.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub queues: BTreeMap<String, Counts>,
     pub consumers_connected: usize,
+    /// In replica order.
     pub consumers: Vec<ConsumerStatus>,
+    /// Restarts of every consumer ever, those scaled in since included.
+    pub consumer_restarts: u64,
     pub dead_letters: BTreeMap<String, Vec<DeadLetter>>,
+    pub dead_letter_operations: BTreeMap<String, DeadLetterOps>,
+    pub faults: FaultStatus,
+    pub journeys: JourneyCounts,
     /// Only with `--autoscale`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scaling: Option<CountedScaling>,
 }
 
 impl StatusBoard {
-    /// The status of `queues` and `apps`, which tell `changes` of their own changes.
-    pub fn new(queues: Arc<Queues>, apps: Arc<AppRegistry>, changes: Changes) -> Self {
+    /// The status of `queues`, `apps`, `faults` and `journeys`, which tell `changes` of their own
+    /// changes.
+    pub fn new(
+        queues: Arc<Queues>,
+        apps: Arc<AppRegistry>,
+        faults: Arc<Faults>,
+        journeys: Journeys,
+        changes: Changes,
+    ) -> Self {
         Self {
             queues,
             apps,
+            faults,
+            journeys,
             scaling: Mutex::default(),
             changes,
         }
@@ -121,11 +143,19 @@ impl StatusBoard {
                 .collect(),
             consumers_connected: consumers.iter().filter(|c| c.connected()).count(),
             consumers,
+            consumer_restarts: self.apps.restarts(),
             dead_letters: self
                 .queues
                 .iter()
                 .map(|q| (q.name().to_owned(), q.dead_letters()))
                 .collect(),
+            dead_letter_operations: self
+                .queues
+                .iter()
+                .map(|q| (q.name().to_owned(), q.dead_letter_ops()))
+                .collect(),
+            faults: self.faults.status(),
+            journeys: self.journeys.counts(),
             scaling,
         }
     }
@@ -193,6 +223,44 @@ impl Collector for StatusBoard {
                 ConstCounter::new(value).encode(duplicates.encode_family(&labels)?)?;
             }
         }
+        let mut expired = encoder.encode_descriptor(
+            "devstack_queue_locks_expired",
+            "Locks that ran out before their message was settled; the message came back.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, c) in &status.queues {
+            let labels = [("queue", queue.as_str())];
+            ConstCounter::new(c.locks_expired).encode(expired.encode_family(&labels)?)?;
+        }
+        let mut operations = encoder.encode_descriptor(
+            "devstack_dead_letter_operations",
+            "Dead-letter operations (peek, replay, purge) done on each queue.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, ops) in &status.dead_letter_operations {
+            for (operation, value) in [
+                ("peek", ops.peeks),
+                ("replay", ops.replays),
+                ("purge", ops.purges),
+            ] {
+                let labels = [("queue", queue.as_str()), ("operation", operation)];
+                ConstCounter::new(value).encode(operations.encode_family(&labels)?)?;
+            }
+        }
+        let mut dead_letters_moved = encoder.encode_descriptor(
+            "devstack_dead_letters",
+            "Dead letters replayed to their queue, or purged.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, c) in &status.queues {
+            for (outcome, value) in [("replayed", c.replayed), ("purged", c.purged)] {
+                let labels = [("queue", queue.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(dead_letters_moved.encode_family(&labels)?)?;
+            }
+        }
         let connected = encoder.encode_descriptor(
             "devstack_consumers_connected",
             "Consumer apps that listed their bindings and are healthy.",
@@ -200,6 +268,68 @@ impl Collector for StatusBoard {
             MetricType::Gauge,
         )?;
         ConstGauge::new(status.consumers_connected).encode(connected)?;
+        let mut states = encoder.encode_descriptor(
+            "devstack_consumer_state",
+            "Each consumer's state: 1 for the one it is in.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &status.consumers {
+            for state in ReplicaState::ALL {
+                let labels = [("consumer", c.label.as_str()), ("state", state.as_str())];
+                ConstGauge::new(i64::from(c.state == state))
+                    .encode(states.encode_family(&labels)?)?;
+            }
+        }
+        let mut restarts = encoder.encode_descriptor(
+            "devstack_consumer_restarts",
+            "Times each consumer's process was restarted after exiting on its own.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &status.consumers {
+            let labels = [("consumer", c.label.as_str())];
+            ConstGauge::new(i64::from(c.restarts)).encode(restarts.encode_family(&labels)?)?;
+        }
+        let mut last_exit = encoder.encode_descriptor(
+            "devstack_consumer_last_exit_timestamp_seconds",
+            "When each consumer's process last exited on its own, labelled with how.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &status.consumers {
+            let (Some(how), Some(at)) = (&c.last_exit, &c.last_exit_at) else {
+                continue;
+            };
+            let seconds = chrono::DateTime::parse_from_rfc3339(at)
+                .map(|t| t.timestamp_millis() as f64 / 1e3)
+                .unwrap_or_default();
+            let labels = [("consumer", c.label.as_str()), ("status", how.as_str())];
+            ConstGauge::new(seconds).encode(last_exit.encode_family(&labels)?)?;
+        }
+        let all_restarts = encoder.encode_descriptor(
+            "devstack_consumer_process_restarts",
+            "Restarts of every consumer ever, those scaled in since included.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(status.consumer_restarts).encode(all_restarts)?;
+        let mut faults = encoder.encode_descriptor(
+            "devstack_faults",
+            "Faults provoked, by kind (POST /devstack/faults, the dashboard, --chaos).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, value) in &status.faults.counts {
+            ConstCounter::new(*value).encode(faults.encode_family(&[("kind", *kind)])?)?;
+        }
+        let duplicates = encoder.encode_descriptor(
+            "devstack_messages_processed_more_than_once",
+            "Messages the consumers answered OK for more than once (at-least-once delivery).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(status.journeys.duplicates).encode(duplicates)?;
         let Some(scaling) = &status.scaling else {
             return Ok(());
         };
@@ -215,6 +345,7 @@ impl Collector for StatusBoard {
             ("ready", counts.ready),
             ("starting", counts.starting),
             ("terminating", counts.terminating),
+            ("restarting", counts.restarting),
         ] {
             ConstGauge::new(i64::from(value))
                 .encode(replicas.encode_family(&[("state", state)])?)?;
@@ -237,6 +368,7 @@ mod tests {
     use super::*;
     use crate::{
         app::{AppProtocol, AppTarget},
+        journey::Via,
         queue::QueueSettings,
         service_bus::Envelope,
     };
@@ -248,9 +380,21 @@ mod tests {
             max_delivery_count: 1,
             ..QueueSettings::default()
         };
-        let queues = Arc::new(Queues::new(&bindings, settings, &changes));
+        let journeys = Journeys::new(10);
+        let queues = Arc::new(Queues::new(&bindings, settings, &changes, &journeys));
         let apps = Arc::new(AppRegistry::new(changes.clone()));
-        let board = StatusBoard::new(Arc::clone(&queues), Arc::clone(&apps), changes);
+        let faults = Arc::new(Faults::new(
+            Arc::clone(&queues),
+            journeys.clone(),
+            changes.clone(),
+        ));
+        let board = StatusBoard::new(
+            Arc::clone(&queues),
+            Arc::clone(&apps),
+            faults,
+            journeys,
+            changes,
+        );
         (Arc::new(board), queues, apps)
     }
 
@@ -263,7 +407,7 @@ mod tests {
             ..Envelope::default()
         };
         for _ in 0..3 {
-            q.send(b"x".to_vec(), copy.clone(), None);
+            q.send(b"x".to_vec(), copy.clone(), None, Via::Grpc);
         }
         let page = board
             .metrics(&ConnectionMetrics::default())
@@ -301,6 +445,7 @@ mod tests {
                 ready: count(ReplicaState::Ready),
                 starting: count(ReplicaState::Starting),
                 terminating: count(ReplicaState::Terminating),
+                restarting: count(ReplicaState::Restarting) + count(ReplicaState::Crashloop),
             };
             let json = format!(
                 r#"{{"replicas":{},"ready":{}}}"#,

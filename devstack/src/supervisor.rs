@@ -1,8 +1,12 @@
 //! `devstack up`: devstack's sidecar in this process, the real `consumer` and `producer` binaries
 //! as child processes on loopback, their output labelled by part, and a clean stop on Ctrl-C.
+//! The consumers run as the pods of a Deployment (`scaling::replicas`): restarted when they exit
+//! on their own, scaled by KEDA and the HPA with `--autoscale`, broken on purpose with the
+//! faults and `--chaos`.
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -13,10 +17,13 @@ use tracing::{error, warn};
 
 use crate::{
     config::UpArgs,
+    dashboard::Dashboard,
+    faults::ConsumerControl,
     process::{self, LISTEN_LIMIT, Launch, Listening, Process, STOP_LIMIT},
     scaling::{
+        clock::Clock,
         controller::{Autoscale, Controller},
-        replicas::{self, Template},
+        replicas::{Ports, ReplicaSet, Template},
     },
     sidecar::{Listeners, Sidecar},
 };
@@ -24,8 +31,8 @@ use crate::{
 /// Longest the producer may take to become ready.
 const READY_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs the whole local stack, the sidecar on `listeners`, until `signal` is cancelled or a part
-/// exits on its own.
+/// Runs the whole local stack, the sidecar on `listeners`, until `signal` is cancelled or the
+/// producer exits on its own (or, with `--stop-on-crash`, a consumer does).
 pub async fn serve(
     listeners: Listeners,
     args: UpArgs,
@@ -40,36 +47,46 @@ pub async fn serve(
         .transpose()?;
     let sidecar_stop = CancellationToken::new();
     let mut sidecar = Sidecar::start(listeners, &args.sidecar, sidecar_stop.clone())?;
-    let mut output = JoinSet::new();
-    let (mut parts, unknown) = start_parts(&args, &bin_dir, &mut sidecar, &mut output)?;
-    let mut controller = match &autoscale {
-        Some(autoscale) => Some(Controller::start(
+    let template = consumer_template(&args, &bin_dir);
+    let mut pods = match &autoscale {
+        Some(autoscale) => Pods::Scaled(Box::new(Controller::start(
             autoscale,
-            replica_template(&args, &bin_dir),
-            &sidecar,
-        )?),
-        None => None,
+            template,
+            &mut sidecar,
+            args.stop_on_crash,
+        )?)),
+        None => {
+            // Fixed consumers: a Deployment nobody scales, its clock at real time.
+            let clock = Clock::start(1.0);
+            let mut set = ReplicaSet::new(template, STOP_LIMIT, clock, args.stop_on_crash);
+            let n = u32::try_from(args.consumers.get()).unwrap_or(u32::MAX);
+            set.scale_to(n, &mut sidecar)?;
+            Pods::Fixed(Box::new(set))
+        }
     };
+    sidecar.faults().set_consumers(pods.control());
+    let mut output = JoinSet::new();
+    let (mut producer, listening) = producer(&args, &bin_dir, &sidecar).spawn(&mut output)?;
 
     let stack = Stack {
         args: &args,
         autoscale: autoscale.as_ref(),
     };
-    let outcome = run(
-        stack,
-        &mut sidecar,
-        &mut parts,
-        controller.as_mut(),
-        unknown,
-        &signal,
-    )
-    .await;
-    match controller.as_mut() {
-        Some(controller) => {
-            tokio::join!(stop_all(&mut parts), controller.stop(&mut sidecar));
-        }
-        None => stop_all(&mut parts).await,
-    }
+    let chaos_stop = sidecar_stop.child_token();
+    let parts = Parts {
+        producer: &mut producer,
+        listening,
+        pods: &mut pods,
+    };
+    let outcome = run(stack, &mut sidecar, parts, &signal, &chaos_stop).await;
+    chaos_stop.cancel();
+    tokio::join!(
+        async {
+            let status = producer.stop(STOP_LIMIT).await;
+            process::stopped(producer.label(), status);
+        },
+        pods.stop(&mut sidecar)
+    );
     sidecar_stop.cancel();
     sidecar.wait().await?;
     // Drain what the parts printed last.
@@ -77,30 +94,63 @@ pub async fn serve(
     outcome
 }
 
-/// The consumer binary, labelled `label`, on `app_port` and `metrics_port` (0: free ones, the
-/// app port learnt from its `listening` event).
-fn consumer(
-    args: &UpArgs,
-    bin_dir: &Path,
-    label: String,
-    app_port: u16,
-    metrics_port: u16,
-) -> Launch {
-    let launch = Launch::new(bin_dir.join("consumer"), label)
-        .env("APP_PORT", app_port)
-        .env("METRICS_PORT", metrics_port)
-        .env("MAX_CONCURRENCY", args.max_concurrency);
-    match app_port {
-        0 => launch.log_listening(&args.sidecar.log.filter, "consumer::server"),
-        _ => launch,
+/// The consumers' pods: scaled by KEDA and the HPA, or fixed.
+enum Pods {
+    Scaled(Box<Controller>),
+    Fixed(Box<ReplicaSet>),
+}
+
+impl Pods {
+    fn control(&self) -> ConsumerControl {
+        match self {
+            Self::Scaled(controller) => controller.control(),
+            Self::Fixed(set) => set.control(),
+        }
+    }
+
+    /// Looks after the pods (restarts, faults, and with `scaling`, KEDA's and the HPA's
+    /// loops) until that fails; cancel-safe.
+    async fn run(&mut self, sidecar: &mut Sidecar, scaling: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Scaled(controller) if scaling => controller.run(sidecar).await,
+            Self::Scaled(controller) => controller.run_replicas(sidecar).await,
+            Self::Fixed(set) => loop {
+                let event = set.next_event().await;
+                set.handle(event, sidecar)?;
+            },
+        }
+    }
+
+    async fn stop(&mut self, sidecar: &mut Sidecar) {
+        match self {
+            Self::Scaled(controller) => controller.stop(sidecar).await,
+            Self::Fixed(set) => set.stop_all(sidecar).await,
+        }
     }
 }
 
-/// The replicas `--autoscale` starts: consumers on free ports, as each pod has its own.
-fn replica_template(args: &UpArgs, bin_dir: &Path) -> Template {
+/// The consumers' template: each on its own free ports with `--autoscale` (as each pod has its
+/// own), else from APP_PORT and METRICS_PORT on; on a free port, devstack learns the address
+/// from its `listening` event.
+fn consumer_template(args: &UpArgs, bin_dir: &Path) -> Template {
+    let ports = match args.autoscale {
+        Some(_) => Ports::Free,
+        None => Ports::From {
+            app: args.app_port,
+            metrics: args.metrics_port,
+        },
+    };
+    let launch = Launch::new(bin_dir.join("consumer"), "consumer")
+        .env("MAX_CONCURRENCY", args.max_concurrency);
+    let launch = match (ports, args.app_port) {
+        (Ports::From { .. }, port) if port != 0 => launch,
+        _ => launch.log_listening(&args.sidecar.log.filter, "consumer::server"),
+    };
     Template {
-        launch: consumer(args, bin_dir, "consumer".to_owned(), 0, 0),
+        launch,
         max_concurrency: args.max_concurrency.get(),
+        ports,
+        numbered: args.autoscale.is_some() || args.consumers.get() > 1,
     }
 }
 
@@ -117,57 +167,6 @@ fn producer(args: &UpArgs, bin_dir: &Path, sidecar: &Sidecar) -> Launch {
     }
 }
 
-/// The addresses still to learn, of the parts started on port 0.
-struct Unknown {
-    consumers: Vec<(String, Listening)>,
-    producer: Listening,
-}
-
-/// Starts the consumers, delivering to those on a known port at once, then the producer.
-fn start_parts(
-    args: &UpArgs,
-    bin_dir: &Path,
-    sidecar: &mut Sidecar,
-    output: &mut JoinSet<()>,
-) -> anyhow::Result<(Vec<Process>, Unknown)> {
-    let mut parts = Vec::new();
-    let mut consumers = Vec::new();
-    // With --autoscale, the replica set starts the consumers.
-    let fixed = match args.autoscale {
-        None => args.consumers.get(),
-        Some(_) => 0,
-    };
-    for n in 0..fixed {
-        let port = nth_port(args.app_port, n).context("APP_PORT + consumers is past port 65535")?;
-        let metrics_port = nth_port(args.metrics_port, n)
-            .context("METRICS_PORT + consumers is past port 65535")?;
-        let label = if args.consumers.get() == 1 {
-            "consumer".to_owned()
-        } else {
-            format!("consumer-{}", n + 1)
-        };
-        let launch = consumer(args, bin_dir, label.clone(), port, metrics_port);
-        let (part, listening) = launch.spawn(output)?;
-        parts.push(part);
-        match port {
-            0 => consumers.push((label, listening)),
-            port => {
-                let address = ([127, 0, 0, 1], port).into();
-                replicas::deliver_to(sidecar, &label, address, args.max_concurrency.get());
-            }
-        }
-    }
-    let (part, producer) = producer(args, bin_dir, sidecar).spawn(output)?;
-    parts.push(part);
-    Ok((
-        parts,
-        Unknown {
-            consumers,
-            producer,
-        },
-    ))
-}
-
 /// What the stack runs, for the banner.
 #[derive(Clone, Copy)]
 struct Stack<'a> {
@@ -175,62 +174,65 @@ struct Stack<'a> {
     autoscale: Option<&'a Autoscale>,
 }
 
-/// Learns the ports chosen on port 0, waits for the producer and prints the banner, then runs
-/// until `signal` (Ok) or until a part stops on its own (an error). With `controller`, scales
-/// the consumers meanwhile.
+/// The running parts: the producer (and where it will say it listens), and the consumers.
+struct Parts<'a> {
+    producer: &'a mut Process,
+    listening: Listening,
+    pods: &'a mut Pods,
+}
+
+/// Learns the producer's port, waits for it and prints the banner, then starts the `--chaos`
+/// schedule (until `chaos_stop`) and runs until `signal` (Ok) or until the producer stops on its
+/// own or the pods fail (an error). The pods are looked after all along; KEDA's and the HPA's
+/// loops start with the banner.
 async fn run(
     stack: Stack<'_>,
     sidecar: &mut Sidecar,
-    parts: &mut [Process],
-    mut controller: Option<&mut Controller>,
-    unknown: Unknown,
+    parts: Parts<'_>,
     signal: &CancellationToken,
+    chaos_stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let Parts {
+        producer,
+        listening,
+        pods,
+    } = parts;
     let args = stack.args;
-    let learned = async {
-        let deadline = Instant::now() + LISTEN_LIMIT;
-        for (label, listening) in unknown.consumers {
-            let address = listening.address(deadline).await?;
-            replicas::deliver_to(sidecar, &label, address, args.max_concurrency.get());
-        }
-        match args.port {
-            0 => Ok(unknown.producer.address(deadline).await?.port()),
-            port => anyhow::Ok(port),
-        }
-    };
-    let port = tokio::select! {
-        port = learned => port.inspect_err(|e| error!(error = %e, "stopping the stack"))?,
-        _ = signal.cancelled() => return Ok(()),
-    };
-    sidecar
-        .dashboard
-        .set_producer(([127, 0, 0, 1], port).into());
-    tokio::select! {
-        ready = producer_ready(port) => match ready {
-            Ok(()) => print_banner(port, sidecar.http_addr.port(), stack),
+    let dashboard: Arc<Dashboard> = Arc::clone(&sidecar.dashboard);
+    let http_port = sidecar.http_addr.port();
+    let startup = async {
+        let port = match args.port {
+            0 => listening
+                .address(Instant::now() + LISTEN_LIMIT)
+                .await?
+                .port(),
+            port => port,
+        };
+        dashboard.set_producer(([127, 0, 0, 1], port).into());
+        match producer_ready(port).await {
+            Ok(()) => print_banner(port, http_port, stack),
             Err(e) => warn!(error = %e, "the producer did not become ready"),
-        },
-        _ = signal.cancelled() => return Ok(()),
-    }
-    let scaling = async {
-        match controller.as_mut() {
-            Some(controller) => controller.run(sidecar).await,
-            None => std::future::pending().await,
         }
+        anyhow::Ok(())
     };
+    let label = producer.label().to_owned();
+    tokio::select! {
+        started = startup => started.inspect_err(|e| error!(error = %e, "stopping the stack"))?,
+        _ = signal.cancelled() => return Ok(()),
+        status = producer.wait() => return Err(process::died(&label, status).into()),
+        failed = pods.run(sidecar, false) => return failed,
+    }
+    if let Some(schedule) = args.chaos.clone() {
+        tokio::spawn(schedule.run(
+            Arc::clone(sidecar.faults()),
+            Arc::clone(sidecar.apps()),
+            chaos_stop.clone(),
+        ));
+    }
     tokio::select! {
         _ = signal.cancelled() => Ok(()),
-        (label, status) = first_exit(parts) => Err(process::died(&label, status).into()),
-        stopped = scaling => stopped,
-    }
-}
-
-/// Consumer `n`'s port (0-based) when the first one's is `first`: the next ones follow it, and
-/// 0 stays 0 (each picks a free port).
-fn nth_port(first: u16, n: usize) -> Option<u16> {
-    match first {
-        0 => Some(0),
-        first => first.checked_add(u16::try_from(n).ok()?),
+        status = producer.wait() => Err(process::died(&label, status).into()),
+        failed = pods.run(sidecar, true) => failed,
     }
 }
 
@@ -278,28 +280,6 @@ async fn producer_ready(port: u16) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The first part to exit, with how it exited.
-async fn first_exit(parts: &mut [Process]) -> (String, std::io::Result<std::process::ExitStatus>) {
-    let waits = parts.iter_mut().map(|part| {
-        Box::pin(async move {
-            let status = part.wait().await;
-            (part.label().to_owned(), status)
-        })
-    });
-    let (exited, _, _) = futures::future::select_all(waits).await;
-    exited
-}
-
-/// SIGTERM to every part still running, as Kubernetes does, then each is waited for, and killed
-/// if still running after [`STOP_LIMIT`].
-async fn stop_all(parts: &mut [Process]) {
-    let stops = parts.iter_mut().map(|part| async move {
-        let status = part.stop(STOP_LIMIT).await;
-        process::stopped(part.label(), status);
-    });
-    futures::future::join_all(stops).await;
 }
 
 fn print_banner(port: u16, http_port: u16, stack: Stack<'_>) {
@@ -367,31 +347,56 @@ mod tests {
 
     #[test]
     fn a_consumer_gets_its_ports_and_concurrency_and_on_port_0_shows_its_listening_event() {
-        let args = up(&["--max-concurrency", "3", "--log-filter", "warn"]);
+        let args = up(&[
+            "--max-concurrency",
+            "3",
+            "--log-filter",
+            "warn",
+            "--consumers",
+            "2",
+        ]);
         let dir = Path::new("/opt/devstack");
-        let fixed = consumer(&args, dir, "consumer-2".into(), 50052, 9091);
+        let template = consumer_template(&args, dir);
+        let (fixed, address) = template.replica(2).unwrap();
         assert_eq!(fixed.binary, dir.join("consumer"));
         assert_eq!(fixed.label, "consumer-2");
         assert_eq!(env(&fixed, "APP_PORT").as_deref(), Some("50052"));
         assert_eq!(env(&fixed, "METRICS_PORT").as_deref(), Some("9091"));
         assert_eq!(env(&fixed, "MAX_CONCURRENCY").as_deref(), Some("3"));
         assert_eq!(env(&fixed, "RUST_LOG"), None, "the filter is inherited");
-        let replicas = replica_template(&args, dir);
+        assert_eq!(address, Some(([127, 0, 0, 1], 50052).into()));
+        let lone = consumer_template(&up(&[]), dir).replica(1).unwrap().0;
+        assert_eq!(lone.label, "consumer");
+
+        let replicas = consumer_template(
+            &up(&[
+                "--max-concurrency",
+                "3",
+                "--log-filter",
+                "warn",
+                "--autoscale",
+            ]),
+            dir,
+        );
         assert_eq!(replicas.max_concurrency, 3);
-        let launch = replicas.launch;
+        let (launch, address) = replicas.replica(4).unwrap();
+        assert_eq!(launch.label, "consumer-4");
+        assert_eq!(address, None, "learnt from its listening event");
         assert_eq!(env(&launch, "APP_PORT").as_deref(), Some("0"));
         assert_eq!(env(&launch, "METRICS_PORT").as_deref(), Some("0"));
         assert_eq!(
             env(&launch, "RUST_LOG").as_deref(),
             Some("warn,consumer::server=info")
         );
-    }
-
-    #[test]
-    fn consumers_follow_the_first_port_or_all_pick_free_ones() {
-        let ports: Vec<_> = (0..3).map(|n| nth_port(50051, n)).collect();
-        assert_eq!(ports, [Some(50051), Some(50052), Some(50053)]);
-        assert_eq!(nth_port(0, 7), Some(0));
-        assert_eq!(nth_port(u16::MAX, 1), None);
+        let free = consumer_template(&up(&["--app-port", "0", "--log-filter", "warn"]), dir);
+        let (launch, address) = free.replica(1).unwrap();
+        assert_eq!(
+            (env(&launch, "APP_PORT").as_deref(), address),
+            (Some("0"), None)
+        );
+        assert_eq!(
+            env(&launch, "RUST_LOG").as_deref(),
+            Some("warn,consumer::server=info")
+        );
     }
 }

@@ -865,33 +865,55 @@ async fn min_replicas_run_at_rest_and_stop_with_the_stack() {
     assert!(scaled_in(&output).is_empty());
 }
 
-/// A consumer that exits without being scaled in stops the stack, as any part that stops on its
-/// own does.
-#[tokio::test]
-async fn a_replica_that_dies_on_its_own_stops_the_stack() {
-    let text = at_rest(1);
-    let manifests = Files::new("dies", &[("scaling.yaml", &text)]);
-    let path = manifests.path("scaling.yaml");
-    let mut stack = Stack::start(&["--autoscale", &path, "--time-scale", TIME_SCALE], &[]).await;
-    stack
-        .devstack
-        .wait_status("one consumer ready", |s| s["scaling"]["ready"] == 1)
-        .await;
+/// The pid of `part`'s latest start, from devstack's `started` events.
+async fn pid_of(stack: &mut Stack, part: &str, starts: usize) -> i32 {
     let started = stack
         .devstack
         .service
-        .wait_for_lines("consumer-1 started", |lines| {
-            part_events(lines, "sidecar")
+        .wait_for_lines(&format!("{part} started {starts} times"), |lines| {
+            let pids: Vec<u64> = part_events(lines, "sidecar")
                 .into_iter()
-                .find(|e| e["message"] == "started" && e["part"] == "consumer-1")
+                .filter(|e| e["message"] == "started" && e["part"] == part)
+                .filter_map(|e| e["pid"].as_u64())
+                .collect();
+            (pids.len() >= starts).then(|| pids[starts - 1])
         })
         .await;
-    let pid = i32::try_from(started["pid"].as_u64().unwrap()).unwrap();
+    i32::try_from(started).unwrap()
+}
+
+fn kill_9(pid: i32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+}
+
+/// With `--stop-on-crash`, a consumer that exits without being scaled in stops the stack, as any
+/// part that stops on its own does.
+#[tokio::test]
+async fn with_stop_on_crash_a_replica_that_dies_on_its_own_stops_the_stack() {
+    let text = at_rest(1);
+    let manifests = Files::new("dies", &[("scaling.yaml", &text)]);
+    let path = manifests.path("scaling.yaml");
+    let mut stack = Stack::start(
+        &[
+            "--autoscale",
+            &path,
+            "--time-scale",
+            TIME_SCALE,
+            "--stop-on-crash",
+        ],
+        &[],
+    )
+    .await;
+    stack
+        .devstack
+        .wait_status("one consumer ready", |s| s["scaling"]["ready"] == 1)
+        .await;
+    let pid = pid_of(&mut stack, "consumer-1", 1).await;
+    kill_9(pid);
     let service = &mut stack.devstack.service;
     assert_eq!(service.exit_code(WAIT).await, Some(1));
     let stopped = part_event(
@@ -901,4 +923,102 @@ async fn a_replica_that_dies_on_its_own_stops_the_stack() {
     )
     .await;
     assert_eq!(stopped["part"], "consumer-1", "{stopped}");
+}
+
+/// `kill -9` of a busy replica under `--autoscale` leaves the stack up: the kubelet's rules
+/// restart it at once the first time, after its CrashLoopBackOff (10 s, here at time scale
+/// 0.05: 0.5 s) the second; the status and the metrics show its state, restarts and last exit;
+/// what it held is redelivered, and every message is completed, none lost.
+#[tokio::test]
+async fn kill_9_of_a_replica_leaves_the_stack_up_and_it_comes_back_after_its_back_off() {
+    let text = at_rest(1);
+    let manifests = Files::new("restarts", &[("scaling.yaml", &text)]);
+    let path = manifests.path("scaling.yaml");
+    let mut stack = Stack::start(
+        &["--autoscale", &path, "--time-scale", "0.05"],
+        &[("WORK_DURATION", "300ms"), ("RESILIENCY", "none")],
+    )
+    .await;
+    stack
+        .devstack
+        .wait_status("one consumer ready", |s| s["scaling"]["ready"] == 1)
+        .await;
+    stack.produce(6).await;
+    stack
+        .devstack
+        .wait_status("consumer-1 busy", |s| {
+            s["consumers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["label"] == "consumer-1" && c["inFlight"] == 1)
+        })
+        .await;
+    kill_9(pid_of(&mut stack, "consumer-1", 1).await);
+    // Restarted at once, on a new free port: the same row, its restart and last exit.
+    let status =
+        stack
+            .devstack
+            .wait_status("consumer-1 restarted and ready", |s| {
+                s["consumers"].as_array().unwrap().iter().any(|c| {
+                    c["label"] == "consumer-1" && c["restarts"] == 1 && c["state"] == "ready"
+                })
+            })
+            .await;
+    let row = status["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["label"] == "consumer-1")
+        .unwrap()
+        .clone();
+    assert_eq!(row["lastExit"], "signal: 9 (SIGKILL)", "{row}");
+    assert_eq!(status["consumerRestarts"], 1);
+    let page = stack.devstack.metrics().await;
+    assert_eq!(
+        page.get(r#"devstack_consumer_restarts{consumer="consumer-1"}"#),
+        1.0
+    );
+    assert_eq!(
+        page.get(r#"devstack_consumer_state{consumer="consumer-1",state="ready"}"#),
+        1.0
+    );
+
+    // Again, soon after: now it waits out its back-off.
+    kill_9(pid_of(&mut stack, "consumer-1", 2).await);
+    let backoff = part_event(
+        &mut stack.devstack.service,
+        "sidecar",
+        "a consumer exited on its own again; waiting out its back-off (CrashLoopBackOff)",
+    )
+    .await;
+    assert_eq!(
+        (&backoff["backoff"], &backoff["restart_in"]),
+        (&json!("10s"), &json!("500ms")),
+        "{backoff}"
+    );
+    let status = stack
+        .devstack
+        .wait_status("the queue drained, consumer-1 back", |s| {
+            counts(s, QUEUE).settled()
+                && s["consumers"].as_array().unwrap().iter().any(|c| {
+                    c["label"] == "consumer-1" && c["restarts"] == 2 && c["state"] == "ready"
+                })
+        })
+        .await;
+    let c = counts(&status, QUEUE);
+    assert_eq!((c.produced, c.completed, c.dead_lettered), (6, 6, 0));
+    let output = stack.stop().await;
+    // Every message processed, at least once, by whichever replica: none lost.
+    let done: std::collections::HashSet<String> = processed(&output, 10)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(done.len(), 6, "{done:?}");
+    assert!(
+        part_events(&output, "sidecar")
+            .iter()
+            .any(|e| e["message"] == "back-off over: restarting" && e["part"] == "consumer-1"),
+        "the restart after the back-off"
+    );
 }

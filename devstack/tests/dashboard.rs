@@ -1,8 +1,10 @@
 //! The dashboard in a real browser: headless Chromium loads `devstack up`'s page while the test
 //! sends messages, through the producer and through the page's own form and poison button, and
-//! reads the rendered DOM over the DevTools protocol until it matches `/devstack/status`. Then the
-//! page at a narrow width, devstack stopping, and the scaling parts rendered from a status that
-//! has them. Saves screenshots in the target dir (`DASHBOARD_SCREENSHOT=PATH` writes the wide one
+//! reads the rendered DOM over the DevTools protocol until it matches `/devstack/status`. Then a
+//! second page, opened once the burst is over, shows the past; the consumers in replica order
+//! and a clock-time axis; the buttons that break things (a consumer killed and restarted, a
+//! fault on the sidecar), the dead-letter operations and a message's timeline. Then the page at a
+//! narrow width, devstack stopping, and the scaling parts rendered from a status that has them. Saves screenshots in the target dir (`DASHBOARD_SCREENSHOT=PATH` writes the wide one
 //! there too, e.g. `docs/dashboard.png`; `DASHBOARD_DEVSTACK_ARGS` adds devstack arguments, e.g.
 //! `--autoscale --time-scale 0.05`).
 //!
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use support::{
     WAIT,
-    browser::{self, Browser},
+    browser::{self, Browser, Page},
     devstack::{self, Devstack, EPHEMERAL, counts, part_event},
     process::{Service, event_addr},
 };
@@ -246,6 +248,12 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
         (&json!("31"), &json!("30"), &json!("1"))
     );
 
+    // The two fixed consumers these act on; a scaled run (the README's picture) has its own.
+    if !args.contains(&"--autoscale") {
+        the_past_a_late_page_and_the_order_of_things(&stack, &mut browser).await;
+        breaking_it_from_the_page(&stack, &mut browser).await;
+    }
+
     let shot = scratch().join("dashboard.png");
     browser.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
@@ -283,6 +291,192 @@ async fn the_page_shows_the_live_stack_in_a_real_browser() {
 
     scaling_parts_render_from_the_agreed_status(&mut browser).await;
     browser.close().await;
+}
+
+/// A second page, opened after the burst: it shows the samples from before it was opened (the
+/// sidecar keeps them), on a clock-time axis; both pages list the consumers in replica order.
+async fn the_past_a_late_page_and_the_order_of_things(stack: &Devstack, browser: &mut Browser) {
+    let opened_at = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    let mut late = browser
+        .open(&format!("http://{}/devstack/", stack.http_addr))
+        .await;
+    late.wait_for(
+        "the late page live",
+        "document.getElementById('connection').textContent",
+        |v| v.as_str().is_some_and(|t| t.starts_with("Live")),
+    )
+    .await;
+    let past = late
+        .wait_for(
+            "the late page's history",
+            "devstackDashboard.samples.map((s) => [s.t, s.active + s.locked, s.completed])",
+            |v| v.as_array().is_some_and(|s| s.len() >= 3),
+        )
+        .await;
+    let samples = past.as_array().unwrap();
+    let before: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s[0].as_f64().unwrap() < opened_at)
+        .collect();
+    assert!(
+        before.len() >= 3,
+        "samples from before the page was opened: {past}"
+    );
+    assert!(
+        before.iter().any(|s| s[1].as_u64().unwrap() > 0),
+        "the burst, over before the page opened, is on its chart: {past}"
+    );
+    assert!(
+        before.iter().any(|s| s[2].as_u64().unwrap() > 0),
+        "completions before it opened: {past}"
+    );
+    check_order_and_axis(&mut late).await;
+    late.close_page().await;
+    browser.bring_to_front().await;
+    check_order_and_axis(browser).await;
+}
+
+/// The consumers in replica order, and the time axis reading clock time.
+async fn check_order_and_axis(page: &mut Page) {
+    let labels = page
+        .wait_for(
+            "the consumers",
+            "[...document.querySelectorAll('#consumers tr')].map((tr) => tr.dataset.consumer)",
+            |v| v.as_array().is_some_and(|l| l.len() == 2),
+        )
+        .await;
+    assert_eq!(labels, json!(["consumer-1", "consumer-2"]));
+    let ticks = page
+        .wait_for(
+            "the time axis' ticks",
+            "devstackDashboard.timeAxisLabels()",
+            |v| v.as_array().is_some_and(|t| !t.is_empty()),
+        )
+        .await;
+    for tick in ticks.as_array().unwrap() {
+        let tick = tick.as_str().unwrap();
+        let clock = tick.len() == 8
+            && tick.bytes().enumerate().all(|(i, b)| {
+                if i == 2 || i == 5 {
+                    b == b':'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        assert!(clock, "a clock time, not {tick:?}: {ticks}");
+    }
+}
+
+/// Clicks the first button in `selector` whose text is `text`.
+async fn click(page: &mut Browser, selector: &str, text: &str) {
+    let script = format!(
+        "(() => {{ const b = [...document.querySelectorAll({selector:?})].find((b) => b.textContent === {text:?}); if (!b) return false; b.click(); return true; }})()"
+    );
+    page.wait_for(&format!("a {text:?} button in {selector}"), &script, |v| {
+        v == true
+    })
+    .await;
+}
+
+/// The buttons that break things, from the page: a consumer killed (and restarted), a fault on
+/// the sidecar, the poison message's dead letter peeked, followed on its timeline, replayed
+/// (delivered again), then purged.
+async fn breaking_it_from_the_page(stack: &Devstack, browser: &mut Browser) {
+    click(
+        browser,
+        "#consumers tr[data-consumer='consumer-1'] button",
+        "Kill",
+    )
+    .await;
+    stack
+        .wait_status("consumer-1 killed and restarted", |s| {
+            s["consumers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["label"] == "consumer-1" && c["restarts"] == 1 && c["state"] == "ready")
+        })
+        .await;
+    let row = browser
+        .wait_for(
+            "consumer-1's restart on the page",
+            r#"[...document.querySelectorAll('#consumers tr[data-consumer="consumer-1"] td')].map((td) => td.textContent)"#,
+            |v| v[6] == "1",
+        )
+        .await;
+    assert!(row[7].as_str().unwrap().contains("SIGKILL"), "{row}");
+    click(browser, "[data-fault]", "Latency 500 ms for 10 s").await;
+    browser
+        .wait_for(
+            "the faults listed",
+            "[...document.querySelectorAll('#faults tr')].map((tr) => tr.textContent).join(' | ')",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.contains("kill") && t.contains("latency"))
+            },
+        )
+        .await;
+
+    // The poison message's dead letter: peeked, its timeline, replayed, purged.
+    click(browser, "#dead-letters button", "Peek").await;
+    browser
+        .wait_for(
+            "the dead letter peeked",
+            "document.getElementById('peek-fields').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.contains("poison sent from the dashboard"))
+            },
+        )
+        .await;
+    browser
+        .eval("document.querySelector('#dead-letters .message-link').click(); true")
+        .await;
+    let timeline = browser
+        .wait_for(
+            "the poison message's timeline",
+            "[...document.querySelectorAll('#timeline-events li')].map((li) => li.textContent)",
+            |v| {
+                v.as_array().is_some_and(|e| {
+                    e.iter()
+                        .any(|e| e.as_str().unwrap().contains("dead-lettered"))
+                })
+            },
+        )
+        .await;
+    let lines: Vec<&str> = timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        lines[0].contains("enqueued on message-queue by HTTP POST"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("delivery ")).count(),
+        3,
+        "three deliveries, the max delivery count: {lines:?}"
+    );
+    click(browser, "#dead-letters button", "Replay").await;
+    stack
+        .wait_status("the dead letter replayed and dead-lettered again", |s| {
+            let q = &s["queues"][QUEUE];
+            q["replayed"] == 1 && q["deadLettered"] == 1 && q["active"] == 0 && q["locked"] == 0
+        })
+        .await;
+    click(browser, "button", "Purge all").await;
+    let status = stack
+        .wait_status("the dead letters purged", |s| {
+            s["queues"][QUEUE]["deadLettered"] == 0
+        })
+        .await;
+    assert_eq!(status["queues"][QUEUE]["purged"], 1, "{status}");
+    assert_eq!(
+        status["deadLetterOperations"][QUEUE]["replays"], 1,
+        "{status}"
+    );
 }
 
 /// The scaling parts, from a status with `scaling` as the autoscaling runtime reports it: the

@@ -27,6 +27,21 @@ fn id_of(event: &Value) -> String {
     event["id"].as_str().expect("event has an id").to_owned()
 }
 
+/// SIGTERM to `devstack up`; expects exit code 0 and returns its whole output.
+async fn stop_up(stack: &mut Devstack) -> Vec<String> {
+    stack.service.terminate();
+    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
+    stack
+        .service
+        .wait_for_lines("the whole output", |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("sidecar stopped"))
+                .then(|| lines.to_vec())
+        })
+        .await
+}
+
 // --- Command line -----------------------------------------------------------------------------
 
 #[tokio::test]
@@ -41,6 +56,11 @@ async fn help_documents_the_settings_and_bad_values_exit_2() {
         "BINDING_NAME",
         "MAX_DELIVERY_COUNT",
         "LOCK_DURATION",
+        "LOCK_RENEWAL_INTERVAL",
+        "JOURNEY_MESSAGES",
+        "DEVSTACK_ALLOWED_HOSTS",
+        "CHAOS",
+        "STOP_ON_CRASH",
         "MAX_RETRIABLE_ERRORS_PER_SEC",
         "RESILIENCY",
         "APP_HEALTH_INTERVAL",
@@ -246,17 +266,7 @@ async fn up_runs_the_whole_stack_labels_each_part_and_stops_on_sigterm() {
         .collect();
     assert_eq!(pids.len(), 3, "{pids:?}");
 
-    stack.service.terminate();
-    assert_eq!(stack.service.exit_code(WAIT).await, Some(0));
-    let output = stack
-        .service
-        .wait_for_lines("the whole output", |lines| {
-            lines
-                .iter()
-                .any(|l| l.contains("sidecar stopped"))
-                .then(|| lines.to_vec())
-        })
-        .await;
+    let output = stop_up(&mut stack).await;
     let own = part_events(&output, "sidecar");
     for (part, pid) in &pids {
         assert!(
@@ -363,4 +373,125 @@ async fn stalled_connections_to_the_sidecar_http_port_are_closed_and_counted() {
         20.0
     );
     sidecar.stop().await;
+}
+
+// --- Breaking it on purpose -------------------------------------------------------------------
+
+/// The consumer rows of a status, by label.
+fn consumer_row(status: &Value, label: &str) -> Value {
+    status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|c| c["label"] == label)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `kill -9` of a busy consumer under `--consumers 2` leaves the stack up: the consumer is
+/// restarted at once (its first exit), what it held is redelivered, and every message is
+/// completed, none lost. The process faults of the API act on the consumers too: a pause, then a
+/// SIGTERM, after which the consumer, having drained and exited 0, is restarted like any container.
+#[tokio::test]
+async fn kill_9_of_a_consumer_leaves_the_stack_up_and_the_faults_api_signals_consumers() {
+    let mut env = EPHEMERAL.to_vec();
+    env.extend([
+        ("CONSUMERS", "2"),
+        ("WORK_DURATION", "400ms"),
+        ("RESILIENCY", "none"),
+    ]);
+    let mut service = Service::spawn(devstack::bin(), &env);
+    let listening = part_event(&mut service, "sidecar", "sidecar listening").await;
+    let mut stack = Devstack::attach(service, &listening);
+    let producer = event_addr(
+        &part_event(&mut stack.service, "producer", "listening").await,
+        "addr",
+    );
+    stack.wait_consumers(2).await;
+    let started = part_events(&stack.service.lines().await, "sidecar")
+        .into_iter()
+        .find(|e| e["message"] == "started" && e["part"] == "consumer-1")
+        .expect("consumer-1 started");
+    let pid = i32::try_from(started["pid"].as_u64().unwrap()).unwrap();
+
+    let response = stack
+        .http
+        .post(format!("http://{producer}/MessageProducer"))
+        .json(&json!({"count": 8, "intervalMilliseconds": 0}))
+        .send()
+        .await
+        .expect("the producer answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    stack
+        .wait_status("consumer-1 busy", |s| {
+            consumer_row(s, "consumer-1")["inFlight"] == 1
+        })
+        .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = stack
+        .wait_status("8 completed, consumer-1 back", |s| {
+            let c = devstack::counts(s, QUEUE);
+            let row = consumer_row(s, "consumer-1");
+            c.completed == 8 && c.settled() && row["state"] == "ready" && row["restarts"] == 1
+        })
+        .await;
+    assert_eq!(devstack::counts(&status, QUEUE).dead_lettered, 0);
+    let row = consumer_row(&status, "consumer-1");
+    assert_eq!(row["lastExit"], "signal: 9 (SIGKILL)", "{row}");
+    assert!(is_running(stack.service.pid()), "the stack is up");
+
+    // A pause, through the API: the consumer stops answering for a second, then goes on.
+    let record = stack
+        .fault(json!({"kind": "pause", "consumer": "consumer-2", "seconds": 1}))
+        .await;
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("SIGSTOP to pid "),
+        "{record}"
+    );
+    // SIGTERM, through the API: it drains, exits 0, and is restarted as a container is.
+    stack
+        .fault(json!({"kind": "sigterm", "consumer": "consumer-2"}))
+        .await;
+    let status = stack
+        .wait_status("consumer-2 restarted", |s| {
+            let row = consumer_row(s, "consumer-2");
+            row["restarts"] == 1 && row["state"] == "ready"
+        })
+        .await;
+    assert_eq!(
+        consumer_row(&status, "consumer-2")["lastExit"],
+        "exit status: 0"
+    );
+    assert_eq!(status["consumerRestarts"], 2);
+    let (code, answer) = stack
+        .post_json(
+            "/devstack/faults",
+            &json!({"kind": "kill", "consumer": "consumer-9"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("consumer-1, consumer-2"),
+        "{answer}"
+    );
+
+    let output = stop_up(&mut stack).await;
+    // Every message processed at least once, by one consumer or the other: none lost.
+    let done: HashSet<String> = ["consumer-1", "consumer-2"]
+        .into_iter()
+        .flat_map(|part| part_events(&output, part))
+        .filter(is_original_line)
+        .map(|e| id_of(&e))
+        .collect();
+    assert_eq!(done.len(), 8, "{done:?}");
 }

@@ -135,7 +135,7 @@ impl AppCallback for Recorder {
             self.received.send_replace(deliveries.len());
         }
         if let Some(gate) = &self.behaviour.gate {
-            // The sidecar's deadline (its lock duration) bounds the wait.
+            // The test opens the gate; a sidecar told to stop waits a lock duration at most.
             let _ = gate.clone().wait_for(|open| *open).await;
         }
         if ok {

@@ -1,5 +1,5 @@
-//! Headless Chromium driven over the DevTools protocol: one page, JavaScript evaluated in it,
-//! screenshots. Finds the browser on PATH (or `$CHROMIUM`); where there is none, the caller is
+//! Headless Chromium driven over the DevTools protocol: its first page, and more opened on
+//! demand (a second reader of the same dashboard), JavaScript evaluated in each, screenshots. Finds the browser on PATH (or `$CHROMIUM`); where there is none, the caller is
 //! told to skip, unless `REQUIRE_BROWSER=1` or `CI` is set, where a missing browser fails.
 
 use std::{
@@ -46,12 +46,43 @@ pub fn find() -> Option<PathBuf> {
     }
 }
 
-/// A headless Chromium with one page, killed on drop.
+/// A headless Chromium, killed on drop; its first page is [`Browser::page`] (and the browser
+/// derefs to it), more come from [`Browser::open`].
 pub struct Browser {
     child: Child,
-    page: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
+    page: Page,
+    /// DevTools' HTTP endpoint, `127.0.0.1:PORT`.
+    http: String,
     profile: PathBuf,
+}
+
+/// One page (tab) of the browser, over its own DevTools connection.
+pub struct Page {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl std::ops::Deref for Browser {
+    type Target = Page;
+
+    fn deref(&self) -> &Page {
+        &self.page
+    }
+}
+
+impl std::ops::DerefMut for Browser {
+    fn deref_mut(&mut self) -> &mut Page {
+        &mut self.page
+    }
+}
+
+/// Attaches to the page whose DevTools WebSocket is `url`.
+async fn attach(url: &str) -> Page {
+    let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connecting to the page in time")
+        .expect("connecting to the page");
+    Page { socket, next_id: 0 }
 }
 
 impl Browser {
@@ -131,30 +162,52 @@ impl Browser {
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             .unwrap_or_else(|| panic!("no page among the targets: {targets}"))
             .to_owned();
-        let (page, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&page_url))
-            .await
-            .expect("connecting to the page in time")
-            .expect("connecting to the page");
         Self {
             child,
-            page,
-            next_id: 0,
+            page: attach(&page_url).await,
+            http,
             profile,
         }
     }
 
+    /// Opens a new page at `url`, as a second tab, in front: its own scripts, its own
+    /// connection.
+    pub async fn open(&self, url: &str) -> Page {
+        let target: Value = reqwest::Client::new()
+            .put(format!("http://{}/json/new?{url}", self.http))
+            .timeout(WAIT)
+            .send()
+            .await
+            .expect("DevTools opens a page")
+            .json()
+            .await
+            .expect("the new page's target is JSON");
+        let page_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebSocket for the new page: {target}"));
+        attach(page_url).await
+    }
+
+    /// Closes the browser and removes its profile.
+    pub async fn close(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Page {
     /// One DevTools command on the page; its `result`. Panics on a protocol error.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({ "id": id, "method": method, "params": params });
-        self.page
+        self.socket
             .send(Message::text(request.to_string()))
             .await
             .expect("sending to DevTools");
         let answer = tokio::time::timeout(WAIT, async {
             for _ in 0..MAX_MESSAGES_PER_ANSWER {
-                let Some(Ok(message)) = self.page.next().await else {
+                let Some(Ok(message)) = self.socket.next().await else {
                     return None;
                 };
                 let Ok(text) = message.into_text() else {
@@ -176,6 +229,17 @@ impl Browser {
             "DevTools refused {method}: {answer}"
         );
         answer["result"].clone()
+    }
+
+    /// Makes it the page in front: a page behind another gets no animation frames, which
+    /// [`next_frame`](Self::next_frame) waits for.
+    pub async fn bring_to_front(&mut self) {
+        self.call("Page.bringToFront", json!({})).await;
+    }
+
+    /// Closes the page (the tab), not the browser.
+    pub async fn close_page(mut self) {
+        self.call("Page.close", json!({})).await;
     }
 
     /// Loads `url` in the page.
@@ -263,11 +327,5 @@ impl Browser {
             std::fs::create_dir_all(dir).expect("creating the screenshot's folder");
         }
         std::fs::write(path, png).expect("writing the screenshot");
-    }
-
-    /// Closes the browser and removes its profile.
-    pub async fn close(mut self) {
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }

@@ -37,10 +37,14 @@ pub struct Counts {
     pub active: u64,
     pub locked: u64,
     pub completed: u64,
+    /// In the dead-letter queue now.
     pub dead_lettered: u64,
     pub expired: u64,
     pub duplicates_dropped: u64,
     pub duplicates_enqueued: u64,
+    /// Dead letters purged: gone from every other count.
+    #[serde(default)]
+    pub purged: u64,
 }
 
 impl Counts {
@@ -176,6 +180,52 @@ impl SidecarClient {
         request.send().await.expect("the sidecar answers")
     }
 
+    /// `GET path` on the HTTP port: the status and the JSON body (`Null` when not JSON).
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the sidecar answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// `POST path` on the HTTP port with a JSON body, as the dashboard and curl send devstack's
+    /// state changes: the status and the JSON body (`Null` when not JSON).
+    pub async fn post_json(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("the sidecar answers");
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// `POST /devstack/faults`: provokes `fault`, and expects it to be provoked; its record.
+    pub async fn fault(&self, fault: Value) -> Value {
+        let (status, body) = self.post_json("/devstack/faults", &fault).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{fault}: {body}");
+        body["fault"].clone()
+    }
+
+    /// The journey of message `id` (`GET /devstack/messages/{id}`), and the names of its events.
+    pub async fn journey(&self, id: &str) -> (Value, Vec<String>) {
+        let (status, journey) = self.get_json(&format!("/devstack/messages/{id}")).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{journey}");
+        let events = journey["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event"].as_str().expect("an event name").to_owned())
+            .collect();
+        (journey, events)
+    }
+
     /// Its `GET /devstack/metrics`, scraped as Prometheus would.
     pub async fn metrics(&self) -> Exposition {
         exposition::scrape(&self.http, &self.url("/devstack/metrics")).await
@@ -198,7 +248,7 @@ impl SidecarClient {
     }
 
     /// `GET /devstack/status`; asserts produced = scheduled + active + locked + completed +
-    /// dead-lettered + expired.
+    /// dead-lettered + expired + purged.
     pub async fn status(&self) -> Value {
         let response = self
             .http
@@ -212,7 +262,13 @@ impl SidecarClient {
             let c: Counts = serde_json::from_value(counts.clone()).expect("queue counts");
             assert_eq!(
                 c.produced,
-                c.scheduled + c.active + c.locked + c.completed + c.dead_lettered + c.expired,
+                c.scheduled
+                    + c.active
+                    + c.locked
+                    + c.completed
+                    + c.dead_lettered
+                    + c.expired
+                    + c.purged,
                 "queue {queue} breaks the invariant: {c:?}"
             );
         }

@@ -132,14 +132,21 @@ impl Service {
 
     /// Like [`spawn`](Self::spawn), with command-line arguments.
     pub fn spawn_with_args(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start(bin.as_ref(), args, env, None)
+        Self::start(bin.as_ref(), args, env, None, true)
+    }
+
+    /// Like [`spawn_with_args`](Self::spawn_with_args), for the benchmark's rows that read every
+    /// line the process writes: all of it is kept, and nothing is echoed to this process's stdout,
+    /// which carries the benchmark's figures.
+    pub fn spawn_recorded(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start(bin.as_ref(), args, env, None, false)
     }
 
     /// Like [`spawn_with_args`](Self::spawn_with_args), for the benchmark: only the last
     /// [`TAIL_BYTES`] of the output are kept, and nothing is echoed to this process's stdout,
     /// which carries the benchmark's figures.
     pub fn spawn_quiet(bin: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES))
+        Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES), false)
     }
 
     /// Starts `bin` for the benchmark and waits for its event whose message is `ready`, which it
@@ -150,13 +157,19 @@ impl Service {
         env: &[(&str, &str)],
         ready: &str,
     ) -> (Self, Value) {
-        let mut service = Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES));
+        let mut service = Self::start(bin.as_ref(), args, env, Some(TAIL_BYTES), false);
         let event = service.wait_for_message(ready).await;
         service.output.lock().paced = true;
         (service, event)
     }
 
-    fn start(bin: &OsStr, args: &[&str], env: &[(&str, &str)], tail: Option<usize>) -> Self {
+    fn start(
+        bin: &OsStr,
+        args: &[&str],
+        env: &[(&str, &str)],
+        tail: Option<usize>,
+        echo: bool,
+    ) -> Self {
         let name = Path::new(bin)
             .file_name()
             .unwrap_or(bin)
@@ -172,6 +185,7 @@ impl Service {
         let pipe = File::from(stdout.into_owned_fd().expect("stdout as a blocking file"));
         let output = Arc::new(Mutex::new(Output {
             tail,
+            echo,
             ..Output::default()
         }));
         let (tx, seen) = watch::channel(0);
@@ -459,6 +473,8 @@ struct Output {
     dropped: usize,
     /// Keep only about this many bytes at the end.
     tail: Option<usize>,
+    /// Echo it to this process's stdout, for `cargo test -- --nocapture` when a test fails.
+    echo: bool,
     /// Pause after each read.
     paced: bool,
 }
@@ -513,8 +529,7 @@ fn read(mut pipe: File, output: &Mutex<Output>, seen: &watch::Sender<usize>) {
             Err(_) => break,
         };
         let mut all = output.lock();
-        if all.tail.is_none() {
-            // Echoed for `cargo test -- --nocapture` when a test fails.
+        if all.echo {
             print!("{}", String::from_utf8_lossy(&chunk[..n]));
         }
         all.push(&chunk[..n]);

@@ -1,7 +1,8 @@
 //! The HTTP side, like daprd's HTTP port: health endpoints, the metadata API (`GET /v1.0/metadata`)
 //! and `POST /v1.0/bindings/{name}` (what the original ASP.NET producer called), those two behind
-//! the API token layer; and the sidecar's own queue status, metrics and live dashboard
-//! (`dashboard`).
+//! the API token layer; devstack's own routes (`devstack`: status, metrics, faults, journeys,
+//! dead letters) and its live dashboard (`dashboard`). Every route is behind the `Host` check
+//! (`guard`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -9,31 +10,31 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use pipeline::{
-    api_token::ApiToken, http_server::ConnectionMetrics, openmetrics, trace_context::TraceParent,
-};
+use pipeline::{api_token::ApiToken, trace_context::TraceParent};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tracing::error;
 
-use super::token::{ApiTokenLayer, HttpRefusal};
+use super::{
+    devstack::{self, DevstackApi},
+    guard::{self, AllowedHosts},
+    token::{ApiTokenLayer, HttpRefusal},
+};
 use crate::{
     dashboard::{self, Dashboard},
+    journey::Via,
     metadata::{self, Metadata},
-    runtime::Runtime,
-    status::{Status, StatusBoard},
+    runtime::{InvokeError, Runtime},
 };
 
 #[derive(Debug, Clone)]
-struct HttpState {
+struct DaprState {
     runtime: Runtime,
-    status: Arc<StatusBoard>,
     metadata: Arc<Metadata>,
-    connections: ConnectionMetrics,
 }
 
 /// daprd's output binding request body.
@@ -51,13 +52,15 @@ struct OutputBindingRequest {
 #[derive(Debug)]
 pub struct HttpApi {
     pub runtime: Runtime,
-    pub status: Arc<StatusBoard>,
     pub metadata: Arc<Metadata>,
-    /// The port's connection counts, which `/devstack/metrics` includes.
-    pub connections: ConnectionMetrics,
+    /// devstack's own routes' state: the status (with the port's connection counts), the
+    /// queues, the faults, the journeys.
+    pub devstack: DevstackApi,
     pub dashboard: Arc<Dashboard>,
     /// What callers of the Dapr routes must present as `dapr-api-token`.
     pub api_token: Option<ApiToken>,
+    /// The `Host` names answered besides loopback's.
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// The routes.
@@ -72,15 +75,16 @@ pub fn router(api: HttpApi) -> Router {
         .route("/v1.0/healthz", get(StatusCode::NO_CONTENT))
         .route("/v1.0/healthz/outbound", get(StatusCode::NO_CONTENT))
         .merge(dapr)
-        .route("/devstack/status", get(status))
-        .route("/devstack/metrics", get(metrics))
-        .with_state(HttpState {
+        .with_state(DaprState {
             runtime: api.runtime,
-            status: api.status,
             metadata: api.metadata,
-            connections: api.connections,
         })
+        .merge(devstack::router(api.devstack))
         .merge(dashboard::router(api.dashboard))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(api.allowed_hosts),
+            guard::allowed_host,
+        ))
 }
 
 /// daprd's error body.
@@ -92,12 +96,12 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-async fn get_metadata(State(state): State<HttpState>) -> Json<Value> {
+async fn get_metadata(State(state): State<DaprState>) -> Json<Value> {
     Json(metadata::to_json(&state.metadata.response()))
 }
 
 async fn invoke_binding(
-    State(state): State<HttpState>,
+    State(state): State<DaprState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -115,29 +119,25 @@ async fn invoke_binding(
     // daprd re-marshals `data`: {"text":"Hello World"} arrives as exactly those bytes.
     let data = serde_json::to_vec(&request.data).expect("a JSON value serializes");
     let trace = TraceParent::from_headers(&headers);
-    match state
+    let invoked = state
         .runtime
-        .invoke(&name, &request.operation, data, request.metadata, trace)
-    {
+        .invoke(
+            &name,
+            &request.operation,
+            data,
+            request.metadata,
+            trace,
+            Via::Http,
+        )
+        .await;
+    match invoked {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_INVOKE_OUTPUT_BINDING",
-            e.to_string(),
-        ),
-    }
-}
-
-async fn status(State(state): State<HttpState>) -> Json<Status> {
-    Json(state.status.status())
-}
-
-async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.status.metrics(&state.connections) {
-        Ok(page) => ([(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)], page).into_response(),
         Err(e) => {
-            error!(error = %e, "encoding the metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            let status = match e {
+                InvokeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, "ERR_INVOKE_OUTPUT_BINDING", e.to_string())
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The live dashboard on the sidecar's HTTP port: the page (`GET /devstack/`, every asset embedded
 //! in the binary), its event stream (`GET /devstack/events`, Server-Sent Events), its settings
-//! (`GET /devstack/config.json`) and the producer call it makes (`POST /devstack/produce`).
+//! (`GET /devstack/config.json`) and the producer call it makes (`POST /devstack/produce`). The
+//! page's other actions call devstack's own routes (faults, dead letters, journeys).
 //!
-//! The event stream: on connect, one `status` event, a full snapshot; then one `status` event per
+//! The event stream: on connect, one `history` event, the chart's last ten minutes as the sidecar
+//! sampled them (`history`), then one `status` event, a full snapshot; then one `status` event per
 //! change, coalesced to at most one per [`MIN_GAP`]; a `heartbeat` event after [`HEARTBEAT`] of
 //! silence; a `stopping` event when devstack stops, before the stream ends. A `status` event's
 //! data is what `GET /devstack/status` returns at that moment, but for each dead letter's `data`,
@@ -28,15 +30,20 @@ use axum::{
 use futures::{Stream, StreamExt, stream};
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
+    api::guard,
     changes::ChangesReceiver,
     status::{Status, StatusBoard},
 };
+
+pub mod history;
+
+use history::{History, Sample};
 
 /// The least time between two `status` events: at most ten a second, whatever the queue does.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
@@ -80,6 +87,7 @@ impl StatusSource for StatusBoard {
 pub struct Dashboard {
     source: Arc<dyn StatusSource>,
     frames: watch::Sender<Arc<str>>,
+    history: History,
     producer: Mutex<Option<SocketAddr>>,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -117,6 +125,7 @@ impl Dashboard {
         Arc::new(Self {
             source,
             frames: watch::Sender::new(Arc::from("")),
+            history: History::default(),
             producer: Mutex::new(None),
             http,
             shutdown,
@@ -178,11 +187,28 @@ impl Dashboard {
         }
     }
 
-    /// One client's events: the snapshot, then the shared frames, then `stopping` at shutdown.
-    /// Dropping the stream (the client went away) drops its subscription.
+    /// Until shutdown: a sample of the status every [`history::INTERVAL`], kept for the pages
+    /// that connect later.
+    pub async fn sample(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(history::INTERVAL);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            self.history.push(Sample::of(&self.source.status()));
+        }
+    }
+
+    /// One client's events: the history and the snapshot, then the shared frames, then
+    /// `stopping` at shutdown. Dropping the stream (the client went away) drops its
+    /// subscription.
     pub fn events(self: &Arc<Self>) -> impl Stream<Item = Event> + Send + use<> {
         // Subscribe before the first snapshot: a change between the two is sent, not lost.
         let frames = self.frames.subscribe();
+        // Samples and numbers: it always serializes.
+        let history = serde_json::to_string(&self.history.event()).expect("the history serializes");
+        let history = Event::default().event("history").data(history);
         let first = status_event(&self.snapshot());
         let shutdown = self.shutdown.clone();
         let updates = stream::unfold(Some(frames), move |frames| {
@@ -202,7 +228,7 @@ impl Dashboard {
                 }
             }
         });
-        stream::once(async move { first }).chain(updates)
+        stream::iter([history, first]).chain(updates)
     }
 }
 
@@ -228,7 +254,10 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .route("/devstack/vendor/LICENSE", get(asset(TEXT, UPLOT_LICENSE)))
         .route("/devstack/events", get(events))
         .route("/devstack/config.json", get(config))
-        .route("/devstack/produce", post(produce))
+        .route(
+            "/devstack/produce",
+            post(produce).route_layer(axum::middleware::from_fn(guard::same_origin_json)),
+        )
         .with_state(dashboard)
 }
 
@@ -297,8 +326,8 @@ async fn config(State(dashboard): State<Arc<Dashboard>>) -> Json<PageConfig> {
 }
 
 /// The page's batch form: the body goes to the producer's `POST /MessageProducer` as is, and its
-/// answer comes back as is. Same-origin, so the producer needs no CORS; a JSON body is required,
-/// which a cross-site form cannot send without a preflight this port never grants.
+/// answer comes back as is. Same-origin, so the producer needs no CORS; the guard refuses a
+/// foreign `Origin` and a body that is not JSON.
 async fn produce(
     State(dashboard): State<Arc<Dashboard>>,
     body: Result<Json<Value>, JsonRejection>,
@@ -366,7 +395,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    crate::api::devstack::error(status, message)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use axum::{
     http::Request,
 };
 use http_body_util::BodyExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -19,6 +19,8 @@ use super::*;
 use crate::{
     app::{AppProtocol, AppTarget},
     changes::Changes,
+    faults::Faults,
+    journey::{Journeys, Via},
     queue::{Queue, QueueSettings, Queues},
     registry::AppRegistry,
     service_bus::Envelope,
@@ -64,11 +66,24 @@ impl Sidecar {
             max_delivery_count: 1,
             ..QueueSettings::default()
         };
-        let queues = Arc::new(Queues::new(&[QUEUE.to_owned()], settings, &changes));
+        let journeys = Journeys::new(10);
+        let queues = Arc::new(Queues::new(
+            &[QUEUE.to_owned()],
+            settings,
+            &changes,
+            &journeys,
+        ));
         let apps = Arc::new(AppRegistry::new(changes.clone()));
+        let faults = Arc::new(Faults::new(
+            Arc::clone(&queues),
+            journeys.clone(),
+            changes.clone(),
+        ));
         let board = Arc::new(StatusBoard::new(
             Arc::clone(&queues),
             Arc::clone(&apps),
+            faults,
+            journeys,
             changes,
         ));
         let source = Arc::new(Counted {
@@ -98,15 +113,20 @@ impl Sidecar {
 }
 
 fn send(sidecar: &Sidecar, body: &str) {
-    sidecar
-        .queue()
-        .send(body.as_bytes().to_vec(), Envelope::default(), None);
+    sidecar.queue().send(
+        body.as_bytes().to_vec(),
+        Envelope::default(),
+        None,
+        Via::Grpc,
+    );
 }
 
-/// A connected client: the body of `GET /devstack/events`, read event by event.
+/// A connected client: the body of `GET /devstack/events`, read event by event, past its first
+/// event, the history.
 struct Client {
     body: Body,
     buffer: String,
+    history: Value,
 }
 
 impl Client {
@@ -124,10 +144,15 @@ impl Client {
             response.headers()[header::CONTENT_TYPE],
             "text/event-stream"
         );
-        Self {
+        let mut client = Self {
             body: response.into_body(),
             buffer: String::new(),
-        }
+            history: Value::Null,
+        };
+        let (name, data) = client.next().await.expect("the first event");
+        assert_eq!(name, "history", "{data}");
+        client.history = serde_json::from_str(&data).expect("history data is JSON");
+        client
     }
 
     /// The next event's name and data; comments skipped. None once the stream ended.
@@ -181,12 +206,12 @@ fn started(sidecar: &Sidecar) -> (Arc<Dashboard>, CancellationToken) {
 }
 
 #[tokio::test]
-async fn the_first_event_is_the_whole_status_with_bodies_cut_to_their_start() {
+async fn the_first_status_event_is_the_whole_status_with_bodies_cut_to_their_start() {
     let sidecar = Sidecar::new();
     let long = "é".repeat(BODY_PREVIEW_CHARS + 50);
     send(&sidecar, &long);
     send(&sidecar, "next");
-    sidecar.queue().receive().await.abandon("rejected");
+    sidecar.queue().receive().await.abandon("rejected").unwrap();
     let (dashboard, shutdown) = started(&sidecar);
 
     let first = Client::connect(&dashboard).await.status().await;
@@ -195,11 +220,42 @@ async fn the_first_event_is_the_whole_status_with_bodies_cut_to_their_start() {
     assert_eq!(first, expected);
     assert_eq!(
         first["queues"][QUEUE],
-        serde_json::json!({
+        json!({
             "produced": 2, "scheduled": 0, "active": 1, "locked": 0, "completed": 0,
-            "deadLettered": 1, "expired": 0, "duplicatesDropped": 0, "duplicatesEnqueued": 0,
+            "deadLettered": 1, "expired": 0, "purged": 0, "replayed": 0, "locksExpired": 0,
+            "duplicatesDropped": 0, "duplicatesEnqueued": 0,
         })
     );
+    shutdown.cancel();
+}
+
+/// A page opened late gets the past first: the sidecar samples the status every second whether
+/// or not a page is open, and the stream's first event holds the last ten minutes of samples.
+#[tokio::test(start_paused = true)]
+async fn a_page_opened_late_is_sent_the_samples_of_the_last_ten_minutes_first() {
+    let sidecar = Sidecar::new();
+    let (dashboard, shutdown) = started(&sidecar);
+    tokio::spawn(Arc::clone(&dashboard).sample());
+    // Its first sample, at once.
+    tokio::task::yield_now().await;
+    // A burst, drained by nobody, then a quiet while with no page open.
+    for n in 0..50 {
+        send(&sidecar, &n.to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let late = Client::connect(&dashboard).await;
+    let samples = late.history["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 4, "one at start, one a second: {samples:?}");
+    assert_eq!(samples[0]["active"], 0, "before the burst");
+    assert_eq!(samples[3]["active"], 50, "the burst, still there");
+    assert_eq!(late.history["windowSeconds"], 600);
+    let times: Vec<f64> = samples.iter().map(|s| s["t"].as_f64().unwrap()).collect();
+    assert!(times.is_sorted(), "{times:?}");
+
+    // Ten minutes on, the first samples are gone: the history is bounded.
+    tokio::time::sleep(Duration::from_secs(700)).await;
+    let later = Client::connect(&dashboard).await;
+    assert_eq!(later.history["samples"].as_array().unwrap().len(), 600);
     shutdown.cancel();
 }
 
@@ -213,7 +269,7 @@ async fn each_change_sends_a_new_snapshot_and_shutdown_says_stopping() {
     send(&sidecar, "one");
     assert_eq!(produced(&client.status().await), 1);
     let lock = sidecar.queue().receive().await;
-    lock.complete();
+    lock.complete().unwrap();
     // However the receive and the complete were coalesced, the stream ends on the last state.
     let mut last = client.status().await;
     while last["queues"][QUEUE]["completed"] != 1 {
@@ -297,7 +353,12 @@ async fn a_stream_of_changes_is_coalesced_to_ten_events_a_second() {
     let queue = Arc::clone(sidecar.queue());
     let sender = tokio::spawn(async move {
         for n in 0..SENDS {
-            queue.send(n.to_string().into_bytes(), Envelope::default(), None);
+            queue.send(
+                n.to_string().into_bytes(),
+                Envelope::default(),
+                None,
+                Via::Grpc,
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
@@ -346,7 +407,7 @@ async fn a_client_that_goes_away_frees_its_subscription() {
             .expect("the first snapshot")
             .unwrap()
             .expect("a chunk");
-        assert!(chunk.starts_with(b"event: status\n"), "{chunk:?}");
+        assert!(chunk.starts_with(b"event: history\n"), "{chunk:?}");
         responses.push(response);
     }
     assert_eq!(dashboard.clients(), 3);

@@ -8,6 +8,7 @@ use anyhow::bail;
 use tracing::info;
 
 use crate::{
+    faults::ConsumerControl,
     manifests,
     queue::{Counts, Queue},
     sidecar::Sidecar,
@@ -108,11 +109,14 @@ pub struct Controller {
 
 impl Controller {
     /// The controller for `autoscale`, its clock starting now; starts minReplicaCount consumers
-    /// (the Deployment at rest), each from `template`.
+    /// (the Deployment at rest), each from `template`. A consumer that exits on its own is
+    /// restarted after its back-off on the controller's clock, or stops the stack with
+    /// `stop_on_crash`.
     pub fn start(
         autoscale: &Autoscale,
         template: Template,
-        sidecar: &Sidecar,
+        sidecar: &mut Sidecar,
+        stop_on_crash: bool,
     ) -> anyhow::Result<Self> {
         let spec = autoscale.spec.clone();
         let clock = Clock::start(autoscale.time_scale);
@@ -120,7 +124,12 @@ impl Controller {
         let Some(queue) = sidecar.queues().get(&autoscale.binding).cloned() else {
             bail!("the sidecar has no binding {:?}", autoscale.binding);
         };
-        let replicas = ReplicaSet::new(template, spec.termination_grace_period, clock);
+        let replicas = ReplicaSet::new(
+            template,
+            spec.termination_grace_period,
+            clock,
+            stop_on_crash,
+        );
         let mut controller = Self {
             autoscaler: Autoscaler::new(&spec, Hpa::first_sync(Duration::ZERO)),
             spec,
@@ -133,13 +142,18 @@ impl Controller {
         };
         controller
             .replicas
-            .scale_to(controller.autoscaler.desired())?;
+            .scale_to(controller.autoscaler.desired(), sidecar)?;
         controller.publish();
         Ok(controller)
     }
 
-    /// Runs both loops until a replica stops on its own or cannot be started (an error: the
-    /// stack stops); cancel-safe, the caller stops it on shutdown.
+    /// Where the process faults for the replicas go.
+    pub fn control(&self) -> ConsumerControl {
+        self.replicas.control()
+    }
+
+    /// Runs both loops until a replica cannot be started or (with `stop_on_crash`) stops on its
+    /// own (an error: the stack stops); cancel-safe, the caller stops it on shutdown.
     pub async fn run(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
         loop {
             let (due, _) = self.autoscaler.next();
@@ -147,7 +161,7 @@ impl Controller {
                 _ = tokio::time::sleep_until(self.clock.instant(due)) => {
                     let metric = self.read_metric();
                     let (at, decision) = self.autoscaler.run_due(metric, self.clock.now());
-                    self.apply(at, decision)?;
+                    self.apply(at, decision, sidecar)?;
                 }
                 event = self.replicas.next_event() => {
                     let handled = self.replicas.handle(event, sidecar);
@@ -155,6 +169,16 @@ impl Controller {
                     handled?;
                 }
             }
+        }
+    }
+
+    /// Looks after the replicas only (restarts, faults), before the loops start; cancel-safe.
+    pub async fn run_replicas(&mut self, sidecar: &mut Sidecar) -> anyhow::Result<()> {
+        loop {
+            let event = self.replicas.next_event().await;
+            let handled = self.replicas.handle(event, sidecar);
+            self.publish();
+            handled?;
         }
     }
 
@@ -172,7 +196,12 @@ impl Controller {
     }
 
     /// Applies what a loop decided at cluster time `at`.
-    fn apply(&mut self, at: Duration, decision: Option<Decision>) -> anyhow::Result<()> {
+    fn apply(
+        &mut self,
+        at: Duration,
+        decision: Option<Decision>,
+        sidecar: &mut Sidecar,
+    ) -> anyhow::Result<()> {
         let scaled = match decision {
             Some(decision) => {
                 info!("{decision}");
@@ -187,7 +216,7 @@ impl Controller {
                 // The decision is in the status before any replica it scales in shows as
                 // terminating there.
                 self.publish();
-                self.replicas.scale_to(self.autoscaler.desired())
+                self.replicas.scale_to(self.autoscaler.desired(), sidecar)
             }
             None => Ok(()),
         };
@@ -212,6 +241,7 @@ impl Controller {
             ready: 0,
             starting: 0,
             terminating: 0,
+            restarting: 0,
             metric: self.metric,
             active: keda.active(),
             last_active_time: keda.last_active_time().map(|t| rfc3339(clock.wall(t))),
@@ -240,6 +270,7 @@ mod tests {
             expired: 2,
             duplicates_dropped: 8,
             duplicates_enqueued: 0,
+            ..Counts::default()
         };
         assert_eq!(metric(TriggerKind::AzureServicebus, counts), 10);
         let rabbit = |exclude_unacknowledged| TriggerKind::Rabbitmq {

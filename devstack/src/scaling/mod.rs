@@ -7,14 +7,16 @@
 //! before `--time-scale`), the metric and the Deployment's replica count, and return the change to
 //! make. `hpa` and `keda` run Kubernetes' and KEDA's own test cases (`upstream/`, as data).
 //! `autoscaler` runs both loops on one clock. The runtime (`replicas`, `controller`) runs it on the
-//! `clock` against the sidecar's queue, turns its decisions into processes, and publishes its state
-//! to the sidecar's status (`status`); `plan` runs it over simulated pods and a simulated queue.
-//! `chart` draws a queue and its replicas over time.
+//! `clock` against the sidecar's queue, turns its decisions into processes, restarted as the kubelet
+//! restarts a container (`crashloop`), and publishes its state to the sidecar's status (`status`);
+//! `plan` runs it over simulated pods and a simulated queue. `chart` draws a queue and its replicas
+//! over time.
 
 pub mod autoscaler;
 pub mod chart;
 pub mod clock;
 pub mod controller;
+pub mod crashloop;
 pub mod decision;
 pub mod hpa;
 pub mod keda;

@@ -24,6 +24,8 @@ pub struct ScalingStatus {
     pub ready: u32,
     pub starting: u32,
     pub terminating: u32,
+    /// Restarting after their process exited, or waiting out a CrashLoopBackOff: not ready.
+    pub restarting: u32,
     /// The last metric either loop read.
     pub metric: Option<u64>,
     pub active: bool,
@@ -42,11 +44,13 @@ impl ScalingStatus {
         self.ready = 0;
         self.starting = self.unregistered.starting;
         self.terminating = self.unregistered.terminating;
+        self.restarting = self.unregistered.restarting;
         for state in states {
             match state {
                 ReplicaState::Ready => self.ready += 1,
                 ReplicaState::Starting => self.starting += 1,
                 ReplicaState::Terminating => self.terminating += 1,
+                ReplicaState::Restarting | ReplicaState::Crashloop => self.restarting += 1,
             }
         }
         self
@@ -63,6 +67,7 @@ impl ScalingReport for ScalingStatus {
                 ready: counted.ready,
                 starting: counted.starting,
                 terminating: counted.terminating,
+                restarting: counted.restarting,
             },
             metric: counted.metric,
             // Strings, numbers and maps with string keys: it always serializes.
@@ -104,6 +109,8 @@ pub struct ScalingEvent {
 pub struct Unregistered {
     pub starting: u32,
     pub terminating: u32,
+    /// Exited before they were first known, and waiting for their restart.
+    pub restarting: u32,
 }
 
 #[cfg(test)]
@@ -124,6 +131,7 @@ mod tests {
             ready: 9,
             starting: 9,
             terminating: 9,
+            restarting: 9,
             metric: None,
             active: false,
             last_active_time: None,
@@ -132,6 +140,7 @@ mod tests {
             unregistered: Unregistered {
                 starting: 2,
                 terminating: 1,
+                restarting: 0,
             },
         };
         let states = [
@@ -139,11 +148,18 @@ mod tests {
             ReplicaState::Ready,
             ReplicaState::Starting,
             ReplicaState::Terminating,
+            ReplicaState::Crashloop,
+            ReplicaState::Restarting,
         ];
         let counted = status.counted(states.into_iter());
         assert_eq!(
-            (counted.ready, counted.starting, counted.terminating),
-            (2, 3, 2)
+            (
+                counted.ready,
+                counted.starting,
+                counted.terminating,
+                counted.restarting
+            ),
+            (2, 3, 2, 2)
         );
         let json = serde_json::to_value(&counted).unwrap();
         assert!(json.get("unregistered").is_none(), "{json}");

@@ -1,6 +1,6 @@
 //! Delivery to gRPC apps (daprd's `--app-protocol grpc`), as daprd drives the `dapr` crate's
 //! generated AppCallback server: ListInputBindings first, each event with the binding's metadata,
-//! its trace and the app token; health probes; each app's concurrency; peek-lock's lock duration.
+//! its trace and the app token; health probes; each app's concurrency. (Locks: `locks.rs`.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -305,48 +305,6 @@ async fn each_app_gets_at_most_its_own_concurrency_limit() {
     assert_eq!(triple.peak_in_flight(), 3);
 
     sidecar.stop().await;
-}
-
-/// Peek-lock: an app that does not answer within the lock duration loses the message, which is
-/// redelivered with its delivery count up by one.
-#[tokio::test]
-async fn an_event_unanswered_within_the_lock_duration_is_abandoned_and_redelivered() {
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let app = FakeApp::start(Behaviour {
-        gate: Some(gate),
-        ..Default::default()
-    })
-    .await;
-    let sidecar = InProcess::for_apps(&[app.addr], &["--lock-duration", "300ms"]).await;
-    sidecar.wait_consumers(1).await;
-    let mut client = sidecar.dapr_client().await;
-    client
-        .invoke_binding(invoke(QUEUE, "create", None))
-        .await
-        .unwrap();
-
-    let abandoned = sidecar
-        .logs
-        .wait_for_message("message abandoned; will be redelivered")
-        .await;
-    assert!(
-        abandoned["reason"]
-            .as_str()
-            .unwrap()
-            .contains("no answer within the lock duration"),
-        "{abandoned}"
-    );
-    let deliveries = app.wait_for_deliveries(2).await;
-    open.send_replace(true);
-    let c = sidecar.wait_completed(QUEUE, 1).await;
-    assert_eq!((c.completed, c.dead_lettered), (1, 0), "{c:?}");
-    // The delivery count is in the sidecar's log, not the event (daprd's binding sends none).
-    assert_eq!(abandoned["delivery_count"], 1, "{abandoned}");
-    assert!(!deliveries[0].metadata.contains_key("DeliveryCount"));
-    assert_eq!(deliveries[0].metadata["id"], deliveries[1].metadata["id"]);
-
-    sidecar.stop().await;
-    app.stop().await;
 }
 
 /// Like daprd waiting for its app port, the sidecar asks an app that is not up yet for its

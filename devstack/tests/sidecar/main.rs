@@ -14,15 +14,19 @@ use serde_json::Value;
 use test_support::{app::Delivery, with_token};
 use tonic::Request;
 
+mod dead_letters;
 mod duplicates;
 mod end_to_end;
+mod faults;
 mod grpc_apps;
 mod harness;
 mod http_apps;
 mod load;
+mod locks;
 mod python_sdk;
 mod redelivery;
 mod runtime_api;
+mod safety;
 mod send_metadata;
 
 const QUEUE: &str = "message-queue";

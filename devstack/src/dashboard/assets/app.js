@@ -1,6 +1,8 @@
-// The devstack dashboard: renders the `status` events of /devstack/events (the same JSON as
-// /devstack/status), keeps a ten-minute history sampled once a second for the chart, and runs the
-// two actions. No framework and no build step: this file is served as written.
+// The devstack dashboard: renders the `history` and `status` events of /devstack/events (the
+// samples devstack kept of the last ten minutes, then the same JSON as /devstack/status), goes on
+// sampling once a second for the chart, and runs the actions: a batch, a poison message, the
+// faults, the dead-letter operations, a message's timeline. No framework and no build step: this
+// file is served as written.
 "use strict";
 
 (function () {
@@ -10,6 +12,8 @@
 
   /** Samples of the last ten minutes, one a second: {t (s), active, locked, dead, completed, rate, replicas...}. */
   const samples = [];
+  const FAULTS_LISTED = 12;
+  const MESSAGES_LISTED = 20;
   let latest = null;
   let lastEventAt = 0;
   let heartbeatSeconds = 5;
@@ -45,6 +49,14 @@
       }
       if (!stopped) setConnection("live", "Live: connected to devstack.");
       apply(status);
+    });
+    source.addEventListener("history", (e) => {
+      lastEventAt = Date.now();
+      try {
+        applyHistory(JSON.parse(e.data));
+      } catch (err) {
+        setConnection("error", "devstack sent a history this page cannot read: " + err.message);
+      }
     });
     source.addEventListener("heartbeat", () => {
       lastEventAt = Date.now();
@@ -98,6 +110,20 @@
     return t;
   }
 
+  /** Replaces the chart's samples with devstack's own, which reach back before this page. */
+  function applyHistory(history) {
+    const kept = (history.samples || []).map((s) => ({ ...s }));
+    for (let i = 0; i < kept.length; i++) {
+      const previous = kept[i - 1];
+      const rate = previous && kept[i].t > previous.t
+        ? Math.max(0, (kept[i].completed - previous.completed) / (kept[i].t - previous.t))
+        : 0;
+      kept[i].rate = Math.round(rate * 10) / 10;
+    }
+    samples.splice(0, samples.length, ...kept);
+    scheduleDraw();
+  }
+
   /** Renders one status document; also what a test or a fixture calls. */
   function apply(status) {
     latest = { status, totals: totals(status), at: Date.now() };
@@ -109,7 +135,9 @@
     $("dead-lettered").textContent = t.deadLettered;
     renderScaling(status.scaling);
     renderConsumers(status.consumers || []);
+    $("restarts-total").textContent = status.consumerRestarts ? `${status.consumerRestarts} restart(s) in all` : "";
     renderDeadLetters(status.deadLetters || {});
+    renderFaults(status.faults);
     renderCountdowns();
     if (samples.length === 0) sample(Date.now() / 1000);
     scheduleDraw();
@@ -144,6 +172,7 @@
       replicas: s.scaling ? s.scaling.replicas : null,
       ready: s.scaling ? s.scaling.ready : null,
       terminating: s.scaling ? s.scaling.terminating : null,
+      restarting: s.scaling ? s.scaling.restarting : null,
     });
     while (samples.length && samples[0].t < t - WINDOW_SECONDS) samples.shift();
     $("rate").textContent = samples[samples.length - 1].rate;
@@ -170,11 +199,17 @@
     return c.bindings ? "ready" : "starting";
   }
 
+  /** A button that posts `fault` to /devstack/faults and shows the answer in `output`. */
+  function faultButton(text, fault, output) {
+    return smallButton(text, () => postJson(output, "faults", fault), "danger");
+  }
+
   function renderConsumers(consumers) {
     const tbody = $("consumers");
-    if (!consumers.length) return emptyRow(tbody, 6, "No consumer running.");
+    if (!consumers.length) return emptyRow(tbody, 9, "No consumer running.");
     const rows = consumers.map((c) => {
       const row = document.createElement("tr");
+      row.dataset.consumer = c.label || c.address;
       const name = cell(row, "");
       if (c.label) {
         const label = document.createElement("strong");
@@ -193,10 +228,42 @@
         countdown.className = "countdown";
         stateCell.append(" ", countdown);
       }
+      if (state === "crashloop" && c.restartAt) {
+        stateCell.dataset.restartAt = c.restartAt;
+        const countdown = document.createElement("span");
+        countdown.className = "countdown";
+        stateCell.append(" ", countdown);
+      }
       cell(row, `${c.inFlight} / ${c.maxConcurrency}`, "num");
       cell(row, c.processed ?? "–", "num processed");
       cell(row, c.failed ?? "–", "num failed");
       cell(row, c.healthy ? "healthy" : "unhealthy", c.healthy ? "ok" : "bad");
+      cell(row, c.restarts ?? 0, "num restarts");
+      cell(row, c.lastExit ? `${c.lastExit} at ${timeOf(c.lastExitAt)}` : "–", "last-exit");
+      const faults = cell(row, "", "faults");
+      if (c.label) {
+        const output = $("fault-result");
+        faults.append(
+          faultButton("Kill", { kind: "kill", consumer: c.label }, output),
+          faultButton("SIGTERM", { kind: "sigterm", consumer: c.label }, output),
+          faultButton("Pause 5 s", { kind: "pause", consumer: c.label, seconds: 5 }, output),
+        );
+      }
+      return row;
+    });
+    tbody.replaceChildren(...rows);
+  }
+
+  function renderFaults(faults) {
+    const tbody = $("faults");
+    const recent = (faults && faults.recent) || [];
+    if (!recent.length) return emptyRow(tbody, 4, "None.");
+    const rows = recent.slice(-FAULTS_LISTED).reverse().map((f) => {
+      const row = document.createElement("tr");
+      cell(row, timeOf(f.at));
+      cell(row, f.kind + (f.source === "chaos" ? " (chaos)" : ""));
+      cell(row, f.target, "id");
+      cell(row, f.detail, "reason");
       return row;
     });
     tbody.replaceChildren(...rows);
@@ -210,15 +277,194 @@
       for (const letter of [...letters].reverse()) {
         const row = document.createElement("tr");
         cell(row, queue);
-        cell(row, letter.id, "id");
+        cell(row, "", "id").append(messageLink(letter.id));
         cell(row, letter.deliveryCount, "num");
         cell(row, letter.reason, "reason");
         cell(row, letter.data, "body");
+        const operations = cell(row, "", "operations");
+        const output = $("dead-result");
+        const path = `dead-letters/${encodeURIComponent(queue)}`;
+        operations.append(
+          smallButton("Peek", () => peek(queue, letter.id)),
+          smallButton("Replay", () => postJson(output, `${path}/replay`, { ids: [letter.id] })),
+          smallButton("Purge", () => postJson(output, `${path}/purge`, { ids: [letter.id] }), "danger"),
+        );
         rows.push(row);
       }
     }
-    if (!rows.length) return emptyRow(tbody, 5, "None.");
+    if (!rows.length) return emptyRow(tbody, 6, "None.");
     tbody.replaceChildren(...rows);
+  }
+
+  function smallButton(text, onClick, className) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "small" + (className ? " " + className : "");
+    button.textContent = text;
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  /** A message id that opens its timeline. */
+  function messageLink(id) {
+    const link = smallButton(id, () => showTimeline(id));
+    link.className = "link message-link";
+    link.dataset.id = id;
+    return link;
+  }
+
+  /** The dead letter `id` of `queue`, whole: body, properties, last error. */
+  async function peek(queue, id) {
+    let found = null;
+    try {
+      for (let from = 0; ; from += 1000) {
+        const response = await fetch(`dead-letters/${encodeURIComponent(queue)}?from=${from}&limit=1000`, { cache: "no-store" });
+        const page = await response.json();
+        if (!response.ok) throw new Error(page.error || response.statusText);
+        found = (page.deadLetters || []).find((d) => d.id === id) || null;
+        if (found || from + 1000 >= page.total) break;
+      }
+    } catch (err) {
+      $("dead-result").className = "bad";
+      $("dead-result").textContent = "Cannot peek: " + err.message;
+      return;
+    }
+    const fields = $("peek-fields");
+    $("peek").hidden = false;
+    if (!found) {
+      fields.replaceChildren();
+      $("peek-heading").textContent = `Dead letter ${id}: no longer in the dead-letter queue`;
+      return;
+    }
+    $("peek-heading").textContent = `Dead letter ${id}`;
+    const entries = [
+      ["Queue", queue],
+      ["Deliveries", found.deliveryCount],
+      ["Last error", found.reason],
+      ["Dead-lettered at", found.deadLetteredAt],
+      ["Correlation id", found.correlationId ?? "–"],
+      ["Subject", found.subject ?? "–"],
+      ["Properties", JSON.stringify(found.properties, null, 1)],
+      ["Trace id", found.traceId],
+      ["Body" + (found.dataIsUtf8 ? "" : " (not UTF-8, shown lossily)"), found.data],
+    ];
+    const items = [];
+    for (const [name, value] of entries) {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      dd.textContent = String(value);
+      items.push(dt, dd);
+    }
+    fields.replaceChildren(...items);
+  }
+
+  // --- messages and their timelines ---------------------------------------------------------
+
+  async function loadMessages() {
+    const duplicates = $("duplicates-only").checked;
+    let list;
+    try {
+      const response = await fetch(`messages?limit=${MESSAGES_LISTED}${duplicates ? "&duplicates=true" : ""}`, { cache: "no-store" });
+      list = await response.json();
+      if (!response.ok) throw new Error(list.error || response.statusText);
+    } catch (_) {
+      // The connection state already says when devstack is unreachable.
+      return;
+    }
+    const tbody = $("messages");
+    const messages = list.messages || [];
+    if (!messages.length) return emptyRow(tbody, 5, duplicates ? "No message processed more than once." : "None yet.");
+    tbody.replaceChildren(...messages.map((m) => {
+      const row = document.createElement("tr");
+      if (m.duplicate) row.className = "duplicate";
+      cell(row, "", "id").append(messageLink(m.id));
+      cell(row, m.place);
+      cell(row, m.deliveries, "num");
+      cell(row, m.processed, "num");
+      cell(row, m.lastEvent ? `${m.lastEvent.event} at ${timeOf(m.lastAt)}` : "–");
+      return row;
+    }));
+  }
+
+  /** What one journey event says, in a line. */
+  function describe(e) {
+    switch (e.event) {
+      case "enqueued": return `enqueued on ${e.queue} by ${e.via}, trace ${e.traceId}`;
+      case "delivery": {
+        const end = e.outcome ? `${e.outcome}${e.endedAt ? " at " + timeOf(e.endedAt) : ""}` : "in flight";
+        return `delivery ${e.deliveryCount} (attempt ${e.attempt}) to ${e.consumer}: ${end}${e.error ? ": " + e.error : ""}`;
+      }
+      case "lockRenewed": return `lock renewed, until ${timeOf(e.lockedUntil)}`;
+      case "lockExpired": return `lock ran out (delivery ${e.deliveryCount}): available again`;
+      case "abandoned": return `abandoned: ${e.reason}`;
+      case "completed": return "completed";
+      case "completeFailed": return `complete failed: ${e.reason}`;
+      case "deadLettered": return `dead-lettered: ${e.reason}`;
+      case "replayed": return `replayed from ${e.from}`;
+      case "purged": return "purged from the dead-letter queue";
+      case "fault": return `fault ${e.fault}: ${e.detail}`;
+      case "duplicateDropped": return `a send of the same id on ${e.queue} by ${e.via} dropped as a duplicate`;
+      case "scheduled": return `scheduled, active at ${timeOf(e.activeAt)}`;
+      case "activated": return "its scheduled time came: active";
+      case "expired": return "its time-to-live ran out";
+      default: return e.event;
+    }
+  }
+
+  function timelineItem(at, text, bad) {
+    const li = document.createElement("li");
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = timeOf(at);
+    const what = document.createElement("span");
+    what.textContent = text;
+    if (bad) what.className = "bad";
+    li.append(when, what);
+    return li;
+  }
+
+  /** Message `id`'s journey, next to the scaling events and faults of the same period. */
+  async function showTimeline(id) {
+    $("timeline").hidden = false;
+    $("timeline-heading").textContent = `Timeline of ${id}`;
+    let journey;
+    try {
+      const response = await fetch(`messages/${encodeURIComponent(id)}`, { cache: "no-store" });
+      journey = await response.json();
+      if (!response.ok) throw new Error(journey.error || response.statusText);
+    } catch (err) {
+      $("timeline-summary").textContent = err.message;
+      $("timeline-events").replaceChildren();
+      $("timeline-context").replaceChildren();
+      return;
+    }
+    $("timeline-summary").textContent =
+      `${journey.place}; ${journey.deliveries} deliveries, processed ${journey.processed} time(s)` +
+      (journey.duplicate ? ": processed more than once (at-least-once delivery allows it)" : "") +
+      (journey.eventsDropped ? `; ${journey.eventsDropped} older events not kept` : "");
+    const events = journey.events || [];
+    const bad = new Set(["abandoned", "completeFailed", "deadLettered", "expired", "fault", "lockExpired"]);
+    $("timeline-events").replaceChildren(...events.map((e) => timelineItem(e.at, describe(e), bad.has(e.event))));
+    // The same period: from the first event to the last, five seconds either side.
+    const first = events.length ? Date.parse(events[0].at) - 5000 : 0;
+    const last = events.length ? Date.parse(events[events.length - 1].at) + 5000 : 0;
+    const within = (at) => {
+      const t = Date.parse(at);
+      return t >= first && t <= last;
+    };
+    const status = latest ? latest.status : {};
+    const context = [];
+    for (const e of (status.scaling && status.scaling.events) || []) {
+      if (within(e.at)) context.push({ at: e.at, text: `${e.by}: ${e.from} → ${e.to} (metric ${e.metric}). ${e.reason}`, bad: false });
+    }
+    for (const f of (status.faults && status.faults.recent) || []) {
+      if (within(f.at)) context.push({ at: f.at, text: `fault ${f.kind} on ${f.target}: ${f.detail}`, bad: true });
+    }
+    context.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+    const none = document.createElement("li");
+    none.textContent = "None in that period.";
+    $("timeline-context").replaceChildren(...(context.length ? context.map((c) => timelineItem(c.at, c.text, c.bad)) : [none]));
   }
 
   function renderScaling(scaling) {
@@ -270,6 +516,11 @@
       const countdown = el.querySelector(".countdown");
       if (countdown && left !== null) countdown.textContent = left > 0 ? `(killed in ${left} s)` : "(grace period over)";
     }
+    for (const el of document.querySelectorAll("[data-restart-at]")) {
+      const left = secondsUntil(el.dataset.restartAt);
+      const countdown = el.querySelector(".countdown");
+      if (countdown && left !== null) countdown.textContent = left > 0 ? `(back-off: restarts in ${left} s)` : "(restarting)";
+    }
     const cooldown = $("cooldown");
     if (!latest || !latest.status.scaling) return;
     const scaling = latest.status.scaling;
@@ -280,6 +531,14 @@
   }
 
   // --- the chart ---------------------------------------------------------------------------
+
+  /** Tick spacings of the time axis, in seconds: never less than a second. */
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600];
+
+  /** A time-axis tick as the clock reads it (14:03:25). */
+  function clockTime(seconds) {
+    return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false, hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
 
   const COLORS = {
     active: "#1f5fa8", locked: "#b35900", dead: "#b3261e", rate: "#2e7d32",
@@ -300,7 +559,8 @@
       { label: "completions/s", stroke: COLORS.rate, width: 2, scale: "messages", dash: [4, 3] },
     ];
     const axes = [
-      {},
+      // Clock time, to the second: the samples are a second apart.
+      { space: 70, incrs: TIME_STEPS, values: (u, ticks) => ticks.map(clockTime) },
       { scale: "messages", label: "messages, completions/s" },
     ];
     if (withScaling) {
@@ -395,6 +655,17 @@
 
   // --- actions -----------------------------------------------------------------------------
 
+  /** POSTs `body` as JSON to devstack's `path` and shows the answer in `output`. */
+  function postJson(output, path, body) {
+    return show(output, () =>
+      fetch(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      }),
+    );
+  }
+
   /** Shows a response's status and body, or why there is none. */
   async function show(output, request) {
     output.className = "pending";
@@ -448,8 +719,31 @@
     );
   });
 
+  for (const button of document.querySelectorAll("[data-fault]")) {
+    button.addEventListener("click", () => postJson($("fault-result"), "faults", JSON.parse(button.dataset.fault)));
+  }
+  $("replay-all").addEventListener("click", () => {
+    for (const queue of bindings) postJson($("dead-result"), `dead-letters/${encodeURIComponent(queue)}/replay`, { all: true });
+  });
+  $("purge-all").addEventListener("click", () => {
+    for (const queue of bindings) postJson($("dead-result"), `dead-letters/${encodeURIComponent(queue)}/purge`, { all: true });
+  });
+  $("messages-refresh").addEventListener("click", loadMessages);
+  $("duplicates-only").addEventListener("change", loadMessages);
+  // The list follows the stack, every two seconds while connected.
+  setInterval(() => {
+    if (latest && !stopped) loadMessages();
+  }, 2000);
+
   // For a fixture or a test: render a status document as if it had been pushed.
-  window.devstackDashboard = { apply, samples, redraw: drawChart };
+  // `timeAxisLabels`: what the chart's time axis reads now (uPlot draws it on its canvas).
+  window.devstackDashboard = {
+    apply,
+    samples,
+    redraw: drawChart,
+    showTimeline,
+    timeAxisLabels: () => (chart && chart.axes[0]._values ? [...chart.axes[0]._values] : []),
+  };
 
   connect();
   setInterval(tick, 1000);

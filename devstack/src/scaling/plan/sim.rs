@@ -374,6 +374,8 @@ impl Sim<'_> {
                     Rank {
                         running: ready,
                         ready_since: ready.then_some(pod.ready_at),
+                        // The plan's pods never crash.
+                        restarts: 0,
                         n: pod.n,
                     }
                 })
