@@ -37,7 +37,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, time::Instant};
 use tracing::debug;
 
@@ -139,8 +139,8 @@ pub struct PeekedDeadLetter {
     pub trace_id: String,
 }
 
-/// Counts of one queue.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Counts of one queue, as `GET /devstack/status` shows them (and its readers read them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub produced: u64,

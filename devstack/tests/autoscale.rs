@@ -3,6 +3,7 @@
 //! periods shortened by `--time-scale`. Every wait is bounded and ends on the status or a log event.
 
 use test_support as support;
+use test_support::devstack::Settled as _;
 
 use std::{collections::HashMap, path::Path, time::Duration};
 

@@ -12,6 +12,7 @@
 //! `REQUIRE_BROWSER=1` (as `.ci/run` sets) or `CI`, a missing Chromium fails it.
 
 use test_support as support;
+use test_support::devstack::Settled as _;
 
 use std::path::{Path, PathBuf};
 

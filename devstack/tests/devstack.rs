@@ -6,6 +6,7 @@
 //! All on 127.0.0.1 with ephemeral ports; every wait is bounded and ends on an event or a status.
 
 use test_support as support;
+use test_support::devstack::Settled as _;
 
 use std::collections::HashSet;
 

@@ -7,7 +7,6 @@
 use std::{net::SocketAddr, ops::Deref, time::Duration};
 
 use pipeline::{api_token::API_TOKEN_METADATA, dapr_v1::dapr_client::DaprClient};
-use serde::Deserialize;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
@@ -28,28 +27,17 @@ const MAX_POLLS: u32 = 400;
 /// Pause between two status reads. Only paces the poll: what ends a wait is the status itself.
 const POLL_PACING: Duration = Duration::from_millis(50);
 
-/// One queue's counts, as `GET /devstack/status` shows them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Counts {
-    pub produced: u64,
-    pub scheduled: u64,
-    pub active: u64,
-    pub locked: u64,
-    pub completed: u64,
-    /// In the dead-letter queue now.
-    pub dead_lettered: u64,
-    pub expired: u64,
-    pub duplicates_dropped: u64,
-    pub duplicates_enqueued: u64,
-    /// Dead letters purged: gone from every other count.
-    #[serde(default)]
-    pub purged: u64,
+/// One queue's counts, as `GET /devstack/status` shows them: devstack's own type, read back.
+pub use ::devstack::queue::Counts;
+
+/// Whether a queue is at rest.
+pub trait Settled {
+    /// Nothing waiting (scheduled ones included) and nothing in flight.
+    fn settled(&self) -> bool;
 }
 
-impl Counts {
-    /// Nothing waiting (scheduled ones included) and nothing in flight.
-    pub fn settled(&self) -> bool {
+impl Settled for Counts {
+    fn settled(&self) -> bool {
         self.scheduled == 0 && self.active == 0 && self.locked == 0
     }
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod browser;
 pub mod clock;
 pub mod consumer;
+#[cfg(feature = "devstack")]
 pub mod devstack;
 pub mod exposition;
 pub mod files;

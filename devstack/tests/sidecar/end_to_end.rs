@@ -3,6 +3,7 @@
 //! message redelivered, poison payloads dead-lettered, a producer restart.
 
 use std::collections::HashSet;
+use test_support::devstack::Settled as _;
 
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
 };
+use test_support::devstack::Settled as _;
 
 use pipeline::{dapr_v1::InvokeBindingRequest, trace_context::TraceParent};
 use reqwest::StatusCode;

@@ -5,6 +5,7 @@ use std::{
     collections::{HashMap, HashSet},
     time::Instant,
 };
+use test_support::devstack::Settled as _;
 
 use futures::StreamExt;
 use test_support::{

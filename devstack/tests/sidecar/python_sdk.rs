@@ -3,6 +3,7 @@
 //! producer, through the SDK's start-up wait; its gRPC `App` as a consumer behind the sidecar.
 
 use pipeline::dapr_v1::InvokeBindingRequest;
+use test_support::devstack::Settled as _;
 use test_support::{WAIT, port::free_port, python};
 use tracing::Level;
 
