@@ -2,7 +2,7 @@
 //! a real producer or consumer, or (feature `in-process`) their libraries serving in the test
 //! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
 //! HTTP), devstack (its sidecar alone or the whole stack), loopback ports for servers that are not
-//! up yet, slow clients, and the official Dapr Python SDK with the scripts that use it.
+//! up yet, slow clients, and the official Dapr Python and JavaScript SDKs, installed on first use.
 
 pub mod app;
 pub mod browser;
@@ -13,11 +13,13 @@ pub mod exposition;
 pub mod http_app;
 #[cfg(feature = "in-process")]
 pub mod in_process;
+pub mod js;
 pub mod otlp;
 pub mod port;
 pub mod process;
 pub mod producer;
 pub mod python;
+mod sdk;
 pub mod sidecar;
 pub mod slow_client;
 
