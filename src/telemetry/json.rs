@@ -39,7 +39,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = Members::default();
+        let mut fields = Members::with_capacity(attrs.fields().len());
         attrs.record(&mut fields);
         span.extensions_mut().insert(SpanFields(fields));
     }
@@ -90,6 +90,15 @@ struct Members {
 }
 
 impl Members {
+    /// Room for `fields` values of a typical size (an id, a trace id), so that recording them
+    /// allocates once.
+    fn with_capacity(fields: usize) -> Self {
+        Self {
+            text: Vec::with_capacity(fields * 48),
+            entries: Vec::with_capacity(fields),
+        }
+    }
+
     fn clear(&mut self) {
         self.text.clear();
         self.entries.clear();
