@@ -15,8 +15,9 @@ enum Only {
 }
 
 /// Pipeline benchmark: transport limit, producer, consumer, end to end, the original's approach,
-/// the producer against a sidecar with a broker's latency, the drain time of a burst under
-/// autoscaling, and the footprint of both binaries.
+/// the producer against a sidecar with a broker's latency, ours beside the official Dapr SDKs,
+/// open-loop latency through the sidecar, the drain time of a burst under autoscaling, and the
+/// footprint of both binaries.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline")]
 struct Args {
@@ -53,6 +54,16 @@ struct Args {
     /// Sidecar latencies the sweep measures each of them at (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "5ms,20ms", value_parser = humantime::parse_duration)]
     sweep_latency: Vec<Duration>,
+    /// Messages per run of each peer row (ours beside the official Python and JavaScript SDKs):
+    /// the JavaScript SDK's one-at-a-time sends take a millisecond of its CPU each.
+    #[arg(long, default_value_t = 5_000)]
+    peer_messages: u32,
+    /// The latency rows' loads, in percent of row 4's rate (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    latency_loads: Vec<f64>,
+    /// About how long each latency run lasts, through the sidecar and straight to the app.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    latency_duration: Duration,
     /// Row 7's ScaledObject, which `devstack --autoscale` reads.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/consumer-scaling.yaml"))]
     scaled_object: PathBuf,
@@ -115,6 +126,11 @@ fn main() -> ExitCode {
         latency_run: args.latency_run,
         sweep_concurrency: args.sweep_concurrency,
         sweep_latencies: args.sweep_latency,
+        peer_messages: args.peer_messages,
+        // Without Python or Node the peer rows say so, and the rest runs.
+        peers: pipeline::PeerPolicy::WhenAvailable,
+        latency_shares: args.latency_loads.iter().map(|p| p / 100.0).collect(),
+        latency_duration: args.latency_duration,
         bursts: pipeline::burst::Bursts {
             scaled_object: args.scaled_object.clone(),
             time_scale: args.time_scale,

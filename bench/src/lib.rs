@@ -8,6 +8,9 @@
 //! - `null`: servers that answer at once (sidecar `InvokeBinding`, app `OnBindingEvent`, HTTP),
 //!   and after a broker's latency (row 6), in a process of their own.
 //! - `load`: the clients that drive them, and the original producer's send loop.
+//! - `sidecar`: `devstack sidecar` as rows 4, the peers and the latency rows run it.
+//! - `peers`: ours beside the official Dapr SDKs (Python, JavaScript), through the sidecar.
+//! - `latency`: send to `OnBindingEvent` start, open-loop, through the sidecar and straight.
 //! - `burst`: row 7, a burst drained by `devstack --autoscale`, and its chart.
 //! - `chaos`: row 8, a batch through `devstack --autoscale` under a seeded `--chaos` schedule,
 //!   every message accounted for.
@@ -21,9 +24,12 @@
 
 pub mod burst;
 pub mod chaos;
+mod latency;
 mod load;
 mod null;
+mod peers;
 mod report;
+mod sidecar;
 
 use std::{
     net::SocketAddr,
@@ -31,14 +37,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 pub use null::main_if_asked as null_servers_main_if_asked;
+pub use peers::PeerPolicy;
 pub use report::{Footprint, Report, Sample};
 use serde_json::{Value, json};
 use test_support::process;
 use tonic::transport::Channel;
 
+use peers::Peers;
 use process::{Service, cpu_time, event_addr};
+use sidecar::Sidecar;
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -65,6 +74,14 @@ pub struct Sizes {
     pub sweep_concurrency: Vec<u32>,
     /// The sweep's sidecar latencies.
     pub sweep_latencies: Vec<Duration>,
+    /// Messages per run of each peer row.
+    pub peer_messages: u32,
+    /// Whether the peer rows may be skipped when an SDK cannot be had.
+    pub peers: PeerPolicy,
+    /// The latency rows' loads, as shares of row 4's rate.
+    pub latency_shares: Vec<f64>,
+    /// About how long each latency run lasts; its size follows from it.
+    pub latency_duration: Duration,
     /// Row 7.
     pub bursts: burst::Bursts,
     /// Row 8; `None` leaves it out.
@@ -162,6 +179,15 @@ pub fn run(sizes: &Sizes, bins: &Binaries, progress: &dyn Fn(&str)) -> anyhow::R
             && !sizes.latency_run.is_zero()
             && sizes.sweep_concurrency.iter().all(|c| *c > 0),
         "latencies, the latency run and the sweep's concurrencies must be more than 0"
+    );
+    ensure!(
+        sizes.peer_messages > 0
+            && !sizes.latency_duration.is_zero()
+            && sizes
+                .latency_shares
+                .iter()
+                .all(|s| *s > 0.0 && s.is_finite()),
+        "the peers' messages, the latency runs and their shares must be more than 0"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -392,6 +418,7 @@ impl<'a> Bench<'a> {
 
         self.step("starting the producer, the consumer and the local stack");
         let rig = Rig::start(&self, nulls, null, shipped).await?;
+        let mut peers = Peers::start(&self, shipped).await?;
         // Round 0 warms every path up (connections, allocator, caches) and is not reported.
         let mut consumer_events = 0;
         for round in 0..=sizes.rounds {
@@ -410,11 +437,22 @@ impl<'a> Bench<'a> {
             let latency = rig.latency_rows(warm_up).await?;
             let sweep = rig.sweep(warm_up).await?;
             consumer_events += u64::from(m);
-            if !warm_up {
+            if warm_up {
+                peers.warm_up(&self, m.min(sizes.peer_messages)).await?;
+            } else {
                 report.push(samples, latency, sweep);
+                peers.round(&self).await?;
             }
         }
         rig.stop(&mut report, consumer_events).await?;
+        report.peers = peers.stop().await?;
+        report.open_loop = latency::run(
+            &self,
+            report::rate(&report.end_to_end),
+            &sizes.latency_shares,
+            sizes.latency_duration,
+        )
+        .await?;
         let progress = |step: String| {
             let _ = self.progress.send(step);
         };
@@ -542,32 +580,15 @@ impl<'a> Bench<'a> {
             consumers.push(consumer);
             apps.push(format!("{addr}={per_consumer}"));
         }
-        let mut args = vec!["sidecar", "--grpc-port", "0", "--http-port", "0"];
-        for app in &apps {
-            args.extend(["--app", app]);
-        }
-        let (devstack, event) = start(&self.bins.devstack, &args, &[], "sidecar listening").await;
-        let status_url = format!("http://{}/devstack/status", event_addr(&event, "http_addr"));
-        let (_, producer, producer_addr) =
-            self.start_producer(event_addr(&event, "grpc_addr")).await?;
-        let stack = Stack {
+        let sidecar = Sidecar::start(&self.bins.devstack, &apps, None, &self.http).await?;
+        let (_, producer, producer_addr) = self.start_producer(sidecar.grpc).await?;
+        sidecar.wait_consumers(self.sizes.consumers).await?;
+        Ok(Stack {
             consumers,
-            devstack,
+            sidecar,
             producer,
             producer_addr,
-            status_url,
-            http: self.http.clone(),
-        };
-        let begun = Instant::now();
-        while stack.status().await?["consumersConnected"] != self.sizes.consumers {
-            ensure!(
-                begun.elapsed() < WAIT,
-                "the sidecar did not see {} healthy consumers",
-                self.sizes.consumers
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(stack)
+        })
     }
 }
 
@@ -674,7 +695,7 @@ impl Rig {
         let stack = bench.start_stack().await?;
         let stack_parts = vec![
             ("producer", vec![Pid::Child(stack.producer.pid())]),
-            ("sidecar", vec![Pid::Child(stack.devstack.pid())]),
+            ("sidecar", vec![Pid::Child(stack.sidecar.service.pid())]),
             (
                 "consumers",
                 stack
@@ -859,83 +880,30 @@ impl Rig {
 
 struct Stack {
     consumers: Vec<Service>,
-    devstack: Service,
+    sidecar: Sidecar,
     producer: Service,
     producer_addr: SocketAddr,
-    status_url: String,
-    http: reqwest::Client,
-}
-
-/// One queue's counts from the sidecar's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    produced: u64,
-    completed: u64,
-    dead_lettered: u64,
 }
 
 impl Stack {
-    async fn status(&self) -> anyhow::Result<Value> {
-        get_json(&self.http, &self.status_url).await
-    }
-
-    async fn counts(&self) -> anyhow::Result<Counts> {
-        let status = self.status().await?;
-        let queue = &status["queues"][load::BINDING];
-        let count = |field: &str| {
-            queue[field]
-                .as_u64()
-                .with_context(|| format!("no {field} in the sidecar's status {status}"))
-        };
-        Ok(Counts {
-            produced: count("produced")?,
-            completed: count("completed")?,
-            dead_lettered: count("deadLettered")?,
-        })
-    }
-
     /// From the POST of `m` messages to the status showing all `m` completed.
     async fn run(&self, http: &reqwest::Client, m: u32) -> anyhow::Result<Duration> {
-        let before = self.counts().await?;
+        let before = self.sidecar.counts().await?;
         let start = Instant::now();
         produce(http, self.producer_addr, m).await?;
-        let target = before.completed + u64::from(m);
-        loop {
-            let now = self.counts().await?;
-            if now.completed >= target {
-                let elapsed = start.elapsed();
-                ensure!(
-                    now == Counts {
-                        produced: before.produced + u64::from(m),
-                        completed: target,
-                        dead_lettered: before.dead_lettered,
-                    },
-                    "(4): expected {m} more produced and completed, none dead-lettered: \
-                     before {before:?}, after {now:?}"
-                );
-                return Ok(elapsed);
-            }
-            if start.elapsed() > run_limit(m) {
-                bail!(
-                    "(4): {} of {m} messages completed in time",
-                    now.completed - before.completed
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.sidecar.completed("(4)", before, m, start).await
     }
 
     /// Stops everything; checks the consumers processed what the queue completed. Returns the
     /// sidecar's peak RSS in KiB.
     async fn stop(self) -> anyhow::Result<u64> {
-        let completed = self.counts().await?.completed;
-        let peak = self.devstack.memory().peak_kib;
+        let completed = self.sidecar.counts().await?.completed;
         self.producer.stop().await;
         let mut processed_total = 0;
         for consumer in self.consumers {
             processed_total += processed(&consumer.stop().await)?;
         }
-        self.devstack.stop().await;
+        let peak = self.sidecar.stop().await;
         ensure!(
             processed_total == completed,
             "(4): the consumers processed {processed_total} events, the queue completed {completed}"

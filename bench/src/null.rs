@@ -35,6 +35,8 @@ use pipeline::{
     },
 };
 use serde::{Deserialize, Serialize};
+
+use super::load::BINDING;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, transport::Server};
 
@@ -219,29 +221,53 @@ impl Delay {
     }
 }
 
-/// A Dapr app whose `OnBindingEvent` answers OK at once.
-async fn app(counter: Counter) -> anyhow::Result<SocketAddr> {
-    let (listener, addr) = bind().await?;
-    let server = Server::builder()
-        .add_service(AppCallbackServer::new(NullApp(counter)))
-        .serve_with_incoming(pipeline::net::grpc_incoming(listener));
-    tokio::spawn(server);
-    Ok(addr)
+/// What an app does with each binding event, before it answers OK.
+pub trait OnEvent: Send + Sync + 'static {
+    fn on_event(&self, event: &BindingEventRequest);
 }
 
-struct NullApp(Counter);
+impl OnEvent for Counter {
+    fn on_event(&self, _: &BindingEventRequest) {
+        self.add();
+    }
+}
+
+/// A Dapr app whose `OnBindingEvent` answers OK at once, after handing the event to `E`. It
+/// consumes [`BINDING`], so that a sidecar delivers to it; every other call is UNIMPLEMENTED
+/// (which a sidecar's health probe takes as healthy).
+pub struct App<E>(pub E);
+
+/// Serves an [`App`] on 127.0.0.1 in this runtime until the task is aborted.
+pub async fn serve_app<E: OnEvent>(
+    events: E,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (listener, addr) = bind().await?;
+    let server = Server::builder()
+        .add_service(AppCallbackServer::new(App(events)))
+        .serve_with_incoming(pipeline::net::grpc_incoming(listener));
+    let task = tokio::spawn(async move {
+        // A server that fails on its own shows as events that never arrive.
+        let _ = server.await;
+    });
+    Ok((addr, task))
+}
+
+/// A null app counting what it got (row 3n).
+async fn app(counter: Counter) -> anyhow::Result<SocketAddr> {
+    Ok(serve_app(counter).await?.0)
+}
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("null app"))
 }
 
 #[tonic::async_trait]
-impl AppCallback for NullApp {
+impl<E: OnEvent> AppCallback for App<E> {
     async fn on_binding_event(
         &self,
-        _: Request<BindingEventRequest>,
+        request: Request<BindingEventRequest>,
     ) -> Result<Response<BindingEventResponse>, Status> {
-        self.0.add();
+        self.0.on_event(request.get_ref());
         Ok(Response::new(BindingEventResponse::default()))
     }
 
@@ -249,7 +275,9 @@ impl AppCallback for NullApp {
         &self,
         _: Request<()>,
     ) -> Result<Response<ListInputBindingsResponse>, Status> {
-        unimplemented()
+        Ok(Response::new(ListInputBindingsResponse {
+            bindings: vec![BINDING.to_owned()],
+        }))
     }
 
     async fn on_invoke(

@@ -23,6 +23,12 @@ fn main() -> ExitCode {
         latency_run: std::time::Duration::from_millis(40),
         sweep_concurrency: vec![2, 4],
         sweep_latencies: vec![std::time::Duration::from_millis(2)],
+        // The peers too: the SDKs are installed on first use, as the Python SDK's tests do, and
+        // a missing tool or registry fails this test rather than skipping the rows.
+        peer_messages: 50,
+        peers: pipeline::PeerPolicy::Required,
+        latency_shares: vec![0.1, 0.5],
+        latency_duration: std::time::Duration::from_millis(100),
         // Row 7 once, small and fast: 20 messages, 10 ms of real time per cluster second.
         bursts: pipeline::burst::Bursts {
             scaled_object: concat!(
@@ -58,9 +64,40 @@ fn main() -> ExitCode {
         let rate = runs[0].rate;
         assert!(rate.is_finite() && rate > 0.0, "{row}: {rate}");
     }
-    let json = report.json();
+    // Ours and both SDKs on each side, the JavaScript producer twice, each run once.
+    for side in ["consumers", "producers"] {
+        let rows = report.peers.rows.iter().filter(|r| r.side.key() == side);
+        let keys: Vec<&str> = rows.clone().map(|r| r.key).collect();
+        assert!(
+            keys.contains(&"ours") && keys.contains(&"python") && keys.contains(&"javascript"),
+            "{side}: {keys:?}"
+        );
+        for row in rows {
+            assert_eq!(row.runs.len(), 1, "{side} {}", row.key);
+            assert!(
+                row.runs[0].rate > 0.0 && row.peak_kib > 0,
+                "{side} {}: {row:?}",
+                row.key
+            );
+        }
+    }
     assert!(
-        json["targets"].as_object().is_some_and(|t| t.len() == 11),
+        report.peers.skipped.is_empty(),
+        "{:?}",
+        report.peers.skipped
+    );
+    // Both loads, each with a latency through the sidecar and straight to the app.
+    assert_eq!(report.open_loop.len(), 2);
+    for point in &report.open_loop {
+        assert!(
+            point.messages > 0 && point.sidecar.p50 > 0.0 && point.transport.p50 > 0.0,
+            "{point:?}"
+        );
+    }
+    let json = report.json();
+    // Eleven targets of the rows, and ours over each of the five peer rows.
+    assert!(
+        json["targets"].as_object().is_some_and(|t| t.len() == 16),
         "{json}"
     );
     assert!(!report.table().is_empty());

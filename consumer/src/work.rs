@@ -3,6 +3,7 @@
 use std::{fmt, time::Duration};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use pipeline::telemetry::clock::{self, SecondCache};
 use tokio::time::Instant;
 
 /// When one message's work started and ended.
@@ -34,8 +35,8 @@ pub async fn simulate(duration: Duration) -> Done {
 
 /// The original sample's line, byte for byte, as `Display`:
 /// `Hello World -- Received at: 12/24/2019 14:42:42 -- Finished at: 12/24/2019 14:42:47`
-/// (`MM/DD/YYYY HH:MM:SS`, UTC). Formatted straight into the log line: at zero work, logging it
-/// is most of what the consumer does per message.
+/// (`MM/DD/YYYY HH:MM:SS`, UTC). Formatted straight into the log line, without a `String` of
+/// its own: at zero work, logging it is most of what the consumer does per message.
 pub struct LogLine<'a> {
     /// The message's text.
     pub text: &'a str,
@@ -57,25 +58,59 @@ impl fmt::Display for LogLine<'_> {
     }
 }
 
-/// `12/24/2019 14:42:42`, what chrono's `%m/%d/%Y %H:%M:%S` gives, without parsing that
-/// pattern again for every message.
+/// `12/24/2019 14:42:42`, what chrono's `%m/%d/%Y %H:%M:%S` gives. Both timestamps of a line
+/// fall in the same second, as do the lines of many messages: each thread formats a second once
+/// and copies it from then on.
 struct Timestamp(DateTime<Utc>);
+
+/// `MM/DD/YYYY HH:MM:SS`.
+const LAYOUT: usize = 19;
+
+thread_local! {
+    static SECONDS: SecondCache<LAYOUT> = const { SecondCache::new() };
+}
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.0;
-        write!(
-            f,
-            "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
-            t.month(),
-            t.day(),
-            t.year(),
-            t.hour(),
-            t.minute(),
-            // chrono holds a leap second as second 59 plus a second of nanoseconds; %S prints 60.
-            t.second() + u32::from(t.nanosecond() >= 1_000_000_000)
-        )
+        // chrono holds a leap second as second 59 plus a second of nanoseconds; %S prints 60.
+        let leap = t.nanosecond() >= 1_000_000_000;
+        if leap || !(0..=9999).contains(&t.year()) {
+            return write!(
+                f,
+                "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
+                t.month(),
+                t.day(),
+                t.year(),
+                t.hour(),
+                t.minute(),
+                t.second() + u32::from(leap)
+            );
+        }
+        let text = SECONDS.with(|seconds| seconds.get(t.timestamp(), layout));
+        // Digits and separators only: always UTF-8.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
+}
+
+/// The second `second` (since the Unix epoch, of a year from 0 to 9999) in [`Timestamp`]'s
+/// layout.
+fn layout(second: i64) -> [u8; LAYOUT] {
+    let t = DateTime::<Utc>::from_timestamp(second, 0).unwrap_or_default();
+    let mut text = Vec::with_capacity(LAYOUT);
+    for (value, width, then) in [
+        (t.month(), 2, b'/'),
+        (t.day(), 2, b'/'),
+        (t.year().unsigned_abs(), 4, b' '),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, b'\n'),
+    ] {
+        clock::push_digits(&mut text, value, width);
+        text.push(then);
+    }
+    text.pop();
+    text.try_into().unwrap_or([b'0'; LAYOUT])
 }
 
 #[cfg(test)]
@@ -122,10 +157,25 @@ mod tests {
         assert_eq!(Timestamp(leap).to_string(), "12/31/2016 23:59:60");
     }
 
+    #[test]
+    fn each_second_is_formatted_as_its_own() {
+        let second = Utc.with_ymd_and_hms(2019, 12, 24, 14, 42, 42).unwrap();
+        for (offset_ms, expected) in [
+            (0, "12/24/2019 14:42:42"),
+            (999, "12/24/2019 14:42:42"),
+            (1_000, "12/24/2019 14:42:43"),
+            (0, "12/24/2019 14:42:42"),
+            (86_400_000, "12/25/2019 14:42:42"),
+        ] {
+            let time = second + chrono::Duration::milliseconds(offset_ms);
+            assert_eq!(Timestamp(time).to_string(), expected);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn timestamps_read_as_chrono_formats_them(
-            seconds in 0i64..253_402_300_800, // to the end of year 9999
+            seconds in -62_167_219_200i64..253_402_300_800, // years 0 to 9999
             nanos in 0u32..2_000_000_000, // above a billion: a leap second
         ) {
             let time = DateTime::from_timestamp(seconds, nanos)

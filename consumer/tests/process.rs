@@ -214,6 +214,79 @@ async fn sigterm_drains_the_in_flight_event_and_exits_zero() {
     assert!(gone.is_err(), "{gone:?}");
 }
 
+/// No log line is lost on the way out: lines are written in batches by a thread of their own,
+/// and SIGTERM lands while messages keep coming, with a batch still gathering. After the exit,
+/// every message the consumer answered OK has its line, once, and no other message has one.
+#[tokio::test]
+async fn every_completed_message_has_its_line_after_a_sigterm_mid_batch() {
+    use std::collections::BTreeSet;
+
+    use futures::StreamExt;
+
+    const MESSAGES: usize = 10_000;
+    const IN_FLIGHT: usize = 32;
+    const BEFORE_SIGTERM: usize = 500;
+    let mut consumer = Consumer::start(&[
+        ("WORK_DURATION", "2ms"),
+        ("MAX_CONCURRENCY", &IN_FLIGHT.to_string()),
+    ])
+    .await;
+    let (answered_ok, _) = tokio::sync::watch::channel(0usize);
+    let (callback, ok_tx) = (consumer.callback(), answered_ok.clone());
+    let sender = tokio::spawn(async move {
+        let answers: Vec<(String, Result<(), tonic::Status>)> = futures::stream::iter(0..MESSAGES)
+            .map(|i| {
+                let mut callback = callback.clone();
+                let ok_tx = ok_tx.clone();
+                async move {
+                    let id = format!("m-{i}");
+                    let answer = callback.on_binding_event(hello(&id)).await.map(drop);
+                    if answer.is_ok() {
+                        ok_tx.send_modify(|n| *n += 1);
+                    }
+                    (id, answer)
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        answers
+    });
+    support::wait_count(&answered_ok, BEFORE_SIGTERM, "answers before the SIGTERM").await;
+    consumer.service.terminate();
+    let answers = tokio::time::timeout(WAIT, sender)
+        .await
+        .expect("every call ends")
+        .expect("the sender runs");
+    assert_eq!(consumer.service.exit_code(WAIT).await, Some(0));
+    let events = consumer.service.events_to_end().await;
+
+    let completed: BTreeSet<&str> = answers
+        .iter()
+        .filter(|(_, answer)| answer.is_ok())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        completed.len() > BEFORE_SIGTERM && completed.len() < MESSAGES,
+        "the SIGTERM came mid-way: {} of {MESSAGES} completed",
+        completed.len()
+    );
+    let lines: Vec<&str> = events
+        .iter()
+        .filter(|e| support::consumer::is_original_line(e))
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    let logged: BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(lines.len(), logged.len(), "a message logged twice");
+    assert_eq!(logged, completed, "lines and completed messages differ");
+    let stopped = events.iter().find(|e| e["message"] == "stopped");
+    assert_eq!(
+        stopped.map(|e| e["processed"].clone()),
+        Some(completed.len().into()),
+        "the last line, `stopped`, is there too"
+    );
+}
+
 #[tokio::test]
 async fn drain_timeout_bounds_shutdown_with_events_still_running() {
     // Two minute-long events run at once; the process must not wait for them.

@@ -3,7 +3,7 @@
 //! process, a paused clock held still for them, a fake Dapr sidecar, fake consumer apps (gRPC and
 //! HTTP), devstack (its sidecar alone or the whole stack), files for a binary to read, loopback
 //! ports for servers that are not up yet, slow clients, a proxy that loses a gRPC server's answers,
-//! and the official Dapr Python SDK with the scripts that use it.
+//! and the official Dapr Python and JavaScript SDKs, installed on first use.
 
 pub mod app;
 pub mod browser;
@@ -16,12 +16,14 @@ pub mod files;
 pub mod http_app;
 #[cfg(feature = "in-process")]
 pub mod in_process;
+pub mod js;
 pub mod lost_answers;
 pub mod otlp;
 pub mod port;
 pub mod process;
 pub mod producer;
 pub mod python;
+mod sdk;
 pub mod sidecar;
 pub mod slow_client;
 

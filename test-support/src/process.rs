@@ -205,8 +205,19 @@ impl Service {
 
     /// Waits, at most [`WAIT`], for a JSON log event matching `pred`; panics with the log if none.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_within(what, WAIT, pred).await
+    }
+
+    /// Like [`wait_for`](Self::wait_for), waiting at most `limit`: for what takes longer by
+    /// design (a benchmark's run).
+    pub async fn wait_for_within(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut checked = 0;
-        self.wait_until(what, |output| {
+        self.wait_until(what, limit, |output| {
             let (lines, end) = output.lines_from(checked);
             let found = lines
                 .filter_map(|l| serde_json::from_slice(l).ok())
@@ -243,7 +254,7 @@ impl Service {
         what: &str,
         mut pred: impl FnMut(&[String]) -> Option<T>,
     ) -> T {
-        self.wait_until(what, |output| pred(&output.strings()))
+        self.wait_until(what, WAIT, |output| pred(&output.strings()))
             .await
     }
 
@@ -260,7 +271,7 @@ impl Service {
         n: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        self.wait_until(what, |output| {
+        self.wait_until(what, WAIT, |output| {
             let (lines, _) = output.lines_from(0);
             let matching: Vec<Value> = lines
                 .filter_map(|l| serde_json::from_slice(l).ok())
@@ -271,10 +282,15 @@ impl Service {
         .await
     }
 
-    /// Asks `look` after each read of the output until it finds something, at most [`WAIT`];
+    /// Asks `look` after each read of the output until it finds something, at most `limit`;
     /// once stdout has closed, nothing more comes. Panics with the output if it finds nothing.
-    async fn wait_until<T>(&mut self, what: &str, mut look: impl FnMut(&Output) -> Option<T>) -> T {
-        let found = tokio::time::timeout(WAIT, async {
+    async fn wait_until<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut look: impl FnMut(&Output) -> Option<T>,
+    ) -> T {
+        let found = tokio::time::timeout(limit, async {
             loop {
                 if let Some(found) = look(&self.output.lock()) {
                     return Some(found);

@@ -1,28 +1,43 @@
-//! The official Dapr Python SDK (`dapr` and `dapr-ext-grpc` from PyPI, pinned) in a venv under the
-//! cargo target directory, made on first use and kept while the pins stay; and the scripts in
-//! `test-support/python/` run with it. A missing `python3 -m venv` or an unreachable PyPI fails the
-//! test that asked, saying which; no test passes without the SDK.
+//! The official Dapr Python SDK (`dapr` and `dapr-ext-grpc` from PyPI, every package pinned by
+//! `test-support/python/requirements.txt`) in a venv under the cargo target directory, made on
+//! first use and kept while the pins stay; and the scripts in `test-support/python/` run with it.
+//! A missing `python3 -m venv` or an unreachable PyPI fails the test that asked, saying which; no
+//! test passes without the SDK.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
 };
 
-use super::process::Service;
+use super::{process::Service, sdk};
 
-/// The SDK's versions; `dapr-ext-grpc` follows `dapr`'s releases, so both move together.
-pub const PINNED: [&str; 2] = ["dapr==1.18.3", "dapr-ext-grpc==1.18.3"];
+/// Every package of the venv at its version; `dapr-ext-grpc` follows `dapr`'s releases, so both
+/// move together.
+pub const REQUIREMENTS: &str = include_str!("../python/requirements.txt");
+
+/// The version `package` is pinned at.
+pub fn version(package: &str) -> Option<&'static str> {
+    REQUIREMENTS
+        .lines()
+        .find_map(|line| line.strip_prefix(package)?.strip_prefix("=="))
+        .map(str::trim)
+}
 
 static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// The venv's `python`, installing the SDK the first time; panics saying what failed.
 pub async fn python() -> PathBuf {
-    let python = tokio::task::spawn_blocking(|| PYTHON.get_or_init(install).clone())
+    installed()
         .await
-        .expect("the install task");
-    python.unwrap_or_else(|e| panic!("the Dapr Python SDK is needed for this test: {e}"))
+        .unwrap_or_else(|e| panic!("the Dapr Python SDK is needed for this test: {e}"))
+}
+
+/// The venv's `python`, installing the SDK the first time; or what is missing.
+pub async fn installed() -> Result<PathBuf, String> {
+    tokio::task::spawn_blocking(|| PYTHON.get_or_init(install).clone())
+        .await
+        .expect("the install task")
 }
 
 /// Runs `test-support/python/<script>` with `args`, the environment cleared but for `env`.
@@ -38,58 +53,45 @@ pub async fn spawn(script: &str, args: &[&str], env: &[(&str, &str)]) -> Service
 }
 
 fn install() -> Result<PathBuf, String> {
-    let dir = crate::process::target_tmp().join("python-sdk");
-    let venv = dir.join("venv");
-    let pins = PINNED.join("\n");
-    let is_current =
-        |venv: &Path| fs::read_to_string(venv.join("pins.txt")).is_ok_and(|p| p == pins);
-    if is_current(&venv) {
-        return Ok(venv.join("bin/python"));
-    }
-    // Installed aside and renamed into place once complete: an interrupted install, or one
-    // from another test process, never leaves a half venv where the next run looks.
-    let staging = dir.join(format!("venv.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&staging),
-        "python3 -m venv (Debian: apt-get install python3-venv)",
-    )?;
-    run(
-        Command::new(staging.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--timeout", "30"])
-            .args(PINNED),
-        &format!("pip install {} from PyPI", PINNED.join(" ")),
-    )?;
-    fs::write(staging.join("pins.txt"), &pins).map_err(|e| format!("writing the pins: {e}"))?;
-    let _ = fs::remove_dir_all(&venv);
-    if let Err(e) = fs::rename(&staging, &venv) {
-        let _ = fs::remove_dir_all(&staging);
-        if !is_current(&venv) {
-            return Err(format!("moving the venv into {}: {e}", venv.display()));
-        }
-    }
+    let python3 = sdk::on_path("python3", "Python 3 with its venv module is needed")?;
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/requirements.txt");
+    let venv = sdk::install("python-sdk", "venv", REQUIREMENTS, |staging| {
+        sdk::run(
+            Command::new(&python3).arg("-m").arg("venv").arg(staging),
+            "python3 -m venv (Debian: apt-get install python3-venv)",
+        )?;
+        sdk::run(
+            Command::new(staging.join("bin/python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(["--timeout", "30", "--requirement"])
+                .arg(&requirements),
+            &format!(
+                "pip install --requirement {} from PyPI",
+                requirements.display()
+            ),
+        )
+    })?;
     Ok(venv.join("bin/python"))
 }
 
-fn run(command: &mut Command, what: &str) -> Result<(), String> {
-    let output = command
-        .output()
-        .map_err(|e| format!("{what} did not start: {e}"))?;
-    if output.status.success() {
-        return Ok(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_requirement_is_pinned_and_both_sdk_packages_move_together() {
+        let pins: Vec<&str> = REQUIREMENTS
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(pins.iter().all(|p| p.contains("==")), "{pins:?}");
+        assert_eq!(version("dapr"), Some("1.18.3"));
+        assert_eq!(version("dapr-ext-grpc"), version("dapr"));
     }
-    Err(format!(
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    ))
 }
