@@ -10,7 +10,8 @@
 //! - `load`: the clients that drive them, and the original producer's send loop.
 //! - `sidecar`: `devstack sidecar` as rows 4, the peers and the latency rows run it.
 //! - `peers`: ours beside the official Dapr SDKs (Python, JavaScript), through the sidecar.
-//! - `latency`: send to `OnBindingEvent` start, open-loop, through the sidecar and straight.
+//! - `latency`: send to `OnBindingEvent` start, open-loop, through the producer and the sidecar,
+//!   the sidecar alone, and straight to the app.
 //! - `burst`: row 7, a burst drained by `devstack --autoscale`, and its chart.
 //! - `chaos`: row 8, a batch through `devstack --autoscale` under a seeded `--chaos` schedule,
 //!   every message accounted for.

@@ -606,7 +606,8 @@ impl Report {
         out
     }
 
-    /// Send to `OnBindingEvent` start, open-loop, through the sidecar and straight to the app.
+    /// Send to `OnBindingEvent` start, open-loop: through the producer and the sidecar, the
+    /// sidecar alone, and straight to the app.
     fn open_loop_table(&self) -> String {
         if self.open_loop.is_empty() {
             return String::new();
@@ -634,20 +635,31 @@ impl Report {
             let _ = writeln!(
                 out,
                 "{load:<26}{}",
-                line("producer -> sidecar -> app", &point.sidecar)
+                line("producer -> sidecar -> app", &point.producer)
             );
             let _ = writeln!(
                 out,
                 "{:<26}{}",
                 "",
-                line("transport: straight to the app", &point.transport)
+                line("client -> sidecar -> app", &point.sidecar)
             );
-            let [p50, p99, p999] = point.ratios();
             let _ = writeln!(
                 out,
-                "{:<26}{:<34}{:>8.1}x{:>8.1}x{:>8.1}x",
-                "", "  through the sidecar / transport", p50, p99, p999
+                "{:<26}{}",
+                "",
+                line("transport: client -> app", &point.transport)
             );
+            for (what, path) in [
+                ("  producer path / transport", &point.producer),
+                ("  sidecar path / transport", &point.sidecar),
+            ] {
+                let [p50, p99, p999] = point.over_transport(path);
+                let _ = writeln!(
+                    out,
+                    "{:<26}{what:<34}{p50:>8.1}x{p99:>8.1}x{p999:>8.1}x",
+                    ""
+                );
+            }
             let _ = writeln!(
                 out,
                 "{:<26}{}",

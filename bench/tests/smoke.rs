@@ -86,11 +86,15 @@ fn main() -> ExitCode {
         "{:?}",
         report.peers.skipped
     );
-    // Both loads, each with a latency through the sidecar and straight to the app.
+    // Both loads, each with a latency through the producer and the sidecar, the sidecar alone,
+    // and straight to the app.
     assert_eq!(report.open_loop.len(), 2);
     for point in &report.open_loop {
         assert!(
-            point.messages > 0 && point.sidecar.p50 > 0.0 && point.transport.p50 > 0.0,
+            point.messages > 0
+                && point.producer.p50 > 0.0
+                && point.sidecar.p50 > 0.0
+                && point.transport.p50 > 0.0,
             "{point:?}"
         );
     }
