@@ -1,4 +1,4 @@
-//! What the official SDKs' installs share ([`python`](crate::python), [`js`](crate::js)): each
+//! What the official SDKs' installs share (the modules `python` and `js`): each
 //! lives in a directory of its own under the cargo target directory, made on first use and kept
 //! while its pins stay the same. A missing tool or an unreachable registry is an error that says
 //! which; nothing is skipped quietly.

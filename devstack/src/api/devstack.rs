@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{error, info};
 
-use super::guard;
+use super::{error, guard};
 use crate::{
     faults::{Fault, FaultError, Faults, Source},
     journey::Journeys,
@@ -62,11 +62,6 @@ pub fn router(api: DevstackApi) -> Router {
         .route("/devstack/dead-letters/{queue}", get(peek))
         .merge(state_changes)
         .with_state(api)
-}
-
-/// devstack's error body.
-pub fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }
 
 /// A refused request: answered with `status` and `{"error": message}`.

@@ -22,7 +22,7 @@ use axum::{
     response::Response,
 };
 
-use super::devstack::error;
+use super::error;
 
 /// The `Host` names always allowed: loopback only.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];

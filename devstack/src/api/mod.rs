@@ -8,3 +8,15 @@ pub mod grpc;
 pub mod guard;
 pub mod http;
 pub mod token;
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// devstack's error body, `{"error": message}`: its own routes' and the guard's.
+pub fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}

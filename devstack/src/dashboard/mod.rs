@@ -395,7 +395,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    crate::api::devstack::error(status, message)
+    crate::api::error(status, message)
 }
 
 #[cfg(test)]
