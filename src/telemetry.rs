@@ -9,7 +9,7 @@
 use std::{
     io::{IsTerminal, Write},
     sync::{
-        Arc, LazyLock, OnceLock,
+        Arc, LazyLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -159,18 +159,6 @@ pub fn init(args: &LogArgs, service: &'static str) -> anyhow::Result<Telemetry> 
     install(args, service, logs.clone(), logs)
 }
 
-/// The process's log output, once [`init`] or [`init_labelled`] has installed it.
-static OUTPUT: OnceLock<LogOutput> = OnceLock::new();
-
-/// Waits until every line logged so far is on stdout (at once without [`init`], as in a test
-/// that logs nowhere). The consumer awaits it before it acknowledges a message whose line it
-/// logged, so that a process killed right after the OK has written the line.
-pub async fn lines_written() {
-    if let Some(output) = OUTPUT.get() {
-        output.written().await;
-    }
-}
-
 /// Like [`init`], with every line starting with `label` (the local stack labels its own lines).
 pub fn init_labelled(
     args: &LogArgs,
@@ -237,8 +225,6 @@ where
     if provider.is_some() {
         crate::trace_context::set_exporting();
     }
-    // The subscriber is installed once a process, and its output with it.
-    let _ = OUTPUT.set(logs.clone());
     Ok(Telemetry { provider, logs })
 }
 

@@ -5,6 +5,12 @@
 //! message the sidecar enqueued must have been processed by a consumer or be in the dead-letter
 //! queue. One that is neither is lost, and a run that loses one is an error. Duplicates
 //! (processed more than once) are counted and shown: at-least-once delivery allows them.
+//!
+//! A consumer's line is the proof that it processed a message, with one exception the row
+//! accounts for: a consumer SIGKILLed just after it answered OK has not written the line yet
+//! (lines are written in batches; a SIGKILL leaves no exit to flush them). Such a message counts
+//! as processed only if its journey in the sidecar shows the app's OK, and a `kill` fault on that
+//! same consumer came after it; it is counted apart, as a line lost to SIGKILL.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -54,6 +60,9 @@ pub struct ChaosRun {
     pub dead_lettered: u64,
     /// Enqueued, and neither processed nor dead-lettered: 0, or the run fails.
     pub lost: u64,
+    /// Processed (the app answered OK, its journey says) by a consumer SIGKILLed before its
+    /// batched line reached stdout.
+    pub lines_lost_to_sigkill: u64,
     /// Messages the consumers processed more than once, from their own log lines.
     pub duplicates: u64,
     /// The same, as the sidecar's journeys flagged them (an app that died after its log line but
@@ -80,6 +89,7 @@ impl ChaosRun {
             "completed": self.completed,
             "dead_lettered": self.dead_lettered,
             "lost": self.lost,
+            "lines_lost_to_sigkill": self.lines_lost_to_sigkill,
             "duplicates": self.duplicates,
             "duplicates_flagged_by_the_sidecar": self.flagged,
             "restarts": self.restarts,
@@ -101,7 +111,7 @@ impl ChaosRun {
              WORK_DURATION {} ms, LOCK_DURATION {} ms)\n\
              8   produced {}, completed {}, dead-lettered {}, lost {}, duplicates {} (the sidecar \
              flagged {}), restarts {}, locks expired {}, in {:.1} s\n    \
-             {} faults: {}\n",
+             {} faults: {}; lines lost to SIGKILL: {}\n",
             chaos.messages,
             shown(&chaos.scaled_object),
             chaos.spec,
@@ -119,6 +129,7 @@ impl ChaosRun {
             self.wall.as_secs_f64(),
             self.faults.values().sum::<u64>(),
             faults.join(", "),
+            self.lines_lost_to_sigkill,
         )
     }
 }
@@ -197,13 +208,71 @@ pub async fn run(
     };
     let wall = start.elapsed();
     let dead = dead_letter_ids(http, &http_addr.to_string()).await?;
+    // The journeys of the messages with no line yet, while the sidecar still has them: a few,
+    // those whose consumer was SIGKILLed, and those whose line is still on its way.
+    let (enqueued, processed) = ids(&service.lines().await);
+    let mut journeys = HashMap::new();
+    for id in enqueued.iter().filter(|id| !processed.contains_key(*id)) {
+        let url = format!("http://{http_addr}/devstack/messages/{id}");
+        journeys.insert(id.clone(), get_json(http, &url).await?);
+    }
     service.terminate();
     ensure!(
         service.exit_code(super::WAIT).await == Some(0),
         "(8): devstack did not exit 0 after SIGTERM"
     );
     let lines = service.lines().await;
-    account(&status, &lines, &dead, wall)
+    account(&status, &lines, &dead, &journeys, wall)
+}
+
+/// The ids the sidecar logged as enqueued, and how many times the consumers' lines say each was
+/// processed.
+fn ids(lines: &[String]) -> (HashSet<String>, HashMap<String, u64>) {
+    let mut enqueued = HashSet::new();
+    let mut processed: HashMap<String, u64> = HashMap::new();
+    for (label, event) in lines.iter().filter_map(|l| part_event(l)) {
+        let Some(id) = event["id"].as_str() else {
+            continue;
+        };
+        if label == "sidecar" && event["message"] == "message enqueued" {
+            enqueued.insert(id.to_owned());
+        } else if label.starts_with("consumer") && is_original_line(&event) {
+            *processed.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    (enqueued, processed)
+}
+
+/// Whether `journey` shows an app's OK whose consumer was then SIGKILLed: a `kill` fault on it in
+/// `lines` at or after the delivery's end.
+fn ok_then_killed(journey: &Value, lines: &[String]) -> bool {
+    let time = |value: &Value| {
+        value
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let kills: Vec<(String, chrono::DateTime<chrono::FixedOffset>)> = lines
+        .iter()
+        .filter_map(|l| part_event(l))
+        .filter(|(_, e)| e["message"] == "fault provoked" && e["kind"] == "kill")
+        .filter_map(|(_, e)| Some((e["target"].as_str()?.to_owned(), time(&e["timestamp"])?)))
+        .collect();
+    let events = journey["events"].as_array().map_or(&[][..], Vec::as_slice);
+    events
+        .iter()
+        .filter(|e| e["event"] == "delivery" && e["outcome"] == "ok")
+        .any(|delivery| {
+            let (Some(consumer), Some(ended)) =
+                (delivery["consumer"].as_str(), time(&delivery["endedAt"]))
+            else {
+                return false;
+            };
+            // The journey keeps milliseconds; the log, microseconds.
+            let ended = ended - chrono::Duration::milliseconds(1);
+            kills
+                .iter()
+                .any(|(target, at)| target == consumer && *at >= ended)
+        })
 }
 
 /// Every id in the dead-letter queue, read a page at a time.
@@ -238,20 +307,10 @@ fn account(
     status: &Value,
     lines: &[String],
     dead: &HashSet<String>,
+    journeys: &HashMap<String, Value>,
     wall: Duration,
 ) -> anyhow::Result<ChaosRun> {
-    let mut enqueued = HashSet::new();
-    let mut processed: HashMap<String, u64> = HashMap::new();
-    for (label, event) in lines.iter().filter_map(|l| part_event(l)) {
-        let Some(id) = event["id"].as_str() else {
-            continue;
-        };
-        if label == "sidecar" && event["message"] == "message enqueued" {
-            enqueued.insert(id.to_owned());
-        } else if label.starts_with("consumer") && is_original_line(&event) {
-            *processed.entry(id.to_owned()).or_default() += 1;
-        }
-    }
+    let (enqueued, processed) = ids(lines);
     let q = &status["queues"][load::BINDING];
     let count = |field: &str| {
         q[field]
@@ -264,10 +323,10 @@ fn account(
         "(8): the sidecar logged {} messages enqueued, its status counts {produced}",
         enqueued.len()
     );
-    let lost: Vec<&String> = enqueued
+    let (killed, lost): (Vec<&String>, Vec<&String>) = enqueued
         .iter()
         .filter(|id| !processed.contains_key(*id) && !dead.contains(*id))
-        .collect();
+        .partition(|id| journeys.get(*id).is_some_and(|j| ok_then_killed(j, lines)));
     let faults = status["faults"]["counts"]
         .as_object()
         .map(|counts| {
@@ -282,6 +341,7 @@ fn account(
         completed: count("completed")?,
         dead_lettered: count("deadLettered")?,
         lost: lost.len() as u64,
+        lines_lost_to_sigkill: killed.len() as u64,
         duplicates: processed.values().filter(|n| **n > 1).count() as u64,
         flagged: status["journeys"]["duplicates"].as_u64().unwrap_or(0),
         restarts: status["consumerRestarts"].as_u64().unwrap_or(0),
@@ -348,20 +408,81 @@ mod tests {
             line("consumer-2", original("b")),
         ];
         let dead = HashSet::from(["c".to_owned()]);
-        let run = account(&status(3, 2, 1), &lines, &dead, Duration::from_secs(1)).unwrap();
+        let none = HashMap::new();
+        let run = account(
+            &status(3, 2, 1),
+            &lines,
+            &dead,
+            &none,
+            Duration::from_secs(1),
+        )
+        .unwrap();
         assert_eq!(
             (run.lost, run.duplicates, run.flagged, run.restarts),
             (0, 1, 1, 2)
         );
         assert_eq!(run.faults["kill"], 2);
 
-        let error = account(&status(3, 2, 1), &lines, &HashSet::new(), Duration::ZERO)
-            .unwrap_err()
-            .to_string();
+        let error = account(
+            &status(3, 2, 1),
+            &lines,
+            &HashSet::new(),
+            &none,
+            Duration::ZERO,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("1 messages lost"), "{error}");
-        let error = account(&status(4, 3, 1), &lines, &dead, Duration::ZERO)
+        let error = account(&status(4, 3, 1), &lines, &dead, &none, Duration::ZERO)
             .unwrap_err()
             .to_string();
         assert!(error.contains("logged 3 messages enqueued"), "{error}");
+    }
+
+    #[test]
+    fn a_line_lost_to_sigkill_counts_only_with_the_ok_and_a_later_kill_of_that_consumer() {
+        let enqueued = |id: &str| line("sidecar", json!({"message": "message enqueued", "id": id}));
+        let kill = |target: &str, at: &str| {
+            line(
+                "sidecar",
+                json!({"message": "fault provoked", "kind": "kill", "target": target, "timestamp": at}),
+            )
+        };
+        let journey = |consumer: &str, outcome: &str| {
+            json!({"id": "a", "processed": 1, "events": [
+                {"event": "enqueued", "at": "2026-12-07T10:00:00.000Z"},
+                {"event": "delivery", "consumer": consumer, "number": 1,
+                 "at": "2026-12-07T10:00:00.100Z", "endedAt": "2026-12-07T10:00:00.120Z",
+                 "outcome": outcome},
+                {"event": "completed", "at": "2026-12-07T10:00:00.121Z"},
+            ]})
+        };
+        let dead = HashSet::new();
+        let account_of = |lines: &[String], journey: Value| {
+            let journeys = HashMap::from([("a".to_owned(), journey)]);
+            account(&status(1, 1, 0), lines, &dead, &journeys, Duration::ZERO)
+        };
+        // Answered OK by consumer-3, which was killed 0.4 ms later: processed, its line lost.
+        let lines = [
+            enqueued("a"),
+            kill("consumer-3", "2026-12-07T10:00:00.120400Z"),
+        ];
+        let run = account_of(&lines, journey("consumer-3", "ok")).unwrap();
+        assert_eq!((run.lost, run.lines_lost_to_sigkill), (0, 1));
+        // Killed before it answered, another consumer killed, or no OK at all: lost.
+        let before = [
+            enqueued("a"),
+            kill("consumer-3", "2026-12-07T10:00:00.050Z"),
+        ];
+        let other = [
+            enqueued("a"),
+            kill("consumer-1", "2026-12-07T10:00:00.200Z"),
+        ];
+        for (lines, outcome) in [(&before, "ok"), (&other, "ok"), (&lines, "error")] {
+            let error = account_of(lines, journey("consumer-3", outcome))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("1 messages lost"), "{error}");
+        }
     }
 }

@@ -287,35 +287,6 @@ async fn every_completed_message_has_its_line_after_a_sigterm_mid_batch() {
     );
 }
 
-/// The line is out before the OK: a consumer killed with SIGKILL the moment it has answered (as
-/// the kubelet kills a container past its grace period, or the OOM killer does) has written the
-/// line of every message it acknowledged. Batched lines are written off the request's thread, so
-/// without the wait for them the kill lands while the answered message's line still gathers.
-#[tokio::test]
-async fn a_sigkill_right_after_the_ok_finds_the_line_written() {
-    const KILLS: usize = 10;
-    for round in 0..KILLS {
-        let mut consumer = Consumer::start(&[("WORK_DURATION", "0ms")]).await;
-        let id = format!("killed-{round}");
-        consumer
-            .callback()
-            .on_binding_event(hello(&id))
-            .await
-            .expect("answered OK");
-        consumer.service.kill();
-        consumer.service.exit_code(WAIT).await;
-        let events = consumer.service.events_to_end().await;
-        let logged = events
-            .iter()
-            .filter(|e| support::consumer::is_original_line(e))
-            .any(|e| e["id"] == id.as_str());
-        assert!(
-            logged,
-            "round {round}: no line for {id}, answered OK: {events:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn drain_timeout_bounds_shutdown_with_events_still_running() {
     // Two minute-long events run at once; the process must not wait for them.
