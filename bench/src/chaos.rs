@@ -243,20 +243,27 @@ fn ids(lines: &[String]) -> (HashSet<String>, HashMap<String, u64>) {
     (enqueued, processed)
 }
 
-/// Whether `journey` shows an app's OK whose consumer was then SIGKILLed: a `kill` fault on it in
-/// `lines` at or after the delivery's end.
-fn ok_then_killed(journey: &Value, lines: &[String]) -> bool {
-    let time = |value: &Value| {
-        value
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    };
-    let kills: Vec<(String, chrono::DateTime<chrono::FixedOffset>)> = lines
+type Time = chrono::DateTime<chrono::FixedOffset>;
+
+fn time(value: &Value) -> Option<Time> {
+    value
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+}
+
+/// Every `kill` fault in `lines`: the consumer it SIGKILLed, and when.
+fn kills(lines: &[String]) -> Vec<(String, Time)> {
+    lines
         .iter()
         .filter_map(|l| part_event(l))
         .filter(|(_, e)| e["message"] == "fault provoked" && e["kind"] == "kill")
         .filter_map(|(_, e)| Some((e["target"].as_str()?.to_owned(), time(&e["timestamp"])?)))
-        .collect();
+        .collect()
+}
+
+/// Whether `journey` shows an app's OK whose consumer was then SIGKILLed: one of `kills` on it at
+/// or after the delivery's end.
+fn ok_then_killed(journey: &Value, kills: &[(String, Time)]) -> bool {
     let events = journey["events"].as_array().map_or(&[][..], Vec::as_slice);
     events
         .iter()
@@ -323,10 +330,11 @@ fn account(
         "(8): the sidecar logged {} messages enqueued, its status counts {produced}",
         enqueued.len()
     );
+    let kills = kills(lines);
     let (killed, lost): (Vec<&String>, Vec<&String>) = enqueued
         .iter()
         .filter(|id| !processed.contains_key(*id) && !dead.contains(*id))
-        .partition(|id| journeys.get(*id).is_some_and(|j| ok_then_killed(j, lines)));
+        .partition(|id| journeys.get(*id).is_some_and(|j| ok_then_killed(j, &kills)));
     let faults = status["faults"]["counts"]
         .as_object()
         .map(|counts| {
