@@ -43,7 +43,7 @@ use super::{
 pub enum PeerPolicy {
     /// Report its rows as skipped, saying what is missing (the benchmark).
     WhenAvailable,
-    /// Fail the run (the smoke test under `cargo test`: CI never passes without the peers).
+    /// Fail the run (the smoke test where CI runs it: CI never passes without the peers).
     Required,
 }
 
